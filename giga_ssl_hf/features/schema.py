@@ -1,0 +1,145 @@
+"""The tile-feature Dataset contract shared by extraction, training and inference.
+
+One row per slide for the exhaustive pass (``aug_id = -1``), one row per (slide, augmentation) for the
+shared-augmentation pass:
+
+- ``slide_id`` (string, the slide's file stem), ``aug_id`` (int32, -1 when not augmented)
+- ``features`` ``[n, D]`` float16 (or float32), ``coords`` ``[n, 2]`` int64: level-0 pixel (x, y) of
+  each tile's top-left corner
+- ``patch_size_level0`` (int32, tile side in level-0 pixels), ``mpp`` (float32, level-0 µm per pixel),
+  ``magnification`` (float32, objective power; NaN when unknown)
+
+Dataset-level metadata (encoder, D, tile size, target mpp, augmentation recipe, package version) is a
+sidecar JSON file, :data:`METADATA_FILENAME`, in the dataset folder.
+
+Grid index = ``coords // patch_size_level0``: adjacent tiles are one cell apart.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow as pa
+
+METADATA_FILENAME = "giga_ssl_metadata.json"
+NO_AUGMENTATION = -1
+
+
+def tile_features_schema(feature_dim: int, dtype: str = "float16") -> datasets.Features:
+    """The ``datasets.Features`` of a tile-feature Dataset whose tiles have ``feature_dim`` features."""
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"tile features are stored as float16 or float32, not {dtype!r}")
+    return datasets.Features(
+        {
+            "slide_id": datasets.Value("string"),
+            "aug_id": datasets.Value("int32"),
+            "features": datasets.Array2D(shape=(None, feature_dim), dtype=dtype),
+            "coords": datasets.Array2D(shape=(None, 2), dtype="int64"),
+            "patch_size_level0": datasets.Value("int32"),
+            "mpp": datasets.Value("float32"),
+            "magnification": datasets.Value("float32"),
+        }
+    )
+
+
+def write_metadata(dataset_dir: str | Path, metadata: dict) -> None:
+    """Write the dataset-level metadata sidecar (atomically: write, then rename)."""
+    path = Path(dataset_dir) / METADATA_FILENAME
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(metadata, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+def read_metadata(dataset_dir: str | Path) -> dict:
+    """The dataset-level metadata of a tile-feature Dataset folder ({} when it has none)."""
+    path = Path(dataset_dir) / METADATA_FILENAME
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _flat_values(chunk: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-copy (values (T, k), row offsets (R+1,)) of one chunk of an ``Array2D(None, k)`` column."""
+    storage = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk
+    inner = storage.flatten()  # list<item: value> of the tile rows, respecting the chunk's slice
+    row_offsets = np.asarray(storage.offsets)
+    row_offsets = row_offsets - row_offsets[0]
+    width_offsets = np.asarray(inner.offsets)
+    values = inner.flatten().to_numpy(zero_copy_only=True)
+    width = int(width_offsets[1] - width_offsets[0]) if len(width_offsets) > 1 else 0
+    if len(inner) and not np.all(np.diff(width_offsets) == width):
+        raise ValueError("tile rows of a features/coords column must all have the same width")
+    return values.reshape(-1, width) if width else values.reshape(0, 0), row_offsets
+
+
+@dataclass
+class TileArrays:
+    """Zero-copy numpy views of a tile-feature Dataset, with each row's tiles addressable by index.
+
+    The Arrow table is memory-mapped; ``features[c]`` / ``coords[c]`` are the flat ``(T_c, D)`` /
+    ``(T_c, 2)`` tile arrays of chunk ``c``, and row ``r`` holds the tiles
+    ``row_start[r] : row_start[r] + row_length[r]`` of chunk ``row_chunk[r]``.
+    """
+
+    features: list[np.ndarray]
+    coords: list[np.ndarray]
+    row_chunk: np.ndarray  # (R,) int64
+    row_start: np.ndarray  # (R,) int64
+    row_length: np.ndarray  # (R,) int64
+
+    @classmethod
+    def from_dataset(cls, dataset: datasets.Dataset) -> TileArrays:
+        if dataset._indices is not None:
+            dataset = dataset.flatten_indices()
+        feature_column = dataset.data.column("features")
+        coord_column = dataset.data.column("coords")
+        features, coords, chunk_ids, starts, lengths = [], [], [], [], []
+        for chunk_id, (fchunk, cchunk) in enumerate(zip(feature_column.chunks, coord_column.chunks)):
+            values, offsets = _flat_values(fchunk)
+            coord_values, coord_offsets = _flat_values(cchunk)
+            if not np.array_equal(offsets, coord_offsets):
+                raise ValueError("features and coords disagree on the number of tiles of a row")
+            features.append(values)
+            coords.append(coord_values.reshape(-1, 2) if coord_values.size else coord_values.reshape(0, 2))
+            chunk_ids.append(np.full(len(offsets) - 1, chunk_id, dtype=np.int64))
+            starts.append(offsets[:-1].astype(np.int64))
+            lengths.append(np.diff(offsets).astype(np.int64))
+        empty = np.zeros(0, dtype=np.int64)
+        return cls(
+            features=features,
+            coords=coords,
+            row_chunk=np.concatenate(chunk_ids) if chunk_ids else empty,
+            row_start=np.concatenate(starts) if starts else empty,
+            row_length=np.concatenate(lengths) if lengths else empty,
+        )
+
+    def __len__(self) -> int:
+        return len(self.row_start)
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.features[0].shape[1]) if self.features else 0
+
+    def row(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(features (n, D), coords (n, 2)) of one row, as views."""
+        chunk, start = self.row_chunk[index], self.row_start[index]
+        end = start + self.row_length[index]
+        return self.features[chunk][start:end], self.coords[chunk][start:end]
+
+    def gather(self, rows: np.ndarray, tile_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Tiles ``tile_index[i, j]`` (within-row positions) of rows ``rows[i]``.
+
+        Returns features ``(len(rows), k, D)`` and coords ``(len(rows), k, 2)`` (copies).
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        flat_index = self.row_start[rows][:, None] + tile_index  # (R, k) position within the chunk
+        chunks = self.row_chunk[rows]
+        feature_out = np.empty((*tile_index.shape, self.feature_dim), dtype=self.features[0].dtype)
+        coord_out = np.empty((*tile_index.shape, 2), dtype=np.int64)
+        for chunk in np.unique(chunks):
+            selected = chunks == chunk
+            feature_out[selected] = self.features[chunk][flat_index[selected]]
+            coord_out[selected] = self.coords[chunk][flat_index[selected]]
+        return feature_out, coord_out
