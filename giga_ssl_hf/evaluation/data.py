@@ -1,0 +1,208 @@
+"""Reading the inputs of the linear probe: slide embeddings, label tables and fixed train/test splits.
+
+Slide embeddings come in three shapes (see DESIGN.md, "Slide embeddings"):
+
+- a folder written by ``Dataset.save_to_disk`` with columns ``slide_id`` and ``embedding``;
+- a folder holding the paper's pair ``embeddings.npy`` (N, E) and ``ids.npy`` (N,);
+- a Hub dataset repo id, downloaded with ``snapshot_download`` (served from the HF cache when
+  ``HF_HUB_OFFLINE=1``) and then read as a saved Dataset, parquet/arrow data files or the npy pair.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pandas as pd
+
+from giga_ssl_hf.features.schema import read_metadata
+
+logger = logging.getLogger(__name__)
+
+NPY_EMBEDDINGS = "embeddings.npy"
+NPY_IDS = "ids.npy"
+ID_COLUMN = "slide_id"
+EMBEDDING_COLUMN = "embedding"
+_DATA_FILE_SUFFIXES = {".parquet": "parquet", ".arrow": "arrow"}
+_SPLIT_FILE = re.compile(r"split_(\d+)\.csv$")
+
+
+def load_embeddings(source: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Slide IDs (N,) as strings and embeddings (N, E) float32 from a local folder or a Hub dataset."""
+    path = Path(source)
+    if path.is_dir():
+        return _read_embeddings_folder(path)
+    if path.exists() or str(source).startswith((".", "/", "~")) or str(source).count("/") != 1:
+        raise ValueError(
+            f"{source}: not a slide-embeddings folder (a saved Dataset, or {NPY_EMBEDDINGS} + {NPY_IDS}) "
+            "nor a Hub dataset repo id of the form 'owner/name'"
+        )
+    return _read_embeddings_folder(_download(str(source)))
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    logger.info("fetching slide embeddings %s from the Hub (or the local HF cache)", repo_id)
+    try:
+        return Path(snapshot_download(repo_id, repo_type="dataset"))
+    except Exception as error:  # the Hub client raises many types (offline, 404, auth): one clear message
+        raise ValueError(
+            f"{repo_id}: no such local folder and the Hub dataset could not be fetched: {error}"
+        ) from error
+
+
+def _read_embeddings_folder(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    if (folder / NPY_EMBEDDINGS).exists() and (folder / NPY_IDS).exists():
+        ids, embeddings = _read_npy_pair(folder)
+    elif (folder / "dataset_info.json").exists() or (folder / "dataset_dict.json").exists():
+        ids, embeddings = _read_dataset(datasets.load_from_disk(str(folder)), folder)
+    elif data_files := _data_files(folder):
+        builder = _DATA_FILE_SUFFIXES[data_files[0].suffix]
+        dataset = datasets.load_dataset(builder, data_files=[str(f) for f in data_files], split="train")
+        ids, embeddings = _read_dataset(dataset, folder)
+    else:
+        raise ValueError(
+            f"{folder}: no slide embeddings found: expected a saved Dataset (dataset_info.json), "
+            f"parquet/arrow data files, or the pair {NPY_EMBEDDINGS} + {NPY_IDS}"
+        )
+    if len(ids) != len(embeddings):
+        raise ValueError(f"{folder}: {len(ids)} slide IDs but {len(embeddings)} embeddings")
+    if embeddings.ndim != 2:
+        raise ValueError(f"{folder}: embeddings must be a 2-D array (N, E), got shape {embeddings.shape}")
+    duplicated = pd.Index(ids)[pd.Index(ids).duplicated()].unique()
+    if len(duplicated):
+        raise ValueError(
+            f"{folder}: {len(duplicated)} slide IDs appear more than once, e.g. {duplicated[0]!r}"
+        )
+    logger.info("read %d slide embeddings of dimension %d from %s", *embeddings.shape, folder)
+    return ids, embeddings
+
+
+def _read_npy_pair(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    embeddings = np.load(folder / NPY_EMBEDDINGS, allow_pickle=False)
+    try:
+        # Pickled object arrays can run code on load; the paper saves its IDs as a plain string array.
+        ids = np.load(folder / NPY_IDS, allow_pickle=False)
+    except ValueError as error:
+        raise ValueError(
+            f"{folder / NPY_IDS}: not a plain string array ({error}); re-save it with "
+            "np.save(path, np.asarray(ids, dtype=str))"
+        ) from error
+    return ids.astype(str).reshape(-1), embeddings.astype(np.float32, copy=False)
+
+
+def _data_files(folder: Path) -> list[Path]:
+    """Parquet (preferred) or arrow files anywhere under a downloaded dataset repo."""
+    for suffix in _DATA_FILE_SUFFIXES:
+        files = sorted(p for p in folder.rglob(f"*{suffix}") if ".cache" not in p.parts)
+        if files:
+            return files
+    return []
+
+
+def _read_dataset(
+    dataset: datasets.Dataset | datasets.DatasetDict, folder: Path
+) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(dataset, datasets.DatasetDict):
+        if len(dataset) != 1:
+            raise ValueError(f"{folder}: expected one split of slide embeddings, found {list(dataset)}")
+        dataset = next(iter(dataset.values()))
+    missing = {ID_COLUMN, EMBEDDING_COLUMN} - set(dataset.column_names)
+    if missing:
+        raise ValueError(
+            f"{folder}: slide-embeddings Dataset lacks column(s) {sorted(missing)}; has {dataset.column_names}"
+        )
+    if metadata := read_metadata(folder):
+        logger.info("embeddings metadata: %s", metadata)
+    # One columnar read: row access on an Arrow-backed Dataset is far slower than a whole-column view.
+    columns = dataset.select_columns([ID_COLUMN, EMBEDDING_COLUMN]).with_format("numpy")[:]
+    embeddings = columns[EMBEDDING_COLUMN]
+    if embeddings.dtype == object:
+        raise ValueError(
+            f"{folder}: embeddings have different lengths; expected one vector of size E per slide"
+        )
+    return columns[ID_COLUMN].astype(str), embeddings.astype(np.float32, copy=False)
+
+
+def load_labels(path: str | Path) -> pd.Series:
+    """Slide label table: a Series of string labels indexed by slide ``ID`` (other columns are ignored).
+
+    Labels are kept as strings so that ``0``/``1`` tables and named classes are handled alike; rows
+    without a label are dropped with a warning.
+    """
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, dtype=str, skipinitialspace=True)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a readable CSV label table ({error})") from error
+    table.columns = table.columns.str.strip()
+    missing = {"ID", "label"} - set(table.columns)
+    if missing:
+        raise ValueError(
+            f"{path}: a labels CSV needs columns 'ID' and 'label'; missing {sorted(missing)}, "
+            f"found {list(table.columns)}"
+        )
+    table = table[["ID", "label"]].apply(lambda column: column.str.strip())
+    unlabelled = table["label"].isna() | (table["label"] == "") | table["ID"].isna()
+    if unlabelled.any():
+        logger.warning("%s: %d rows without an ID or label ignored", path, int(unlabelled.sum()))
+        table = table[~unlabelled]
+    table = table.drop_duplicates()
+    conflicting = table["ID"][table["ID"].duplicated()].unique()
+    if len(conflicting):
+        raise ValueError(f"{path}: {len(conflicting)} IDs have several labels, e.g. {conflicting[0]!r}")
+    return require_two_classes(table.set_index("ID")["label"], str(path))
+
+
+def require_two_classes(labels: pd.Series, where: str) -> pd.Series:
+    """``labels`` itself, or a ValueError if it holds fewer than two classes (nothing to separate)."""
+    if labels.nunique() < 2:
+        raise ValueError(
+            f"{where}: a linear probe needs at least two classes; found {labels.nunique()} "
+            f"({sorted(labels.unique())}) over {len(labels)} slides"
+        )
+    return labels
+
+
+def read_split(path: str | Path) -> tuple[list[str], list[str]]:
+    """Train and test slide IDs of a ``split_k.csv`` (columns of unequal length padded with empty cells)."""
+    path = Path(path)
+    table = pd.read_csv(path, dtype=str)
+    table.columns = table.columns.str.strip()
+    if not {"train", "test"} <= set(table.columns):
+        raise ValueError(f"{path}: a split CSV needs columns 'train' and 'test', found {list(table.columns)}")
+    return tuple(
+        table[column].dropna().str.strip().loc[lambda s: s != ""].tolist() for column in ("train", "test")
+    )
+
+
+def find_split_sets(path: str | Path) -> dict[str, list[Path]]:
+    """Split files grouped by split folder: ``{folder name: [split_0.csv, split_1.csv, ...]}``.
+
+    ``path`` is either one folder of ``split_k.csv`` files or a folder of such folders (the paper's
+    ``splitdirs/<task>/`` with ``full``, ``25p``, ``50``, ``100``).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"{path}: --splits must be a folder of split_k.csv files or of such folders")
+    own = _split_files(path)
+    if own:
+        return {path.name: own}
+    nested = {
+        child.name: files
+        for child in sorted(path.iterdir())
+        if child.is_dir() and (files := _split_files(child))
+    }
+    if not nested:
+        raise ValueError(f"{path}: no split_k.csv files in this folder nor in its sub-folders")
+    return nested
+
+
+def _split_files(folder: Path) -> list[Path]:
+    """``split_k.csv`` files in numeric order of k (so split_10 comes after split_9)."""
+    matches = [(int(m.group(1)), p) for p in folder.glob("split_*.csv") if (m := _SPLIT_FILE.search(p.name))]
+    return [p for _, p in sorted(matches)]

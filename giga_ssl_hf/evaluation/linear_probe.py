@@ -1,0 +1,118 @@
+"""``giga-ssl evaluate``: the paper's linear-probe AUC on slide embeddings, from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from giga_ssl_hf.evaluation.data import load_embeddings
+from giga_ssl_hf.evaluation.probe import evaluate_embeddings, parse_train_sizes
+from giga_ssl_hf.evaluation.report import format_table, write_outputs
+
+EPILOG = """\
+protocol (Giga-SSL paper): LogisticRegression(C=10, max_iter=1000, class_weight="balanced") on the slide
+embeddings; AUC of predict_proba[:, 1] for two classes, macro one-vs-rest AUC for more; mean and std
+(population) over the splits. IDs of a split that have no embedding or no label are dropped and reported.
+
+examples:
+  # the paper's fixed splits, every training size (full, 25p, 50, 100) of the lung task
+  giga-ssl evaluate --embeddings runs/embeddings --labels tables/lung.csv \\
+      --splits splitdirs/lung --out results/lung
+
+  # 10-fold stratified CV with few-shot training sizes, embeddings from the Hub
+  giga-ssl evaluate --embeddings owner/tcga-gigassl-embeddings --labels my_labels.csv \\
+      --folds 10 --train-sizes 50,100,25%,full --seed 1
+
+  # several tasks at once: one --splits folder per labels file, in the same order
+  giga-ssl evaluate --embeddings emb_npy/ --labels tables/lung.csv tables/kidney.csv \\
+      --splits splitdirs/lung splitdirs/kidney
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="giga-ssl evaluate",
+        description="Linear-probe AUC of slide embeddings on labelled tasks (the Giga-SSL paper's protocol).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--embeddings",
+        required=True,
+        metavar="SOURCE",
+        help="slide embeddings: a saved Dataset folder (slide_id, embedding), a folder with embeddings.npy + "
+        "ids.npy, or a Hub dataset repo id (read from the HF cache when HF_HUB_OFFLINE=1)",
+    )
+    parser.add_argument(
+        "--labels",
+        required=True,
+        nargs="+",
+        metavar="CSV",
+        help="labels CSV(s) with columns ID (slide ID) and label; other columns are ignored; "
+        "each file is one task, named after its file stem",
+    )
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        metavar="DIR",
+        help="folder of split_k.csv files (columns train, test), or a folder of such folders (each is "
+        "evaluated, e.g. splitdirs/lung with full, 25p, 50, 100); one for all labels files or one per "
+        "labels file. Default: stratified k-fold (--folds)",
+    )
+    parser.add_argument(
+        "--folds", type=int, default=5, help="k of the stratified k-fold without --splits (default: 5)"
+    )
+    parser.add_argument(
+        "--train-sizes",
+        metavar="LIST",
+        help="comma-separated training-set sizes for few-shot curves: slides (50), percentages (25%%) or "
+        "'full'; each split's training set is subsampled, stratified and seeded, every class kept "
+        "(default: full only)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the k-fold and of the subsampling (default: 0)"
+    )
+    parser.add_argument(
+        "--out", type=Path, metavar="DIR", help="write metrics.json, metrics.csv and PNG plots there"
+    )
+    parser.add_argument("--no-plots", action="store_true", help="with --out, skip the PNG plots")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.splits and len(args.splits) not in (1, len(args.labels)):
+        parser.error(
+            f"--splits: give one folder or one per labels file ({len(args.labels)}), not {len(args.splits)}"
+        )
+    tasks = [Path(labels).stem for labels in args.labels]
+    if len(set(tasks)) != len(tasks):
+        parser.error(f"labels files must have distinct names (the task names), got {tasks}")
+    if args.folds < 2:
+        parser.error("--folds must be at least 2")
+    splits = (
+        args.splits if args.splits and len(args.splits) > 1 else (args.splits or [None]) * len(args.labels)
+    )
+    try:
+        train_sizes = parse_train_sizes(args.train_sizes)
+        embeddings = load_embeddings(args.embeddings)
+        results = [
+            result
+            for labels, split in zip(args.labels, splits)
+            for result in evaluate_embeddings(embeddings, labels, split, args.folds, train_sizes, args.seed)
+        ]
+    except (ValueError, OSError) as error:
+        # Bad inputs are the user's to fix: a one-line message, not a traceback.
+        print(f"giga-ssl evaluate: error: {error}", file=sys.stderr)
+        return 2
+    print(format_table(results))
+    if args.out:
+        config = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+        write_outputs(results, args.out, config, plots=not args.no_plots)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
