@@ -12,15 +12,30 @@ import sys
 
 # subcommand -> (module, one-line summary); modules are imported lazily so `giga-ssl --help` stays fast.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "extract": ("giga_ssl_hf.features.extract", "tile whole-slide images and encode tiles into feature Datasets"),
-    "import-h5": ("giga_ssl_hf.features.h5_import", "convert TRIDENT / CLAM patch-feature h5 files to a feature Dataset"),
+    "extract": (
+        "giga_ssl_hf.features.extract",
+        "tile whole-slide images and encode tiles into feature Datasets",
+    ),
+    "import-h5": (
+        "giga_ssl_hf.features.h5_import",
+        "convert TRIDENT / CLAM patch-feature h5 files to a feature Dataset",
+    ),
     "train": ("giga_ssl_hf.training.train", "slide-level SimCLR pretraining (Accelerate)"),
     "embed": ("giga_ssl_hf.inference.embed", "embed slides with a trained model (ensemble of views)"),
-    "evaluate": ("giga_ssl_hf.evaluation.linear_probe", "linear-probe AUC on slide embeddings (paper protocol)"),
+    "evaluate": (
+        "giga_ssl_hf.evaluation.linear_probe",
+        "linear-probe AUC on slide embeddings (paper protocol)",
+    ),
     "push-model": ("giga_ssl_hf.hub.push", "write a model card and push a trained model to the Hub"),
     "push-embeddings": ("giga_ssl_hf.hub.push", "write a dataset card and push slide embeddings to the Hub"),
-    "download": ("giga_ssl_hf.hub.download", "download slide embeddings from the Hub (or read a local folder)"),
-    "convert": ("giga_ssl_hf.hub.convert", "convert an original trislaz/gigassl checkpoint to a Hugging Face folder"),
+    "download": (
+        "giga_ssl_hf.hub.download",
+        "download slide embeddings from the Hub (or read a local folder)",
+    ),
+    "convert": (
+        "giga_ssl_hf.hub.convert",
+        "convert an original trislaz/gigassl checkpoint to a Hugging Face folder",
+    ),
     "pipeline": ("giga_ssl_hf.pipeline", "extract -> train -> embed -> evaluate in one resumable command"),
     "demo": ("giga_ssl_hf.pipeline", "run the whole pipeline on bundled sample data"),
 }

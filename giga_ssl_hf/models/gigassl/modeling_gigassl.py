@@ -1,0 +1,406 @@
+"""Giga-SSL slide encoders (SparseConvMIL and the light MLP variant) and the SimCLR pretraining model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_gigassl import GigaSSLConfig
+from .sparse_ops import (
+    SparseGrid,
+    StridedConv2d,
+    SubmanifoldConv2d,
+    average_pool_3x3_stride2,
+    input_layer,
+    segment_mean,
+    sparse_batch_norm,
+    sparse_relu,
+)
+
+
+@dataclass
+class GigaSSLModelOutput(ModelOutput):
+    """
+    Args:
+        slide_embedding (`torch.FloatTensor` of shape `(batch_size, hidden_dim)`):
+            One embedding per slide (not normalised; inference L2-normalises the mean over views).
+    """
+
+    slide_embedding: torch.FloatTensor | None = None
+
+
+@dataclass
+class GigaSSLContrastiveOutput(ModelOutput):
+    """
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*):
+            NT-Xent loss between the two views of each slide, when two views were given.
+        slide_embedding (`torch.FloatTensor` of shape `(batch_size, n_views, hidden_dim)` or `(batch_size, hidden_dim)`):
+            Encoder output for each view.
+        projection (`torch.FloatTensor` of shape `(batch_size, n_views, projection_dims[-1])` or `(batch_size, projection_dims[-1])`):
+            Projection-head output for each view (the space the loss is computed in).
+    """
+
+    loss: torch.FloatTensor | None = None
+    slide_embedding: torch.FloatTensor | None = None
+    projection: torch.FloatTensor | None = None
+
+
+def nt_xent_loss(first: torch.Tensor, second: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's NT-Xent loss: view ``i`` of ``first`` is the positive of row ``i`` of ``second``.
+
+    Args:
+        first, second: `(batch, dim)` projections of the two views.
+    Returns:
+        The mean over the `2 * batch` anchors of the cross-entropy against the other `2 * batch - 1` rows.
+    """
+    batch = first.shape[0]
+    z = F.normalize(torch.cat([first, second]).float(), dim=1)  # (2B, dim)
+    logits = z @ z.T / temperature  # (2B, 2B)
+    logits = logits.masked_fill(torch.eye(2 * batch, dtype=torch.bool, device=z.device), float("-inf"))
+    targets = torch.cat([torch.arange(batch, 2 * batch), torch.arange(batch)]).to(z.device)
+    return F.cross_entropy(logits, targets)
+
+
+def _sparse_map_size(extent: torch.Tensor) -> torch.Tensor:
+    """SparseConvNet's spatial size correction: ``S >= 5``, odd, and ``S // 2`` odd (so ``S = 3 mod 4``, S >= 7)."""
+    size = extent.clamp(min=5)
+    size = size + (size % 2 == 0).long()
+    return size + 2 * ((size // 2) % 2 == 0).long()
+
+
+class SparseBasicBlock(nn.Module):
+    """ResNet BasicBlock on a :class:`SparseGrid`; with ``downsample`` it halves the map (stride 2).
+
+    The downsampling shortcut is SparseConvNet's: 3x3/2 average pooling then a 1x1 submanifold conv (torchvision's
+    1x1 stride-2 conv weight loads into it unchanged). Parameter names follow torchvision's ``BasicBlock``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, downsample: bool, eps: float, momentum: float):
+        super().__init__()
+        self.conv1 = (
+            StridedConv2d(in_channels, out_channels)
+            if downsample
+            else SubmanifoldConv2d(in_channels, out_channels, kernel_size=3)
+        )
+        self.bn1 = nn.BatchNorm1d(out_channels, eps=eps, momentum=momentum)
+        self.conv2 = SubmanifoldConv2d(out_channels, out_channels, kernel_size=3)
+        self.bn2 = nn.BatchNorm1d(out_channels, eps=eps, momentum=momentum)
+        self.downsample = (
+            nn.ModuleList(
+                [
+                    SubmanifoldConv2d(in_channels, out_channels, kernel_size=1),
+                    nn.BatchNorm1d(out_channels, eps=eps, momentum=momentum),
+                ]
+            )
+            if downsample
+            else None
+        )
+
+    def forward(self, grid: SparseGrid) -> SparseGrid:
+        out = sparse_relu(sparse_batch_norm(self.bn1, self.conv1(grid)))
+        out = sparse_batch_norm(self.bn2, self.conv2(out))
+        if self.downsample is None:
+            shortcut = grid.features
+        else:
+            conv, norm = self.downsample
+            shortcut = sparse_batch_norm(norm, conv(average_pool_3x3_stride2(grid))).features
+        return out.with_features(torch.relu(out.features + shortcut))
+
+
+class SparseConvMILEncoder(nn.Module):
+    """Tiles placed on their slide's grid, ResNet18 ``layer4`` as a sparse CNN, mean over the output sites."""
+
+    def __init__(self, config: GigaSSLConfig):
+        super().__init__()
+        self.config = config
+        eps, momentum = config.batch_norm_eps, config.batch_norm_momentum
+        self.layer4 = nn.ModuleList(
+            [
+                SparseBasicBlock(config.feature_dim, config.hidden_dim, True, eps, momentum),
+                SparseBasicBlock(config.hidden_dim, config.hidden_dim, False, eps, momentum),
+            ]
+        )
+
+    def build_grid(
+        self,
+        tile_features: torch.Tensor,
+        tile_coords: torch.Tensor,
+        tile_mask: torch.Tensor,
+        cell_size: torch.Tensor,
+    ) -> SparseGrid:
+        """Place the unmasked tiles on per-slide integer grids (SparseConvNet's InputLayer, mode 4).
+
+        Args:
+            tile_features: `(B, N, D)`; tile_coords: `(B, N, 2)` level-0 px; tile_mask: `(B, N)` bool;
+            cell_size: `(B,)` level-0 px per grid cell.
+        """
+        # float32 as in the original, and the slide's minimum is removed *before* truncation, so shifting a
+        # slide by whole cells leaves its grid unchanged.
+        scaled = tile_coords.float() / cell_size.float()[:, None, None]  # (B, N, 2)
+        lowest = scaled.masked_fill(~tile_mask[..., None], float("inf")).amin(
+            dim=1, keepdim=True
+        )  # (B, 1, 2)
+        grid_xy = (scaled - lowest).masked_fill(~tile_mask[..., None], 0).trunc().long()  # (B, N, 2)
+        extent = grid_xy.amax(dim=1) + 1  # (B, 2): masked tiles sit at 0 and never raise it
+        if self.config.grid_size_mode == "batch":
+            extent = extent.amax(dim=0, keepdim=True).expand_as(extent)
+        batch_index, tile_index = tile_mask.nonzero(as_tuple=True)
+        return input_layer(
+            batch_index,
+            grid_xy[batch_index, tile_index],
+            tile_features[batch_index, tile_index],
+            _sparse_map_size(extent),
+        )
+
+    def forward(self, tile_features, tile_coords, tile_mask, cell_size) -> torch.Tensor:
+        grid = self.build_grid(tile_features, tile_coords, tile_mask, cell_size)
+        for block in self.layer4:
+            grid = block(grid)
+        return segment_mean(grid.features, grid.batch, grid.batch_size)  # (B, hidden_dim)
+
+
+class ResidualMLPBlock(nn.Module):
+    """``relu(x + Linear(relu(BatchNorm(Linear(x)))))`` on each tile."""
+
+    def __init__(self, dim: int, eps: float, momentum: float):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, dim)
+        self.norm = nn.BatchNorm1d(dim, eps=eps, momentum=momentum)
+        self.fc2 = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.fc2(torch.relu(self.norm(self.fc1(x)))))
+
+
+class MLPEncoder(nn.Module):
+    """The light variant: tile features -> ``hidden_dim`` with residual MLP blocks, mean over the tiles."""
+
+    def __init__(self, config: GigaSSLConfig):
+        super().__init__()
+        eps, momentum = config.batch_norm_eps, config.batch_norm_momentum
+        self.input_projection = nn.Sequential(
+            nn.Linear(config.feature_dim, config.hidden_dim),
+            nn.BatchNorm1d(config.hidden_dim, eps=eps, momentum=momentum),
+            nn.ReLU(),
+        )
+        self.blocks = nn.Sequential(
+            *(ResidualMLPBlock(config.hidden_dim, eps, momentum) for _ in range(config.mlp_num_blocks))
+        )
+
+    def forward(self, tile_features, tile_coords, tile_mask, cell_size) -> torch.Tensor:
+        batch_index, tile_index = tile_mask.nonzero(as_tuple=True)
+        tiles = self.blocks(self.input_projection(tile_features[batch_index, tile_index]))  # (T, hidden_dim)
+        return segment_mean(tiles, batch_index, tile_features.shape[0])  # (B, hidden_dim)
+
+
+class GigaSSLPreTrainedModel(PreTrainedModel):
+    config_class = GigaSSLConfig
+    base_model_prefix = "gigassl"
+    main_input_name = "tile_features"
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        if isinstance(module, (SubmanifoldConv2d, StridedConv2d)):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.Linear):
+            init.kaiming_uniform_(module.weight, a=5**0.5)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm1d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            if module.running_mean is not None:
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+                init.zeros_(module.num_batches_tracked)
+
+
+class GigaSSLModel(GigaSSLPreTrainedModel):
+    """Giga-SSL slide encoder: a bag of tile features with their positions -> one slide embedding."""
+
+    def __init__(self, config: GigaSSLConfig):
+        super().__init__(config)
+        self.encoder = (
+            SparseConvMILEncoder(config) if config.encoder_type == "sparse_conv" else MLPEncoder(config)
+        )
+        self.post_init()
+
+    def load_layer4_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Initialise the sparse ``layer4`` from a torchvision / timm ResNet18 ``layer4`` state_dict.
+
+        Keys as in ``resnet18().layer4.state_dict()`` (``0.conv1.weight``, ``0.downsample.0.weight``, ...), or a
+        whole ResNet state_dict whose ``layer4.`` entries are taken.
+        """
+        if self.config.encoder_type != "sparse_conv":
+            raise ValueError("load_layer4_weights needs encoder_type='sparse_conv'")
+        if any(key.startswith("layer4.") for key in state_dict):
+            state_dict = {
+                key[len("layer4.") :]: value for key, value in state_dict.items() if key.startswith("layer4.")
+            }
+        self.encoder.layer4.load_state_dict(state_dict, strict=True)
+
+    def _validate(self, tile_features, tile_coords, tile_mask, patch_size_level0):
+        if tile_features.dim() != 3:
+            raise ValueError(
+                f"tile_features must be (batch, n_tiles, feature_dim), got shape {tuple(tile_features.shape)}"
+            )
+        batch, n_tiles, dim = tile_features.shape
+        if dim != self.config.feature_dim:
+            raise ValueError(
+                f"tile_features have {dim} features per tile but config.feature_dim is {self.config.feature_dim}"
+            )
+        if tile_coords.shape != (batch, n_tiles, 2):
+            raise ValueError(
+                f"tile_coords must be (batch, n_tiles, 2) = {(batch, n_tiles, 2)} level-0 (x, y) pixels, "
+                f"got shape {tuple(tile_coords.shape)}"
+            )
+        if tile_mask is None:
+            tile_mask = torch.ones(batch, n_tiles, dtype=torch.bool, device=tile_features.device)
+        elif tile_mask.shape != (batch, n_tiles):
+            raise ValueError(
+                f"tile_mask must be (batch, n_tiles) = {(batch, n_tiles)}, got {tuple(tile_mask.shape)}"
+            )
+        tile_mask = tile_mask.bool()
+        empty = (~tile_mask.any(dim=1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"every tile of slide(s) at batch index {empty} is masked: a slide needs at least one tile"
+            )
+        if self.config.fixed_grid_cell_size or patch_size_level0 is None:
+            cell_size = torch.full((batch,), self.config.grid_cell_size, device=tile_features.device)
+        else:
+            cell_size = (
+                torch.as_tensor(patch_size_level0, device=tile_features.device).reshape(-1).expand(batch)
+            )
+            if (cell_size <= 0).any():
+                raise ValueError(f"patch_size_level0 must be positive, got {patch_size_level0!r}")
+        return tile_mask, cell_size
+
+    def forward(
+        self,
+        tile_features: torch.Tensor,
+        tile_coords: torch.Tensor,
+        tile_mask: torch.Tensor | None = None,
+        patch_size_level0: int | torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> GigaSSLModelOutput | tuple:
+        r"""
+        Args:
+            tile_features (`torch.Tensor` of shape `(batch_size, n_tiles, feature_dim)`):
+                Tile features from the frozen tile encoder.
+            tile_coords (`torch.Tensor` of shape `(batch_size, n_tiles, 2)`):
+                Level-0 pixel (x, y) of each tile's top-left corner (integer or, after coordinate
+                augmentation, float).
+            tile_mask (`torch.BoolTensor` of shape `(batch_size, n_tiles)`, *optional*):
+                `False` marks padding; padded tiles have no effect at all.
+            patch_size_level0 (`int` or `torch.Tensor` of shape `(batch_size,)`, *optional*):
+                Tile side in level-0 pixels: the grid cell size, so that adjacent tiles are one cell apart.
+                Defaults to `config.grid_cell_size`; ignored when `config.fixed_grid_cell_size` is set.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        tile_mask, cell_size = self._validate(tile_features, tile_coords, tile_mask, patch_size_level0)
+        tile_features = tile_features.to(self.dtype)
+        slide_embedding = self.encoder(
+            tile_features, tile_coords, tile_mask, cell_size
+        )  # (batch, hidden_dim)
+        if not return_dict:
+            return (slide_embedding,)
+        return GigaSSLModelOutput(slide_embedding=slide_embedding)
+
+
+class GigaSSLProjectionHead(nn.Sequential):
+    """SimCLR projection: (Linear, ReLU, BatchNorm1d) for every size but the last, then a Linear."""
+
+    def __init__(self, config: GigaSSLConfig):
+        layers: list[nn.Module] = []
+        in_dim = config.hidden_dim
+        for out_dim in config.projection_dims[:-1]:
+            layers += [
+                nn.Linear(in_dim, out_dim),
+                nn.ReLU(),
+                nn.BatchNorm1d(out_dim, eps=config.batch_norm_eps, momentum=config.batch_norm_momentum),
+            ]
+            in_dim = out_dim
+        layers.append(nn.Linear(in_dim, config.projection_dims[-1]))
+        super().__init__(*layers)
+
+
+class GigaSSLForContrastivePretraining(GigaSSLPreTrainedModel):
+    """Slide encoder + SimCLR projection head; computes the NT-Xent loss when given two views of each slide."""
+
+    def __init__(self, config: GigaSSLConfig):
+        super().__init__(config)
+        self.gigassl = GigaSSLModel(config)
+        self.projection_head = GigaSSLProjectionHead(config)
+        self.post_init()
+
+    def forward(
+        self,
+        tile_features: torch.Tensor,
+        tile_coords: torch.Tensor,
+        tile_mask: torch.Tensor | None = None,
+        patch_size_level0: int | torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> GigaSSLContrastiveOutput | tuple:
+        r"""
+        Args:
+            tile_features (`torch.Tensor` of shape `(batch_size, n_views, n_tiles, feature_dim)` or `(batch_size, n_tiles, feature_dim)`):
+                Tile features of each view. With `n_views == 2` the NT-Xent loss between the two views is returned.
+            tile_coords (`torch.Tensor` of shape `(batch_size, n_views, n_tiles, 2)` or `(batch_size, n_tiles, 2)`):
+                Level-0 pixel (x, y) of each tile (after the view's coordinate augmentation).
+            tile_mask (`torch.BoolTensor` with the leading shape of `tile_coords`, *optional*):
+                `False` marks padding.
+            patch_size_level0 (`int` or `torch.Tensor` of shape `(batch_size,)`, *optional*):
+                Tile side in level-0 pixels, per slide (shared by its views).
+            return_loss (`bool`, *optional*):
+                Defaults to `True` when two views are given.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        has_views = tile_features.dim() == 4
+        if not has_views:
+            tile_features, tile_coords = tile_features[:, None], tile_coords[:, None]
+            tile_mask = None if tile_mask is None else tile_mask[:, None]
+        batch, n_views, n_tiles = tile_features.shape[:3]
+        if return_loss is None:
+            return_loss = n_views == 2
+        if return_loss and n_views != 2:
+            raise ValueError(f"the contrastive loss needs exactly 2 views per slide, got {n_views}")
+        if tile_coords.shape[:3] != (batch, n_views, n_tiles):
+            raise ValueError(
+                f"tile_coords must be (batch, n_views, n_tiles, 2) = {(batch, n_views, n_tiles, 2)}, "
+                f"got {tuple(tile_coords.shape)}"
+            )
+        if patch_size_level0 is not None:
+            patch_size_level0 = torch.as_tensor(patch_size_level0, device=tile_features.device).reshape(-1)
+            patch_size_level0 = patch_size_level0.expand(batch).repeat_interleave(n_views)
+
+        # All views go through the encoder as one batch (one sparse map build, batch-wide BatchNorm).
+        embeddings = self.gigassl(
+            tile_features=tile_features.flatten(0, 1),  # (batch * n_views, n_tiles, feature_dim)
+            tile_coords=tile_coords.flatten(0, 1),
+            tile_mask=None if tile_mask is None else tile_mask.flatten(0, 1),
+            patch_size_level0=patch_size_level0,
+        ).slide_embedding  # (batch * n_views, hidden_dim)
+        projections = self.projection_head(embeddings)  # (batch * n_views, projection_dims[-1])
+        embeddings = embeddings.unflatten(0, (batch, n_views))
+        projections = projections.unflatten(0, (batch, n_views))
+        loss = (
+            nt_xent_loss(projections[:, 0], projections[:, 1], self.config.temperature)
+            if return_loss
+            else None
+        )
+        if not has_views:
+            embeddings, projections = embeddings[:, 0], projections[:, 0]
+        if not return_dict:
+            return tuple(value for value in (loss, embeddings, projections) if value is not None)
+        return GigaSSLContrastiveOutput(loss=loss, slide_embedding=embeddings, projection=projections)

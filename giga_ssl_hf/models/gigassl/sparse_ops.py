@@ -1,0 +1,264 @@
+"""Pure-PyTorch sparse 2-D convolutions on tile grids: the operations of SparseConvMIL's ResNet ``layer4``.
+
+A :class:`SparseGrid` holds the active sites of a batch of slides: ``(batch, x, y)`` integer sites kept
+sorted and unique by a packed int64 key, with a feature row per site. Every operation is vectorised over
+the whole batch: neighbour maps come from ``torch.searchsorted`` on the sorted keys, and each kernel
+offset does one gather -> matmul -> scatter over the neighbour pairs that exist (an isolated tile costs
+one row, never nine). The only Python loop is over the 9 kernel offsets.
+
+Within one kernel offset every output site receives at most one input row and every input row feeds at
+most one output site, so each ``index_add_`` writes distinct rows: the result does not depend on the
+order of atomic additions on CUDA, and the backward pass is deterministic too.
+
+Semantics follow facebookresearch/SparseConvNet as used by the original Giga-SSL (2-D, no bias):
+
+- input layer (mode 4): tiles landing on the same site are averaged;
+- submanifold convolution: a dense ``conv2d(padding=k // 2)`` evaluated only at the active sites;
+- strided convolution (3x3, stride 2, no padding): output site ``o`` exists iff an active input ``x``
+  has ``2o <= x <= 2o + 2`` on both axes and ``o <= (S - 3) // 2`` for the slide's spatial size ``S``;
+- average pooling (3x3, stride 2): the same sites, the window's sum divided by 9 (not by the count).
+
+Weights are kept in the dense torch layout ``(C_out, C_in, k, k)`` with the first kernel axis along
+``x``, so torchvision / timm ResNet weights load unchanged; SparseConvNet's ``(k*k, 1, C_in, C_out)``
+layout is ``W_sparse[a * k + b, 0] == W_dense[:, :, a, b].T``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+def segment_mean(values: torch.Tensor, segment_ids: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Mean of ``values`` rows per segment, deterministic on CPU and CUDA. Every segment must be non-empty.
+
+    Args:
+        values: `(N, C)`.
+        segment_ids: `(N,)` int64 in ``[0, num_segments)``.
+    Returns:
+        `(num_segments, C)`.
+    """
+    order = torch.argsort(segment_ids, stable=True)
+    lengths = torch.bincount(segment_ids, minlength=num_segments)
+    return torch.segment_reduce(values[order], "mean", lengths=lengths)
+
+
+def _key_strides(spatial_size: torch.Tensor) -> tuple[int, int]:
+    # A margin of one cell on each side keeps the key of an out-of-map neighbour (x - 1 = -1 or
+    # x + 1 = S) from aliasing a site of the next row or slide.
+    height, width = (int(v) + 2 for v in spatial_size.max(dim=0).values.tolist())
+    return height, width
+
+
+def _pack_keys(batch: torch.Tensor, xy: torch.Tensor, spatial_size: torch.Tensor) -> torch.Tensor:
+    """int64 keys ordering sites by ``(batch, x, y)``."""
+    height, width = _key_strides(spatial_size)
+    return (batch * height + xy[:, 0] + 1) * width + xy[:, 1] + 1
+
+
+def _unique_sites(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sorted unique keys, the unique index of every key, and the first row holding each unique key."""
+    unique_keys, inverse = torch.unique(keys, return_inverse=True)
+    first = torch.full((unique_keys.numel(),), keys.numel(), dtype=torch.long, device=keys.device)
+    first.scatter_reduce_(0, inverse, torch.arange(keys.numel(), device=keys.device), "amin")
+    return unique_keys, inverse, first
+
+
+@dataclass
+class SparseGrid:
+    """Active sites of a batch of sparse 2-D maps, sorted by ``(batch, x, y)``, one feature row per site.
+
+    Attributes:
+        batch: `(N,)` int64, the slide of each site.
+        xy: `(N, 2)` int64, the site's grid position.
+        features: `(N, C)`.
+        spatial_size: `(B, 2)` int64, the spatial size of each slide's map (sites lie in ``[0, S)``).
+    """
+
+    batch: torch.Tensor
+    xy: torch.Tensor
+    features: torch.Tensor
+    spatial_size: torch.Tensor
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def batch_size(self) -> int:
+        return self.spatial_size.shape[0]
+
+    def with_features(self, features: torch.Tensor) -> SparseGrid:
+        """The same sites (and cached neighbour maps) carrying new features."""
+        return SparseGrid(self.batch, self.xy, features, self.spatial_size, self._cache)
+
+    def keys(self) -> torch.Tensor:
+        """`(N,)` sorted int64 keys packing ``(batch, x, y)``."""
+        if "keys" not in self._cache:
+            self._cache["keys"] = _pack_keys(self.batch, self.xy, self.spatial_size)
+        return self._cache["keys"]
+
+    def submanifold_pairs(self, kernel_size: int) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """Per kernel offset ``a * k + b``: ``(input rows, output rows)`` of the existing neighbour pairs.
+
+        The centre offset is ``None``: it pairs every site with itself, so it needs no gather.
+        """
+        cache_key = ("submanifold", kernel_size)
+        if cache_key not in self._cache:
+            keys = self.keys()
+            _, width = _key_strides(self.spatial_size)
+            radius = kernel_size // 2
+            pairs: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+            for a in range(kernel_size):
+                for b in range(kernel_size):
+                    dx, dy = a - radius, b - radius
+                    if dx == 0 and dy == 0:
+                        pairs.append(None)
+                        continue
+                    target = keys + dx * width + dy
+                    position = torch.searchsorted(keys, target).clamp_(max=keys.numel() - 1)
+                    found = keys[position] == target
+                    output_rows = found.nonzero().squeeze(1)
+                    pairs.append((position[output_rows], output_rows))
+            self._cache[cache_key] = pairs
+        return self._cache[cache_key]
+
+    def downsample(self) -> tuple[SparseGrid, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The output sites of a 3x3 / stride-2 convolution (or pooling) and its per-offset pairs.
+
+        Returns the output grid (features unset: an empty tensor) and, per offset ``a * 3 + b``,
+        ``(input rows, output rows)``.
+        """
+        if "downsample" in self._cache:
+            return self._cache["downsample"]
+        limit = (self.spatial_size[self.batch] - 3) // 2  # (N, 2) largest output index per slide
+        # Input x is covered by outputs (x - 1) // 2 and x // 2 (the same one when x is odd).
+        low, high = torch.div(self.xy - 1, 2, rounding_mode="floor"), self.xy // 2
+        candidates, sources, offsets = [], [], []
+        for use_high_x in (False, True):
+            for use_high_y in (False, True):
+                ox = high[:, 0] if use_high_x else low[:, 0]
+                oy = high[:, 1] if use_high_y else low[:, 1]
+                valid = (ox >= 0) & (oy >= 0) & (ox <= limit[:, 0]) & (oy <= limit[:, 1])
+                if use_high_x:
+                    valid &= high[:, 0] != low[:, 0]
+                if use_high_y:
+                    valid &= high[:, 1] != low[:, 1]
+                rows = valid.nonzero().squeeze(1)
+                candidates.append(torch.stack([self.batch[rows], ox[rows], oy[rows]], dim=1))
+                sources.append(rows)
+                offsets.append((self.xy[rows, 0] - 2 * ox[rows]) * 3 + self.xy[rows, 1] - 2 * oy[rows])
+        candidates_t = torch.cat(candidates)
+        sources_t, offsets_t = torch.cat(sources), torch.cat(offsets)
+        out_spatial = (self.spatial_size - 3) // 2 + 1
+        unique_keys, output_rows, first = _unique_sites(
+            _pack_keys(candidates_t[:, 0], candidates_t[:, 1:], out_spatial)
+        )
+        sites = candidates_t[first]
+        out_grid = SparseGrid(
+            batch=sites[:, 0],
+            xy=sites[:, 1:],
+            features=self.features.new_empty((0,)),
+            spatial_size=out_spatial,
+        )
+        out_grid._cache["keys"] = unique_keys
+        order = torch.argsort(offsets_t, stable=True)
+        counts = torch.bincount(offsets_t, minlength=9).tolist()
+        pairs = list(zip(sources_t[order].split(counts), output_rows[order].split(counts)))
+        self._cache["downsample"] = (out_grid, pairs)
+        return out_grid, pairs
+
+
+def input_layer(
+    batch: torch.Tensor, xy: torch.Tensor, features: torch.Tensor, spatial_size: torch.Tensor
+) -> SparseGrid:
+    """Build a :class:`SparseGrid` from tiles, averaging tiles that land on the same site.
+
+    Args:
+        batch: `(T,)` int64 slide index of each tile.
+        xy: `(T, 2)` int64 grid position, within ``[0, spatial_size)`` of its slide.
+        features: `(T, C)`.
+        spatial_size: `(B, 2)` int64.
+    """
+    unique_keys, site_of_tile, first = _unique_sites(_pack_keys(batch, xy, spatial_size))
+    site_features = segment_mean(features, site_of_tile, unique_keys.numel())
+    grid = SparseGrid(batch[first], xy[first], site_features, spatial_size)
+    grid._cache["keys"] = unique_keys
+    return grid
+
+
+def _offset_weights(weight: torch.Tensor) -> torch.Tensor:
+    """Dense ``(C_out, C_in, k, k)`` -> per-offset ``(k * k, C_in, C_out)``, offset index ``a * k + b``."""
+    out_channels, in_channels = weight.shape[:2]
+    return weight.permute(2, 3, 1, 0).reshape(-1, in_channels, out_channels)
+
+
+def _gather_matmul_scatter(
+    features: torch.Tensor,
+    weights: torch.Tensor,
+    pairs: list[tuple[torch.Tensor, torch.Tensor] | None],
+    output: torch.Tensor,
+) -> torch.Tensor:
+    for offset, pair in enumerate(pairs):
+        if pair is None or pair[0].numel() == 0:
+            continue
+        input_rows, output_rows = pair
+        output = output.index_add(0, output_rows, features[input_rows] @ weights[offset])
+    return output
+
+
+class _SparseConvBase(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
+        super().__init__()
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
+
+
+class SubmanifoldConv2d(_SparseConvBase):
+    """Submanifold convolution: output sites = input sites, ``conv2d(padding=k // 2)`` at those sites."""
+
+    def forward(self, grid: SparseGrid) -> SparseGrid:
+        weights = _offset_weights(self.weight)  # (k*k, C_in, C_out)
+        centre = (self.kernel_size * self.kernel_size) // 2
+        output = grid.features @ weights[centre]  # (N, C_out): every site is its own centre neighbour
+        if self.kernel_size > 1:
+            output = _gather_matmul_scatter(
+                grid.features, weights, grid.submanifold_pairs(self.kernel_size), output
+            )
+        return grid.with_features(output)
+
+
+class StridedConv2d(_SparseConvBase):
+    """3x3 convolution with stride 2 and no padding, over the active sites only."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, kernel_size=3)
+
+    def forward(self, grid: SparseGrid) -> SparseGrid:
+        out_grid, pairs = grid.downsample()
+        output = grid.features.new_zeros(out_grid.batch.numel(), self.out_channels)
+        output = _gather_matmul_scatter(grid.features, _offset_weights(self.weight), pairs, output)
+        return out_grid.with_features(output)
+
+
+def average_pool_3x3_stride2(grid: SparseGrid) -> SparseGrid:
+    """SparseConvNet ``AveragePooling(2, 3, 2)``: sites of the strided conv, window sum divided by 9."""
+    out_grid, pairs = grid.downsample()
+    output = grid.features.new_zeros(out_grid.batch.numel(), grid.features.shape[1])
+    for input_rows, output_rows in pairs:
+        if input_rows.numel():
+            output = output.index_add(0, output_rows, grid.features[input_rows])
+    return out_grid.with_features(output / 9.0)
+
+
+def sparse_batch_norm(norm: nn.BatchNorm1d, grid: SparseGrid) -> SparseGrid:
+    """BatchNorm over all active sites of the batch (``nn.BatchNorm1d`` on the site features)."""
+    return grid.with_features(norm(grid.features))
+
+
+def sparse_relu(grid: SparseGrid) -> SparseGrid:
+    return grid.with_features(torch.relu(grid.features))

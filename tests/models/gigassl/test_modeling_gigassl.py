@@ -1,0 +1,284 @@
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel
+
+from giga_ssl_hf import GigaSSLConfig, GigaSSLForContrastivePretraining, GigaSSLModel
+from giga_ssl_hf.models.gigassl import nt_xent_loss
+
+PATCH = 448  # level-0 px per tile, as for 224 px tiles at level 1 of a 20x-per-level pyramid
+
+
+def tiny_config(**overrides):
+    values = dict(feature_dim=8, hidden_dim=16, projection_dims=(16, 16, 8))
+    values.update(overrides)
+    return GigaSSLConfig(**values)
+
+
+def random_slide(n_tiles, generator, grid=12, dim=8):
+    """Tiles on a grid (level-0 px, multiples of PATCH) with random features."""
+    cells = torch.randint(0, grid, (n_tiles, 2), generator=generator)
+    return torch.randn(n_tiles, dim, generator=generator), cells * PATCH + 3 * PATCH
+
+
+@pytest.fixture(params=["sparse_conv", "mlp"])
+def eval_model(request):
+    torch.manual_seed(0)
+    model = GigaSSLModel(tiny_config(encoder_type=request.param))
+    # Non-trivial running statistics, as after training.
+    model.train()
+    generator = torch.Generator().manual_seed(1)
+    feats, coords = zip(*(random_slide(20, generator) for _ in range(4)))
+    with torch.no_grad():
+        model(torch.stack(feats), torch.stack(coords), patch_size_level0=PATCH)
+    return model.eval()
+
+
+def embed(model, slides, **kwargs):
+    """Pad `slides` [(features, coords)] into one masked batch and embed them."""
+    n = max(f.shape[0] for f, _ in slides)
+    features = torch.zeros(len(slides), n, slides[0][0].shape[1])
+    coords = torch.zeros(len(slides), n, 2, dtype=torch.long)
+    mask = torch.zeros(len(slides), n, dtype=torch.bool)
+    for i, (f, c) in enumerate(slides):
+        features[i, : len(f)], coords[i, : len(c)], mask[i, : len(f)] = f, c, True
+    with torch.no_grad():
+        return model(features, coords, tile_mask=mask, patch_size_level0=PATCH, **kwargs).slide_embedding
+
+
+def test_slide_embedding_is_independent_of_batch_mates_and_padding(eval_model):
+    generator = torch.Generator().manual_seed(2)
+    slides = [random_slide(n, generator, grid=g) for n, g in ((5, 4), (17, 12), (9, 30), (1, 1))]
+    together = embed(eval_model, slides)
+    for i, slide in enumerate(slides):
+        torch.testing.assert_close(embed(eval_model, [slide])[0], together[i], rtol=1e-5, atol=1e-6)
+    # Heavy padding with garbage behind the mask changes nothing.
+    features, coords = slides[0]
+    padded_features = torch.cat([features, 1e3 * torch.randn(7, 8, generator=generator)])
+    padded_coords = torch.cat([coords, torch.randint(0, 10**6, (7, 2), generator=generator)])
+    mask = torch.tensor([True] * 5 + [False] * 7)
+    with torch.no_grad():
+        out = eval_model(
+            padded_features[None], padded_coords[None], tile_mask=mask[None], patch_size_level0=PATCH
+        )
+    torch.testing.assert_close(out.slide_embedding[0], together[0], rtol=1e-5, atol=1e-6)
+
+
+def test_shift_by_whole_cells_changes_nothing(eval_model):
+    generator = torch.Generator().manual_seed(3)
+    features, coords = random_slide(15, generator)
+    reference = embed(eval_model, [(features, coords)])
+    for shift in ([1, 0], [0, 7], [-3, 25]):
+        shifted = coords + torch.tensor(shift) * PATCH + 10 * PATCH
+        torch.testing.assert_close(embed(eval_model, [(features, shifted)]), reference, rtol=1e-5, atol=1e-6)
+
+
+def test_patch_size_sets_the_grid_cell():
+    model = GigaSSLModel(tiny_config()).eval()
+    generator = torch.Generator().manual_seed(4)
+    features, cells = (
+        torch.randn(1, 10, 8, generator=generator),
+        torch.randint(0, 9, (1, 10, 2), generator=generator),
+    )
+    with torch.no_grad():
+        at_224 = model(features, cells * 224).slide_embedding  # config.grid_cell_size
+        at_896 = model(features, cells * 896, patch_size_level0=896).slide_embedding
+        fixed = GigaSSLModel(tiny_config(fixed_grid_cell_size=True)).eval()
+        fixed.load_state_dict(model.state_dict())
+        # The original's convention: 896 px tiles at 224 px per cell sit 4 cells apart.
+        spaced = fixed(features, cells * 896, patch_size_level0=896).slide_embedding
+        expected_spaced = model(features, cells * 4 * 224).slide_embedding
+    torch.testing.assert_close(at_224, at_896)
+    torch.testing.assert_close(spaced, expected_spaced)
+    assert not torch.allclose(spaced, at_224)
+
+
+def test_batch_grid_mode_couples_slides_but_matches_per_slide_alone():
+    per_slide = GigaSSLModel(tiny_config()).eval()
+    batch_mode = GigaSSLModel(tiny_config(grid_size_mode="batch")).eval()
+    batch_mode.load_state_dict(per_slide.state_dict())
+    generator = torch.Generator().manual_seed(5)
+    small, large = random_slide(6, generator, grid=3), random_slide(30, generator, grid=40)
+    torch.testing.assert_close(embed(batch_mode, [small]), embed(per_slide, [small]))
+    assert embed(batch_mode, [small, large]).shape == (2, 16)
+
+
+def test_padding_has_no_effect_on_gradients_or_training_statistics():
+    torch.manual_seed(0)
+    model = GigaSSLModel(tiny_config()).train()
+    twin = GigaSSLModel(tiny_config()).train()
+    twin.load_state_dict(model.state_dict())
+    generator = torch.Generator().manual_seed(6)
+    features, coords = random_slide(6, generator)
+    padded_features = torch.cat([features, torch.randn(4, 8, generator=generator)])[None].requires_grad_(True)
+    padded_coords = torch.cat([coords, coords[:4] + PATCH])[None]
+    mask = torch.tensor([[True] * 6 + [False] * 4])
+    out = model(padded_features, padded_coords, tile_mask=mask, patch_size_level0=PATCH).slide_embedding
+    ref = twin(features[None], coords[None], patch_size_level0=PATCH).slide_embedding
+    torch.testing.assert_close(out, ref)
+    out.sum().backward()
+    assert padded_features.grad[0, 6:].abs().max() == 0
+    for a, b in zip(model.buffers(), twin.buffers()):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(
+    ("features", "coords", "mask", "message"),
+    [
+        (torch.randn(2, 5, 7), torch.zeros(2, 5, 2), None, "feature_dim"),
+        (torch.randn(2, 5, 8), torch.zeros(2, 5, 3), None, "tile_coords"),
+        (torch.randn(2, 5, 8), torch.zeros(2, 4, 2), None, "tile_coords"),
+        (torch.randn(5, 8), torch.zeros(5, 2), None, "tile_features"),
+        (torch.randn(2, 5, 8), torch.zeros(2, 5, 2), torch.tensor([[True] * 5, [False] * 5]), "masked"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(features, coords, mask, message):
+    model = GigaSSLModel(tiny_config())
+    with pytest.raises(ValueError, match=message):
+        model(features, coords, tile_mask=mask)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("feature_dim", 0),
+        ("hidden_dim", -3),
+        ("encoder_type", "transformer"),
+        ("grid_size_mode", "global"),
+        ("grid_cell_size", 0),
+        ("projection_dims", ()),
+        ("temperature", 0.0),
+        ("n_tiles", 0),
+    ],
+)
+def test_invalid_config_values_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        GigaSSLConfig(**{field: value})
+
+
+def test_load_layer4_weights_from_torchvision_resnet18():
+    import torchvision
+
+    resnet = torchvision.models.resnet18(weights=None)
+    model = GigaSSLModel(GigaSSLConfig())
+    model.load_layer4_weights(resnet.layer4.state_dict())
+    torch.testing.assert_close(model.encoder.layer4[0].conv1.weight, resnet.layer4[0].conv1.weight)
+    torch.testing.assert_close(
+        model.encoder.layer4[0].downsample[0].weight, resnet.layer4[0].downsample[0].weight
+    )
+    model.load_layer4_weights(resnet.state_dict())  # a whole ResNet state_dict: its layer4 entries
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        GigaSSLModel(tiny_config()).load_layer4_weights(resnet.layer4.state_dict())
+
+
+def test_nt_xent_loss_matches_its_definition():
+    generator = torch.Generator().manual_seed(7)
+    a, b = torch.randn(4, 3, generator=generator), torch.randn(4, 3, generator=generator)
+    z = torch.nn.functional.normalize(torch.cat([a, b]), dim=1)
+    similarity = z @ z.T / 0.5
+    expected = 0.0
+    for i in range(8):
+        positive = (i + 4) % 8
+        others = [similarity[i, j].exp() for j in range(8) if j != i]
+        expected += -torch.log(similarity[i, positive].exp() / sum(others))
+    torch.testing.assert_close(nt_xent_loss(a, b, 0.5), expected / 8)
+    # Identical, well separated views give a much lower loss than random pairs.
+    assert nt_xent_loss(10 * torch.eye(4), 10 * torch.eye(4), 0.05) < nt_xent_loss(a, b, 0.05)
+
+
+@pytest.mark.parametrize("encoder_type", ["sparse_conv", "mlp"])
+def test_contrastive_model_returns_loss_and_learns(encoder_type):
+    torch.manual_seed(0)
+    model = GigaSSLForContrastivePretraining(tiny_config(encoder_type=encoder_type, temperature=0.1))
+    generator = torch.Generator().manual_seed(8)
+    features = torch.randn(8, 2, 5, 8, generator=generator)
+    coords = torch.randint(0, 20, (8, 2, 5, 2), generator=generator) * 224
+    out = model(features, coords)
+    assert (
+        out.loss.ndim == 0 and out.slide_embedding.shape == (8, 2, 16) and out.projection.shape == (8, 2, 8)
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(15):
+        loss = model(features, coords).loss
+        first = loss.item() if first is None else first
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.5 * first
+    single = model(features[:, 0], coords[:, 0])
+    assert single.loss is None and single.slide_embedding.shape == (8, 16)
+
+
+def _trained_like(model):
+    generator = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+        for name, buffer in model.named_buffers():
+            if name.endswith("running_var"):
+                buffer.uniform_(0.5, 2.0, generator=generator)
+    return model.eval()
+
+
+def test_save_pretrained_and_auto_model_round_trip(tmp_path):
+    model = _trained_like(GigaSSLModel(tiny_config()))
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    assert {"configuration_gigassl.py", "modeling_gigassl.py", "sparse_ops.py"} <= {
+        p.name for p in tmp_path.iterdir()
+    }
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(config, GigaSSLConfig) and config.auto_map["AutoModel"].endswith("GigaSSLModel")
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, GigaSSLModel)
+    generator = torch.Generator().manual_seed(10)
+    features, coords = (
+        torch.randn(3, 9, 8, generator=generator),
+        torch.randint(0, 30, (3, 9, 2), generator=generator),
+    )
+    with torch.no_grad():
+        assert torch.equal(
+            model(features, coords * 224).slide_embedding, loaded(features, coords * 224).slide_embedding
+        )
+
+
+def test_encoder_loads_from_a_pretraining_checkpoint(tmp_path):
+    pretraining = _trained_like(GigaSSLForContrastivePretraining(tiny_config()))
+    pretraining.save_pretrained(tmp_path)
+    encoder = GigaSSLModel.from_pretrained(tmp_path).eval()
+    for (name, a), (_, b) in zip(encoder.state_dict().items(), pretraining.gigassl.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_remote_code_loads_without_the_package(tmp_path):
+    model = _trained_like(GigaSSLModel(tiny_config()))
+    model.save_pretrained(tmp_path / "model")
+    generator = torch.Generator().manual_seed(11)
+    features, coords = (
+        torch.randn(2, 7, 8, generator=generator),
+        torch.randint(0, 30, (2, 7, 2), generator=generator) * 224,
+    )
+    torch.save({"features": features, "coords": coords}, tmp_path / "inputs.pt")
+    with torch.no_grad():
+        expected = model(features, coords).slide_embedding
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["giga_ssl_hf"] = None  # any import of the package fails
+        import torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        inputs = torch.load({str(tmp_path / "inputs.pt")!r})
+        with torch.no_grad():
+            torch.save(model(inputs["features"], inputs["coords"]).slide_embedding, {str(tmp_path / "out.pt")!r})
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, env=env, timeout=300)
+    assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
