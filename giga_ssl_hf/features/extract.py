@@ -1,0 +1,646 @@
+"""`giga-ssl extract`: whole-slide images -> tile-feature Datasets (exhaustive and shared-augmentation passes).
+
+Output folder (a contract later stages rely on)::
+
+    OUT/exhaustive/       every kept tile once per slide (aug_id = -1); datasets.load_from_disk
+    OUT/augmented/        n_aug rows per slide of n_tiles_per_aug sampled tiles, one augmentation per row
+    OUT/manifest.jsonl    one JSON object per slide: slide_id, path, status (ok|failed|empty), n_tiles,
+                          seconds, error (+ patch_size_level0, mpp, level, ...)
+    OUT/parts/            committed per-slide results (what makes reruns resume)
+    OUT/thumbnails/       with --thumbnails: <slide_id>.png, tissue outline (green) and kept tiles (blue)
+    OUT/extract_config.json  the settings that determine the features (a rerun must use the same)
+
+Each slide is read once: every kept tile region is decoded at most once, then encoded as-is for the
+exhaustive pass and through the augmentations of the views that sampled it. Augmentation draws are seeded
+from ``--seed`` and the slide id, so results do not depend on the order slides are processed in, and a
+run killed at any point then rerun gives the same Datasets as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import giga_ssl_hf
+from giga_ssl_hf.features.augment import RECIPE, SharedAugmentation
+from giga_ssl_hf.features.encoders import EncoderRunner, build_tile_encoder
+from giga_ssl_hf.features.schema import NO_AUGMENTATION
+from giga_ssl_hf.features.store import (
+    PartStore,
+    slide_seed,
+    write_jsonl_atomic,
+    write_text_atomic,
+    write_tile_dataset,
+)
+from giga_ssl_hf.wsi import find_slides, iter_tile_blocks, open_slide, save_thumbnail, tile_grid, tissue_mask
+from giga_ssl_hf.wsi.tiling import TileGrid
+
+logger = logging.getLogger(__name__)
+
+EXHAUSTIVE, AUGMENTED = "exhaustive", "augmented"
+
+
+@dataclass
+class ExtractionConfig:
+    """The settings that determine the extracted features (a rerun into the same folder must match)."""
+
+    encoder: str = "resnet18-layer3"
+    pretrained: bool = True
+    weights: str | None = None
+    tile_size: int = 224
+    target_mpp: float = 1.0
+    min_tissue: float = 0.5
+    mask_mpp: float = 8.0
+    saturation_threshold: float | None = None
+    min_saturation: float = 0.05
+    n_aug: int = 50
+    n_tiles_per_aug: int = 256
+    seed: int = 0
+    dtype: str = "float16"
+    precision: str = "auto"
+
+
+@dataclass
+class ExtractionSummary:
+    """What :func:`extract_slides` did; ``failed`` lists ``(slide_id, error)``."""
+
+    out_dir: Path
+    ok: list[str] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    n_tiles: int = 0
+    seconds: float = 0.0
+    datasets: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def tiles_per_second(self) -> float:
+        return self.n_tiles / self.seconds if self.seconds > 0 else 0.0
+
+
+class _Batcher:
+    """Accumulates images until ``batch_size``, encodes them and stores features at their target rows."""
+
+    def __init__(self, runner: EncoderRunner, out: np.ndarray, batch_size: int):
+        self.runner, self.out, self.batch_size = runner, out, batch_size
+        self.images: list[torch.Tensor] = []
+        self.targets: list[np.ndarray] = []
+        self.count = 0
+
+    def add(self, images: torch.Tensor, targets: np.ndarray) -> None:
+        self.images.append(images)
+        self.targets.append(targets)
+        self.count += len(targets)
+        if self.count >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.count:
+            return
+        features = self.runner(torch.cat(self.images))
+        self.out[np.concatenate(self.targets)] = features.numpy()
+        self.images, self.targets, self.count = [], [], 0
+
+
+def _subset(grid: TileGrid, indices: np.ndarray) -> TileGrid:
+    return dataclasses.replace(grid, coords=grid.coords[indices], tissue=grid.tissue[indices])
+
+
+def encode_slide(
+    slide,
+    grid: TileGrid,
+    runner: EncoderRunner,
+    config: ExtractionConfig,
+    slide_id: str,
+    *,
+    passes: Sequence[str] = (EXHAUSTIVE, AUGMENTED),
+    batch_size: int = 64,
+    num_readers: int = 1,
+    progress: tqdm | None = None,
+) -> dict[str, np.ndarray]:
+    """Features of a slide's tiles for ``passes``, reading each tile region once.
+
+    Returns ``exhaustive_features (n, D)``, ``exhaustive_coords (n, 2)``, ``augmented_features
+    (n_aug, k, D)``, ``augmented_coords (n_aug, k, 2)`` (those of the passes asked for), in ``config.dtype``.
+    """
+    n, dim = len(grid), runner.feature_dim
+    result: dict[str, np.ndarray] = {}
+    exhaustive = EXHAUSTIVE in passes
+    augmented = AUGMENTED in passes
+    batchers = []
+    if exhaustive:
+        exhaustive_features = np.empty((n, dim), dtype=np.float32)
+        exhaustive_batcher = _Batcher(runner, exhaustive_features, batch_size)
+        batchers.append(exhaustive_batcher)
+    if augmented:
+        augmentation = SharedAugmentation(grid.tile_size)
+        generator = torch.Generator().manual_seed(slide_seed(config.seed, slide_id))
+        sampled = torch.randint(n, (config.n_aug, config.n_tiles_per_aug), generator=generator).numpy()
+        params = [augmentation.sample(generator) for _ in range(config.n_aug)]
+        # A tile drawn twice in a view gets the same augmentation, hence the same features: encode each
+        # (tile, view) pair once. Pairs sorted by tile, so a block's pairs are one contiguous range.
+        views = np.broadcast_to(np.arange(config.n_aug)[:, None], sampled.shape)
+        pairs, inverse = np.unique(sampled * config.n_aug + views, return_inverse=True)
+        pair_tile, pair_view = pairs // config.n_aug, pairs % config.n_aug
+        pair_features = np.empty((len(pairs), dim), dtype=np.float32)
+        augmented_batcher = _Batcher(runner, pair_features, batch_size)
+        batchers.append(augmented_batcher)
+    # An augmentation-only run reads just the tiles some view sampled.
+    read_indices = np.arange(n) if exhaustive else np.unique(pair_tile)
+    for block_positions, tiles in iter_tile_blocks(
+        slide, _subset(grid, read_indices), num_workers=num_readers
+    ):
+        indices = read_indices[block_positions]
+        if exhaustive:
+            exhaustive_batcher.add(tiles, indices)
+        if augmented:
+            lo, hi = np.searchsorted(pair_tile, [indices[0], indices[-1] + 1])
+            position_of = {int(tile): i for i, tile in enumerate(indices)}
+            for start in range(lo, hi, batch_size):
+                chunk = np.arange(start, min(hi, start + batch_size))
+                for view in np.unique(pair_view[chunk]):
+                    selected = chunk[pair_view[chunk] == view]
+                    rows = [position_of[int(tile)] for tile in pair_tile[selected]]
+                    augmented_batcher.add(augmentation.apply(tiles[rows], params[int(view)]), selected)
+        if progress is not None:
+            progress.update(len(indices))
+    for batcher in batchers:
+        batcher.flush()
+    if exhaustive:
+        result["exhaustive_features"] = exhaustive_features.astype(config.dtype)
+        result["exhaustive_coords"] = grid.coords.astype(np.int64)
+    if augmented:
+        features = pair_features[inverse.reshape(-1)].reshape(config.n_aug, config.n_tiles_per_aug, dim)
+        result["augmented_features"] = features.astype(config.dtype)
+        result["augmented_coords"] = grid.coords[sampled].astype(np.int64)
+    return result
+
+
+def _process_slide(
+    path: Path, slide_id: str, runner, config, options: dict, progress
+) -> tuple[dict, dict | None]:
+    """Record (manifest fields) and arrays of one slide; exceptions are the caller's to record."""
+    with open_slide(path, options["mpp"], override_mpp=options["override_mpp"]) as slide:
+        mask = tissue_mask(
+            slide,
+            mask_mpp=config.mask_mpp,
+            saturation_threshold=config.saturation_threshold,
+            min_saturation=config.min_saturation,
+        )
+        grid = tile_grid(
+            slide,
+            tile_size=config.tile_size,
+            target_mpp=config.target_mpp,
+            mask=mask,
+            min_tissue=config.min_tissue,
+        )
+        if options["thumbnails"]:
+            save_thumbnail(options["out_dir"] / "thumbnails" / f"{slide_id}.png", slide, mask, grid)
+        record = {
+            "n_tiles": len(grid),
+            "n_candidates": grid.n_candidates,
+            "patch_size_level0": grid.patch_size_level0,
+            "level": grid.level,
+            "mpp": slide.mpp,
+            "mpp_source": slide.mpp_source,
+            "magnification": None if math.isnan(slide.magnification) else slide.magnification,
+            "tissue_fraction": mask.tissue_fraction,
+        }
+        if len(grid) == 0:
+            record.update(status="empty", error=grid.reason)
+            return record, None
+        arrays = encode_slide(
+            slide,
+            grid,
+            runner,
+            config,
+            slide_id,
+            passes=options["passes"],
+            batch_size=options["batch_size"],
+            num_readers=options["num_readers"],
+            progress=progress,
+        )
+    record.update(status="ok", error=None)
+    return record, arrays
+
+
+def _dataset_rows(store: PartStore, records: list[dict], which: str):
+    for record in records:
+        arrays = store.arrays(record["slide_id"])
+        common = {
+            "slide_id": record["slide_id"],
+            "patch_size_level0": record["patch_size_level0"],
+            "mpp": record["mpp"],
+            "magnification": float("nan") if record["magnification"] is None else record["magnification"],
+        }
+        if which == EXHAUSTIVE:
+            yield {
+                **common,
+                "aug_id": NO_AUGMENTATION,
+                "features": arrays["exhaustive_features"],
+                "coords": arrays["exhaustive_coords"],
+            }
+        else:
+            for aug_id, (features, coords) in enumerate(
+                zip(arrays["augmented_features"], arrays["augmented_coords"])
+            ):
+                yield {**common, "aug_id": aug_id, "features": features, "coords": coords}
+
+
+def _check_config(out_dir: Path, config: ExtractionConfig, store: PartStore, overwrite: bool) -> None:
+    path = out_dir / "extract_config.json"
+    wanted = dataclasses.asdict(config)
+    if path.exists():
+        existing = json.loads(path.read_text())
+        if existing == wanted:
+            return
+        changed = sorted(k for k in set(existing) | set(wanted) if existing.get(k) != wanted.get(k))
+        if not overwrite:
+            raise ValueError(
+                f"{out_dir} holds features extracted with other settings ({', '.join(changed)}); "
+                "use another --out, or --overwrite to discard them"
+            )
+        logger.warning(
+            "settings changed (%s): discarding every committed slide of %s", ", ".join(changed), out_dir
+        )
+        store.clear()
+    write_text_atomic(path, json.dumps(wanted, indent=1, sort_keys=True))
+
+
+def extract_slides(
+    paths: Sequence[str | Path],
+    out_dir: str | Path,
+    config: ExtractionConfig | None = None,
+    *,
+    passes: Sequence[str] = (EXHAUSTIVE, AUGMENTED),
+    mpp: float | None = None,
+    override_mpp: bool = False,
+    batch_size: int = 64,
+    num_readers: int = 1,
+    device: str = "auto",
+    thumbnails: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ExtractionSummary:
+    """Tile, encode and store ``paths`` (slide files or folders of slides) into ``out_dir``.
+
+    Slides already committed by an earlier run (status ok or empty, with the passes asked for) are
+    skipped unless ``overwrite``; failed ones are retried. A failing slide is recorded and the others go
+    on. The Datasets are rebuilt at the end from every committed slide of ``out_dir``.
+    """
+    config = config or ExtractionConfig()
+    passes = tuple(p for p in (EXHAUSTIVE, AUGMENTED) if p in passes)
+    if not passes:
+        raise ValueError("nothing to do: passes must include 'exhaustive' and/or 'augmented'")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    slides = find_slides(list(paths))
+    ids = [p.stem for p in slides]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"several slides share the file stem (slide_id) {duplicates}; rename them")
+    store = PartStore(out_dir / "parts")
+    store.remove_temporaries()
+    _check_config(out_dir, config, store, overwrite)
+
+    summary = ExtractionSummary(out_dir=out_dir)
+    todo = []
+    for path, slide_id in zip(slides, ids):
+        previous = store.record(slide_id)
+        finished = (
+            previous is not None
+            and previous["status"] in ("ok", "empty")
+            and (previous["status"] == "empty" or set(passes) <= set(previous.get("passes", [])))
+        )
+        if finished and not overwrite:
+            summary.skipped.append(slide_id)
+        else:
+            todo.append((path, slide_id))
+    if summary.skipped:
+        logger.info(
+            "%d slide(s) already extracted in %s, skipped (--overwrite redoes them)",
+            len(summary.skipped),
+            out_dir,
+        )
+
+    runner = None
+    if todo:
+        encoder = build_tile_encoder(config.encoder, pretrained=config.pretrained, weights=config.weights)
+        runner = EncoderRunner(encoder, device=device, precision=config.precision)
+        feature_dim = runner.feature_dim
+    options = {
+        "mpp": mpp,
+        "override_mpp": override_mpp,
+        "thumbnails": thumbnails,
+        "out_dir": out_dir,
+        "passes": passes,
+        "batch_size": batch_size,
+        "num_readers": num_readers,
+    }
+    start = time.perf_counter()
+    slide_bar = tqdm(todo, desc="slides", unit="slide", disable=not progress)
+    tile_bar = tqdm(desc="tiles", unit="tile", disable=not progress)
+    for path, slide_id in slide_bar:
+        slide_bar.set_postfix_str(slide_id)
+        began = time.perf_counter()
+        try:
+            record, arrays = _process_slide(path, slide_id, runner, config, options, tile_bar)
+        except Exception as error:  # any failure of one slide is recorded; the job goes on
+            logger.warning("%s failed: %s: %s", slide_id, type(error).__name__, error)
+            record, arrays = (
+                {"status": "failed", "n_tiles": 0, "error": f"{type(error).__name__}: {error}"},
+                None,
+            )
+        record.update(slide_id=slide_id, path=str(path), seconds=round(time.perf_counter() - began, 3))
+        record["passes"] = list(passes) if record["status"] == "ok" else []
+        store.commit(record, arrays)
+        if record["status"] == "ok":
+            summary.ok.append(slide_id)
+            summary.n_tiles += record["n_tiles"]
+        elif record["status"] == "empty":
+            summary.empty.append(slide_id)
+        else:
+            summary.failed.append((slide_id, record["error"]))
+        write_jsonl_atomic(out_dir / "manifest.jsonl", _manifest(store))
+    tile_bar.close()
+    slide_bar.close()
+    summary.seconds = time.perf_counter() - start
+
+    records = store.records()
+    write_jsonl_atomic(out_dir / "manifest.jsonl", _manifest(store))
+    ok_records = [r for r in records if r["status"] == "ok"]
+    if runner is None:
+        feature_dim = _feature_dim(store, ok_records, passes)
+    if feature_dim is not None:
+        for which in passes:
+            usable = [r for r in ok_records if which in r.get("passes", [])]
+            metadata = _metadata(config, which, feature_dim)
+            summary.datasets[which] = write_tile_dataset(
+                _dataset_rows(store, usable, which), out_dir / which, feature_dim, config.dtype, metadata
+            )
+    return summary
+
+
+def _manifest(store: PartStore) -> list[dict]:
+    keys = ("slide_id", "path", "status", "n_tiles", "seconds", "error")
+    return [
+        {**{k: r.get(k) for k in keys}, **{k: v for k, v in r.items() if k not in keys}}
+        for r in store.records()
+    ]
+
+
+def _feature_dim(store: PartStore, ok_records: list[dict], passes) -> int | None:
+    """D from a committed slide when this run encoded nothing (every slide was skipped)."""
+    for record in ok_records:
+        arrays = store.arrays(record["slide_id"])
+        for key in ("exhaustive_features", "augmented_features"):
+            if key in arrays:
+                return int(arrays[key].shape[-1])
+    return None
+
+
+def _metadata(config: ExtractionConfig, which: str, feature_dim: int) -> dict:
+    metadata = {
+        "source": "giga-ssl extract",
+        "pass": which,
+        "encoder": config.encoder,
+        "pretrained": config.pretrained,
+        "weights": config.weights,
+        "feature_dim": feature_dim,
+        "dtype": config.dtype,
+        "precision": config.precision,
+        "tile_size": config.tile_size,
+        "target_mpp": config.target_mpp,
+        "min_tissue": config.min_tissue,
+        "tissue_mask": {
+            "mask_mpp": config.mask_mpp,
+            "saturation_threshold": config.saturation_threshold,
+            "min_saturation": config.min_saturation,
+        },
+        "coords": "level-0 (x, y) of the top-left corner; grid index = coords // patch_size_level0",
+        "package_version": giga_ssl_hf.__version__,
+    }
+    if which == AUGMENTED:
+        metadata.update(
+            augmentation=RECIPE, n_aug=config.n_aug, n_tiles_per_aug=config.n_tiles_per_aug, seed=config.seed
+        )
+    else:
+        metadata["augmentation"] = None
+    return metadata
+
+
+EPILOG = """\
+examples:
+  giga-ssl extract slides/ --out features/                     # both passes, paper defaults
+  giga-ssl extract a.svs b.ndpi --out feats --no-aug --thumbnails
+  giga-ssl extract slides/ --out feats --encoder hf-hub:bioptimus/H-optimus-0 --tile-size 224 --target-mpp 0.5
+  giga-ssl extract slides/ --out feats --encoder resnet18-layer3 --weights moco_tcga.pth.tar
+  giga-ssl extract scans/ --out feats --mpp 0.5                # for scans that record no pixel size
+
+output (--out DIR): DIR/exhaustive/ and DIR/augmented/ (datasets.load_from_disk), DIR/manifest.jsonl (one
+line per slide: slide_id, path, status ok|failed|empty, n_tiles, seconds, error), DIR/thumbnails/*.png.
+Rerunning the same command resumes: finished slides are skipped, failed ones retried. The exit status
+is 1 when a slide failed (see the summary and the manifest), 0 otherwise.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = ExtractionConfig()
+    parser = argparse.ArgumentParser(
+        prog="giga-ssl extract",
+        description="Tile whole-slide images at a target resolution and encode the tiles into tile-feature "
+        "Datasets: an exhaustive pass (every tissue tile once, for embedding) and a shared-augmentation "
+        "pass (n_aug views per slide, one random augmentation per view, for SSL training).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "inputs", nargs="+", metavar="SLIDE_OR_DIR", help="slide files, or folders of slides (not recursive)"
+    )
+    parser.add_argument(
+        "--out", required=True, type=Path, help="output folder (created; reruns resume in it)"
+    )
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
+        "--both",
+        dest="passes",
+        action="store_const",
+        const=(EXHAUSTIVE, AUGMENTED),
+        help="run both passes (default)",
+    )
+    which.add_argument(
+        "--no-aug", dest="passes", action="store_const", const=(EXHAUSTIVE,), help="exhaustive pass only"
+    )
+    which.add_argument(
+        "--aug", dest="passes", action="store_const", const=(AUGMENTED,), help="augmented pass only"
+    )
+    parser.set_defaults(passes=(EXHAUSTIVE, AUGMENTED))
+    group = parser.add_argument_group("encoder")
+    group.add_argument(
+        "--encoder",
+        default=defaults.encoder,
+        help="'resnet18-layer3' (the paper, 256-d), a timm model name, or an hf-hub: id (default: %(default)s)",
+    )
+    group.add_argument(
+        "--weights",
+        default=None,
+        help="local weights file (.safetensors, or a .pth/.pth.tar such as the original MoCo checkpoint)",
+    )
+    group.add_argument(
+        "--no-pretrained",
+        dest="pretrained",
+        action="store_false",
+        help="random initialisation (no download; for tests)",
+    )
+    group.add_argument(
+        "--device", default="auto", help="cuda, cpu, cuda:1, ... (default: cuda when available)"
+    )
+    group.add_argument(
+        "--precision",
+        choices=("auto", "bf16", "fp32"),
+        default=defaults.precision,
+        help="bf16 autocast on CUDA and on CPUs with AMX when auto (default: %(default)s)",
+    )
+    group.add_argument(
+        "--batch-size", type=int, default=64, help="tiles per encoder call (default: %(default)s)"
+    )
+    group.add_argument(
+        "--dtype",
+        choices=("float16", "float32"),
+        default=defaults.dtype,
+        help="stored feature dtype (default: %(default)s)",
+    )
+    group = parser.add_argument_group("tiling")
+    group.add_argument(
+        "--tile-size",
+        type=int,
+        default=defaults.tile_size,
+        help="tile side in px given to the encoder (default: %(default)s)",
+    )
+    group.add_argument(
+        "--target-mpp",
+        type=float,
+        default=defaults.target_mpp,
+        help="µm per px of the tiles; 1.0 is level 1 of a 40x slide, as in the paper (default: %(default)s)",
+    )
+    group.add_argument(
+        "--min-tissue",
+        type=float,
+        default=defaults.min_tissue,
+        help="keep tiles with at least this tissue fraction (default: %(default)s)",
+    )
+    group.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        help="level-0 µm per px for slides whose metadata has no pixel size",
+    )
+    group.add_argument(
+        "--override-mpp",
+        action="store_true",
+        help="use --mpp for every slide, even those that record a pixel size",
+    )
+    group.add_argument(
+        "--mask-mpp",
+        type=float,
+        default=defaults.mask_mpp,
+        help="resolution of the tissue mask, µm per px (default: %(default)s)",
+    )
+    group.add_argument(
+        "--saturation-threshold",
+        type=float,
+        default=None,
+        help="tissue = HSV saturation above this (default: Otsu's threshold)",
+    )
+    group.add_argument(
+        "--min-saturation",
+        type=float,
+        default=defaults.min_saturation,
+        help="lower bound of the Otsu threshold, so blank slides stay blank (default: %(default)s)",
+    )
+    group.add_argument(
+        "--readers",
+        type=int,
+        default=1,
+        help="background threads reading tiles while the encoder runs (0: none; default: %(default)s)",
+    )
+    group = parser.add_argument_group("shared augmentations (paper defaults)")
+    group.add_argument(
+        "--n-aug", type=int, default=defaults.n_aug, help="augmented views per slide (default: %(default)s)"
+    )
+    group.add_argument(
+        "--n-tiles-per-aug",
+        type=int,
+        default=defaults.n_tiles_per_aug,
+        help="tiles sampled with replacement per view (default: %(default)s)",
+    )
+    group.add_argument(
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help="global seed; each slide's draws derive from it and the slide id (default: %(default)s)",
+    )
+    group = parser.add_argument_group("output")
+    group.add_argument(
+        "--thumbnails",
+        action="store_true",
+        help="write DIR/thumbnails/<slide_id>.png (tissue outline + kept tiles)",
+    )
+    group.add_argument("--overwrite", action="store_true", help="redo slides already extracted in --out")
+    group.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.override_mpp and args.mpp is None:
+        build_parser().error("--override-mpp needs --mpp")
+    config = ExtractionConfig(
+        encoder=args.encoder,
+        pretrained=args.pretrained,
+        weights=args.weights,
+        tile_size=args.tile_size,
+        target_mpp=args.target_mpp,
+        min_tissue=args.min_tissue,
+        mask_mpp=args.mask_mpp,
+        saturation_threshold=args.saturation_threshold,
+        min_saturation=args.min_saturation,
+        n_aug=args.n_aug,
+        n_tiles_per_aug=args.n_tiles_per_aug,
+        seed=args.seed,
+        dtype=args.dtype,
+        precision=args.precision,
+    )
+    summary = extract_slides(
+        args.inputs,
+        args.out,
+        config,
+        passes=args.passes,
+        mpp=args.mpp,
+        override_mpp=args.override_mpp,
+        batch_size=args.batch_size,
+        num_readers=args.readers,
+        device=args.device,
+        thumbnails=args.thumbnails,
+        overwrite=args.overwrite,
+        progress=args.progress,
+    )
+    print(
+        f"{len(summary.ok)} ok, {len(summary.empty)} empty (no tissue tile), {len(summary.failed)} failed, "
+        f"{len(summary.skipped)} already done; {summary.n_tiles} tiles in {summary.seconds:.1f} s "
+        f"({summary.tiles_per_second:.1f} tiles/s) -> {summary.out_dir}"
+    )
+    for slide_id, error in summary.failed:
+        print(f"  FAILED {slide_id}: {error}")
+    return 1 if summary.failed else 0

@@ -1,0 +1,133 @@
+"""Crash-safe storage of per-slide extraction results and their consolidation into tile-feature Datasets.
+
+Each slide's arrays (``parts/<slide_id>.npz``) and then its record (``parts/<slide_id>.json``) are written to a
+temporary name and renamed: the record's rename is the commit point, so a run killed at any moment leaves
+every slide either fully committed or absent. Datasets are (re)built from the committed parts, in
+``slide_id`` order, into a temporary folder that replaces the previous one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+import datasets
+import numpy as np
+from datasets.arrow_writer import ArrowWriter
+
+from giga_ssl_hf.features.schema import tile_features_schema, write_metadata
+
+
+def slide_seed(seed: int, slide_id: str) -> int:
+    """Seed of a slide's random draws: depends on the global seed and the slide only, not on run order."""
+    digest = hashlib.sha256(f"{seed}:{slide_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_jsonl_atomic(path: Path, records: Iterable[dict]) -> None:
+    write_text_atomic(path, "".join(json.dumps(record, sort_keys=True) + "\n" for record in records))
+
+
+class PartStore:
+    """The committed per-slide results of an output folder (``DIR/parts``)."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def remove_temporaries(self) -> None:
+        """Delete what a killed run left half-written (never a committed part)."""
+        for path in self.directory.glob("*.tmp*"):
+            path.unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        for path in self.directory.iterdir():
+            path.unlink()
+
+    def _arrays_path(self, slide_id: str) -> Path:
+        return self.directory / f"{slide_id}.npz"
+
+    def _record_path(self, slide_id: str) -> Path:
+        return self.directory / f"{slide_id}.json"
+
+    def record(self, slide_id: str) -> dict | None:
+        path = self._record_path(slide_id)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def records(self) -> list[dict]:
+        """All committed records, sorted by ``slide_id``."""
+        records = [json.loads(path.read_text()) for path in self.directory.glob("*.json")]
+        return sorted(records, key=lambda record: record["slide_id"])
+
+    def commit(self, record: dict, arrays: dict[str, np.ndarray] | None = None) -> None:
+        slide_id = record["slide_id"]
+        self._record_path(slide_id).unlink(missing_ok=True)
+        if arrays:
+            path = self._arrays_path(slide_id)
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **arrays)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        else:
+            self._arrays_path(slide_id).unlink(missing_ok=True)
+        write_text_atomic(self._record_path(slide_id), json.dumps(record, sort_keys=True, indent=1))
+
+    def arrays(self, slide_id: str) -> dict[str, np.ndarray]:
+        with np.load(self._arrays_path(slide_id)) as npz:
+            return {key: npz[key] for key in npz.files}
+
+
+def replace_directory(tmp: Path, final: Path) -> None:
+    """Move folder ``tmp`` to ``final``, replacing what is there (rename is atomic for empty targets only)."""
+    if final.exists():
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
+
+
+def write_tile_dataset(
+    rows: Iterable[dict], dataset_dir: str | Path, feature_dim: int, dtype: str, metadata: dict
+) -> Path:
+    """Write rows of the tile-feature schema as a ``save_to_disk`` folder plus the metadata sidecar.
+
+    Rows are streamed one at a time (a slide's row can hold tens of thousands of tiles), and the folder
+    appears only once complete.
+    """
+    dataset_dir = Path(dataset_dir)
+    tmp = dataset_dir.with_name(dataset_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    features = tile_features_schema(feature_dim, dtype)
+    staging = tmp / "staging.arrow"
+    with ArrowWriter(features=features, path=str(staging), writer_batch_size=1) as writer:
+        for row in rows:
+            writer.write(row)
+        writer.finalize()
+    dataset = datasets.Dataset.from_file(str(staging))
+    final_tmp = dataset_dir.with_name(dataset_dir.name + ".tmp2")
+    shutil.rmtree(final_tmp, ignore_errors=True)
+    dataset.save_to_disk(str(final_tmp))
+    del dataset
+    write_metadata(final_tmp, metadata)
+    shutil.rmtree(tmp)
+    replace_directory(final_tmp, dataset_dir)
+    return dataset_dir

@@ -1,0 +1,91 @@
+"""Synthetic pyramidal whole-slide images, for tests, benchmarks and examples that must run offline.
+
+The slide is written tile by tile (memory stays bounded whatever its size) as a tiled TIFF that OpenSlide
+reads with its generic-TIFF driver: one IFD per pyramid level, each level half the size of the previous
+one, JPEG tiles encoded with Pillow. ``tifffile`` cannot JPEG-encode without ``imagecodecs``, so the tiles
+are written pre-encoded and the compression / photometric tags are patched afterwards.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+_JPEG = 7
+_YCBCR = 6  # Pillow's baseline JPEG streams are YCbCr; OpenSlide converts them only when told so
+
+
+def _tissue_colour(x: np.ndarray, y: np.ndarray, width: int, height: int, seed: int) -> np.ndarray:
+    """RGB of level-0 points: pinkish textured tissue inside two ellipses, white glass elsewhere."""
+    u, v = x / width, y / height
+    inside = ((u - 0.35) / 0.28) ** 2 + ((v - 0.45) / 0.35) ** 2 < 1
+    inside |= ((u - 0.72) / 0.2) ** 2 + ((v - 0.6) / 0.3) ** 2 < 1
+    # Deterministic texture from the level-0 position, so that every pyramid level shows the same tissue.
+    texture = np.sin(x * 0.05 + seed) * np.cos(y * 0.07 - seed) + np.sin((x + y) * 0.013)
+    rgb = np.empty((*x.shape, 3), dtype=np.float32)
+    rgb[...] = 243.0
+    tissue = np.stack([200 + 25 * texture, 90 + 50 * texture, 170 + 30 * texture], axis=-1)
+    rgb[inside] = tissue[inside]
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def _encoded_tiles(
+    width: int, height: int, downsample: int, tile: int, size0: tuple[int, int], seed: int, quality: int
+):
+    for top in range(0, height, tile):
+        for left in range(0, width, tile):
+            ys, xs = np.mgrid[top : top + tile, left : left + tile].astype(np.float32) * downsample
+            rgb = _tissue_colour(xs, ys, *size0, seed)
+            buffer = io.BytesIO()
+            Image.fromarray(rgb).save(buffer, format="JPEG", quality=quality)
+            data = buffer.getvalue()
+            yield data, len(data)
+
+
+def write_synthetic_slide(
+    path: str | Path,
+    width: int,
+    height: int,
+    *,
+    mpp: float | None = 0.25,
+    tile: int = 256,
+    min_level_size: int = 1024,
+    seed: int = 0,
+    quality: int = 80,
+) -> Path:
+    """Write a pyramidal JPEG-tiled TIFF of ``width x height`` level-0 px with synthetic tissue.
+
+    ``mpp`` (µm per level-0 px) goes into the TIFF resolution tags (OpenSlide reports it as
+    ``openslide.mpp-x``); ``mpp=None`` writes no resolution, like scans that lack it. Levels halve the
+    size until the longer side is below ``min_level_size``.
+    """
+    import tifffile
+
+    path = Path(path)
+    levels = [(width, height)]
+    while max(levels[-1]) // 2 >= min_level_size:
+        levels.append((levels[-1][0] // 2, levels[-1][1] // 2))
+    with tifffile.TiffWriter(path, bigtiff=width * height * 3 > 2**31) as tif:
+        for index, (level_width, level_height) in enumerate(levels):
+            downsample = 2**index
+            options = {}
+            if mpp is not None:
+                pixels_per_cm = 1e4 / (mpp * downsample)
+                options = {"resolution": (pixels_per_cm, pixels_per_cm), "resolutionunit": "CENTIMETER"}
+            tif.write(
+                _encoded_tiles(level_width, level_height, downsample, tile, (width, height), seed, quality),
+                shape=(level_height, level_width, 3),
+                dtype=np.uint8,
+                tile=(tile, tile),
+                photometric="rgb",
+                subfiletype=1 if index else 0,
+                **options,
+            )
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        for page in tif.pages:
+            page.tags["Compression"].overwrite(_JPEG)
+            page.tags["PhotometricInterpretation"].overwrite(_YCBCR)
+    return path
