@@ -193,18 +193,61 @@ def _offset_weights(weight: torch.Tensor) -> torch.Tensor:
     return weight.permute(2, 3, 1, 0).reshape(-1, in_channels, out_channels)
 
 
-def _gather_matmul_scatter(
-    features: torch.Tensor,
-    weights: torch.Tensor,
-    pairs: list[tuple[torch.Tensor, torch.Tensor] | None],
-    output: torch.Tensor,
-) -> torch.Tensor:
-    for offset, pair in enumerate(pairs):
-        if pair is None or pair[0].numel() == 0:
-            continue
-        input_rows, output_rows = pair
-        output = output.index_add(0, output_rows, features[input_rows] @ weights[offset])
-    return output
+class _PairwiseConv(torch.autograd.Function):
+    """``out[o] = sum over pairs (i, o) of offset k: x[i] @ W[k]`` (``W`` = identity when ``weights`` is None).
+
+    ``pairs[k]`` is ``(input rows, output rows)`` or None; ``centre`` (submanifold convs) is the offset that
+    pairs every site with itself, computed without a gather.
+
+    A hand-written backward: autograd's own would allocate and sum a zero-filled input gradient per offset; here
+    one buffer takes every offset's ``index_add_``, and each weight gradient is one matmul over its pairs.
+    """
+
+    @staticmethod
+    def forward(ctx, features, weights, pairs, n_out, centre):
+        # features: (N_in, C_in); weights: (K, C_in, C_out) or None; pairs: per offset (input rows, output rows)
+        ctx.save_for_backward(features, weights)
+        ctx.pairs, ctx.centre = pairs, centre
+        out_channels = features.shape[1] if weights is None else weights.shape[2]
+        if centre is not None:  # submanifold: every site is its own centre neighbour, no gather needed
+            output = features @ weights[centre]
+        else:
+            output = features.new_zeros(n_out, out_channels)
+        for offset, pair in enumerate(pairs):
+            if pair is not None and pair[0].numel():
+                input_rows, output_rows = pair
+                gathered = features.index_select(0, input_rows)
+                output.index_add_(0, output_rows, gathered if weights is None else gathered @ weights[offset])
+        return output
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        features, weights = ctx.saved_tensors
+        pairs, centre = ctx.pairs, ctx.centre
+        need_features, need_weights = ctx.needs_input_grad[:2]
+        grad_features = grad_weights = None
+        if need_features:
+            if centre is None:
+                grad_features = features.new_zeros(features.shape)
+            else:
+                grad_features = grad_output @ weights[centre].T
+        if need_weights:
+            grad_weights = weights.new_zeros(weights.shape)
+            if centre is not None:
+                grad_weights[centre] = features.T @ grad_output
+        for offset, pair in enumerate(pairs):
+            if pair is None or not pair[0].numel():
+                continue
+            input_rows, output_rows = pair
+            grad_rows = grad_output.index_select(0, output_rows)  # (P_k, C_out)
+            if need_weights:
+                torch.mm(features.index_select(0, input_rows).T, grad_rows, out=grad_weights[offset])
+            if need_features:
+                grad_features.index_add_(
+                    0, input_rows, grad_rows if weights is None else grad_rows @ weights[offset].T
+                )
+        return grad_features, grad_weights, None, None, None
 
 
 class _SparseConvBase(nn.Module):
@@ -224,11 +267,8 @@ class SubmanifoldConv2d(_SparseConvBase):
     def forward(self, grid: SparseGrid) -> SparseGrid:
         weights = _offset_weights(self.weight)  # (k*k, C_in, C_out)
         centre = (self.kernel_size * self.kernel_size) // 2
-        output = grid.features @ weights[centre]  # (N, C_out): every site is its own centre neighbour
-        if self.kernel_size > 1:
-            output = _gather_matmul_scatter(
-                grid.features, weights, grid.submanifold_pairs(self.kernel_size), output
-            )
+        pairs = grid.submanifold_pairs(self.kernel_size) if self.kernel_size > 1 else [None]
+        output = _PairwiseConv.apply(grid.features, weights, pairs, grid.batch.numel(), centre)
         return grid.with_features(output)
 
 
@@ -240,18 +280,16 @@ class StridedConv2d(_SparseConvBase):
 
     def forward(self, grid: SparseGrid) -> SparseGrid:
         out_grid, pairs = grid.downsample()
-        output = grid.features.new_zeros(out_grid.batch.numel(), self.out_channels)
-        output = _gather_matmul_scatter(grid.features, _offset_weights(self.weight), pairs, output)
+        output = _PairwiseConv.apply(
+            grid.features, _offset_weights(self.weight), pairs, out_grid.batch.numel(), None
+        )
         return out_grid.with_features(output)
 
 
 def average_pool_3x3_stride2(grid: SparseGrid) -> SparseGrid:
     """SparseConvNet ``AveragePooling(2, 3, 2)``: sites of the strided conv, window sum divided by 9."""
     out_grid, pairs = grid.downsample()
-    output = grid.features.new_zeros(out_grid.batch.numel(), grid.features.shape[1])
-    for input_rows, output_rows in pairs:
-        if input_rows.numel():
-            output = output.index_add(0, output_rows, grid.features[input_rows])
+    output = _PairwiseConv.apply(grid.features, None, pairs, out_grid.batch.numel(), None)
     return out_grid.with_features(output / 9.0)
 
 
