@@ -30,17 +30,43 @@ _DATA_FILE_SUFFIXES = {".parquet": "parquet", ".arrow": "arrow"}
 _SPLIT_FILE = re.compile(r"split_(\d+)\.csv$")
 
 
-def load_embeddings(source: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Slide IDs (N,) as strings and embeddings (N, E) float32 from a local folder or a Hub dataset."""
+def load_embeddings(
+    source: str | Path, as_dataset: bool = False
+) -> tuple[np.ndarray, np.ndarray] | datasets.Dataset:
+    """Slide IDs (N,) as strings and embeddings (N, E) float32 from a local folder or a Hub dataset.
+
+    With ``as_dataset=True``, the same validated rows as a ``datasets.Dataset`` with columns ``slide_id``
+    (string) and ``embedding`` (float32 list of length E), the slide-embeddings Dataset contract.
+    """
+    ids, embeddings = _read_embeddings_folder(resolve_embeddings_folder(source))
+    return embeddings_dataset(ids, embeddings) if as_dataset else (ids, embeddings)
+
+
+def resolve_embeddings_folder(source: str | Path) -> Path:
+    """The local folder of ``source``: itself, or the HF-cache snapshot of a Hub dataset repo id."""
     path = Path(source)
     if path.is_dir():
-        return _read_embeddings_folder(path)
+        return path
     if path.exists() or str(source).startswith((".", "/", "~")) or str(source).count("/") != 1:
         raise ValueError(
             f"{source}: not a slide-embeddings folder (a saved Dataset, or {NPY_EMBEDDINGS} + {NPY_IDS}) "
             "nor a Hub dataset repo id of the form 'owner/name'"
         )
-    return _read_embeddings_folder(_download(str(source)))
+    return _download(str(source))
+
+
+def embeddings_dataset(ids: np.ndarray, embeddings: np.ndarray) -> datasets.Dataset:
+    """A slide-embeddings Dataset (``slide_id`` string, ``embedding`` float32 list of length E)."""
+    features = datasets.Features(
+        {
+            ID_COLUMN: datasets.Value("string"),
+            EMBEDDING_COLUMN: datasets.List(datasets.Value("float32"), length=embeddings.shape[1]),
+        }
+    )
+    return datasets.Dataset.from_dict(
+        {ID_COLUMN: ids.tolist(), EMBEDDING_COLUMN: embeddings.astype(np.float32, copy=False)},
+        features=features,
+    )
 
 
 def _download(repo_id: str) -> Path:

@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # headless: no display on servers and CI
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from giga_ssl_hf.evaluation.probe import FULL, ProbeResult  # noqa: E402
@@ -55,13 +56,18 @@ def plot_roc(result: ProbeResult, path: str | Path) -> Path:
     )
     ax.plot(FPR_GRID, mean, color="C0", lw=2.5, label=f"mean (AUC {result.mean:.3f} ± {result.std:.3f})")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
-    kind = "" if len(result.classes) == 2 else f", macro one-vs-rest over {len(result.classes)} classes"
+    subsample = "" if result.train_size == FULL else f", training subsample {result.train_size}"
+    kind = (
+        f", positive class {result.classes[1]}"
+        if len(result.classes) == 2
+        else f", macro one-vs-rest over {len(result.classes)} classes"
+    )
     ax.set(
         xlim=(0, 1),
         ylim=(0, 1.01),
         xlabel="false positive rate",
         ylabel="true positive rate",
-        title=f"ROC: {result.task}, splits {result.split_set}, train size {result.train_size}\n"
+        title=f"ROC: {result.task}, splits: {result.split_set}{subsample}\n"
         f"{len(result.splits)} splits, ~{result.mean_n_train:.0f} training slides{kind}",
     )
     ax.set_aspect("equal")
@@ -71,23 +77,27 @@ def plot_roc(result: ProbeResult, path: str | Path) -> Path:
 
 
 def plot_few_shot(results: list[ProbeResult], path: str | Path, title: str) -> Path:
-    """Mean AUC (± std) against the mean number of training slides.
+    """Mean AUC (± std, clipped to [0, 1]) against the mean number of training slides.
 
     One line per task; per (task, split folder) when split folders are themselves run at several
-    training sizes, so that points from unrelated split folders are not joined.
+    training sizes, so that points from unrelated split folders are not joined. Points are named
+    (split folder or training size) when the plot shows one task; across tasks that would be clutter.
     """
     per_folder = any(
         len({r.train_size for r in group}) > 1 for _, group in _by(results, ("task", "split_set"))
     )
     several_tasks = len({r.task for r in results}) > 1
+    groups = _by(results, ("task", "split_set") if per_folder else ("task",))
     fig, ax = plt.subplots(figsize=(7, 5))
-    for key, group in _by(results, ("task", "split_set") if per_folder else ("task",)):
+    for key, group in groups:
         group = sorted(group, key=lambda r: r.mean_n_train)
-        x = [r.mean_n_train for r in group]
+        x = np.array([r.mean_n_train for r in group])
+        mean, std = np.array([r.mean for r in group]), np.array([r.std for r in group])
+        yerr = [mean - np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1) - mean]
         label = " / ".join(key if several_tasks else key[1:]) or key[0]
-        line = ax.errorbar(
-            x, [r.mean for r in group], yerr=[r.std for r in group], marker="o", capsize=3, label=label
-        )
+        line = ax.errorbar(x, mean, yerr=yerr, marker="o", capsize=3, label=label)
+        if several_tasks:
+            continue
         for r, xi in zip(group, x):
             name = (
                 r.train_size
@@ -98,18 +108,24 @@ def plot_few_shot(results: list[ProbeResult], path: str | Path, title: str) -> P
                 name,
                 (xi, r.mean),
                 textcoords="offset points",
-                xytext=(4, -12),
-                fontsize="x-small",
+                xytext=(5, -12),
+                fontsize="small",
                 color=line[0].get_color(),
             )
     ax.set_xscale("log")
+    # Plain numbers at 1-2-5 steps read better than 6x10^1-style log ticks.
+    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set(
         xlabel="training slides (mean over splits, log scale)",
         ylabel="AUC (mean ± std over splits)",
         title=title,
     )
+    ax.set_ylim(top=min(ax.get_ylim()[1], 1.005))
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize="small", loc="lower right")
+    if len(groups) > 1:
+        ax.legend(fontsize="small", loc="lower right")
     return _save(fig, path)
 
 

@@ -20,7 +20,7 @@ from .synthetic import planted, write_split
 def test_planted_separability_gives_auc_near_one(binary_task):
     folder, labels_csv, *_ = binary_task
     (result,) = evaluate_embeddings(folder, labels_csv, folds=5)
-    assert result.task == "task" and result.split_set == "5-fold" and result.train_size == "full"
+    assert result.task == "task" and result.split_set == "5-fold CV" and result.train_size == "full"
     assert len(result.splits) == 5 and result.mean > 0.98
     assert sum(s.n_test for s in result.splits) == 120
 
