@@ -115,4 +115,4 @@ class SharedAugmentation:
         if params.blur_sigma is not None:
             kernel = self.recipe["gaussian_blur"]["kernel_size"]
             images = TF.gaussian_blur(images, [kernel, kernel], [params.blur_sigma, params.blur_sigma])
-        return images.clamp_(0.0, 1.0)
+        return images.clamp(0.0, 1.0)

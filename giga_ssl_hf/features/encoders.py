@@ -106,23 +106,30 @@ def _load_into(module: nn.Module, state_dict: dict[str, torch.Tensor], source: s
 
 
 def build_tile_encoder(
-    name: str = "resnet18-layer3", *, pretrained: bool = True, weights: str | Path | None = None
+    name: str = "resnet18-layer3",
+    *,
+    pretrained: bool = True,
+    weights: str | Path | None = None,
+    init_seed: int = 0,
 ) -> TileEncoder:
     """A :class:`TileEncoder` in eval mode on CPU.
 
-    ``pretrained=False`` gives a random init (offline tests); ``weights`` (a local file) wins over
-    ``pretrained``.
+    ``pretrained=False`` gives a random init (offline tests), drawn from ``init_seed`` so that the same
+    call gives the same weights in every process (a resumed extraction must match an uninterrupted one).
+    ``weights`` (a local file) wins over ``pretrained``.
     """
     download = pretrained and weights is None
-    if name in PRESETS:
-        resnet = timm.create_model(PRESETS[name], pretrained=download, num_classes=0)
-        backbone: nn.Module = _ResNetLayer3(resnet)
-        feature_dim, mean, std, input_size = 256, IMAGENET_MEAN, IMAGENET_STD, 224
-    else:
-        backbone = timm.create_model(name, pretrained=download, num_classes=0)
-        config = timm.data.resolve_data_config({}, model=backbone)
-        feature_dim, mean, std = backbone.num_features, config["mean"], config["std"]
-        input_size = config["input_size"][-1]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        if name in PRESETS:
+            resnet = timm.create_model(PRESETS[name], pretrained=download, num_classes=0)
+            backbone: nn.Module = _ResNetLayer3(resnet)
+            feature_dim, mean, std, input_size = 256, IMAGENET_MEAN, IMAGENET_STD, 224
+        else:
+            backbone = timm.create_model(name, pretrained=download, num_classes=0)
+            config = timm.data.resolve_data_config({}, model=backbone)
+            feature_dim, mean, std = backbone.num_features, config["mean"], config["std"]
+            input_size = config["input_size"][-1]
     if weights is not None:
         _load_into(backbone, load_weights_file(weights), str(weights))
     return TileEncoder(backbone, name, feature_dim, mean, std, input_size).eval()

@@ -1,0 +1,283 @@
+"""`giga-ssl import-h5`: TRIDENT / CLAM patch-feature h5 files -> a tile-feature Dataset (exhaustive pass).
+
+Both tools write one h5 per slide with a ``features`` dataset ``(n, D)`` (sometimes ``(1, n, D)``) and a
+``coords`` dataset ``(n, 2)`` of level-0 (x, y) top-left corners. The tile side in level-0 px comes from,
+in order: ``--patch-size-level0``; the attribute ``patch_size_level0`` (TRIDENT); ``patch_size`` x the
+downsample of ``patch_level`` (CLAM), the downsample taken from the ``downsample`` attribute, from
+``patch_level == 0``, or from the slide in ``--slides-dir``. Attributes are looked up on ``coords``, then on
+the file, then on ``features``; CLAM's feature files carry none, so ``--patches-dir`` points to CLAM's
+``patches/`` folder whose h5 of the same name holds them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+import giga_ssl_hf
+from giga_ssl_hf.features.schema import NO_AUGMENTATION, write_metadata
+from giga_ssl_hf.features.store import write_tile_dataset
+from giga_ssl_hf.wsi.slide import SLIDE_EXTENSIONS, open_slide
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class H5Slide:
+    slide_id: str
+    features: np.ndarray
+    coords: np.ndarray
+    patch_size_level0: int
+    mpp: float
+    magnification: float
+    layout: str
+
+
+def _attributes(handle: h5py.File) -> dict:
+    found: dict = {}
+    # Later sources do not override earlier ones: coords attrs are the most specific.
+    for source in (handle.get("features"), handle, handle.get("coords")):
+        if source is not None:
+            found.update({key: source.attrs[key] for key in source.attrs})
+    return found
+
+
+def _scalar(value) -> float:
+    array = np.asarray(value).ravel()
+    return float(array[0])
+
+
+def _find_slide(slides_dir: Path | None, slide_id: str) -> Path | None:
+    if slides_dir is None:
+        return None
+    for path in sorted(slides_dir.glob(f"{slide_id}.*")):
+        if path.suffix.lower() in SLIDE_EXTENSIONS:
+            return path
+    return None
+
+
+def read_h5(
+    path: str | Path,
+    *,
+    patch_size_level0: int | None = None,
+    patches_dir: str | Path | None = None,
+    slides_dir: str | Path | None = None,
+    mpp: float | None = None,
+) -> H5Slide:
+    """One slide's features, coords and tile geometry from a TRIDENT or CLAM h5 file."""
+    path = Path(path)
+    slide_id = path.stem
+    with h5py.File(path, "r") as handle:
+        if "features" not in handle or "coords" not in handle:
+            raise ValueError(
+                f"{path}: expected 'features' and 'coords' datasets, found {sorted(handle.keys())}"
+            )
+        features = np.asarray(handle["features"][()])
+        coords = np.asarray(handle["coords"][()])
+        attrs = _attributes(handle)
+    if patches_dir is not None and (Path(patches_dir) / path.name).exists():
+        with h5py.File(Path(patches_dir) / path.name, "r") as handle:
+            attrs = {**_attributes(handle), **attrs}
+    features = features.reshape(-1, features.shape[-1]) if features.ndim == 3 else features
+    coords = coords.reshape(-1, 2).astype(np.int64)
+    if features.ndim != 2 or len(features) != len(coords):
+        raise ValueError(f"{path}: features {features.shape} and coords {coords.shape} disagree")
+
+    slide_path = _find_slide(Path(slides_dir) if slides_dir else None, slide_id)
+    slide = open_slide(slide_path, mpp) if slide_path is not None else None
+    try:
+        layout = (
+            "trident" if "patch_size_level0" in attrs else "clam" if "patch_level" in attrs else "unknown"
+        )
+        if patch_size_level0 is None and "patch_size_level0" in attrs:
+            patch_size_level0 = int(round(_scalar(attrs["patch_size_level0"])))
+        if patch_size_level0 is None and "patch_size" in attrs and "patch_level" in attrs:
+            level = int(_scalar(attrs["patch_level"]))
+            if "downsample" in attrs:
+                downsample = _scalar(attrs["downsample"])
+            elif level == 0:
+                downsample = 1.0
+            elif slide is not None:
+                downsample = slide.level_downsamples[level]
+            else:
+                raise ValueError(
+                    f"{path}: patch_level {level} without its downsample; pass --slides-dir (the slides) "
+                    "or --patch-size-level0"
+                )
+            patch_size_level0 = int(round(_scalar(attrs["patch_size"]) * downsample))
+        if patch_size_level0 is None:
+            raise ValueError(
+                f"{path}: no patch_size_level0 nor patch_size + patch_level attributes; pass --patch-size-level0 "
+                "(or --patches-dir with CLAM's patch h5 files)"
+            )
+        magnification = float("nan")
+        for key in ("level0_magnification", "magnification"):
+            if key in attrs:
+                magnification = _scalar(attrs[key])
+                break
+        resolved_mpp = mpp
+        if resolved_mpp is None and slide is not None:
+            resolved_mpp = slide.mpp
+            if math.isnan(magnification):
+                magnification = slide.magnification
+        for key in ("mpp", "level0_mpp"):
+            if resolved_mpp is None and key in attrs:
+                resolved_mpp = _scalar(attrs[key])
+        if resolved_mpp is None and not math.isnan(magnification):
+            resolved_mpp = 10.0 / magnification
+        if resolved_mpp is None:
+            logger.warning("%s: unknown mpp (pass --mpp or --slides-dir); stored as NaN", path.name)
+            resolved_mpp = float("nan")
+    finally:
+        if slide is not None:
+            slide.close()
+    return H5Slide(
+        slide_id, features, coords, patch_size_level0, float(resolved_mpp), float(magnification), layout
+    )
+
+
+def import_h5(
+    paths: list[str | Path],
+    out_dir: str | Path,
+    *,
+    patch_size_level0: int | None = None,
+    patches_dir: str | Path | None = None,
+    slides_dir: str | Path | None = None,
+    mpp: float | None = None,
+    encoder: str | None = None,
+    dtype: str = "float16",
+) -> Path:
+    """Write the h5 files (or folders of ``*.h5``) as one tile-feature Dataset folder ``out_dir``."""
+    files: list[Path] = []
+    for item in map(Path, paths):
+        files.extend(sorted(item.glob("*.h5")) if item.is_dir() else [item])
+    files = sorted(files, key=lambda p: p.stem)
+    if not files:
+        raise ValueError("no h5 file given")
+    stems = [p.stem for p in files]
+    if len(set(stems)) != len(stems):
+        raise ValueError("several h5 files share a slide id (file stem)")
+    options = {
+        "patch_size_level0": patch_size_level0,
+        "patches_dir": patches_dir,
+        "slides_dir": slides_dir,
+        "mpp": mpp,
+    }
+    first = read_h5(files[0], **options)
+    feature_dim = first.features.shape[1]
+    layouts = set()
+
+    def rows():
+        for path in files:
+            slide = first if path == files[0] else read_h5(path, **options)
+            if slide.features.shape[1] != feature_dim:
+                raise ValueError(
+                    f"{path}: {slide.features.shape[1]} features per tile, {files[0]} has {feature_dim}"
+                )
+            layouts.add(slide.layout)
+            yield {
+                "slide_id": slide.slide_id,
+                "aug_id": NO_AUGMENTATION,
+                "features": slide.features.astype(dtype),
+                "coords": slide.coords,
+                "patch_size_level0": slide.patch_size_level0,
+                "mpp": slide.mpp,
+                "magnification": slide.magnification,
+            }
+
+    metadata = {
+        "source": "giga-ssl import-h5",
+        "pass": "exhaustive",
+        "encoder": encoder,
+        "feature_dim": feature_dim,
+        "dtype": dtype,
+        "augmentation": None,
+        "h5_files": [p.name for p in files],
+        "coords": "level-0 (x, y) of the top-left corner; grid index = coords // patch_size_level0",
+        "package_version": giga_ssl_hf.__version__,
+    }
+    out = write_tile_dataset(rows(), out_dir, feature_dim, dtype, metadata)
+    metadata["h5_layouts"] = sorted(layouts)
+    write_metadata(out, metadata)
+    return out
+
+
+EPILOG = """\
+examples:
+  giga-ssl import-h5 trident_out/20x_256px_0px_overlap/features_conch_v15/ --out feats/exhaustive --encoder conch_v15
+  giga-ssl import-h5 clam_out/h5_files/ --out feats/exhaustive --patches-dir clam_out/patches --slides-dir slides/
+
+The output folder opens with datasets.load_from_disk; one row per slide (aug_id -1), in slide_id order.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="giga-ssl import-h5",
+        description="Convert TRIDENT / CLAM patch-feature h5 files (features, coords + attributes) into a "
+        "tile-feature Dataset (the exhaustive pass of `giga-ssl extract`).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("inputs", nargs="+", metavar="H5_OR_DIR", help="h5 files, or folders of *.h5")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="output Dataset folder (replaced if it exists)"
+    )
+    parser.add_argument(
+        "--patch-size-level0",
+        type=int,
+        default=None,
+        help="tile side in level-0 px (overrides the attributes)",
+    )
+    parser.add_argument(
+        "--patches-dir",
+        type=Path,
+        default=None,
+        help="CLAM patches/ folder whose h5 files hold the patch attributes",
+    )
+    parser.add_argument(
+        "--slides-dir",
+        type=Path,
+        default=None,
+        help="folder of the slides (<slide_id>.svs, ...) for level downsamples and mpp",
+    )
+    parser.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        help="level-0 µm per px of every slide (default: from the slides or attributes)",
+    )
+    parser.add_argument(
+        "--encoder",
+        default=None,
+        help="name of the encoder that produced the features (recorded in the metadata)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float16", "float32"),
+        default="float16",
+        help="stored feature dtype (default: %(default)s)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = import_h5(
+        args.inputs,
+        args.out,
+        patch_size_level0=args.patch_size_level0,
+        patches_dir=args.patches_dir,
+        slides_dir=args.slides_dir,
+        mpp=args.mpp,
+        encoder=args.encoder,
+        dtype=args.dtype,
+    )
+    print(f"wrote {out}")
+    return 0
