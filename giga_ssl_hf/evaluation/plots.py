@@ -125,7 +125,8 @@ def plot_few_shot(results: list[ProbeResult], path: str | Path, title: str) -> P
     ax.set_ylim(top=min(ax.get_ylim()[1], 1.005))
     ax.grid(alpha=0.3, which="both")
     if len(groups) > 1:
-        ax.legend(fontsize="small", loc="lower right")
+        legend_title = " / ".join(["task"] * several_tasks + ["split folder"] * per_folder)
+        ax.legend(fontsize="small", loc="lower right", title=legend_title, title_fontsize="small")
     return _save(fig, path)
 
 

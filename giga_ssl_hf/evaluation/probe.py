@@ -36,7 +36,7 @@ FULL = "full"
 
 @functools.cache
 def _auc_metric(multiclass: bool):
-    import evaluate
+    import evaluate  # imported on first use: it takes seconds and `--help` should not wait for it
 
     # keep_in_memory: hundreds of small computes per run; no need for Arrow cache files on disk.
     return evaluate.load(str(METRIC_PATH), "multiclass" if multiclass else None, keep_in_memory=True)
@@ -182,6 +182,12 @@ class _Task:
         self.classes = sorted(labels.unique())
         index = {c: i for i, c in enumerate(self.classes)}
         self.class_of = {slide: index[label] for slide, label in labels.items()}
+        if self.row.keys().isdisjoint(self.class_of):
+            raise ValueError(
+                f"{name}: none of the {len(self.class_of)} labelled IDs has an embedding (labels list e.g. "
+                f"{next(iter(self.class_of))!r}, embeddings e.g. {next(iter(self.row), None)!r}); "
+                "both must name slides the same way (slide file stems)"
+            )
 
     def select(self, split_ids: list[str], dropped: dict[str, set[str]]) -> tuple[np.ndarray, np.ndarray]:
         """Embedding rows and class indices of ``split_ids``; IDs lacking a label or embedding go to ``dropped``."""
@@ -218,30 +224,26 @@ def _subsample(train_rows, y_train, size: TrainSize, seed: int, split_index: int
     return train_rows[keep], y_train[keep]
 
 
-def _report_dropped(where: str, dropped: dict[str, set[str]]) -> dict[str, list[str]]:
+def _no_drops() -> dict[str, set[str]]:
+    return {"missing_embeddings": set(), "missing_labels": set()}
+
+
+def _probe(
+    task: _Task,
+    split_set: str,
+    splits: list[tuple[str, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]],
+    dropped: dict[str, set[str]],
+    train_sizes: list[TrainSize],
+    seed: int,
+) -> list[ProbeResult]:
+    """Run every ``(name, train, test)`` split at every training size; report the dropped IDs once."""
+    where = f"{task.name} / {split_set}"
     for reason, ids in dropped.items():
         if ids:
             logger.warning(
-                "%s: %d split IDs dropped (%s), e.g. %s",
-                where,
-                len(ids),
-                reason.replace("_", " "),
-                sorted(ids)[0],
+                "%s: %d split IDs dropped (%s), e.g. %s", where, len(ids), reason.replace("_", " "), min(ids)
             )
-    return {reason: sorted(ids) for reason, ids in dropped.items()}
-
-
-def evaluate_fixed_splits(
-    task: _Task, split_set: str, split_files: list[Path], train_sizes: list[TrainSize], seed: int
-) -> list[ProbeResult]:
-    """Probe on the given ``split_k.csv`` files, once per training size."""
-    where = f"{task.name} / {split_set}"
-    dropped = {"missing_embeddings": set(), "missing_labels": set()}
-    splits = []
-    for path in split_files:
-        train_ids, test_ids = read_split(path)
-        splits.append((path.stem, task.select(train_ids, dropped), task.select(test_ids, dropped)))
-    dropped_ids = _report_dropped(where, dropped)
+    dropped_ids = {reason: sorted(ids) for reason, ids in dropped.items()}
     return [
         ProbeResult(
             task.name,
@@ -258,38 +260,32 @@ def evaluate_fixed_splits(
     ]
 
 
+def evaluate_fixed_splits(
+    task: _Task, split_set: str, split_files: list[Path], train_sizes: list[TrainSize], seed: int
+) -> list[ProbeResult]:
+    """Probe on the given ``split_k.csv`` files, once per training size."""
+    dropped = _no_drops()
+    splits = []
+    for path in split_files:
+        train_ids, test_ids = read_split(path)
+        splits.append((path.stem, task.select(train_ids, dropped), task.select(test_ids, dropped)))
+    return _probe(task, split_set, splits, dropped, train_sizes, seed)
+
+
 def evaluate_kfold(task: _Task, folds: int, train_sizes: list[TrainSize], seed: int) -> list[ProbeResult]:
     """Probe with a seeded stratified k-fold over the labelled slides that have an embedding."""
-    dropped = {"missing_embeddings": set(), "missing_labels": set()}
+    dropped = _no_drops()
     rows, y = task.select(list(task.class_of), dropped)
-    split_set = f"{folds}-fold CV"
-    dropped_ids = _report_dropped(f"{task.name} / {split_set}", dropped)
     _, counts = np.unique(y, return_counts=True)
     if counts.min() < folds:
         raise ValueError(
             f"{task.name}: {folds}-fold CV needs at least {folds} slides per class, smallest has {counts.min()}"
         )
     kfold = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    folds_idx = list(kfold.split(rows, y))
-    return [
-        ProbeResult(
-            task.name,
-            split_set,
-            size.label,
-            task.classes,
-            [
-                task.run_split(
-                    f"fold_{k}",
-                    _subsample(rows[tr], y[tr], size, seed, k),
-                    (rows[te], y[te]),
-                    f"{task.name} / {split_set} ({size.label})",
-                )
-                for k, (tr, te) in enumerate(folds_idx)
-            ],
-            dropped_ids,
-        )
-        for size in train_sizes
+    splits = [
+        (f"fold_{k}", (rows[tr], y[tr]), (rows[te], y[te])) for k, (tr, te) in enumerate(kfold.split(rows, y))
     ]
+    return _probe(task, f"{folds}-fold CV", splits, dropped, train_sizes, seed)
 
 
 def evaluate_embeddings(
@@ -311,7 +307,8 @@ def evaluate_embeddings(
         train_sizes: e.g. ``"50,100,25%"``: subsample each training set (stratified, seeded).
         task: name used in reports; defaults to the labels file stem.
     Returns:
-        One :class:`ProbeResult` per split folder and training size, ordered by training size.
+        One :class:`ProbeResult` per split folder and training size, split folders in order of
+        their largest training set, then training sizes ascending.
     """
     ids, array = load_embeddings(embeddings) if isinstance(embeddings, (str, Path)) else embeddings
     if task is None:
@@ -331,7 +328,11 @@ def evaluate_embeddings(
             for split_set, files in find_split_sets(splits).items()
             for result in evaluate_fixed_splits(aligned, split_set, files, sizes, seed)
         ]
-    results.sort(key=lambda r: r.mean_n_train)
+    # Split folders by their largest training set, then sizes ascending: reads as a few-shot table.
+    largest = {
+        r.split_set: max(q.mean_n_train for q in results if q.split_set == r.split_set) for r in results
+    }
+    results.sort(key=lambda r: (largest[r.split_set], r.split_set, r.mean_n_train))
     for result in results:
         logger.info(
             "%s / %s / %s: AUC %.3f ± %.3f over %d splits",

@@ -82,7 +82,7 @@ def test_folder_of_split_folders_and_train_sizes(tmp_path):
             write_split(tmp_path / "task" / size / f"split_{k}.csv", list(order[:n_train]), list(order[150:]))
     results = evaluate_embeddings((ids, x), labels, splits=tmp_path / "task", train_sizes="20,full")
     got = [(r.split_set, r.train_size, r.mean_n_train) for r in results]
-    assert got == [("50", "20", 20), ("full", "20", 20), ("50", "full", 50), ("full", "full", 150)]
+    assert got == [("50", "20", 20), ("50", "full", 50), ("full", "20", 20), ("full", "full", 150)]
     assert all(s.n_test == 50 for r in results for s in r.splits)
 
 
@@ -137,3 +137,9 @@ def test_stratified_subsample_keeps_rare_classes():
     assert np.bincount(np.repeat([0, 1], 50)[balanced]).tolist() == [10, 10]
     with pytest.raises(ValueError, match="cannot hold all 3 classes"):
         stratified_subsample(y, 2, rng)
+
+
+def test_labels_and_embeddings_naming_slides_differently():
+    ids, x, labels = planted(20)
+    with pytest.raises(ValueError, match="none of the 20 labelled IDs has an embedding"):
+        evaluate_embeddings((np.char.add("slide-", ids), x), labels)

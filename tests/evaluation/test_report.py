@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import giga_ssl_hf
-from giga_ssl_hf.evaluation.plots import FPR_GRID, plot_few_shot, plot_roc, roc_on_grid
+from giga_ssl_hf.evaluation.plots import FPR_GRID, plot_all, plot_few_shot, plot_roc, roc_on_grid
 from giga_ssl_hf.evaluation.probe import METRIC_PATH, evaluate_embeddings
 from giga_ssl_hf.evaluation.report import format_table, metrics_dict, summary_frame
 
@@ -70,3 +70,19 @@ def test_plots_are_written(results, tmp_path):
 def test_csv_round_trip(results, tmp_path):
     summary_frame(results).to_csv(tmp_path / "m.csv", index=False)
     assert pd.read_csv(tmp_path / "m.csv")["auc_mean"].tolist() == pytest.approx([r.mean for r in results])
+
+
+def test_plot_all_names_its_files(results, tmp_path):
+    ids, x, labels = planted(60, seed=4)
+    other = evaluate_embeddings((ids, x), labels, folds=2, train_sizes="10,full", task="other task")
+    names = sorted(p.name for p in plot_all(results + other, tmp_path))
+    assert names == [
+        "fewshot_all_tasks.png",
+        "fewshot_other_task.png",
+        "fewshot_toy.png",
+        "roc_other_task_2-fold_CV_10.png",
+        "roc_other_task_2-fold_CV_full.png",
+        "roc_toy_3-fold_CV_15.png",
+        "roc_toy_3-fold_CV_full.png",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
