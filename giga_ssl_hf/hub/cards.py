@@ -1,0 +1,302 @@
+"""Model and dataset cards (README.md with YAML metadata) for Giga-SSL models and slide embeddings.
+
+``library_name: transformers``: the models load with ``transformers.AutoModel`` (remote code with
+``trust_remote_code=True``, or this package's registered classes), which is what the Hub's "Use this model"
+snippet and download counting (on ``config.json``) key on; ``giga-ssl-hf`` is not a Hub-known library.
+"""
+
+from __future__ import annotations
+
+import json
+
+from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
+
+from giga_ssl_hf.models.gigassl import GigaSSLConfig
+
+MODEL_TAGS = ["pathology", "whole-slide-image", "self-supervised", "multiple-instance-learning", "giga-ssl"]
+DATASET_TAGS = ["pathology", "whole-slide-image", "slide-embeddings", "giga-ssl"]
+DEFAULT_LICENSE = "mit"  # the original Giga-SSL code and weights are MIT
+
+# Reported by the original authors (successor README): 10-fold CV AUC, SparseConvMIL on MoCo tile features.
+REFERENCE_RESULTS = (
+    ("Lung: LUAD vs LUSC", "lung", 0.960),
+    ("Kidney: clear cell / papillary / chromophobe RCC", "kidney", 0.983),
+    ("Breast: invasive ductal vs lobular", "brca", 0.924),
+    ("Breast: TNBC vs luminal", "tnbc", 0.933),
+    ("Breast: homologous recombination deficiency", "thrd / mhrd", 0.793),
+)
+
+CITATION = """@inproceedings{lazard2023gigassl,
+  title     = {Giga-SSL: Self-Supervised Learning for Gigapixel Images},
+  author    = {Lazard, Tristan and Lerousseau, Marvin and Decenci{\\`e}re, Etienne and Walter, Thomas},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR) Workshops},
+  year      = {2023}
+}"""
+
+PAPER_URL = (
+    "https://openaccess.thecvf.com/content/CVPR2023W/CVMI/papers/"
+    "Lazard_Giga-SSL_Self-Supervised_Learning_for_Gigapixel_Images_CVPRW_2023_paper.pdf"
+)
+
+
+def _table(rows: list[tuple[str, object]], header: tuple[str, str] = ("Field", "Value")) -> str:
+    lines = [f"| {header[0]} | {header[1]} |", "|---|---|"]
+    lines += [f"| {name} | {_cell(value)} |" for name, value in rows]
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, (list, tuple)):
+        value = ", ".join(str(v) for v in value)
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _scalars(mapping: dict) -> list[tuple[str, object]]:
+    """The top-level scalar entries of a JSON summary, as (readable name, value) rows."""
+    return [
+        (key.replace("_", " ").capitalize(), value)
+        for key, value in mapping.items()
+        if isinstance(value, (str, int, float, bool, list)) and value != ""
+    ]
+
+
+def _encoder_rows(config: GigaSSLConfig) -> list[tuple[str, object]]:
+    if config.encoder_type == "sparse_conv":
+        encoder = "SparseConvMIL: ResNet18 `layer4` as a sparse CNN over the tile grid, mean over sites"
+        if config.fixed_grid_cell_size:
+            grid = f"fixed: level-0 coordinates / {config.grid_cell_size} px (the original's convention)"
+        else:
+            grid = (
+                f"`patch_size_level0` per slide (default {config.grid_cell_size} px): neighbours 1 cell apart"
+            )
+        map_size = {
+            "per_slide": "per slide (an embedding does not depend on its batch mates)",
+            "batch": "over the whole batch (the original's behaviour; same as per slide for a batch of one)",
+        }[config.grid_size_mode]
+        rows = [("Slide encoder", encoder), ("Grid cell", grid), ("Sparse map size", map_size)]
+    else:
+        rows = [
+            ("Slide encoder", f"residual MLP on each tile ({config.mlp_num_blocks} blocks), mean over tiles")
+        ]
+    return [
+        *rows,
+        ("Input tile features", config.feature_dim),
+        ("Slide embedding", config.hidden_dim),
+        ("Tiles per view", config.n_tiles),
+    ]
+
+
+def model_card(
+    config: GigaSSLConfig,
+    repo_id: str,
+    training_summary: dict | None = None,
+    license: str = DEFAULT_LICENSE,
+) -> ModelCard:
+    """The README.md of a Giga-SSL model repo: metadata, architecture, training, usage, results, citation."""
+    data = ModelCardData(
+        library_name="transformers",
+        license=license,
+        pipeline_tag="feature-extraction",
+        tags=MODEL_TAGS,
+    )
+    summary = training_summary or {}
+    if summary:
+        trained = "From `training_summary.json` in this repository:\n\n" + _table(_scalars(summary))
+    else:
+        trained = (
+            "No training summary was shipped with this model. Giga-SSL trains the slide encoder with SimCLR: "
+            f"two views per slide, each {config.n_tiles} tiles drawn from one shared tile augmentation and "
+            f"moved by a random rotation, flips, scaling and translation; NT-Xent loss at temperature "
+            f"{config.temperature}."
+        )
+    shape = f"(1, {config.n_tiles}, {config.feature_dim})"
+    coords_note = (
+        f"# level-0 pixel (x, y) of each tile's top-left corner; cells of {config.grid_cell_size} px"
+        if config.fixed_grid_cell_size
+        else "# level-0 pixel (x, y) of each tile's top-left corner"
+    )
+    # Without a fixed cell, the tile side in level-0 px makes adjacent tiles one cell apart.
+    patch_arg = "" if config.fixed_grid_cell_size else ", patch_size_level0=448"
+    results = _table(
+        [(f"{task} (`{table}`)", f"{auc:.3f}") for task, table, auc in REFERENCE_RESULTS], ("Task", "AUC")
+    )
+    content = f"""---
+{data.to_yaml()}
+---
+
+# {repo_id.split("/")[-1]}
+
+A [Giga-SSL][paper] slide encoder (Lazard et al., CVPR Workshops 2023): a bag of tile features of a
+whole-slide image, with the tiles' positions on the slide, in; one {config.hidden_dim}-d slide embedding out.
+It was pretrained without labels (SimCLR at the slide level) and is meant as a frozen feature extractor
+for linear probes and other slide-level models.
+
+## Model
+
+{_table(_encoder_rows(config))}
+
+The SimCLR projection head is used only by the pretraining loss and is not part of this repository.
+
+## How it was trained
+
+{trained}
+
+## How to use
+
+The tile features must come from the tile encoder this model was trained on (see above), computed on the
+same kind of tiles.
+
+```python
+import torch
+from transformers import AutoModel
+
+model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True).eval()
+tile_features = torch.randn{shape}  # from the tile encoder
+tile_coords = torch.randint(0, 20_000, (1, {config.n_tiles}, 2))  {coords_note}
+with torch.no_grad():
+    embedding = model(tile_features=tile_features, tile_coords=tile_coords{patch_arg}).slide_embedding
+```
+
+With `pip install giga-ssl-hf`, `import giga_ssl_hf` registers the model classes and `trust_remote_code` is
+not needed; `giga-ssl embed` computes whole-cohort embeddings as in the paper (mean over many views, then
+L2 normalisation).
+
+## Reference results
+
+Linear-probe AUC on TCGA reported by the original authors for their released SparseConvMIL model on MoCo
+tile features (10-fold cross-validation; tables and splits of trislaz/gigassl). They are the paper's
+numbers, not a measurement of this checkpoint: check yours with `giga-ssl evaluate`.
+
+{results}
+
+## Citation
+
+```bibtex
+{CITATION}
+```
+
+[paper]: {PAPER_URL}
+"""
+    return ModelCard(content)
+
+
+def dataset_card(
+    metadata: dict,
+    repo_id: str,
+    n_slides: int,
+    dim: int,
+    cohort: str | None = None,
+    license: str = DEFAULT_LICENSE,
+) -> DatasetCard:
+    """The README.md of a slide-embeddings dataset repo: provenance, shape and how to load it."""
+    cohort = cohort or metadata.get("cohort") or "unspecified cohort"
+    model_id = metadata.get("model_id") or metadata.get("model") or "unknown"
+    revision = metadata.get("model_revision") or metadata.get("revision") or "unknown"
+    data = DatasetCardData(
+        license=license,
+        pretty_name=f"Giga-SSL slide embeddings: {cohort}",
+        tags=DATASET_TAGS,
+        task_categories=["feature-extraction"],
+        size_categories=[_size_category(n_slides)],
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
+    )
+    rows = [
+        ("Cohort", cohort),
+        (
+            "Model",
+            f"[{model_id}](https://huggingface.co/{model_id})" if _is_repo_id(model_id) else model_id,
+        ),
+        ("Model revision", revision),
+        ("Strategy", metadata.get("strategy", "unknown")),
+        ("Views per slide", metadata.get("n_views", "unknown")),
+        ("Tiles per view", metadata.get("n_tiles", "unknown")),
+        ("Seed", metadata.get("seed", "unknown")),
+        ("Number of slides", n_slides),
+        ("Embedding dimension", dim),
+    ]
+    shown = {
+        "cohort",
+        "model_id",
+        "model",
+        "model_revision",
+        "revision",
+        "strategy",
+        "n_views",
+        "n_tiles",
+        "seed",
+    }
+    rows += [(name, value) for name, value in _scalars(metadata) if name.replace(" ", "_") not in shown]
+    name = repo_id.split("/")[-1]
+    content = f"""---
+{data.to_yaml()}
+---
+
+# {name}
+
+Slide embeddings of the {cohort} cohort computed with a [Giga-SSL][paper] slide encoder: one
+{dim}-d float32 vector per whole-slide image, {n_slides} slides.
+
+{_table(rows)}
+
+## Columns
+
+- `slide_id` (string): the slide's file stem.
+- `embedding` (float32, length {dim}): the slide embedding.
+
+The full provenance record is `giga_ssl_metadata.json` in this repository.
+
+## How to load
+
+```python
+import giga_ssl_hf
+
+ids, embeddings = giga_ssl_hf.load_embeddings("{repo_id}")  # numpy: (N,), (N, {dim})
+dataset = giga_ssl_hf.load_embeddings("{repo_id}", as_dataset=True)  # datasets.Dataset
+```
+
+or with `datasets` alone:
+
+```python
+import datasets
+
+dataset = datasets.load_dataset("{repo_id}", split="train")
+```
+
+or from the command line (writes `embeddings.npy` and `ids.npy`, the format of the original Giga-SSL code):
+
+```bash
+giga-ssl download {repo_id} --out {name} --npy
+```
+
+Downloads are cached by `huggingface_hub` and work offline with `HF_HUB_OFFLINE=1`. A linear probe with the
+paper's protocol: `giga-ssl evaluate --embeddings {repo_id} --labels labels.csv` (columns `ID`, `label`).
+
+## Citation
+
+```bibtex
+{CITATION}
+```
+
+<details>
+<summary>giga_ssl_metadata.json</summary>
+
+```json
+{json.dumps(metadata, indent=2, sort_keys=True)}
+```
+
+</details>
+
+[paper]: {PAPER_URL}
+"""
+    return DatasetCard(content)
+
+
+def _is_repo_id(name: str) -> bool:
+    return name.count("/") == 1 and not name.startswith((".", "/", "~"))
+
+
+def _size_category(n: int) -> str:
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K")):
+        if n < limit:
+            return label
+    return "100K<n<1M"

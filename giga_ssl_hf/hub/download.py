@@ -1,0 +1,89 @@
+"""Downloading slide embeddings from the Hub (or reading a local folder) into a Dataset or the npy pair.
+
+Downloads go through ``huggingface_hub.snapshot_download``: cached in the HF cache (``HF_HOME``), served from
+it with ``HF_HUB_OFFLINE=1``, and from any Hub-API server named by ``HF_ENDPOINT``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from giga_ssl_hf.evaluation.data import NPY_EMBEDDINGS, NPY_IDS, load_embeddings, resolve_embeddings_folder
+from giga_ssl_hf.features.schema import METADATA_FILENAME
+from giga_ssl_hf.hub._cli import run_command
+
+logger = logging.getLogger(__name__)
+
+
+def download_embeddings(source: str | Path, out: str | Path | None = None, npy: bool = False) -> Path:
+    """Fetch (and validate) slide embeddings; with ``out``, write them there as a saved Dataset or npy pair.
+
+    Returns ``out``, or without it the folder the embeddings were read from (the HF-cache snapshot of a Hub
+    repo).
+    """
+    folder = resolve_embeddings_folder(source)
+    if out is None:
+        load_embeddings(folder)  # validates the contents
+        return folder
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if npy:
+        ids, embeddings = load_embeddings(folder)
+        np.save(out / NPY_EMBEDDINGS, embeddings)
+        np.save(out / NPY_IDS, ids.astype(str))  # a plain string array: loads without pickle
+    else:
+        load_embeddings(folder, as_dataset=True).save_to_disk(str(out))
+    if (folder / METADATA_FILENAME).exists():
+        shutil.copy2(folder / METADATA_FILENAME, out / METADATA_FILENAME)
+    logger.info("wrote the slide embeddings of %s to %s", source, out)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="giga-ssl download",
+        description=(
+            "Download slide embeddings from a Hub dataset repo (or read a local folder) and check them. "
+            "Files are cached by huggingface_hub (HF_HOME); with HF_HUB_OFFLINE=1 they are read from the "
+            "cache; HF_ENDPOINT selects another Hub-API server (a mirror)."
+        ),
+        epilog=(
+            "examples:\n  giga-ssl download me/tcga-gigassl                  # cache only, prints the folder\n"
+            "  giga-ssl download me/tcga-gigassl --out tcga --npy  # embeddings.npy + ids.npy\n"
+            "In Python: ids, embeddings = giga_ssl_hf.load_embeddings('me/tcga-gigassl')"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "source",
+        metavar="REPO_OR_PATH",
+        help="Hub dataset repo id (owner/name), or a local embeddings folder (saved Dataset or npy pair)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="write the embeddings there (a saved Dataset with columns slide_id, embedding, plus "
+        f"{METADATA_FILENAME}); default: only download into the cache",
+    )
+    parser.add_argument(
+        "--npy",
+        action="store_true",
+        help=f"with --out, write {NPY_EMBEDDINGS} (N, E) and {NPY_IDS} (N,), the original Giga-SSL format",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.npy and args.out is None:
+        parser.error("--npy needs --out DIR")
+    return run_command(
+        "giga-ssl download", lambda: str(download_embeddings(args.source, args.out, npy=args.npy))
+    )

@@ -1,0 +1,233 @@
+"""Publishing trained models and slide embeddings on the Hugging Face Hub, with their cards.
+
+Each push first writes the exact folder the Hub repo will hold; ``--dry-run OUT`` stops there, so the upload
+can be reviewed (and served by a local Hub mirror in the tests). The upload itself (``HfApi.upload_folder``,
+``Dataset.push_to_hub``) needs network access and a token (``huggingface-cli login`` or ``HF_TOKEN``); it is
+not exercised by this package's tests, which run offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import datasets
+from huggingface_hub import HfApi
+
+from giga_ssl_hf.evaluation.data import load_embeddings
+from giga_ssl_hf.features.schema import METADATA_FILENAME, read_metadata
+from giga_ssl_hf.hub._cli import run_command
+from giga_ssl_hf.hub.cards import DEFAULT_LICENSE, dataset_card, model_card
+from giga_ssl_hf.hub.convert import TRAINING_SUMMARY_FILENAME
+from giga_ssl_hf.models.gigassl import GigaSSLConfig, GigaSSLForContrastivePretraining, GigaSSLModel
+
+logger = logging.getLogger(__name__)
+
+PARQUET_PATH = "data/train-00000-of-00001.parquet"
+UPLOAD_NOTE = (
+    "Uploading needs network access and a Hub token (huggingface-cli login, or HF_TOKEN); "
+    "the package's tests exercise --dry-run only."
+)
+
+
+def write_model_folder(
+    model_dir: str | Path, out: str | Path, repo_id: str, license: str = DEFAULT_LICENSE
+) -> Path:
+    """Write the Hub folder of a saved Giga-SSL model: card, config with ``auto_map``, weights, model code.
+
+    Only the slide encoder (:class:`GigaSSLModel`) is published, also from a pretraining checkpoint: it is what
+    ``AutoModel`` loads, and without the SimCLR head it loads without unexpected-weight reports.
+    """
+    model_dir, out = Path(model_dir), Path(out)
+    config = GigaSSLConfig.from_pretrained(model_dir)
+    if GigaSSLForContrastivePretraining.__name__ in (config.architectures or []):
+        encoder = GigaSSLForContrastivePretraining.from_pretrained(model_dir).gigassl
+    else:
+        encoder = GigaSSLModel.from_pretrained(model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # Registered for AutoModel by `import giga_ssl_hf`: writes the modeling files and `auto_map`.
+    encoder.save_pretrained(out)
+    summary_path = model_dir / TRAINING_SUMMARY_FILENAME
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    if summary is not None:
+        shutil.copy2(summary_path, out / TRAINING_SUMMARY_FILENAME)
+    model_card(encoder.config, repo_id, summary, license).save(out / "README.md")
+    logger.info("wrote the Hub folder of %s to %s", repo_id, out)
+    return out
+
+
+def push_model(
+    model_dir: str | Path,
+    repo_id: str,
+    private: bool = False,
+    dry_run: str | Path | None = None,
+    license: str = DEFAULT_LICENSE,
+) -> Path | str:
+    """Write the model's Hub folder to ``dry_run``, or into a temporary folder uploaded to ``repo_id``.
+
+    Returns the folder (dry run) or the URL of the upload commit.
+    """
+    if dry_run is not None:
+        return write_model_folder(model_dir, dry_run, repo_id, license)
+    with tempfile.TemporaryDirectory() as staging:
+        folder = write_model_folder(model_dir, staging, repo_id, license)
+        api = HfApi()
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        commit = api.upload_folder(
+            repo_id=repo_id, repo_type="model", folder_path=folder, commit_message="Upload Giga-SSL model"
+        )
+    logger.info("pushed %s: %s", repo_id, commit.commit_url)
+    return commit.commit_url
+
+
+def _embeddings_and_card(
+    embeddings_dir: Path, repo_id: str, cohort: str | None, license: str
+) -> tuple[datasets.Dataset, dict, str]:
+    dataset = load_embeddings(embeddings_dir, as_dataset=True)
+    metadata = read_metadata(embeddings_dir)
+    dim = len(dataset[0]["embedding"]) if len(dataset) else 0
+    card = dataset_card(metadata, repo_id, len(dataset), dim, cohort=cohort, license=license)
+    return dataset, metadata, str(card)
+
+
+def write_embeddings_folder(
+    embeddings_dir: str | Path,
+    out: str | Path,
+    repo_id: str,
+    cohort: str | None = None,
+    license: str = DEFAULT_LICENSE,
+) -> Path:
+    """Write the Hub folder of slide embeddings: README.md card, ``data/*.parquet``, metadata JSON.
+
+    The same files ``push_embeddings`` uploads (``Dataset.push_to_hub`` names its shard the same way).
+    """
+    embeddings_dir, out = Path(embeddings_dir), Path(out)
+    dataset, metadata, card = _embeddings_and_card(embeddings_dir, repo_id, cohort, license)
+    (out / PARQUET_PATH).parent.mkdir(parents=True, exist_ok=True)
+    dataset.to_parquet(str(out / PARQUET_PATH))
+    (out / "README.md").write_text(card)
+    (out / METADATA_FILENAME).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    logger.info("wrote the Hub folder of %s (%d slides) to %s", repo_id, len(dataset), out)
+    return out
+
+
+def push_embeddings(
+    embeddings_dir: str | Path,
+    repo_id: str,
+    private: bool = False,
+    dry_run: str | Path | None = None,
+    cohort: str | None = None,
+    license: str = DEFAULT_LICENSE,
+) -> Path | str:
+    """Write the embeddings' Hub folder to ``dry_run``, or push them with ``Dataset.push_to_hub`` + card.
+
+    Returns the folder (dry run) or the URL of the last upload commit.
+    """
+    if dry_run is not None:
+        return write_embeddings_folder(embeddings_dir, dry_run, repo_id, cohort, license)
+    embeddings_dir = Path(embeddings_dir)
+    dataset, metadata, card = _embeddings_and_card(embeddings_dir, repo_id, cohort, license)
+    dataset.push_to_hub(repo_id, private=private, commit_message="Upload Giga-SSL slide embeddings")
+    # push_to_hub writes its own README; the card replaces it and keeps the same `configs` data files.
+    api = HfApi()
+    api.upload_file(
+        path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id=repo_id, repo_type="dataset"
+    )
+    commit = api.upload_file(
+        path_or_fileobj=(json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode(),
+        path_in_repo=METADATA_FILENAME,
+        repo_id=repo_id,
+        repo_type="dataset",
+        commit_message="Add Giga-SSL metadata",
+    )
+    logger.info("pushed %s: %s", repo_id, commit.commit_url)
+    return commit.commit_url
+
+
+def _common_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
+    parser.add_argument(
+        "--repo-id", required=True, metavar="ORG/NAME", help=f"Hub {kind} repo to create or update"
+    )
+    parser.add_argument("--private", action="store_true", help="create the repo private")
+    parser.add_argument(
+        "--dry-run",
+        type=Path,
+        metavar="OUT",
+        help="write the folder that would be uploaded to OUT (card included) and upload nothing",
+    )
+    parser.add_argument(
+        "--license", default=DEFAULT_LICENSE, help=f"license in the card (default: {DEFAULT_LICENSE})"
+    )
+
+
+def build_push_model_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="giga-ssl push-model",
+        description=(
+            "Publish a trained (or converted) Giga-SSL model on the Hub: a model card (README.md with YAML "
+            "metadata, training summary, usage, the paper's reference results), config.json with auto_map, "
+            "model.safetensors and the model code, so that AutoModel.from_pretrained(REPO, "
+            "trust_remote_code=True) works without this package. Only the slide encoder is published. "
+            + UPLOAD_NOTE
+        ),
+        epilog="example: giga-ssl push-model runs/tcga --repo-id me/gigassl-tcga --dry-run hub/gigassl-tcga",
+    )
+    parser.add_argument(
+        "model_dir",
+        type=Path,
+        metavar="DIR",
+        help=f"folder written by save_pretrained (giga-ssl train / convert); its {TRAINING_SUMMARY_FILENAME}, "
+        "if any, fills the card's training section",
+    )
+    _common_arguments(parser, "model")
+    return parser
+
+
+def build_push_embeddings_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="giga-ssl push-embeddings",
+        description=(
+            "Publish slide embeddings on the Hub as a dataset (Dataset.push_to_hub, parquet under data/) "
+            f"with a dataset card (cohort, model and revision, strategy, number of slides, dimension, how to "
+            f"load) and the {METADATA_FILENAME} provenance record. " + UPLOAD_NOTE
+        ),
+        epilog="example: giga-ssl push-embeddings emb/tcga --repo-id me/tcga-gigassl --cohort TCGA --dry-run hub/tcga",
+    )
+    parser.add_argument(
+        "embeddings_dir",
+        type=Path,
+        metavar="DIR",
+        help=f"slide embeddings: a saved Dataset (slide_id, embedding) with its {METADATA_FILENAME} "
+        "(giga-ssl embed), or a folder with embeddings.npy + ids.npy",
+    )
+    parser.add_argument("--cohort", help="cohort named in the card (default: the metadata's 'cohort')")
+    _common_arguments(parser, "dataset")
+    return parser
+
+
+def _outcome(result: Path | str) -> str:
+    return f"dry run: wrote {result}" if isinstance(result, Path) else f"pushed: {result}"
+
+
+def main_push_model(argv: list[str] | None = None) -> int:
+    args = build_push_model_parser().parse_args(argv)
+    return run_command(
+        "giga-ssl push-model",
+        lambda: _outcome(push_model(args.model_dir, args.repo_id, args.private, args.dry_run, args.license)),
+    )
+
+
+def main_push_embeddings(argv: list[str] | None = None) -> int:
+    args = build_push_embeddings_parser().parse_args(argv)
+    return run_command(
+        "giga-ssl push-embeddings",
+        lambda: _outcome(
+            push_embeddings(
+                args.embeddings_dir, args.repo_id, args.private, args.dry_run, args.cohort, args.license
+            )
+        ),
+    )
