@@ -146,3 +146,16 @@ def test_labels_round_trip(tmp_path):
     assert load_labels(write_labels(tmp_path / "t.csv", labels)).equals(
         labels.rename("label").rename_axis("ID")
     )
+
+
+def test_as_dataset_follows_the_embeddings_contract(tmp_path, slides):
+    ids, x = slides
+    dataset = load_embeddings(write_npy(tmp_path / "npy", ids, x), as_dataset=True)
+    assert dataset.column_names == ["slide_id", "embedding"]
+    assert (
+        dataset.features["embedding"].length == 5 and dataset.features["embedding"].feature.dtype == "float32"
+    )
+    dataset.save_to_disk(str(tmp_path / "saved"))
+    got_ids, got_x = load_embeddings(tmp_path / "saved")
+    assert got_ids.tolist() == ids.tolist()
+    np.testing.assert_array_equal(got_x, x)
