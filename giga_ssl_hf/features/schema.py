@@ -91,6 +91,9 @@ class TileArrays:
 
     @classmethod
     def from_dataset(cls, dataset: datasets.Dataset) -> TileArrays:
+        empty = np.zeros(0, dtype=np.int64)
+        if len(dataset) == 0:
+            return cls(features=[], coords=[], row_chunk=empty, row_start=empty, row_length=empty)
         if dataset._indices is not None:
             dataset = dataset.flatten_indices()
         feature_column = dataset.data.column("features")
@@ -106,13 +109,12 @@ class TileArrays:
             chunk_ids.append(np.full(len(offsets) - 1, chunk_id, dtype=np.int64))
             starts.append(offsets[:-1].astype(np.int64))
             lengths.append(np.diff(offsets).astype(np.int64))
-        empty = np.zeros(0, dtype=np.int64)
         return cls(
             features=features,
             coords=coords,
-            row_chunk=np.concatenate(chunk_ids) if chunk_ids else empty,
-            row_start=np.concatenate(starts) if starts else empty,
-            row_length=np.concatenate(lengths) if lengths else empty,
+            row_chunk=np.concatenate(chunk_ids),
+            row_start=np.concatenate(starts),
+            row_length=np.concatenate(lengths),
         )
 
     def __len__(self) -> int:
@@ -143,3 +145,18 @@ class TileArrays:
             feature_out[selected] = self.features[chunk][flat_index[selected]]
             coord_out[selected] = self.coords[chunk][flat_index[selected]]
         return feature_out, coord_out
+
+
+def load_tile_dataset(path: str | Path) -> datasets.Dataset:
+    """Open a tile-feature Dataset folder, with clear errors for a missing or empty one."""
+    path = Path(path)
+    state = path / "state.json"
+    if not state.exists():
+        raise FileNotFoundError(f"not a saved Dataset folder (no state.json): {path}")
+    if not json.loads(state.read_text()).get("_data_files"):
+        raise ValueError(f"the tile-feature Dataset at {path} is empty: no slide to use")
+    dataset = datasets.load_from_disk(str(path))
+    missing = {"slide_id", "aug_id", "features", "coords", "patch_size_level0"} - set(dataset.column_names)
+    if missing:
+        raise ValueError(f"{path} is not a tile-feature Dataset: missing column(s) {sorted(missing)}")
+    return dataset

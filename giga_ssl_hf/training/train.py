@@ -1,0 +1,328 @@
+"""Slide-level SimCLR pretraining of Giga-SSL with Accelerate.
+
+    giga-ssl train --features out/augmented --output_dir runs/ssl --max_steps 1000
+    accelerate launch -m giga_ssl_hf.training.train --config cfg.yaml
+
+Every input problem (empty or non-finite features, a feature dimension that does not match, no augmentations,
+a batch larger than the dataset) is reported before the first step. Checkpoints (``save_state``) resume the
+schedule, the RNG and the exact data order; the encoder is exported with ``save_pretrained`` to
+``OUTPUT_DIR/final``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import shutil
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+
+from ..features.schema import load_tile_dataset, read_metadata
+from ..models.gigassl import GigaSSLConfig, GigaSSLForContrastivePretraining
+from .arguments import DataArguments, ModelArguments, TrainArguments, parse_arguments
+from .optim import build_optimizer, warmup_cosine
+from .views import CoordinateAugmentation, EpochBatchSampler, SlideViews, collate_batch
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
+FINITE_CHECK_ROWS = 1 << 16  # tiles per block when scanning for NaN / inf: bounded memory
+
+
+def resolve_features_dir(path: str | Path) -> Path:
+    """A tile-feature Dataset folder, or an extraction folder holding ``augmented/``."""
+    path = Path(path)
+    if (path / "augmented").is_dir() and not (path / "state.json").exists():
+        path = path / "augmented"
+    if not path.is_dir():
+        raise FileNotFoundError(f"tile-feature Dataset not found: {path}")
+    return path
+
+
+def check_finite(views: SlideViews) -> None:
+    for chunk in views.arrays.features:
+        for start in range(0, len(chunk), FINITE_CHECK_ROWS):
+            if not np.isfinite(chunk[start : start + FINITE_CHECK_ROWS]).all():
+                raise ValueError(
+                    "the tile features contain NaN or inf values: re-extract the affected slides"
+                )
+
+
+def validate_training_data(
+    views: SlideViews, data_args: DataArguments, config: GigaSSLConfig, batch_size: int, num_processes: int
+) -> None:
+    """Raise ValueError for anything that would make training fail or silently meaningless."""
+    if len(views) == 0:
+        raise ValueError("the tile-feature Dataset is empty: no slide to train on")
+    if views.arrays.feature_dim != config.feature_dim:
+        raise ValueError(
+            f"the tile features have dimension {views.arrays.feature_dim} but the model expects "
+            f"feature_dim={config.feature_dim}"
+        )
+    if (views.arrays.row_length == 0).any():
+        raise ValueError("some rows of the tile-feature Dataset have no tiles: filter out empty slides first")
+    if not views.has_augmentations and not data_args.allow_no_augmentations:
+        raise ValueError(
+            "the tile-feature Dataset has no shared augmentations (every aug_id is -1): extract with --aug or "
+            "--both, or pass --allow_no_augmentations to train on unaugmented tiles"
+        )
+    if batch_size * num_processes > len(views):
+        raise ValueError(
+            f"batch_size {batch_size} x {num_processes} process(es) is larger than the dataset's {len(views)} slides"
+        )
+    check_finite(views)
+
+
+def build_config(model_args: ModelArguments, data_feature_dim: int, n_tiles: int) -> GigaSSLConfig:
+    return GigaSSLConfig(
+        feature_dim=model_args.feature_dim if model_args.feature_dim is not None else data_feature_dim,
+        hidden_dim=model_args.hidden_dim,
+        encoder_type=model_args.encoder_type,
+        projection_dims=[int(d) for d in model_args.projection_dims.split(",")],
+        temperature=model_args.temperature,
+        n_tiles=n_tiles,
+    )
+
+
+def load_layer4_file(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state)
+
+
+def find_checkpoint(output_dir: Path, resume: str) -> Path:
+    if resume != "latest":
+        path = Path(resume)
+        if not path.is_dir():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        return path
+    found = sorted(
+        (int(m.group(1)), p)
+        for p in (output_dir / "checkpoints").glob("step_*")
+        if (m := CHECKPOINT_PATTERN.match(p.name))
+    )
+    if not found:
+        raise FileNotFoundError(f"no checkpoint to resume from in {output_dir / 'checkpoints'}")
+    return found[-1][1]
+
+
+class TrainingProgress:
+    """Optimiser steps done; saved with every checkpoint so that a resume knows where the data order stands."""
+
+    def __init__(self):
+        self.step = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+
+def parameter_checksum(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, parameter in sorted(model.named_parameters()):
+        digest.update(name.encode())
+        digest.update(parameter.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _prune_checkpoints(checkpoint_dir: Path, keep: int | None) -> None:
+    if not keep:
+        return
+    found = sorted(
+        (int(m.group(1)), p) for p in checkpoint_dir.glob("step_*") if (m := CHECKPOINT_PATTERN.match(p.name))
+    )
+    for _, path in found[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def train(data_args: DataArguments, model_args: ModelArguments, train_args: TrainArguments) -> dict:
+    """Run pretraining; returns a summary (steps, final loss, paths). Raises ValueError on bad input."""
+    if not data_args.features:
+        raise ValueError("--features is required: an augmented tile-feature Dataset (giga-ssl extract --aug)")
+    if not train_args.output_dir:
+        raise ValueError("--output_dir is required")
+    if train_args.batch_size < 2:
+        raise ValueError(
+            "batch_size must be at least 2: each slide's negatives are the other slides of the batch"
+        )
+    output_dir = Path(train_args.output_dir)
+    features_dir = resolve_features_dir(data_args.features)
+
+    accelerator = Accelerator(
+        mixed_precision=train_args.mixed_precision,
+        gradient_accumulation_steps=train_args.gradient_accumulation_steps,
+        log_with=None if train_args.report_to == "none" else train_args.report_to,
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / "logs")
+        ),
+    )
+    set_seed(train_args.seed)
+
+    views = SlideViews(
+        load_tile_dataset(features_dir),
+        n_tiles=data_args.n_tiles,
+        seed=train_args.seed,
+        coordinate_augmentation=CoordinateAugmentation() if data_args.coordinate_augmentation else None,
+    )
+    config = build_config(model_args, views.arrays.feature_dim, data_args.n_tiles)
+    validate_training_data(views, data_args, config, train_args.batch_size, accelerator.num_processes)
+
+    model = GigaSSLForContrastivePretraining(config)
+    if model_args.init_layer4:
+        model.gigassl.load_layer4_weights(load_layer4_file(model_args.init_layer4))
+    total_batch = train_args.batch_size * accelerator.num_processes * train_args.gradient_accumulation_steps
+    learning_rate = train_args.learning_rate or 0.03 * total_batch / 256
+    optimizer = build_optimizer(model, train_args.optimizer, learning_rate, train_args.weight_decay)
+    warmup = train_args.warmup_steps if train_args.warmup_steps is not None else train_args.max_steps // 10
+    # Stepped by hand once per optimiser step: Accelerate's wrapper would step it once per process.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, train_args.max_steps))
+
+    batch_sampler = EpochBatchSampler(len(views), train_args.batch_size, seed=train_args.seed)
+    dataloader = torch.utils.data.DataLoader(
+        views, batch_sampler=batch_sampler, collate_fn=collate_batch, num_workers=data_args.num_workers
+    )
+    model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
+    progress = TrainingProgress()
+    accelerator.register_for_checkpointing(scheduler, progress)
+
+    if train_args.resume_from_checkpoint:
+        checkpoint = find_checkpoint(output_dir, train_args.resume_from_checkpoint)
+        accelerator.load_state(str(checkpoint))
+        logger.info("resumed from %s at step %d", checkpoint, progress.step)
+
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    run_config = {
+        **asdict(data_args),
+        **asdict(model_args),
+        **asdict(train_args),
+        "learning_rate": learning_rate,
+    }
+    if accelerator.log_with:
+        accelerator.init_trackers("giga_ssl", config={k: v for k, v in run_config.items() if v is not None})
+
+    batches_per_epoch = len(dataloader)
+    batches_done = progress.step * train_args.gradient_accumulation_steps
+    epoch, skip = divmod(batches_done, batches_per_epoch)
+    slides_seen: set[int] = set()
+    loss_value = float("nan")
+    loss_history: list[tuple[int, float]] = []
+    bar = tqdm(
+        total=train_args.max_steps,
+        initial=progress.step,
+        desc="SimCLR",
+        unit="step",
+        disable=not accelerator.is_local_main_process,
+    )
+    model.train()
+    while progress.step < train_args.max_steps:
+        batch_sampler.set_epoch(epoch)
+        dataloader.set_epoch(epoch)
+        loader = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
+        for batch in loader:
+            slides_seen.update(batch["slide_index"].tolist())
+            with accelerator.accumulate(model):
+                output = model(
+                    tile_features=batch["tile_features"],
+                    tile_coords=batch["tile_coords"],
+                    patch_size_level0=batch["patch_size_level0"],
+                )
+                accelerator.backward(output.loss)
+                if accelerator.sync_gradients and train_args.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), train_args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            progress.step += 1
+            loss_value = accelerator.reduce(output.loss.detach(), reduction="mean").item()
+            loss_history.append((progress.step, loss_value))
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+            if progress.step % train_args.logging_steps == 0 or progress.step == train_args.max_steps:
+                # Std of the L2-normalised embeddings across slides: collapse drives it to 0 (healthy ~ 1/sqrt(dim)).
+                normalised = torch.nn.functional.normalize(
+                    output.slide_embedding.detach().float().flatten(0, 1), dim=1
+                )
+                metrics = {
+                    "loss": loss_value,
+                    "lr": scheduler.get_last_lr()[0],
+                    "embedding_std": normalised.std(dim=0).mean().item(),
+                }
+                accelerator.log(metrics, step=progress.step)
+                logger.info("step %d: %s", progress.step, {k: round(v, 6) for k, v in metrics.items()})
+            if train_args.save_steps and progress.step % train_args.save_steps == 0:
+                accelerator.save_state(str(output_dir / "checkpoints" / f"step_{progress.step}"))
+                if accelerator.is_main_process:
+                    _prune_checkpoints(output_dir / "checkpoints", train_args.save_total_limit)
+            if progress.step >= train_args.max_steps:
+                break
+        epoch, skip = epoch + 1, 0
+    bar.close()
+
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    rank_log = output_dir / "logs" / f"rank{accelerator.process_index}.json"
+    rank_log.parent.mkdir(parents=True, exist_ok=True)
+    rank_log.write_text(
+        json.dumps(
+            {
+                "process_index": accelerator.process_index,
+                "slides_seen": sorted(str(views.slide_ids[i]) for i in slides_seen),
+                "parameter_checksum": parameter_checksum(unwrapped),
+            },
+            indent=2,
+        )
+    )
+    summary = {
+        "steps": progress.step,
+        "final_loss": loss_value,
+        "loss_history": loss_history,
+        "learning_rate": learning_rate,
+        "num_processes": accelerator.num_processes,
+        "total_batch_size": total_batch,
+        "n_slides": len(views),
+        "features": str(features_dir),
+        "feature_metadata": read_metadata(features_dir),
+        "arguments": run_config,
+        "final_model": str(output_dir / "final"),
+    }
+    if accelerator.is_main_process:
+        unwrapped.gigassl.save_pretrained(output_dir / "final")
+        (output_dir / "final" / "training_summary.json").write_text(
+            json.dumps(summary, indent=2, default=str)
+        )
+        logger.info("exported the slide encoder to %s", output_dir / "final")
+    accelerator.end_training()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        data_args, model_args, train_args = parse_arguments(argv)
+        train(data_args, model_args, train_args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"giga-ssl train: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

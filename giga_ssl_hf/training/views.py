@@ -1,0 +1,163 @@
+"""Slide views for SimCLR: tiles of one shared augmentation, sampled with replacement, coordinates jittered.
+
+A view of a slide = one of its augmentations picked at random, ``n_tiles`` of that augmentation's tiles drawn
+with replacement, and a random transform of their grid positions (rotation, flip per axis, scale per axis in
+[0.7, 1.3], sub-cell translation). Everything is vectorised over a batch of slides and read through zero-copy
+numpy views of the memory-mapped Arrow columns (:class:`~giga_ssl_hf.features.schema.TileArrays`).
+
+Randomness is a pure function of ``(seed, epoch, slide index)``: a batch's views do not depend on which
+process or DataLoader worker draws them, so resuming at step N replays exactly the views of an uninterrupted
+run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import datasets
+import numpy as np
+import torch
+
+from ..features.schema import NO_AUGMENTATION, TileArrays
+
+
+@dataclass(frozen=True)
+class CoordinateAugmentation:
+    """Random transform of a view's tile positions (in grid cells)."""
+
+    rotation: bool = True
+    flips: bool = True
+    scale_range: tuple[float, float] = (0.7, 1.3)
+    translation: bool = True
+
+    def __call__(self, grid_xy: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """grid_xy `(V, n, 2)` float -> transformed `(V, n, 2)`; one transform per view."""
+        views = grid_xy.shape[0]
+        xy = grid_xy - grid_xy.mean(axis=1, keepdims=True)  # rotate and scale about the view's centre
+        if self.flips:
+            xy = xy * np.where(rng.random((views, 1, 2)) < 0.5, -1.0, 1.0)
+        low, high = self.scale_range
+        xy = xy * rng.uniform(low, high, size=(views, 1, 2))
+        if self.rotation:
+            angle = rng.uniform(0.0, 2 * math.pi, size=views)
+            cos, sin = np.cos(angle)[:, None], np.sin(angle)[:, None]
+            xy = np.stack([cos * xy[..., 0] - sin * xy[..., 1], sin * xy[..., 0] + cos * xy[..., 1]], axis=-1)
+        if self.translation:
+            # Slides are re-anchored at their minimum before truncation: only the sub-cell part of a shift matters.
+            xy = xy + rng.random((views, 1, 2))
+        return xy
+
+
+class SlideViews(torch.utils.data.Dataset):
+    """Two-view (or k-view) samples of the slides of a tile-feature Dataset.
+
+    Index with a list of ``(epoch, slide_index)`` keys (``__getitems__``, as a DataLoader with a batch sampler
+    does) to get one batch::
+
+        {"tile_features": (B, n_views, n_tiles, D) float32, "tile_coords": (B, n_views, n_tiles, 2) float32
+         level-0 px, "patch_size_level0": (B,) float32, "slide_index": (B,) int64}
+
+    Args:
+        dataset: augmented (one row per slide and augmentation) or exhaustive tile-feature Dataset.
+        n_tiles: tiles per view, drawn with replacement.
+        n_views: views per slide (2 for SimCLR).
+        seed: base seed.
+        coordinate_augmentation: None keeps the tiles' positions as they are.
+    """
+
+    def __init__(
+        self,
+        dataset: datasets.Dataset,
+        n_tiles: int,
+        n_views: int = 2,
+        seed: int = 0,
+        coordinate_augmentation: CoordinateAugmentation | None = CoordinateAugmentation(),
+    ):
+        self.arrays = TileArrays.from_dataset(dataset)
+        self.n_tiles, self.n_views, self.seed = n_tiles, n_views, seed
+        self.coordinate_augmentation = coordinate_augmentation
+        slide_ids = np.asarray(dataset.data.column("slide_id").to_numpy(zero_copy_only=False), dtype=object)
+        self.aug_ids = dataset.data.column("aug_id").to_numpy()
+        self.slide_ids, row_slide = np.unique(slide_ids, return_inverse=True)
+        # Rows of slide s: self.rows_by_slide[self.slide_row_start[s] : ... + self.slide_row_count[s]]
+        self.rows_by_slide = np.argsort(row_slide, kind="stable")
+        self.slide_row_count = np.bincount(row_slide, minlength=len(self.slide_ids))
+        self.slide_row_start = np.concatenate([[0], np.cumsum(self.slide_row_count)[:-1]])
+        patch = dataset.data.column("patch_size_level0").to_numpy().astype(np.float32)
+        self.patch_size_level0 = patch[self.rows_by_slide[self.slide_row_start]]  # (n_slides,)
+
+    def __len__(self) -> int:
+        return len(self.slide_ids)
+
+    @property
+    def has_augmentations(self) -> bool:
+        return bool(np.any(self.aug_ids != NO_AUGMENTATION))
+
+    def rng(self, epoch: int, slide_indices: np.ndarray) -> np.random.Generator:
+        # One stream per (seed, epoch, batch content): any process or worker drawing this batch gets these views.
+        return np.random.default_rng([self.seed, epoch, *np.asarray(slide_indices).tolist()])
+
+    def sample(self, slide_indices: np.ndarray, epoch: int = 0) -> dict[str, torch.Tensor]:
+        slide_indices = np.asarray(slide_indices, dtype=np.int64)
+        rng = self.rng(epoch, slide_indices)
+        shape = (len(slide_indices), self.n_views)
+        # One random row (= augmentation) per view, then n_tiles of its tiles with replacement.
+        counts = self.slide_row_count[slide_indices][:, None]
+        pick = (rng.random(shape) * counts).astype(np.int64)
+        rows = self.rows_by_slide[self.slide_row_start[slide_indices][:, None] + pick]  # (B, V)
+        lengths = self.arrays.row_length[rows]  # (B, V)
+        if (lengths == 0).any():
+            raise ValueError("a slide row without tiles reached the view sampler")
+        tile_index = (rng.random((*shape, self.n_tiles)) * lengths[..., None]).astype(np.int64)
+        features, coords = self.arrays.gather(rows.reshape(-1), tile_index.reshape(-1, self.n_tiles))
+        patch = self.patch_size_level0[slide_indices]  # (B,)
+        coords = coords.astype(np.float32)
+        if self.coordinate_augmentation is not None:
+            cell = np.repeat(patch, self.n_views)[:, None, None]
+            coords = self.coordinate_augmentation(coords / cell, rng) * cell
+        return {
+            "tile_features": torch.from_numpy(features.reshape(*shape, self.n_tiles, -1)).float(),
+            "tile_coords": torch.from_numpy(coords.reshape(*shape, self.n_tiles, 2).astype(np.float32)),
+            "patch_size_level0": torch.from_numpy(patch),
+            "slide_index": torch.from_numpy(slide_indices),
+        }
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+        epochs = {epoch for epoch, _ in keys}
+        if len(epochs) != 1:
+            raise ValueError("a batch must come from one epoch")
+        return self.sample(np.array([index for _, index in keys]), epochs.pop())
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        return self.__getitems__([key])
+
+
+class EpochBatchSampler(torch.utils.data.Sampler):
+    """Shuffled batches of ``(epoch, slide_index)`` keys; the order depends only on ``(seed, epoch)``.
+
+    Accelerate shards it across processes (each takes whole batches), so ranks see different slides.
+    """
+
+    def __init__(self, n_slides: int, batch_size: int, seed: int = 0, drop_last: bool = True):
+        self.n_slides, self.batch_size, self.seed, self.drop_last = n_slides, batch_size, seed, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.n_slides, self.batch_size)
+        return full if self.drop_last or not rest else full + 1
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_slides)
+        for batch in range(len(self)):
+            chunk = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+            yield [(self.epoch, int(index)) for index in chunk]
+
+
+def collate_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The sampler already returns a collated batch (``__getitems__``)."""
+    return batch

@@ -1,0 +1,91 @@
+import datasets
+import numpy as np
+import pytest
+import torch
+
+from giga_ssl_hf.features.synthetic_features import synthetic_tile_dataset
+from giga_ssl_hf.training.views import CoordinateAugmentation, EpochBatchSampler, SlideViews
+
+
+@pytest.fixture(scope="module")
+def augmented():
+    dataset, _ = synthetic_tile_dataset(n_slides=12, feature_dim=8, n_aug=3, tiles_per_slide=10, seed=1)
+    return dataset
+
+
+def test_views_shapes_and_tile_origin(augmented):
+    views = SlideViews(augmented, n_tiles=5, seed=0, coordinate_augmentation=None)
+    batch = views.sample(np.array([3, 0, 7]))
+    assert batch["tile_features"].shape == (3, 2, 5, 8)
+    assert batch["tile_coords"].shape == (3, 2, 5, 2)
+    assert batch["patch_size_level0"].tolist() == [448.0] * 3
+    # Every sampled tile is a tile of one augmentation row of that slide, with its own coordinates.
+    slide = views.slide_ids[3]
+    rows = [i for i, s in enumerate(augmented["slide_id"]) if s == slide]
+    for view in range(2):
+        features = batch["tile_features"][0, view].numpy().astype(np.float16)
+        matches = [
+            r for r in rows if all((np.asarray(augmented[r]["features"]) == f).all(1).any() for f in features)
+        ]
+        assert len(matches) == 1  # one shared augmentation per view
+        coords = np.asarray(augmented[matches[0]]["coords"])
+        assert all((coords == c).all(1).any() for c in batch["tile_coords"][0, view].numpy())
+
+
+def test_views_are_deterministic_and_independent_of_batch_order(augmented):
+    views = SlideViews(augmented, n_tiles=5, seed=4)
+    first = views.sample(np.array([1, 2, 3]), epoch=2)
+    again = SlideViews(augmented, n_tiles=5, seed=4).sample(np.array([1, 2, 3]), epoch=2)
+    for key in first:
+        assert torch.equal(first[key], again[key])
+    other_epoch = views.sample(np.array([1, 2, 3]), epoch=3)
+    assert not torch.equal(first["tile_features"], other_epoch["tile_features"])
+    assert not torch.equal(first["tile_features"][:, 0], first["tile_features"][:, 1])  # two different views
+
+
+def test_coordinate_augmentation_keeps_view_geometry_up_to_similarity():
+    rng = np.random.default_rng(0)
+    grid = rng.integers(0, 20, size=(4, 6, 2)).astype(np.float64)
+    out = CoordinateAugmentation(scale_range=(1.0, 1.0), translation=False)(grid, rng)
+    # Rotation and flips preserve pairwise distances when the scale is fixed at 1.
+    for view in range(4):
+        before = np.linalg.norm(grid[view, :, None] - grid[view, None], axis=-1)
+        after = np.linalg.norm(out[view, :, None] - out[view, None], axis=-1)
+        np.testing.assert_allclose(after, before, atol=1e-9)
+    scaled = CoordinateAugmentation(rotation=False, flips=False, translation=False)(grid, rng)
+    spread = np.ptp(scaled, axis=1) / np.maximum(np.ptp(grid, axis=1), 1e-9)
+    assert ((spread > 0.69) & (spread < 1.31)).all()
+
+
+def test_exhaustive_dataset_is_served_too():
+    dataset, _ = synthetic_tile_dataset(n_slides=5, feature_dim=8, tiles_per_slide=7, augmented=False)
+    views = SlideViews(dataset, n_tiles=4)
+    assert not views.has_augmentations
+    assert views.sample(np.arange(5))["tile_features"].shape == (5, 2, 4, 8)
+
+
+def test_batch_sampler_is_a_seeded_permutation_per_epoch():
+    sampler = EpochBatchSampler(10, 3, seed=1)
+    epoch0 = [key for batch in sampler for key in batch]
+    assert len(list(sampler)) == 3 and all(epoch == 0 for epoch, _ in epoch0)
+    assert len({index for _, index in epoch0}) == 9
+    sampler.set_epoch(1)
+    epoch1 = [index for batch in sampler for _, index in batch]
+    assert epoch1 != [index for _, index in epoch0]
+    sampler.set_epoch(0)
+    assert [key for batch in sampler for key in batch] == epoch0
+
+
+def test_dataloader_workers_give_the_same_batches(augmented, tmp_path):
+    augmented.save_to_disk(str(tmp_path / "ds"))
+    views = SlideViews(datasets.load_from_disk(str(tmp_path / "ds")), n_tiles=5)
+    sampler = EpochBatchSampler(len(views), 4, seed=0)
+
+    def batches(workers):
+        loader = torch.utils.data.DataLoader(
+            views, batch_sampler=sampler, collate_fn=lambda b: b, num_workers=workers
+        )
+        return [b["tile_features"] for b in loader]
+
+    for a, b in zip(batches(0), batches(2)):
+        assert torch.equal(a, b)
