@@ -33,6 +33,8 @@ CITATION = """@inproceedings{lazard2023gigassl,
   year      = {2023}
 }"""
 
+_SHORT_LIST = 8
+
 PAPER_URL = (
     "https://openaccess.thecvf.com/content/CVPR2023W/CVMI/papers/"
     "Lazard_Giga-SSL_Self-Supervised_Learning_for_Gigapixel_Images_CVPRW_2023_paper.pdf"
@@ -51,13 +53,42 @@ def _cell(value: object) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def _scalars(mapping: dict) -> list[tuple[str, object]]:
-    """The top-level scalar entries of a JSON summary, as (readable name, value) rows."""
+def _summary_rows(mapping: dict, skip: set[str] = frozenset()) -> list[tuple[str, object]]:
+    """(readable name, value) rows of a JSON record's top-level scalars and short lists.
+
+    Long lists (a loss history) stay in the JSON file; nested records go to :func:`_details`.
+    """
     return [
         (key.replace("_", " ").capitalize(), value)
         for key, value in mapping.items()
-        if isinstance(value, (str, int, float, bool, list)) and value != ""
+        if key not in skip
+        and value != ""
+        and (
+            isinstance(value, (str, int, float, bool))
+            or (
+                isinstance(value, list)
+                and len(value) <= _SHORT_LIST
+                and not any(isinstance(v, (dict, list)) for v in value)
+            )
+        )
     ]
+
+
+def _details(mapping: dict, title: str) -> str:
+    """The nested records of a JSON record (run arguments, original config) as a collapsed JSON block."""
+    nested = {key: value for key, value in mapping.items() if isinstance(value, dict) and value}
+    if not nested:
+        return ""
+    return f"""
+<details>
+<summary>{title}</summary>
+
+```json
+{json.dumps(nested, indent=2, default=str)}
+```
+
+</details>
+"""
 
 
 def _encoder_rows(config: GigaSSLConfig) -> list[tuple[str, object]]:
@@ -101,7 +132,11 @@ def model_card(
     )
     summary = training_summary or {}
     if summary:
-        trained = "From `training_summary.json` in this repository:\n\n" + _table(_scalars(summary))
+        trained = (
+            "From `training_summary.json` in this repository:\n\n"
+            + _table(_summary_rows(summary))
+            + _details(summary, "Run settings")
+        )
     else:
         trained = (
             "No training summary was shipped with this model. Giga-SSL trains the slide encoder with SimCLR: "
@@ -225,7 +260,7 @@ def dataset_card(
         "n_tiles",
         "seed",
     }
-    rows += [(name, value) for name, value in _scalars(metadata) if name.replace(" ", "_") not in shown]
+    rows += _summary_rows(metadata, skip=shown)
     name = repo_id.split("/")[-1]
     content = f"""---
 {data.to_yaml()}

@@ -192,8 +192,6 @@ def convert_state_dict(
     state_dict: dict[str, torch.Tensor],
 ) -> tuple[OriginalLayout, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(layout, ``encoder.layer4.*`` tensors, ``projection_head.*`` tensors, empty without a projector)."""
-    if state_dict and all(key.startswith("module.") for key in state_dict):  # saved from DataParallel
-        state_dict = {key[len("module.") :]: value for key, value in state_dict.items()}
     layout = detect_layout(state_dict)
     if layout.encoder_type == "mlp":
         raise ValueError(
@@ -278,8 +276,13 @@ def convert_checkpoint(path: str | Path) -> tuple[GigaSSLModel | GigaSSLForContr
     else:
         model = GigaSSLModel(config)
         weights = encoder
-    # SparseConvNet's BatchNormalization keeps no update count; start it at 0.
-    weights = {key: torch.zeros_like(value) for key, value in model.state_dict().items()} | weights
+    # SparseConvNet's BatchNormalization keeps no update count: start it at 0 (anything else missing is an error).
+    counts = {
+        key: torch.zeros_like(v)
+        for key, v in model.state_dict().items()
+        if key.endswith("num_batches_tracked")
+    }
+    weights = counts | weights
     model.load_state_dict(weights, strict=True)
     model.eval()
     summary = training_summary(path, layout, checkpoint, flat)

@@ -29,8 +29,9 @@ logger = logging.getLogger(__name__)
 
 PARQUET_PATH = "data/train-00000-of-00001.parquet"
 UPLOAD_NOTE = (
-    "Uploading needs network access and a Hub token (huggingface-cli login, or HF_TOKEN); "
-    "the package's tests exercise --dry-run only."
+    "Uploading needs network access and a Hub token (hf auth login, or HF_TOKEN). Uploads to the real Hub "
+    "are not exercised by this package's tests, which run offline; --dry-run writes the exact folder "
+    "that would be uploaded, to review first."
 )
 
 
@@ -43,6 +44,11 @@ def write_model_folder(
     ``AutoModel`` loads, and without the SimCLR head it loads without unexpected-weight reports.
     """
     model_dir, out = Path(model_dir), Path(out)
+    if not (model_dir / "config.json").is_file():
+        # Checked here: from_pretrained would take a missing folder for a Hub repo id and go online.
+        raise ValueError(
+            f"{model_dir}: not a saved model folder (no config.json); expected save_pretrained output"
+        )
     config = GigaSSLConfig.from_pretrained(model_dir)
     if GigaSSLForContrastivePretraining.__name__ in (config.architectures or []):
         encoder = GigaSSLForContrastivePretraining.from_pretrained(model_dir).gigassl
