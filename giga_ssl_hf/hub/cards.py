@@ -80,6 +80,7 @@ def _details(mapping: dict, title: str) -> str:
     if not nested:
         return ""
     return f"""
+
 <details>
 <summary>{title}</summary>
 
