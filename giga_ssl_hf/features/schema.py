@@ -74,6 +74,11 @@ def _flat_values(chunk: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return values.reshape(-1, width) if width else values.reshape(0, 0), row_offsets
 
 
+def without_indices_mapping(dataset: datasets.Dataset) -> datasets.Dataset:
+    """The Dataset with any ``select`` / ``shuffle`` mapping applied, so that ``dataset.data`` holds its rows."""
+    return dataset.flatten_indices() if dataset._indices is not None else dataset
+
+
 @dataclass
 class TileArrays:
     """Zero-copy numpy views of a tile-feature Dataset, with each row's tiles addressable by index.
@@ -94,8 +99,7 @@ class TileArrays:
         empty = np.zeros(0, dtype=np.int64)
         if len(dataset) == 0:
             return cls(features=[], coords=[], row_chunk=empty, row_start=empty, row_length=empty)
-        if dataset._indices is not None:
-            dataset = dataset.flatten_indices()
+        dataset = without_indices_mapping(dataset)
         feature_column = dataset.data.column("features")
         coord_column = dataset.data.column("coords")
         features, coords, chunk_ids, starts, lengths = [], [], [], [], []

@@ -20,7 +20,7 @@ import datasets
 import numpy as np
 import torch
 
-from ..features.schema import NO_AUGMENTATION, TileArrays
+from ..features.schema import NO_AUGMENTATION, TileArrays, without_indices_mapping
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,7 @@ class SlideViews(torch.utils.data.Dataset):
         seed: int = 0,
         coordinate_augmentation: CoordinateAugmentation | None = CoordinateAugmentation(),
     ):
+        dataset = without_indices_mapping(dataset)
         self.arrays = TileArrays.from_dataset(dataset)
         self.n_tiles, self.n_views, self.seed = n_tiles, n_views, seed
         self.coordinate_augmentation = coordinate_augmentation

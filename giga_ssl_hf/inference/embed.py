@@ -1,0 +1,292 @@
+"""Slide embeddings from a trained Giga-SSL encoder: the mean of many views, L2-normalised.
+
+Strategies:
+
+- ``random`` (the paper): ``n_views`` views of ``n_tiles`` tiles drawn with replacement from the slide's
+  exhaustive (non-augmented) tiles;
+- ``chunks`` (the successor package): the tiles in their stored order cut into consecutive chunks of
+  ``n_tiles`` that cover every tile exactly once (the last chunk may be shorter).
+
+A slide's embedding depends only on its own tiles, the model and the seed: its random stream is derived from
+``(seed, slide_id)``, and views are batched so that the model never mixes slides within one sparse map size
+computation (``grid_size_mode="batch"`` models see one slide's views per forward).
+
+    giga-ssl embed --model runs/ssl/final --features out/exhaustive --out runs/embeddings --npy
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..evaluation.data import NPY_EMBEDDINGS, NPY_IDS, embeddings_dataset
+from ..features.schema import (
+    METADATA_FILENAME,
+    NO_AUGMENTATION,
+    TileArrays,
+    load_tile_dataset,
+    without_indices_mapping,
+)
+
+logger = logging.getLogger(__name__)
+
+STRATEGIES = ("random", "chunks")
+
+
+def slide_seed(seed: int, slide_id: str) -> list[int]:
+    """Seed material of one slide's random stream, independent of the other slides processed with it."""
+    digest = hashlib.sha256(slide_id.encode()).digest()
+    return [seed, int.from_bytes(digest[:8], "little")]
+
+
+def view_indices(n_available: int, strategy: str, n_views: int, n_tiles: int, rng: np.random.Generator):
+    """Tile indices of each view ``(V, n_tiles)`` and a validity mask ``(V, n_tiles)``."""
+    if strategy == "random":
+        index = rng.integers(0, n_available, size=(n_views, n_tiles))
+        return index, np.ones_like(index, dtype=bool)
+    if strategy == "chunks":
+        n_chunks = -(-n_available // n_tiles)
+        flat = np.arange(n_chunks * n_tiles)
+        mask = (flat < n_available).reshape(n_chunks, n_tiles)
+        return np.minimum(flat, n_available - 1).reshape(n_chunks, n_tiles), mask
+    raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+
+
+@torch.no_grad()
+def embed_views(
+    model, features: np.ndarray, coords: np.ndarray, mask: np.ndarray, patch_size_level0
+) -> torch.Tensor:
+    """Run the encoder on views ``(V, n, D)``; returns ``(V, E)`` float32."""
+    device = next(model.parameters()).device
+    output = model(
+        tile_features=torch.from_numpy(np.ascontiguousarray(features)).to(device),
+        tile_coords=torch.from_numpy(np.ascontiguousarray(coords)).to(device),
+        tile_mask=torch.from_numpy(mask).to(device),
+        patch_size_level0=torch.as_tensor(patch_size_level0, device=device),
+    )
+    return output.slide_embedding.float()
+
+
+def _finish(view_embeddings: torch.Tensor) -> np.ndarray:
+    return torch.nn.functional.normalize(view_embeddings.mean(dim=0), dim=0).cpu().numpy()
+
+
+def embed_slide(
+    model,
+    tile_features: np.ndarray,
+    tile_coords: np.ndarray,
+    patch_size_level0: int,
+    slide_id: str = "",
+    strategy: str = "random",
+    n_views: int = 100,
+    n_tiles: int | None = None,
+    seed: int = 0,
+    max_views_per_batch: int = 4096,
+) -> np.ndarray:
+    """One slide's embedding ``(E,)``, unit L2 norm, from its tile features ``(n, D)`` and level-0 coords ``(n, 2)``.
+
+    Gives the same vector as :func:`embed_tile_dataset` for that slide (same ``slide_id`` and ``seed``).
+    """
+    n_tiles = n_tiles or model.config.n_tiles
+    if len(tile_features) == 0:
+        raise ValueError(f"slide {slide_id!r} has no tiles to embed")
+    rng = np.random.default_rng(slide_seed(seed, slide_id))
+    index, mask = view_indices(len(tile_features), strategy, n_views, n_tiles, rng)
+    outputs = []
+    for start in range(0, len(index), max_views_per_batch):
+        part, part_mask = (
+            index[start : start + max_views_per_batch],
+            mask[start : start + max_views_per_batch],
+        )
+        patch = np.full(len(part), patch_size_level0)
+        outputs.append(embed_views(model, tile_features[part], tile_coords[part], part_mask, patch))
+    return _finish(torch.cat(outputs))
+
+
+def embed_tile_dataset(
+    model,
+    dataset,
+    strategy: str = "random",
+    n_views: int = 100,
+    n_tiles: int | None = None,
+    seed: int = 0,
+    max_views_per_batch: int = 4096,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embed every slide of an exhaustive tile-feature Dataset; returns ``(ids (N,), embeddings (N, E))``.
+
+    Views of several slides share a forward pass (up to ``max_views_per_batch`` views) when the model's sparse
+    map size is per slide; otherwise each slide's views go alone.
+    """
+    n_tiles = n_tiles or model.config.n_tiles
+    dataset = without_indices_mapping(dataset)
+    aug_ids = np.asarray(dataset.data.column("aug_id").to_numpy())
+    if (aug_ids != NO_AUGMENTATION).any():
+        raise ValueError(
+            "embedding needs the exhaustive (non-augmented) tile features: pass DIR/exhaustive of giga-ssl extract"
+        )
+    slide_ids = [str(s) for s in dataset.data.column("slide_id").to_pylist()]
+    if len(set(slide_ids)) != len(slide_ids):
+        raise ValueError("the exhaustive tile-feature Dataset has several rows for one slide")
+    arrays = TileArrays.from_dataset(dataset)
+    patch_sizes = np.asarray(dataset.data.column("patch_size_level0").to_numpy())
+    share_batches = getattr(model.config, "grid_size_mode", "per_slide") == "per_slide"
+
+    embeddings = np.zeros((len(slide_ids), model.config.hidden_dim), dtype=np.float32)
+    pending: list[
+        tuple[int, np.ndarray, np.ndarray, np.ndarray]
+    ] = []  # (slide, features, coords, mask) views
+
+    def flush():
+        if not pending:
+            return
+        features = np.concatenate([p[1] for p in pending])
+        coords = np.concatenate([p[2] for p in pending])
+        mask = np.concatenate([p[3] for p in pending])
+        patch = np.concatenate([np.full(len(p[1]), patch_sizes[p[0]]) for p in pending])
+        out = embed_views(model, features, coords, mask, patch)
+        start = 0
+        for slide, slide_features, _, _ in pending:
+            embeddings[slide] = _finish(out[start : start + len(slide_features)])
+            start += len(slide_features)
+        pending.clear()
+
+    for slide in tqdm(range(len(slide_ids)), desc="embedding slides", unit="slide", disable=not progress):
+        features, coords = arrays.row(slide)
+        if len(features) == 0:
+            raise ValueError(f"slide {slide_ids[slide]!r} has no tiles: drop empty slides before embedding")
+        rng = np.random.default_rng(slide_seed(seed, slide_ids[slide]))
+        index, mask = view_indices(len(features), strategy, n_views, n_tiles, rng)
+        if len(index) > max_views_per_batch or not share_batches:
+            flush()
+            embeddings[slide] = embed_slide(
+                model, features, coords, patch_sizes[slide], slide_ids[slide], strategy, n_views, n_tiles, seed,
+                max_views_per_batch,
+            )  # fmt: skip
+            continue
+        if sum(len(p[1]) for p in pending) + len(index) > max_views_per_batch:
+            flush()
+        pending.append((slide, features[index], coords[index], mask))
+    flush()
+    return np.asarray(slide_ids), embeddings
+
+
+def model_identity(model) -> dict:
+    return {
+        "model": str(getattr(model.config, "_name_or_path", "")),
+        "model_revision": getattr(model.config, "_commit_hash", None),
+    }
+
+
+def save_embeddings(
+    out_dir: str | Path, ids: np.ndarray, embeddings: np.ndarray, metadata: dict, npy: bool
+) -> Path:
+    """Write the slide-embeddings Dataset (+ metadata sidecar, + the paper's npy pair with ``npy``)."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    embeddings_dataset(ids, embeddings).save_to_disk(str(tmp))
+    (tmp / METADATA_FILENAME).write_text(json.dumps(metadata, indent=2, default=str))
+    if npy:
+        np.save(tmp / NPY_EMBEDDINGS, embeddings)
+        np.save(tmp / NPY_IDS, ids.astype(str))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def load_model(model_name_or_path: str, device: str, trust_remote_code: bool = False):
+    from transformers import AutoModel
+
+    import giga_ssl_hf  # noqa: F401  (registers the GigaSSL classes with AutoModel)
+
+    model = AutoModel.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+    return model.to(device).eval()
+
+
+def resolve_device(name: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="giga-ssl embed",
+        description="Embed every slide of an exhaustive tile-feature Dataset with a trained Giga-SSL encoder: "
+        "the mean of many views' embeddings, L2-normalised. Writes an HF Dataset (slide_id, embedding).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="examples:\n"
+        "  giga-ssl embed --model runs/ssl/final --features out/exhaustive --out runs/embeddings\n"
+        "  giga-ssl embed --model org/giga-ssl-tcga --features out --out emb --strategy chunks --npy",
+    )
+    parser.add_argument("--model", required=True, help="trained model folder or Hub repo id")
+    parser.add_argument(
+        "--features", required=True, help="exhaustive tile-feature Dataset, or a giga-ssl extract folder"
+    )
+    parser.add_argument("--out", required=True, help="output folder of the embeddings Dataset")
+    parser.add_argument(
+        "--strategy", choices=STRATEGIES, default="random", help="random views or tile chunks"
+    )
+    parser.add_argument("--n-views", type=int, default=100, help="views per slide (random strategy)")
+    parser.add_argument(
+        "--n-tiles", type=int, default=None, help="tiles per view (default: the model's n_tiles)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random views")
+    parser.add_argument("--max-views-per-batch", type=int, default=4096, help="views per forward pass")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--npy", action="store_true", help="also write embeddings.npy + ids.npy (paper format)"
+    )
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="load Hub models with their own code"
+    )
+    return parser
+
+
+def run(args: argparse.Namespace) -> Path:
+    if args.n_views < 1 or (args.n_tiles is not None and args.n_tiles < 1):
+        raise ValueError("--n-views and --n-tiles must be positive")
+    features_dir = Path(args.features)
+    if (features_dir / "exhaustive").is_dir() and not (features_dir / "state.json").exists():
+        features_dir = features_dir / "exhaustive"
+    dataset = load_tile_dataset(features_dir)
+    model = load_model(args.model, resolve_device(args.device), args.trust_remote_code)
+    ids, embeddings = embed_tile_dataset(
+        model, dataset, args.strategy, args.n_views, args.n_tiles, args.seed, args.max_views_per_batch
+    )
+    metadata = {
+        **model_identity(model),
+        "strategy": args.strategy,
+        "n_views": args.n_views if args.strategy == "random" else None,
+        "n_tiles": args.n_tiles or model.config.n_tiles,
+        "seed": args.seed,
+        "n_slides": len(ids),
+        "embedding_dim": int(embeddings.shape[1]),
+        "features": str(features_dir),
+    }
+    out = save_embeddings(args.out, ids, embeddings, metadata, args.npy)
+    logger.info("wrote %d slide embeddings to %s", len(ids), out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError, OSError) as error:
+        print(f"giga-ssl embed: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

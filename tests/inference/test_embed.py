@@ -1,0 +1,93 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from giga_ssl_hf import GigaSSLConfig, GigaSSLModel, load_embeddings
+from giga_ssl_hf.features.schema import TileArrays
+from giga_ssl_hf.features.synthetic_features import synthetic_tile_dataset
+from giga_ssl_hf.inference.embed import embed_slide, embed_tile_dataset, main, view_indices
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    torch.manual_seed(0)
+    model = GigaSSLModel(GigaSSLConfig(feature_dim=16, hidden_dim=24, projection_dims=(8,)))
+    path = tmp_path_factory.mktemp("model")
+    model.save_pretrained(path)
+    return model.eval(), path
+
+
+@pytest.fixture(scope="module")
+def exhaustive():
+    dataset, labels = synthetic_tile_dataset(
+        n_slides=7, feature_dim=16, tiles_per_slide=23, augmented=False, seed=3
+    )
+    return dataset
+
+
+@pytest.mark.parametrize("strategy", ["random", "chunks"])
+def test_embeddings_are_deterministic_unit_norm_and_batch_independent(model, exhaustive, strategy):
+    model, _ = model
+    ids, together = embed_tile_dataset(
+        model, exhaustive, strategy=strategy, n_views=12, seed=5, progress=False
+    )
+    _, again = embed_tile_dataset(model, exhaustive, strategy=strategy, n_views=12, seed=5, progress=False)
+    assert np.array_equal(together, again)
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, rtol=1e-6)
+    arrays = TileArrays.from_dataset(exhaustive)
+    for slide in range(len(ids)):
+        features, coords = arrays.row(slide)
+        alone = embed_slide(model, features, coords, 448, ids[slide], strategy=strategy, n_views=12, seed=5)
+        np.testing.assert_allclose(alone, together[slide], rtol=1e-5, atol=1e-6)
+    # Tiny forward batches (one slide per pass) give the same vectors as large shared ones.
+    _, small_batches = embed_tile_dataset(
+        model, exhaustive, strategy=strategy, n_views=12, seed=5, max_views_per_batch=12, progress=False
+    )
+    np.testing.assert_allclose(small_batches, together, rtol=1e-5, atol=1e-6)
+    if strategy == "random":
+        _, other_seed = embed_tile_dataset(model, exhaustive, n_views=12, seed=6, progress=False)
+        assert not np.allclose(other_seed, together)
+
+
+def test_a_slide_does_not_depend_on_the_others(model, exhaustive):
+    model, _ = model
+    ids, full = embed_tile_dataset(model, exhaustive, n_views=8, progress=False)
+    subset_ids, subset = embed_tile_dataset(model, exhaustive.select([5, 2]), n_views=8, progress=False)
+    np.testing.assert_allclose(subset, full[[5, 2]], rtol=1e-5, atol=1e-6)
+    assert subset_ids.tolist() == [ids[5], ids[2]]
+
+
+@pytest.mark.parametrize(("n", "n_tiles"), [(23, 5), (10, 5), (3, 5), (1, 1)])
+def test_chunks_cover_every_tile_exactly_once(n, n_tiles):
+    index, mask = view_indices(n, "chunks", n_views=0, n_tiles=n_tiles, rng=np.random.default_rng(0))
+    assert index.shape[1] == n_tiles
+    assert sorted(index[mask].tolist()) == list(range(n))
+
+
+def test_cli_writes_dataset_metadata_and_npy(model, exhaustive, tmp_path):
+    _, model_path = model
+    exhaustive.save_to_disk(str(tmp_path / "features" / "exhaustive"))
+    out = tmp_path / "embeddings"
+    argv = ["--model", str(model_path), "--features", str(tmp_path / "features"), "--out", str(out)]
+    assert main([*argv, "--n-views", "10", "--npy", "--device", "cpu"]) == 0
+    ids, embeddings = load_embeddings(out)
+    assert embeddings.shape == (7, 24) and ids.tolist() == exhaustive["slide_id"]
+    assert np.array_equal(np.load(out / "embeddings.npy"), embeddings)
+    assert np.load(out / "ids.npy").tolist() == ids.tolist()
+    metadata = json.loads((out / "giga_ssl_metadata.json").read_text())
+    assert metadata["strategy"] == "random" and metadata["n_views"] == 10 and metadata["n_tiles"] == 5
+    assert metadata["model"] == str(model_path)
+    # Rerun overwrites atomically.
+    assert main([*argv, "--strategy", "chunks"]) == 0
+    assert json.loads((out / "giga_ssl_metadata.json").read_text())["strategy"] == "chunks"
+
+
+def test_augmented_dataset_is_refused(model, tmp_path, capsys):
+    _, model_path = model
+    augmented, _ = synthetic_tile_dataset(n_slides=3, feature_dim=16, n_aug=2, tiles_per_slide=5)
+    augmented.save_to_disk(str(tmp_path / "aug"))
+    argv = ["--model", str(model_path), "--features", str(tmp_path / "aug"), "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert "exhaustive" in capsys.readouterr().err
