@@ -459,8 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = ExtractionConfig()
     parser = argparse.ArgumentParser(
         prog="giga-ssl extract",
-        description="Tile whole-slide images at a target resolution and encode the tiles into tile-feature "
-        "Datasets: an exhaustive pass (every tissue tile once, for embedding) and a shared-augmentation "
+        description="Tile whole-slide images at a target resolution and encode the tiles into tile-feature\n"
+        "Datasets: an exhaustive pass (every tissue tile once, for embedding) and a shared-augmentation\n"
         "pass (n_aug views per slide, one random augmentation per view, for SSL training).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
