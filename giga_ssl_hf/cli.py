@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"giga-ssl: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint file is noise here
     module = importlib.import_module(SUBCOMMANDS[command][0])
     entry = getattr(module, "main_" + command.replace("-", "_"), None) or module.main
     return int(entry(rest) or 0)

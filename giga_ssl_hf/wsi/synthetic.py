@@ -26,15 +26,20 @@ def _inside_tissue(x: np.ndarray, y: np.ndarray, width: int, height: int) -> np.
 
 
 def _encoded_tiles(
-    width: int, height: int, downsample: int, tile: int, size0: tuple[int, int], seed: int, quality: int
+    width: int,
+    height: int,
+    downsample: int,
+    tile: int,
+    size0: tuple[int, int],
+    seed: int,
+    quality: int,
+    stain: tuple[int, int, int],
 ):
     rng = np.random.default_rng(seed)
     # One textured tissue tile (pink stain with nuclei-like noise) reused everywhere: realistic JPEG
     # decode cost without computing texture per tile.
     noise = rng.normal(0, 1, (tile, tile, 1)).astype(np.float32)
-    tissue = np.clip(
-        np.array([200, 110, 175], np.float32) + noise * np.array([25, 45, 25], np.float32), 0, 255
-    )
+    tissue = np.clip(np.array(stain, np.float32) + noise * np.array([25, 45, 25], np.float32), 0, 255)
     tissue = tissue.astype(np.uint8)
     glass = np.full((tile, tile, 3), 243, dtype=np.uint8)
     encoded: dict[str, bytes] = {}
@@ -69,12 +74,13 @@ def write_synthetic_slide(
     min_level_size: int = 1024,
     seed: int = 0,
     quality: int = 80,
+    stain: tuple[int, int, int] = (200, 110, 175),
 ) -> Path:
     """Write a pyramidal JPEG-tiled TIFF of ``width x height`` level-0 px with synthetic tissue.
 
     ``mpp`` (µm per level-0 px) goes into the TIFF resolution tags (OpenSlide reports it as
     ``openslide.mpp-x``); ``mpp=None`` writes no resolution, like scans that lack it. Levels halve the
-    size until the longer side is below ``min_level_size``.
+    size until the longer side is below ``min_level_size``. ``stain`` is the tissue's mean RGB colour.
     """
     import tifffile
 
@@ -90,7 +96,9 @@ def write_synthetic_slide(
                 pixels_per_cm = 1e4 / (mpp * downsample)
                 options = {"resolution": (pixels_per_cm, pixels_per_cm), "resolutionunit": "CENTIMETER"}
             tif.write(
-                _encoded_tiles(level_width, level_height, downsample, tile, (width, height), seed, quality),
+                _encoded_tiles(
+                    level_width, level_height, downsample, tile, (width, height), seed, quality, stain
+                ),
                 shape=(level_height, level_width, 3),
                 dtype=np.uint8,
                 tile=(tile, tile),
