@@ -12,6 +12,10 @@ key layouts below were read from those repositories' ``networks.py`` / ``simclr.
   ``layer3`` = Linear; ``SimCLRMIL.encoder = Sequential(backbone, projector)`` registers the same modules
   a second time, so every tensor also appears under ``encoder.0.`` / ``encoder.1.``.
 
+The successor's light ResidualMLP ('mlp') has the module names of this package's ``encoder_type="mlp"``
+(``tile_encoder.{i}.block.{j}.block.0`` Linear, ``...norm`` BatchNorm1d, ``residual_lin`` shortcut), so its
+tensors are copied as they are.
+
 The converted config sets ``grid_size_mode="batch"``, ``fixed_grid_cell_size=True`` and ``grid_cell_size``
 = the original ``downmap`` (224 by default): level-0 pixel coordinates divided by a fixed cell size and one
 sparse map size per batch, as the original trained. (The original ``inference.py`` also divided coordinates
@@ -47,7 +51,7 @@ class OriginalLayout:
 
     name: str
     source: str
-    encoder_type: str  # this package's encoder_type, or "mlp" for the successor's ResidualMLP
+    encoder_type: str  # this package's encoder_type
     encoder_prefix: str
     projector_prefix: str
     dropped_prefixes: tuple[str, ...] = ()  # known tensors that are not part of the slide encoder
@@ -193,14 +197,6 @@ def convert_state_dict(
 ) -> tuple[OriginalLayout, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(layout, ``encoder.layer4.*`` tensors, ``projection_head.*`` tensors, empty without a projector)."""
     layout = detect_layout(state_dict)
-    if layout.encoder_type == "mlp":
-        raise ValueError(
-            f"{layout.source}: recognised (keys under {layout.encoder_prefix}), but its ResidualMLP "
-            "(Linear-ReLU-BatchNorm layers, a BatchNorm after each block's second Linear, a Linear+BatchNorm "
-            "shortcut in the first block) is not this package's encoder_type='mlp' (Linear-BatchNorm-ReLU "
-            "input projection, then x + Linear(ReLU(BatchNorm(Linear(x))))); its weights cannot be carried "
-            "over exactly, so it is not converted"
-        )
     used: set[str] = set()
 
     def take(key: str) -> torch.Tensor:
@@ -210,11 +206,15 @@ def convert_state_dict(
         return state_dict[key]
 
     encoder = {}
-    for original, ours in SPARSE_CONVS.items():
+    if layout.encoder_type == "mlp":
+        # The successor's ResidualMLP and this package's mlp encoder share module names under tile_encoder.
+        for key in [k for k in state_dict if k.startswith(layout.encoder_prefix)]:
+            encoder[f"encoder.tile_encoder.{key[len(layout.encoder_prefix) :]}"] = take(key)
+    for original, ours in SPARSE_CONVS.items() if layout.encoder_type == "sparse_conv" else ():
         encoder[f"encoder.layer4.{ours}.weight"] = sparse_to_dense(
             take(f"{layout.encoder_prefix}{original}.weight")
         )
-    for original, ours in SPARSE_NORMS.items():
+    for original, ours in SPARSE_NORMS.items() if layout.encoder_type == "sparse_conv" else ():
         for param in _NORM_PARAMS:
             encoder[f"encoder.layer4.{ours}.{param}"] = take(f"{layout.encoder_prefix}{original}.{param}")
 
@@ -254,11 +254,21 @@ def convert_checkpoint(path: str | Path) -> tuple[GigaSSLModel | GigaSSLForContr
     checkpoint = load_original_checkpoint(path)
     layout, encoder, projector = convert_state_dict(checkpoint["state_dict"])
     flat = flatten_config(checkpoint.get("config"))
-    conv1 = encoder["encoder.layer4.0.conv1.weight"]
+    if layout.encoder_type == "mlp":
+        first = encoder["encoder.tile_encoder.0.block.0.block.0.weight"]
+        n_blocks = len({key.split(".")[2] for key in encoder})
+        architecture = {
+            "mlp_num_blocks": n_blocks,
+            "mlp_dropout": float(_setting(flat, "dropout", default=0.0)),
+        }
+    else:
+        first = encoder["encoder.layer4.0.conv1.weight"]
+        architecture = {}
     config = GigaSSLConfig(
-        feature_dim=conv1.shape[1],
-        hidden_dim=conv1.shape[0],
-        encoder_type="sparse_conv",
+        feature_dim=first.shape[1],
+        hidden_dim=first.shape[0],
+        encoder_type=layout.encoder_type,
+        **architecture,
         grid_cell_size=int(_setting(flat, "model.downmap", "downmap", default=224)),
         fixed_grid_cell_size=True,
         grid_size_mode="batch",
@@ -345,11 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="giga-ssl convert",
         description=(
             "Convert an original Giga-SSL checkpoint (trislaz/gigassl SimCLRMIL .pth, or a SparseConvMIL "
-            "'scm' checkpoint of its successor trislaz/Democratizing_WSI) into a Hugging Face model folder "
-            "(config.json, model.safetensors, training_summary.json). The converted model reproduces the "
-            "original: fixed 224-px grid cells and a batch-wide sparse map size (see GigaSSLConfig). The "
-            "checkpoint is read with torch.load(weights_only=True): no pickled code runs. The successor's "
-            "'mlp' models are recognised but refused (different architecture)."
+            "'scm' or ResidualMLP 'mlp' checkpoint of its successor trislaz/Democratizing_WSI) into a Hugging "
+            "Face model folder (config.json, model.safetensors, training_summary.json). The converted model "
+            "reproduces the original: fixed 224-px grid cells and a batch-wide sparse map size (see "
+            "GigaSSLConfig). The checkpoint is read with torch.load(weights_only=True): no pickled code runs."
         ),
         epilog="Then publish it: giga-ssl push-model OUT --repo-id ORG/NAME [--dry-run DIR]",
     )

@@ -293,6 +293,9 @@ class LinearBatchNorm(nn.Module):
         )
         self.norm = nn.BatchNorm1d(n_out)
 
+    def forward(self, x):
+        return self.norm(self.block(x))
+
 
 class ResidualMLPBlock(nn.Module):
     def __init__(self, n_in, n_out=None):
@@ -301,18 +304,44 @@ class ResidualMLPBlock(nn.Module):
         n_out = n_out or n_in
         self.block = nn.Sequential(LinearBatchNorm(n_in, n_out, True), LinearBatchNorm(n_out, n_out, False))
 
+    def forward(self, x):
+        return torch.relu(self.block(x) + self.residual_lin(x))
 
-def test_the_successors_mlp_is_recognised_and_refused(tmp_path):
-    """Its ResidualMLP differs from encoder_type='mlp': refusing beats a silently different model."""
-    mlp = _holder(
-        tile_encoder=nn.Sequential(ResidualMLPBlock(8, 16), ResidualMLPBlock(16)), classifier=nn.Linear(16, 2)
-    )
+
+class SuccessorResidualMLP(nn.Module):
+    """trislaz/Democratizing_WSI ResidualMLP: tile encoder blocks, mean over tiles, then a classifier."""
+
+    def __init__(self, n_in, n_hidden, n_classes=2):
+        super().__init__()
+        self.tile_encoder = nn.Sequential(ResidualMLPBlock(n_in, n_hidden), ResidualMLPBlock(n_hidden))
+        self.classifier = nn.Linear(n_hidden, n_classes)
+
+    def embed(self, x):  # (B, N, D) -> (B, hidden): the slide embedding before the classifier
+        return self.tile_encoder(x.flatten(0, 1)).unflatten(0, x.shape[:2]).mean(1)
+
+
+def test_the_successors_mlp_converts_and_reproduces_its_embeddings(tmp_path):
+    torch.manual_seed(0)
+    mlp = SuccessorResidualMLP(8, 16)
+    with torch.no_grad():  # non-trivial BatchNorm statistics, as after training
+        for module in mlp.modules():
+            if isinstance(module, nn.BatchNorm1d):
+                module.running_mean.normal_()
+                module.running_var.uniform_(0.5, 2.0)
+    mlp.eval()
     torch.save(
-        {"state_dict": _holder(backbone=_holder(mil=mlp)).state_dict(), "config": {"dropout": 0}},
+        {"state_dict": _holder(backbone=_holder(mil=mlp)).state_dict(), "config": {"dropout": 0.1}},
         tmp_path / "m.pth",
     )
-    with pytest.raises(ValueError, match="ResidualMLP.*not converted"):
-        convert_checkpoint(tmp_path / "m.pth")
+    converted, _ = convert_checkpoint(tmp_path / "m.pth")
+    assert isinstance(converted, GigaSSLModel)
+    assert (converted.config.encoder_type, converted.config.mlp_num_blocks) == ("mlp", 2)
+    assert converted.config.mlp_dropout == 0.1
+    tiles = torch.randn(3, 7, 8)
+    with torch.no_grad():
+        expected = mlp.embed(tiles)
+        ours = converted(tiles, torch.zeros(3, 7, 2)).slide_embedding
+    torch.testing.assert_close(ours, expected, atol=OUTPUT_ATOL, rtol=0)
 
 
 def test_write_converted_round_trips_through_save_pretrained(reference, tmp_path, monkeypatch):

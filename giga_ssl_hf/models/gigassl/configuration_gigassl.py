@@ -34,7 +34,9 @@ class GigaSSLConfig(PreTrainedConfig):
             not depend on its batch mates. `"batch"`: the original's map size taken over the whole batch
             (parity with the original implementation; a batch of one gives the same result in both modes).
         mlp_num_blocks (`int`, *optional*, defaults to 2):
-            Number of residual MLP blocks of the `"mlp"` encoder.
+            Number of residual MLP blocks of the `"mlp"` encoder (the first maps `feature_dim` to `hidden_dim`).
+        mlp_dropout (`float`, *optional*, defaults to 0.0):
+            Dropout probability inside the `"mlp"` encoder's blocks.
         projection_dims (`tuple[int]`, *optional*, defaults to `(512, 512, 256)`):
             Output sizes of the SimCLR projection head's linear layers (Linear-ReLU-BatchNorm1d for all but the
             last, which is a plain Linear).
@@ -57,6 +59,7 @@ class GigaSSLConfig(PreTrainedConfig):
     fixed_grid_cell_size: bool = False
     grid_size_mode: str = "per_slide"
     mlp_num_blocks: int = 2
+    mlp_dropout: float = 0.0
     projection_dims: list[int] | tuple[int, ...] = (512, 512, 256)
     temperature: float = 0.05
     n_tiles: int = 5
@@ -68,10 +71,12 @@ class GigaSSLConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"GigaSSLConfig.{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.mlp_num_blocks, int) or self.mlp_num_blocks < 0:
+        if not isinstance(self.mlp_num_blocks, int) or self.mlp_num_blocks < 1:
             raise ValueError(
-                f"GigaSSLConfig.mlp_num_blocks must be a non-negative integer, got {self.mlp_num_blocks!r}"
+                f"GigaSSLConfig.mlp_num_blocks must be a positive integer, got {self.mlp_num_blocks!r}"
             )
+        if not 0 <= self.mlp_dropout < 1:
+            raise ValueError(f"GigaSSLConfig.mlp_dropout must be in [0, 1), got {self.mlp_dropout!r}")
         if self.encoder_type not in ENCODER_TYPES:
             raise ValueError(
                 f"GigaSSLConfig.encoder_type must be one of {ENCODER_TYPES}, got {self.encoder_type!r}"

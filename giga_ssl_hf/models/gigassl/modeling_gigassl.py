@@ -166,37 +166,56 @@ class SparseConvMILEncoder(nn.Module):
         return segment_mean(grid.features, grid.batch, grid.batch_size)  # (B, hidden_dim)
 
 
-class ResidualMLPBlock(nn.Module):
-    """``relu(x + Linear(relu(BatchNorm(Linear(x)))))`` on each tile."""
+class LinearBatchNorm(nn.Module):
+    """``BatchNorm(Dropout(ReLU?(Linear(x))))`` on each tile (the successor's ``LinearBatchNorm``)."""
 
-    def __init__(self, dim: int, eps: float, momentum: float):
+    def __init__(self, in_dim: int, out_dim: int, relu: bool, dropout: float, eps: float, momentum: float):
         super().__init__()
-        self.fc1 = nn.Linear(dim, dim)
-        self.norm = nn.BatchNorm1d(dim, eps=eps, momentum=momentum)
-        self.fc2 = nn.Linear(dim, dim)
+        self.block = nn.Sequential(
+            nn.Linear(in_dim, out_dim), nn.ReLU() if relu else nn.Identity(), nn.Dropout(dropout)
+        )
+        self.norm = nn.BatchNorm1d(out_dim, eps=eps, momentum=momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x + self.fc2(torch.relu(self.norm(self.fc1(x)))))
+        return self.norm(self.block(x))
+
+
+class ResidualMLPBlock(nn.Module):
+    """``relu(LBN(relu LBN(x)) + shortcut(x))``; the shortcut is a LinearBatchNorm when the width changes."""
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float, eps: float, momentum: float):
+        super().__init__()
+        self.residual_lin = (
+            nn.Identity()
+            if in_dim == out_dim
+            else LinearBatchNorm(in_dim, out_dim, False, dropout, eps, momentum)
+        )
+        self.block = nn.Sequential(
+            LinearBatchNorm(in_dim, out_dim, True, dropout, eps, momentum),
+            LinearBatchNorm(out_dim, out_dim, False, dropout, eps, momentum),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.block(x) + self.residual_lin(x))
 
 
 class MLPEncoder(nn.Module):
-    """The light variant: tile features -> ``hidden_dim`` with residual MLP blocks, mean over the tiles."""
+    """The light variant (the successor's ResidualMLP): residual MLP blocks on each tile, mean over the tiles.
+
+    Parameter names follow trislaz/Democratizing_WSI's ``ResidualMLP.tile_encoder`` so its checkpoints convert.
+    """
 
     def __init__(self, config: GigaSSLConfig):
         super().__init__()
-        eps, momentum = config.batch_norm_eps, config.batch_norm_momentum
-        self.input_projection = nn.Sequential(
-            nn.Linear(config.feature_dim, config.hidden_dim),
-            nn.BatchNorm1d(config.hidden_dim, eps=eps, momentum=momentum),
-            nn.ReLU(),
-        )
-        self.blocks = nn.Sequential(
-            *(ResidualMLPBlock(config.hidden_dim, eps, momentum) for _ in range(config.mlp_num_blocks))
+        args = (config.mlp_dropout, config.batch_norm_eps, config.batch_norm_momentum)
+        dims = [config.feature_dim] + [config.hidden_dim] * config.mlp_num_blocks
+        self.tile_encoder = nn.Sequential(
+            *(ResidualMLPBlock(dims[i], dims[i + 1], *args) for i in range(len(dims) - 1))
         )
 
     def forward(self, tile_features, tile_coords, tile_mask, cell_size) -> torch.Tensor:
         batch_index, tile_index = tile_mask.nonzero(as_tuple=True)
-        tiles = self.blocks(self.input_projection(tile_features[batch_index, tile_index]))  # (T, hidden_dim)
+        tiles = self.tile_encoder(tile_features[batch_index, tile_index])  # (T, hidden_dim)
         return segment_mean(tiles, batch_index, tile_features.shape[0])  # (B, hidden_dim)
 
 
@@ -224,6 +243,9 @@ class GigaSSLPreTrainedModel(PreTrainedModel):
 
 class GigaSSLModel(GigaSSLPreTrainedModel):
     """Giga-SSL slide encoder: a bag of tile features with their positions -> one slide embedding."""
+
+    # A pretraining checkpoint also holds the SimCLR head, which the encoder does not use.
+    _keys_to_ignore_on_load_unexpected = [r"^projection_head\."]
 
     def __init__(self, config: GigaSSLConfig):
         super().__init__(config)

@@ -153,6 +153,8 @@ def test_bad_inputs_raise_clear_errors(features, coords, mask, message):
         ("projection_dims", ()),
         ("temperature", 0.0),
         ("n_tiles", 0),
+        ("mlp_num_blocks", 0),
+        ("mlp_dropout", 1.0),
     ],
 )
 def test_invalid_config_values_name_the_field(field, value):
