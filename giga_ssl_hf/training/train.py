@@ -186,7 +186,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
     if model_args.init_layer4:
         model.gigassl.load_layer4_weights(load_layer4_file(model_args.init_layer4))
     total_batch = train_args.batch_size * accelerator.num_processes * train_args.gradient_accumulation_steps
-    learning_rate = train_args.learning_rate or 0.03 * total_batch / 256
+    learning_rate = 0.03 * total_batch / 256 if train_args.learning_rate is None else train_args.learning_rate
     optimizer = build_optimizer(model, train_args.optimizer, learning_rate, train_args.weight_decay)
     warmup = train_args.warmup_steps if train_args.warmup_steps is not None else train_args.max_steps // 10
     # Stepped by hand once per optimiser step: Accelerate's wrapper would step it once per process.

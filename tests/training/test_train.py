@@ -191,3 +191,20 @@ def test_two_process_accelerate_launch(synthetic_features, tmp_path):
     summary = json.loads((tmp_path / "run" / "final" / "training_summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["total_batch_size"] == 16
     assert GigaSSLModel.from_pretrained(tmp_path / "run" / "final").config.feature_dim == 16
+
+
+def test_layer4_initialised_from_a_resnet18_weights_file(tmp_path):
+    import torchvision
+
+    resnet = torchvision.models.resnet18(weights=None)
+    torch.save(resnet.state_dict(), tmp_path / "resnet18.pth")
+    dataset, _ = synthetic_tile_dataset(n_slides=4, feature_dim=256, n_aug=2, tiles_per_slide=6)
+    dataset.save_to_disk(str(tmp_path / "features"))
+    run_train(
+        tmp_path / "features", tmp_path / "run", "--init_layer4", str(tmp_path / "resnet18.pth"),
+        "--hidden_dim", "512", "--projection_dims", "64,32", "--batch_size", "4", "--max_steps", "1",
+        "--learning_rate", "0", "--weight_decay", "0", "--save_steps", "0",
+    )  # fmt: skip
+    encoder = GigaSSLModel.from_pretrained(tmp_path / "run" / "final")
+    assert torch.equal(encoder.encoder.layer4[0].conv1.weight, resnet.layer4[0].conv1.weight)
+    assert torch.equal(encoder.encoder.layer4[1].conv2.weight, resnet.layer4[1].conv2.weight)
