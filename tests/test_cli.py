@@ -1,0 +1,73 @@
+"""The `giga-ssl` dispatcher: top-level help, every subcommand's --help, unknown commands."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from giga_ssl_hf.cli import SUBCOMMANDS, main
+
+# The options a user looks for first in each subcommand's --help.
+KEY_OPTIONS = {
+    "extract": ["--out", "--encoder", "--target-mpp", "--tile-size", "--n-aug", "--device"],
+    "import-h5": ["--patches-dir", "--out", "--patch-size-level0", "--encoder"],
+    "train": ["--config", "--features", "--output_dir", "--max_steps", "--batch_size", "--n_tiles",
+              "--resume_from_checkpoint"],
+    "embed": ["--model", "--features", "--out", "--strategy", "--n-views", "--npy"],
+    "evaluate": ["--embeddings", "--labels", "--splits", "--folds", "--train-sizes", "--out"],
+    "push-model": ["--repo-id", "--dry-run", "--private"],
+    "push-embeddings": ["--repo-id", "--dry-run", "--private"],
+    "download": ["REPO_OR_PATH", "--out", "--npy"],
+    "convert": ["checkpoint", "--out"],
+    "pipeline": ["slides", "--out", "--labels", "--max-steps", "--n-views", "--folds", "--no-pretrained"],
+    "demo": ["--out", "--slides-per-class", "--max-steps", "--batch-size", "--n-views", "--folds"],
+}  # fmt: skip
+
+
+def test_top_level_help_lists_every_subcommand(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "usage: giga-ssl COMMAND" in out
+    for name, (_, summary) in SUBCOMMANDS.items():
+        assert f"  {name} " in out, name
+        assert summary in out
+
+
+def test_no_command_prints_usage_and_fails(capsys):
+    assert main([]) == 2
+    assert "commands:" in capsys.readouterr().out
+
+
+def test_unknown_command_exits_2(capsys):
+    assert main(["no-such-stage"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown command 'no-such-stage'" in err
+    assert "extract" in err  # the usage follows, with the real commands
+
+
+@pytest.mark.parametrize("command", sorted(SUBCOMMANDS))
+def test_subcommand_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert f"usage: giga-ssl {command}" in out
+    for option in KEY_OPTIONS.get(command, []):
+        assert option in out, f"`giga-ssl {command} --help` does not mention {option}"
+
+
+def test_every_subcommand_has_key_options_listed():
+    # A new subcommand should say here which options its --help must explain.
+    assert set(KEY_OPTIONS) == set(SUBCOMMANDS)
+
+
+@pytest.mark.slow  # ~5 s: importing giga_ssl_hf loads torch and transformers
+def test_console_script_help():
+    script = Path(sys.executable).with_name("giga-ssl")
+    if not script.exists():
+        pytest.skip(f"console script not installed beside {sys.executable}")
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for name in SUBCOMMANDS:
+        assert name in result.stdout

@@ -1,0 +1,125 @@
+"""`giga-ssl demo` / `giga-ssl pipeline` end to end, with stage skipping and a broken slide in the input."""
+
+import json
+import logging
+import shutil
+
+import pytest
+from datasets import load_from_disk
+from transformers import AutoModel
+
+import giga_ssl_hf
+from giga_ssl_hf.cli import main as cli_main
+from giga_ssl_hf.pipeline import SAMPLE_SLIDE
+from giga_ssl_hf.wsi.synthetic import write_synthetic_slide
+
+pytestmark = pytest.mark.slow
+
+# Small enough for ~20 s on 2 CPU cores: 3 synthetic slides per class + the real CMU crop.
+DEMO_ARGS = [
+    "--slides-per-class",
+    "3",
+    "--max-steps",
+    "10",
+    "--batch-size",
+    "4",
+    "--n-views",
+    "5",
+    "--folds",
+    "2",
+]
+
+
+def _stage_messages(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "giga_ssl_hf.pipeline"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    assert cli_main(["demo", "--out", str(out), *DEMO_ARGS]) == 0
+    return out
+
+
+def test_demo_outputs(demo_run):
+    out = demo_run
+    embeddings = load_from_disk(str(out / "embeddings"))
+    slide_ids = set(embeddings["slide_id"])
+    assert len(slide_ids) == 7 and SAMPLE_SLIDE.removesuffix(".svs") in slide_ids
+    assert len(embeddings[0]["embedding"]) == 64  # DEMO_SETTINGS.hidden_dim
+    assert (out / "embeddings" / "embeddings.npy").exists() and (out / "embeddings" / "ids.npy").exists()
+
+    metrics = json.loads((out / "results" / "metrics.json").read_text())
+    assert metrics["config"]["folds"] == 2
+    probe = metrics["tasks"]["labels"]["2-fold CV"]  # task = the labels CSV's stem
+    assert probe["classes"] == ["eosin_rich", "hematoxylin_rich"]
+    assert 0.0 <= probe["train_sizes"]["full"]["auc_mean"] <= 1.0
+    assert [s["n_test"] for s in probe["train_sizes"]["full"]["splits"]] == [3, 3]  # CMU slide has no label
+    csv = (out / "results" / "metrics.csv").read_text().splitlines()
+    assert csv[0].startswith("task") and len(csv) == 2
+    rocs = list((out / "results").glob("roc_*.png"))
+    assert len(rocs) == 1 and rocs[0].stat().st_size > 5000
+
+    model = AutoModel.from_pretrained(out / "model" / "final")
+    assert isinstance(model, giga_ssl_hf.GigaSSLModel) and model.config.hidden_dim == 64
+    assert (out / "features" / "thumbnails").is_dir()
+
+
+def test_demo_rerun_skips_finished_stages(demo_run, caplog, capsys):
+    out = demo_run
+    watched = [
+        out / "model" / "final" / "model.safetensors",
+        out / "embeddings" / "state.json",
+        out / "embeddings" / "embeddings.npy",
+        out / "results" / "metrics.json",
+    ]
+    before = {path: path.stat().st_mtime_ns for path in watched}
+    caplog.set_level(logging.INFO, logger="giga_ssl_hf")
+    assert cli_main(["demo", "--out", str(out), *DEMO_ARGS]) == 0
+    messages = _stage_messages(caplog)
+    for stage in ("train", "embed", "evaluate"):
+        assert any(m.startswith(f"stage {stage}: complete already") for m in messages), (stage, messages)
+    assert any("already extracted" in r.getMessage() for r in caplog.records)
+    assert {path: path.stat().st_mtime_ns for path in watched} == before
+    assert "Giga-SSL pipeline finished" in capsys.readouterr().out
+
+    # A missing stage output is redone, and only that stage.
+    shutil.rmtree(out / "results")
+    caplog.clear()
+    assert cli_main(["demo", "--out", str(out), *DEMO_ARGS]) == 0
+    messages = _stage_messages(caplog)
+    assert any(m.startswith("stage evaluate: 2-fold linear probe") for m in messages), messages
+    assert any(m.startswith("stage embed: complete already") for m in messages)
+    assert (out / "results" / "metrics.json").exists()
+    assert {path: path.stat().st_mtime_ns for path in watched[:3]} == {p: before[p] for p in watched[:3]}
+
+
+def test_pipeline_with_a_broken_slide(tmp_path, shared_dir, caplog):
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    shutil.copyfile(shared_dir / "fixtures" / "wsi" / "broken.svs", slides / "broken.svs")
+    shutil.copyfile(
+        shared_dir / "fixtures" / "wsi" / "CMU-1-Small-Region.svs", slides / "CMU-1-Small-Region.svs"
+    )
+    for index in range(2):
+        write_synthetic_slide(slides / f"synthetic_{index}.tiff", 2000, 2000, mpp=0.5, seed=index)
+    out = tmp_path / "run"
+    caplog.set_level(logging.INFO, logger="giga_ssl_hf")
+    argv = ["pipeline", str(slides), "--out", str(out), "--no-pretrained", "--n-aug", "2",
+            "--n-tiles-per-aug", "16", "--max-steps", "3", "--batch-size", "2", "--hidden-dim", "32",
+            "--n-views", "5"]  # fmt: skip
+    assert cli_main(argv) == 0
+
+    manifest = {
+        r["slide_id"]: r
+        for r in map(json.loads, (out / "features" / "manifest.jsonl").read_text().splitlines())
+    }
+    assert set(manifest) == {"broken", "CMU-1-Small-Region", "synthetic_0", "synthetic_1"}
+    assert manifest["broken"]["status"] == "failed" and manifest["broken"]["error"]
+    assert all(manifest[s]["status"] == "ok" for s in manifest if s != "broken")
+    assert any("broken failed" in r.getMessage() for r in caplog.records)
+
+    ids = set(load_from_disk(str(out / "embeddings"))["slide_id"])
+    assert ids == {"CMU-1-Small-Region", "synthetic_0", "synthetic_1"}
+    assert AutoModel.from_pretrained(out / "model" / "final").config.hidden_dim == 32
+    assert not (out / "results").exists()  # no --labels: evaluation skipped
