@@ -3,8 +3,9 @@
     giga-ssl pipeline slides/*.svs --out runs/cohort --labels labels.csv
     giga-ssl demo                                     # bundled sample data, ~3 minutes on 2 CPU cores
 
-Every stage is resumable and skipped when its output is complete, so rerunning after a crash (or adding
-labels later) redoes only what is missing:
+Every stage is resumable and skipped when its output is complete and was made from the same inputs and
+settings (``OUT/pipeline_state.json`` records a fingerprint per stage), so rerunning after a crash, adding
+slides or labels, or changing a setting redoes exactly the stages concerned:
 
     OUT/features/{exhaustive,augmented,manifest.jsonl}   giga-ssl extract
     OUT/model/final/                                      giga-ssl train   (checkpoints in OUT/model/checkpoints)
@@ -15,10 +16,12 @@ labels later) redoes only what is missing:
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -48,8 +51,39 @@ class PipelineSettings:
     seed: int = 0
 
 
-def _done(stage: str, path: Path) -> None:
-    logger.info("stage %s: complete already (%s), skipped", stage, path)
+class PipelineState:
+    """Per stage: the fingerprint of its inputs and settings, and whether its output is complete."""
+
+    FILENAME = "pipeline_state.json"
+
+    def __init__(self, out: Path):
+        self.path = out / self.FILENAME
+        self.stages = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    @staticmethod
+    def fingerprint(*parts) -> str:
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def status(self, stage: str, fingerprint: str, output: Path) -> str:
+        """'done' (skip), 'resume' (same inputs, unfinished) or 'redo' (new inputs: start from scratch)."""
+        recorded = self.stages.get(stage, {})
+        if recorded.get("fingerprint") != fingerprint:
+            if output.exists():
+                logger.info(
+                    "stage %s: inputs or settings changed since %s was made, redoing it", stage, output
+                )
+            return "redo"
+        if recorded.get("complete") and output.exists():
+            logger.info("stage %s: complete already (%s), skipped", stage, output)
+            return "done"
+        return "resume"
+
+    def record(self, stage: str, fingerprint: str, complete: bool) -> None:
+        self.stages[stage] = {"fingerprint": fingerprint, "complete": complete}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.stages, indent=2))
+        tmp.replace(self.path)
 
 
 def run_pipeline(
@@ -86,14 +120,36 @@ def run_pipeline(
         seed=settings.seed,
     )
     summary = extract_slides(slides, paths["features"], config, device=settings.device, thumbnails=True)
-    for slide_id, error in summary.failed:
-        logger.warning("slide %s failed and is left out: %s", slide_id, error)
+    if summary.failed:
+        logger.warning("%d slide(s) failed and are left out (see the manifest)", len(summary.failed))
     if not summary.ok and not summary.skipped:
         raise ValueError(f"no slide produced tiles; see {paths['features'] / 'manifest.jsonl'}")
+    state = PipelineState(out)
+    manifest = [json.loads(line) for line in (paths["features"] / "manifest.jsonl").read_text().splitlines()]
+    extracted = sorted((r["slide_id"], r["n_tiles"]) for r in manifest if r["status"] == "ok")
+    fingerprints = {"features": state.fingerprint(extracted, asdict(config))}
+    fingerprints["train"] = state.fingerprint(
+        fingerprints["features"],
+        [
+            settings.max_steps,
+            settings.batch_size,
+            settings.hidden_dim,
+            settings.n_tiles,
+            settings.learning_rate,
+        ],
+        settings.seed,
+    )
+    fingerprints["embed"] = state.fingerprint(fingerprints["train"], settings.n_views, settings.seed)
+    if labels is not None:
+        fingerprints["evaluate"] = state.fingerprint(
+            fingerprints["embed"], Path(labels).read_text(), settings.folds, settings.seed
+        )
 
-    if (paths["model"] / "model.safetensors").exists():
-        _done("train", paths["model"])
-    else:
+    train_status = state.status("train", fingerprints["train"], paths["model"].parent)
+    if train_status != "done":
+        if train_status == "redo":
+            shutil.rmtree(paths["model"].parent, ignore_errors=True)
+        state.record("train", fingerprints["train"], complete=False)
         checkpoints = paths["model"].parent / "checkpoints"
         argv = [
             "--features", str(paths["features"] / "augmented"), "--output_dir", str(paths["model"].parent),
@@ -108,10 +164,9 @@ def run_pipeline(
             argv += ["--resume_from_checkpoint", "latest"]
         logger.info("stage train: %d steps -> %s", settings.max_steps, paths["model"])
         train(*parse_arguments(argv))
+        state.record("train", fingerprints["train"], complete=True)
 
-    if (paths["embeddings"] / "state.json").exists():
-        _done("embed", paths["embeddings"])
-    else:
+    if state.status("embed", fingerprints["embed"], paths["embeddings"]) != "done":
         from .features.schema import load_tile_dataset
 
         logger.info("stage embed: %d views per slide -> %s", settings.n_views, paths["embeddings"])
@@ -125,19 +180,20 @@ def run_pipeline(
         metadata = {**model_identity(model), "strategy": "random", "n_views": settings.n_views}
         metadata.update({"n_tiles": model.config.n_tiles, "seed": settings.seed, "n_slides": len(ids)})
         save_embeddings(paths["embeddings"], ids, embeddings, metadata, npy=True)
+        state.record("embed", fingerprints["embed"], complete=True)
 
     if labels is None:
         logger.info("stage evaluate: no --labels given, skipped")
-    elif (paths["results"] / "metrics.json").exists():
-        _done("evaluate", paths["results"])
-    else:
+    elif state.status("evaluate", fingerprints["evaluate"], paths["results"]) != "done":
         from .evaluation import evaluate_embeddings, format_table, write_outputs
 
+        shutil.rmtree(paths["results"], ignore_errors=True)
         logger.info("stage evaluate: %d-fold linear probe -> %s", settings.folds, paths["results"])
         results = evaluate_embeddings(
             str(paths["embeddings"]), labels, folds=settings.folds, seed=settings.seed
         )
         write_outputs(results, paths["results"], config={"labels": str(labels), "folds": settings.folds})
+        state.record("evaluate", fingerprints["evaluate"], complete=True)
         print(format_table(results))
     return paths
 

@@ -164,6 +164,9 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
     features_dir = resolve_features_dir(data_args.features)
 
     accelerator = Accelerator(
+        # Without a GPU, say so: torchrun-launched CPU processes then form one gloo group instead of N
+        # independent single-process runs writing to the same output_dir.
+        cpu=not torch.cuda.is_available(),
         mixed_precision=train_args.mixed_precision,
         gradient_accumulation_steps=train_args.gradient_accumulation_steps,
         log_with=None if train_args.report_to == "none" else train_args.report_to,
