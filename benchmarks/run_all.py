@@ -48,7 +48,9 @@ def commit() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--full", action="store_true", help="issue-sized settings (much longer)")
     args = parser.parse_args(argv)
     runs = FULL if args.full else QUICK
@@ -58,10 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     for script, script_args in runs.items():
         began = time.perf_counter()
         result = subprocess.run(
-            [sys.executable, str(HERE / script), *script_args], capture_output=True, text=True, cwd=HERE.parent
+            [sys.executable, str(HERE / script), *script_args],
+            capture_output=True,
+            text=True,
+            cwd=HERE.parent,
         )
         lines = [line for line in result.stdout.splitlines() if not PROGRESS.search(line)]
-        report += [f"## {script} {' '.join(script_args)}  ({time.perf_counter() - began:.0f} s)", "```", *lines, "```"]
+        report += [
+            f"## {script} {' '.join(script_args)}  ({time.perf_counter() - began:.0f} s)",
+            "```",
+            *lines,
+            "```",
+        ]
         if result.returncode:
             failed = True
             report += ["FAILED:", *result.stderr.splitlines()[-20:]]
