@@ -8,6 +8,7 @@ snippet and download counting (on ``config.json``) key on; ``giga-ssl-hf`` is no
 from __future__ import annotations
 
 import json
+from pathlib import PurePath
 
 from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
 
@@ -39,6 +40,20 @@ PAPER_URL = (
     "https://openaccess.thecvf.com/content/CVPR2023W/CVMI/papers/"
     "Lazard_Giga-SSL_Self-Supervised_Learning_for_Gigapixel_Images_CVPRW_2023_paper.pdf"
 )
+
+
+def _without_local_paths(value: object) -> object:
+    """A JSON record with absolute paths of the machine that made it cut to their last component.
+
+    Training summaries and embedding metadata record where their inputs lay; a public card should not.
+    """
+    if isinstance(value, dict):
+        return {key: _without_local_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_local_paths(item) for item in value]
+    if isinstance(value, str) and PurePath(value).is_absolute():
+        return f"(local) {PurePath(value).name}"
+    return value
 
 
 def _table(rows: list[tuple[str, object]], header: tuple[str, str] = ("Field", "Value")) -> str:
@@ -131,7 +146,7 @@ def model_card(
         pipeline_tag="feature-extraction",
         tags=MODEL_TAGS,
     )
-    summary = training_summary or {}
+    summary = _without_local_paths(training_summary or {})
     if summary:
         trained = (
             "From `training_summary.json` in this repository:\n\n"
@@ -225,6 +240,7 @@ def dataset_card(
     license: str = DEFAULT_LICENSE,
 ) -> DatasetCard:
     """The README.md of a slide-embeddings dataset repo: provenance, shape and how to load it."""
+    metadata = _without_local_paths(metadata)
     cohort = cohort or metadata.get("cohort") or "unspecified cohort"
     model_id = metadata.get("model_id") or metadata.get("model") or "unknown"
     revision = metadata.get("model_revision") or metadata.get("revision") or "unknown"

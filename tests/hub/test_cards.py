@@ -90,3 +90,19 @@ def test_dataset_card_without_metadata_says_unknown():
     assert "unspecified cohort" in parsed.text and "| Model revision | unknown |" in parsed.text
     override = dataset_card(METADATA, "org/emb", n_slides=3, dim=16, cohort="CPTAC")
     assert "| Cohort | CPTAC |" in str(override)
+
+
+def test_cards_do_not_publish_local_paths():
+    from giga_ssl_hf import GigaSSLConfig
+    from giga_ssl_hf.hub.cards import dataset_card, model_card
+
+    summary = {
+        "steps": 3,
+        "features": "/home/alice/cohort/augmented",
+        "arguments": {"output_dir": "/scratch/run"},
+    }
+    card = str(model_card(GigaSSLConfig(), "org/name", training_summary=summary))
+    assert "/home/alice" not in card and "/scratch" not in card and "(local) augmented" in card
+    metadata = {"model": "/home/alice/runs/final", "strategy": "random", "n_views": 100}
+    card = str(dataset_card(metadata, "org/emb", n_slides=3, dim=8))
+    assert "/home/alice" not in card and "(local) final" in card
