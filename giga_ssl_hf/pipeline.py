@@ -194,7 +194,7 @@ def run_pipeline(
         )
         write_outputs(results, paths["results"], config={"labels": str(labels), "folds": settings.folds})
         state.record("evaluate", fingerprints["evaluate"], complete=True)
-        print(format_table(results))
+        logger.info("linear probe:\n%s", format_table(results))
     return paths
 
 
