@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 import shutil
 import sys
@@ -219,9 +220,12 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
     if accelerator.log_with:
         accelerator.init_trackers("giga_ssl", config={k: v for k, v in run_config.items() if v is not None})
 
-    batches_per_epoch = len(dataloader)
-    batches_done = progress.step * train_args.gradient_accumulation_steps
-    epoch, skip = divmod(batches_done, batches_per_epoch)
+    # Accelerate closes an accumulation group at the end of every epoch (sync_with_dataloader), so an epoch holds
+    # ceil(batches / accumulation) optimiser steps and a resume restarts at a whole group of its epoch.
+    accumulation = train_args.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(len(dataloader) / accumulation)
+    epoch, step_in_epoch = divmod(progress.step, steps_per_epoch)
+    skip = step_in_epoch * accumulation
     slides_seen: set[int] = set()
     loss_value = float("nan")
     loss_history: list[tuple[int, float]] = []

@@ -67,9 +67,18 @@ def test_training_lowers_the_loss_and_helps_a_linear_probe(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_reproduces_an_uninterrupted_run(synthetic_features, tmp_path):
+@pytest.mark.parametrize(
+    "accumulation",
+    [
+        ("--batch_size", "16"),
+        # 64 slides / 12 = 5 batches per epoch, 2 per step: epochs end on a half group, which Accelerate closes.
+        ("--batch_size", "12", "--gradient_accumulation_steps", "2"),
+    ],
+    ids=["plain", "accumulation"],
+)
+def test_resume_reproduces_an_uninterrupted_run(synthetic_features, tmp_path, accumulation):
     features, _ = synthetic_features
-    common = ("--max_steps", "8", "--batch_size", "16", "--save_steps", "4", "--learning_rate", "0.01")
+    common = ("--max_steps", "8", *accumulation, "--save_steps", "4", "--learning_rate", "0.01")
     run_train(features, tmp_path / "straight", *common)
     checkpoint = tmp_path / "straight" / "checkpoints" / "step_4"
     run_train(features, tmp_path / "resumed", *common, "--resume_from_checkpoint", str(checkpoint))
@@ -208,3 +217,21 @@ def test_layer4_initialised_from_a_resnet18_weights_file(tmp_path):
     encoder = GigaSSLModel.from_pretrained(tmp_path / "run" / "final")
     assert torch.equal(encoder.encoder.layer4[0].conv1.weight, resnet.layer4[0].conv1.weight)
     assert torch.equal(encoder.encoder.layer4[1].conv2.weight, resnet.layer4[1].conv2.weight)
+
+
+def test_bf16_mixed_precision_trains(synthetic_features, tmp_path):
+    features, _ = synthetic_features
+    summary = run_train(
+        features,
+        tmp_path / "run",
+        "--mixed_precision",
+        "bf16",
+        "--batch_size",
+        "8",
+        "--max_steps",
+        "3",
+        "--save_steps",
+        "0",
+    )
+    assert summary["steps"] == 3 and np.isfinite(summary["final_loss"])
+    assert GigaSSLModel.from_pretrained(tmp_path / "run" / "final").dtype == torch.float32

@@ -206,18 +206,31 @@ class _PairwiseConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, features, weights, pairs, n_out, centre):
         # features: (N_in, C_in); weights: (K, C_in, C_out) or None; pairs: per offset (input rows, output rows)
+        device_type = features.device.type
+        # Under autocast every product runs in the autocast dtype; the output buffer must match it, and the
+        # backward (which autocast does not cover) reuses the same dtype.
+        if torch.is_autocast_enabled(device_type):
+            compute_dtype = torch.get_autocast_dtype(device_type)
+        else:
+            compute_dtype = features.dtype
+        ctx.dtypes = (features.dtype, None if weights is None else weights.dtype)
+        features = features.to(compute_dtype)
+        weights = None if weights is None else weights.to(compute_dtype)
         ctx.save_for_backward(features, weights)
         ctx.pairs, ctx.centre = pairs, centre
         out_channels = features.shape[1] if weights is None else weights.shape[2]
-        if centre is not None:  # submanifold: every site is its own centre neighbour, no gather needed
-            output = features @ weights[centre]
-        else:
-            output = features.new_zeros(n_out, out_channels)
-        for offset, pair in enumerate(pairs):
-            if pair is not None and pair[0].numel():
-                input_rows, output_rows = pair
-                gathered = features.index_select(0, input_rows)
-                output.index_add_(0, output_rows, gathered if weights is None else gathered @ weights[offset])
+        with torch.autocast(device_type, enabled=False):
+            if centre is not None:  # submanifold: every site is its own centre neighbour, no gather needed
+                output = features @ weights[centre]
+            else:
+                output = features.new_zeros(n_out, out_channels)
+            for offset, pair in enumerate(pairs):
+                if pair is not None and pair[0].numel():
+                    input_rows, output_rows = pair
+                    gathered = features.index_select(0, input_rows)
+                    output.index_add_(
+                        0, output_rows, gathered if weights is None else gathered @ weights[offset]
+                    )
         return output
 
     @staticmethod
@@ -226,6 +239,7 @@ class _PairwiseConv(torch.autograd.Function):
         features, weights = ctx.saved_tensors
         pairs, centre = ctx.pairs, ctx.centre
         need_features, need_weights = ctx.needs_input_grad[:2]
+        grad_output = grad_output.to(features.dtype)
         grad_features = grad_weights = None
         if need_features:
             if centre is None:
@@ -247,6 +261,11 @@ class _PairwiseConv(torch.autograd.Function):
                 grad_features.index_add_(
                     0, input_rows, grad_rows if weights is None else grad_rows @ weights[offset].T
                 )
+        features_dtype, weights_dtype = ctx.dtypes
+        if grad_features is not None:
+            grad_features = grad_features.to(features_dtype)
+        if grad_weights is not None:
+            grad_weights = grad_weights.to(weights_dtype)
         return grad_features, grad_weights, None, None, None
 
 

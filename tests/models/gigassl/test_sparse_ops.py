@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
@@ -95,3 +96,28 @@ def test_input_layer_averages_duplicates():
 def test_segment_mean_over_unsorted_segments():
     values = torch.arange(6.0)[:, None]
     assert segment_mean(values, torch.tensor([1, 0, 1, 0, 2, 2]), 3).flatten().tolist() == [2.0, 1.0, 4.5]
+
+
+@pytest.mark.parametrize("op", ["submanifold", "strided", "pool"])
+def test_ops_under_bf16_autocast_match_float32(op):
+    generator = torch.Generator().manual_seed(3)
+    xy = torch.randint(0, 6, (40, 2), generator=generator)
+    batch = torch.randint(0, 2, (40,), generator=generator)
+    conv = {"submanifold": SubmanifoldConv2d(8, 4, 3), "strided": StridedConv2d(8, 4), "pool": None}[op]
+    weight = torch.sin(torch.arange(4 * 64.0)).reshape(-1, 4)  # fixed output projection for the loss
+
+    def loss_and_grads():
+        features = torch.randn(40, 8, generator=torch.Generator().manual_seed(4), requires_grad=True)
+        grid = input_layer(batch, xy, features, torch.full((2, 2), 7))
+        out = average_pool_3x3_stride2(grid) if conv is None else conv(grid)
+        loss = (out.features.float()[:, :4] * weight[: out.features.shape[0]]).sum()
+        params = [features] + ([] if conv is None else [conv.weight])
+        return loss, torch.autograd.grad(loss, params)
+
+    loss, grads = loss_and_grads()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss_bf16, grads_bf16 = loss_and_grads()
+    assert abs(loss_bf16.item() - loss.item()) < 0.02 * abs(loss.item()) + 1e-2
+    for exact, mixed in zip(grads, grads_bf16):
+        assert mixed.dtype == torch.float32
+        assert torch.nn.functional.cosine_similarity(exact.flatten(), mixed.flatten(), dim=0) > 0.999
