@@ -157,7 +157,7 @@ def model_card(
         trained = (
             "No training summary was shipped with this model. Giga-SSL trains the slide encoder with SimCLR: "
             f"two views per slide, each {config.n_tiles} tiles drawn from one shared tile augmentation and "
-            f"moved by a random rotation, flips, scaling and translation; NT-Xent loss at temperature "
+            f"moved by a random rotation, flips and scaling; NT-Xent loss at temperature "
             f"{config.temperature}."
         )
     shape = f"(1, {config.n_tiles}, {config.feature_dim})"

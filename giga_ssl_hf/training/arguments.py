@@ -31,7 +31,7 @@ class DataArguments:
     )
     coordinate_augmentation: bool = field(
         default=True,
-        metadata={"help": "Random rotation, flips, scale and translation of the tile grid per view."},
+        metadata={"help": "Random rotation, flips and scale of the tile grid per view."},
     )
     num_workers: int = field(
         default=0, metadata={"help": "DataLoader workers (views are cheap: 0 is usually best)."}

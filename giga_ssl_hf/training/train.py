@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
@@ -164,6 +165,9 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
     output_dir = Path(train_args.output_dir)
     features_dir = resolve_features_dir(data_args.features)
 
+    # Accelerate keeps its settings in a process-wide singleton: without this reset, a second in-process call
+    # with another mixed_precision fails. The distributed process group (PartialState) is kept.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
         # Without a GPU, say so: torchrun-launched CPU processes then form one gloo group instead of N
         # independent single-process runs writing to the same output_dir.

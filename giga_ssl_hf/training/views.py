@@ -2,7 +2,7 @@
 
 A view of a slide = one of its augmentations picked at random, ``n_tiles`` of that augmentation's tiles drawn
 with replacement, and a random transform of their grid positions (rotation, flip per axis, scale per axis in
-[0.7, 1.3], sub-cell translation). Everything is vectorised over a batch of slides and read through zero-copy
+[0.7, 1.3]). Everything is vectorised over a batch of slides and read through zero-copy
 numpy views of the memory-mapped Arrow columns (:class:`~giga_ssl_hf.features.schema.TileArrays`).
 
 Randomness is a pure function of ``(seed, epoch, slide index)``: a batch's views do not depend on which
@@ -25,12 +25,15 @@ from ..features.schema import NO_AUGMENTATION, TileArrays, without_indices_mappi
 
 @dataclass(frozen=True)
 class CoordinateAugmentation:
-    """Random transform of a view's tile positions (in grid cells)."""
+    """Random transform of a view's tile positions (in grid cells).
+
+    There is no translation: the encoder anchors every slide at its own minimum before truncating positions to
+    cells (as the original did), so shifting a whole view, by whole or fractional cells, changes nothing.
+    """
 
     rotation: bool = True
     flips: bool = True
     scale_range: tuple[float, float] = (0.7, 1.3)
-    translation: bool = True
 
     def __call__(self, grid_xy: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """grid_xy `(V, n, 2)` float -> transformed `(V, n, 2)`; one transform per view."""
@@ -44,9 +47,6 @@ class CoordinateAugmentation:
             angle = rng.uniform(0.0, 2 * math.pi, size=views)
             cos, sin = np.cos(angle)[:, None], np.sin(angle)[:, None]
             xy = np.stack([cos * xy[..., 0] - sin * xy[..., 1], sin * xy[..., 0] + cos * xy[..., 1]], axis=-1)
-        if self.translation:
-            # Slides are re-anchored at their minimum before truncation: only the sub-cell part of a shift matters.
-            xy = xy + rng.random((views, 1, 2))
         return xy
 
 

@@ -46,13 +46,13 @@ def test_views_are_deterministic_and_independent_of_batch_order(augmented):
 def test_coordinate_augmentation_keeps_view_geometry_up_to_similarity():
     rng = np.random.default_rng(0)
     grid = rng.integers(0, 20, size=(4, 6, 2)).astype(np.float64)
-    out = CoordinateAugmentation(scale_range=(1.0, 1.0), translation=False)(grid, rng)
+    out = CoordinateAugmentation(scale_range=(1.0, 1.0))(grid, rng)
     # Rotation and flips preserve pairwise distances when the scale is fixed at 1.
     for view in range(4):
         before = np.linalg.norm(grid[view, :, None] - grid[view, None], axis=-1)
         after = np.linalg.norm(out[view, :, None] - out[view, None], axis=-1)
         np.testing.assert_allclose(after, before, atol=1e-9)
-    scaled = CoordinateAugmentation(rotation=False, flips=False, translation=False)(grid, rng)
+    scaled = CoordinateAugmentation(rotation=False, flips=False)(grid, rng)
     spread = np.ptp(scaled, axis=1) / np.maximum(np.ptp(grid, axis=1), 1e-9)
     assert ((spread > 0.69) & (spread < 1.31)).all()
 
