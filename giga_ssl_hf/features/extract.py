@@ -326,7 +326,15 @@ def extract_slides(
         if finished and not overwrite:
             summary.skipped.append(slide_id)
         else:
-            todo.append((path, slide_id))
+            # Redoing a slide for one pass keeps the other pass it already has (one part file per slide).
+            kept = (
+                set(previous.get("passes", []))
+                if previous is not None and previous["status"] == "ok"
+                else set()
+            )
+            todo.append(
+                (path, slide_id, tuple(p for p in (EXHAUSTIVE, AUGMENTED) if p in set(passes) | kept))
+            )
     if summary.skipped:
         logger.info(
             "%d slide(s) already extracted in %s, skipped (--overwrite redoes them)",
@@ -351,11 +359,13 @@ def extract_slides(
     start = time.perf_counter()
     slide_bar = tqdm(todo, desc="slides", unit="slide", disable=not progress)
     tile_bar = tqdm(desc="tiles", unit="tile", disable=not progress)
-    for path, slide_id in slide_bar:
+    for path, slide_id, slide_passes in slide_bar:
         slide_bar.set_postfix_str(slide_id)
         began = time.perf_counter()
         try:
-            record, arrays = _process_slide(path, slide_id, runner, config, options, tile_bar)
+            record, arrays = _process_slide(
+                path, slide_id, runner, config, {**options, "passes": slide_passes}, tile_bar
+            )
         except Exception as error:  # any failure of one slide is recorded; the job goes on
             logger.warning("%s failed: %s: %s", slide_id, type(error).__name__, error)
             record, arrays = (
@@ -363,7 +373,7 @@ def extract_slides(
                 None,
             )
         record.update(slide_id=slide_id, path=str(path), seconds=round(time.perf_counter() - began, 3))
-        record["passes"] = list(passes) if record["status"] == "ok" else []
+        record["passes"] = list(slide_passes) if record["status"] == "ok" else []
         store.commit(record, arrays)
         if record["status"] == "ok":
             summary.ok.append(slide_id)

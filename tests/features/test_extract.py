@@ -148,6 +148,21 @@ def test_augmentations_do_not_depend_on_which_slides_run_together(tmp_path):
     assert not np.array_equal(a_rows[0]["coords"], both[0]["coords"])  # each slide has its own draws
 
 
+def test_a_later_pass_keeps_the_pass_a_slide_already_has(tmp_path):
+    out = tmp_path / "out"
+    extract_slides([CMU], out, FAST_CONFIG, passes=("exhaustive",), progress=False)
+    exhaustive = rows(out / "exhaustive")
+    extract_slides([CMU], out, FAST_CONFIG, passes=("augmented",), progress=False)
+    assert manifest(out)[CMU.stem]["passes"] == ["exhaustive", "augmented"]
+    assert len(rows(out / "augmented")) == 3
+    # Both passes are there now: an exhaustive-only rerun has nothing left to encode, and the Dataset it
+    # rebuilds from the slide's part still holds the first run's features.
+    summary = extract_slides([CMU], out, FAST_CONFIG, passes=("exhaustive",), progress=False)
+    assert summary.skipped == [CMU.stem]
+    (again,) = rows(out / "exhaustive")
+    assert np.array_equal(again["features"], exhaustive[0]["features"])
+
+
 def test_rerun_with_other_settings_is_refused(tmp_path):
     extract_slides([WSI_FIXTURES / "small.svs"], tmp_path / "out", FAST_CONFIG, progress=False)
     other = ExtractionConfig(pretrained=False, tile_size=32, target_mpp=2.0, n_aug=3, n_tiles_per_aug=8)
