@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from ..features.schema import load_tile_dataset, read_metadata
 from ..models.gigassl import GigaSSLConfig, GigaSSLForContrastivePretraining
 from .arguments import DataArguments, ModelArguments, TrainArguments, parse_arguments
+from .losses import NTXentLoss
 from .optim import build_optimizer, warmup_cosine
 from .views import CoordinateAugmentation, EpochBatchSampler, SlideViews, collate_batch
 
@@ -204,6 +205,8 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
     dataloader = torch.utils.data.DataLoader(
         views, batch_sampler=batch_sampler, collate_fn=collate_batch, num_workers=data_args.num_workers
     )
+    # Negatives from every process: the contrastive batch is the global batch the learning rate is scaled for.
+    contrastive_loss = NTXentLoss(config.temperature, gather_across_processes=accelerator.num_processes > 1)
     model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
     progress = TrainingProgress()
     accelerator.register_for_checkpointing(scheduler, progress)
@@ -252,8 +255,10 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
                     tile_features=batch["tile_features"],
                     tile_coords=batch["tile_coords"],
                     patch_size_level0=batch["patch_size_level0"],
-                )
-                accelerator.backward(output.loss)
+                    return_loss=False,
+                )  # projection: (batch, 2 views, projection_dims[-1])
+                loss = contrastive_loss(output.projection[:, 0], output.projection[:, 1])
+                accelerator.backward(loss)
                 if accelerator.sync_gradients and train_args.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), train_args.max_grad_norm)
                 optimizer.step()
@@ -262,7 +267,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
                 continue
             scheduler.step()
             progress.step += 1
-            loss_value = accelerator.reduce(output.loss.detach(), reduction="mean").item()
+            loss_value = accelerator.reduce(loss.detach(), reduction="mean").item()
             loss_history.append((progress.step, loss_value))
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
