@@ -235,3 +235,20 @@ def test_bf16_mixed_precision_trains(synthetic_features, tmp_path):
     )
     assert summary["steps"] == 3 and np.isfinite(summary["final_loss"])
     assert GigaSSLModel.from_pretrained(tmp_path / "run" / "final").dtype == torch.float32
+
+
+def test_tensorboard_logs_loss_lr_and_embedding_std(synthetic_features, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    features, _ = synthetic_features
+    argv = ["--features", str(features), "--output_dir", str(tmp_path / "run"), "--hidden_dim", "32"]
+    argv += ["--projection_dims", "32,16", "--batch_size", "8", "--max_steps", "4", "--logging_steps", "2"]
+    train(*parse_arguments([*argv, "--save_steps", "0", "--report_to", "tensorboard"]))
+    (events,) = (tmp_path / "run" / "logs" / "giga_ssl").glob(
+        "events.out.tfevents*"
+    )  # hparams go to a subfolder
+    accumulator = EventAccumulator(str(events.parent)).Reload()
+    tags = set(accumulator.Tags()["scalars"])
+    assert {"loss", "lr", "embedding_std"} <= tags
+    assert [event.step for event in accumulator.Scalars("loss")] == [2, 4]
+    assert all(0 < event.value < 1 for event in accumulator.Scalars("embedding_std"))
