@@ -21,11 +21,13 @@ import json
 import logging
 import shutil
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
+
+from .features.extract import ExtractionConfig, extract_slides
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +36,9 @@ SAMPLE_SLIDE = "CMU-1-Small-Region.svs"
 
 @dataclass
 class PipelineSettings:
-    encoder: str = "resnet18-layer3"
-    pretrained: bool = True
-    tile_size: int = 224
-    target_mpp: float = 1.0
-    n_aug: int = 50
-    n_tiles_per_aug: int = 256
+    """Settings of every stage; extraction's are :class:`ExtractionConfig` (its seed is ``seed``)."""
+
+    extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
     max_steps: int = 1000
     batch_size: int = 256
     hidden_dim: int = 512
@@ -90,7 +89,6 @@ def run_pipeline(
     slides: list[str | Path], out: str | Path, settings: PipelineSettings, labels: str | None = None
 ):
     """Run (or finish) every stage; returns the output paths by stage."""
-    from .features.extract import ExtractionConfig, extract_slides
     from .inference.embed import (
         embed_tile_dataset,
         load_model,
@@ -110,15 +108,7 @@ def run_pipeline(
     }
 
     logger.info("stage extract: %d slide path(s) -> %s", len(slides), paths["features"])
-    config = ExtractionConfig(
-        encoder=settings.encoder,
-        pretrained=settings.pretrained,
-        tile_size=settings.tile_size,
-        target_mpp=settings.target_mpp,
-        n_aug=settings.n_aug,
-        n_tiles_per_aug=settings.n_tiles_per_aug,
-        seed=settings.seed,
-    )
+    config = replace(settings.extraction, seed=settings.seed)
     summary = extract_slides(slides, paths["features"], config, device=settings.device, thumbnails=True)
     if summary.failed:
         logger.warning("%d slide(s) failed and are left out (see the manifest)", len(summary.failed))
@@ -230,9 +220,8 @@ def write_demo_slides(folder: str | Path, n_per_class: int = 6, seed: int = 0) -
 
 
 DEMO_SETTINGS = PipelineSettings(
-    pretrained=False,  # offline: a random-init ResNet18 (pretrained weights need the Hub)
-    n_aug=4,
-    n_tiles_per_aug=32,
+    # offline: a random-init ResNet18 (pretrained weights need the Hub)
+    extraction=ExtractionConfig(pretrained=False, n_aug=4, n_tiles_per_aug=32),
     max_steps=40,
     batch_size=6,
     hidden_dim=64,
@@ -244,21 +233,22 @@ DEMO_SETTINGS = PipelineSettings(
 
 # ------------------------------------------------------------------------------------------------- CLI
 def _add_settings_arguments(parser: argparse.ArgumentParser, defaults: PipelineSettings) -> None:
+    extraction = defaults.extraction
     group = parser.add_argument_group("extraction")
     group.add_argument(
-        "--encoder", default=defaults.encoder, help="tile encoder (preset, timm name, hf-hub: id)"
+        "--encoder", default=extraction.encoder, help="tile encoder (preset, timm name, hf-hub: id)"
     )
     group.add_argument(
-        "--no-pretrained", dest="pretrained", action="store_false", default=defaults.pretrained,
+        "--no-pretrained", dest="pretrained", action="store_false", default=extraction.pretrained,
         help="random-init tile encoder (no download)",
     )  # fmt: skip
-    group.add_argument("--tile-size", type=int, default=defaults.tile_size, help="tile side in pixels")
+    group.add_argument("--tile-size", type=int, default=extraction.tile_size, help="tile side in pixels")
     group.add_argument(
-        "--target-mpp", type=float, default=defaults.target_mpp, help="µm per pixel of the tiles"
+        "--target-mpp", type=float, default=extraction.target_mpp, help="µm per pixel of the tiles"
     )
-    group.add_argument("--n-aug", type=int, default=defaults.n_aug, help="shared augmentations per slide")
+    group.add_argument("--n-aug", type=int, default=extraction.n_aug, help="shared augmentations per slide")
     group.add_argument(
-        "--n-tiles-per-aug", type=int, default=defaults.n_tiles_per_aug, help="tiles per augmentation"
+        "--n-tiles-per-aug", type=int, default=extraction.n_tiles_per_aug, help="tiles per augmentation"
     )
     group = parser.add_argument_group("training")
     group.add_argument("--max-steps", type=int, default=defaults.max_steps, help="SimCLR optimiser steps")
@@ -281,8 +271,13 @@ def _add_settings_arguments(parser: argparse.ArgumentParser, defaults: PipelineS
     parser.add_argument("--seed", type=int, default=defaults.seed)
 
 
+EXTRACTION_OPTIONS = ("encoder", "pretrained", "tile_size", "target_mpp", "n_aug", "n_tiles_per_aug")
+
+
 def _settings(args: argparse.Namespace) -> PipelineSettings:
-    return PipelineSettings(**{name: getattr(args, name) for name in PipelineSettings.__dataclass_fields__})
+    extraction = ExtractionConfig(**{name: getattr(args, name) for name in EXTRACTION_OPTIONS})
+    others = [name for name in PipelineSettings.__dataclass_fields__ if name != "extraction"]
+    return PipelineSettings(extraction=extraction, **{name: getattr(args, name) for name in others})
 
 
 def _report(paths: dict[str, Path], labels: str | None) -> None:
