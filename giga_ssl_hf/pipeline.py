@@ -1,7 +1,7 @@
 """One command from slides to results: extract -> train -> embed -> evaluate.
 
     giga-ssl pipeline slides/*.svs --out runs/cohort --labels labels.csv
-    giga-ssl demo                                     # bundled sample data, ~3 minutes on 2 CPU cores
+    giga-ssl demo                                     # bundled sample data, about a minute on 2 CPU cores
 
 Every stage is resumable and skipped when its output is complete and was made from the same inputs and
 settings (``OUT/pipeline_state.json`` records a fingerprint per stage), so rerunning after a crash, adding
@@ -268,7 +268,7 @@ def _add_settings_arguments(parser: argparse.ArgumentParser, defaults: PipelineS
         "--folds", type=int, default=defaults.folds, help="stratified folds of the linear probe"
     )
     parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, ...")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of every random draw")
 
 
 EXTRACTION_OPTIONS = ("encoder", "pretrained", "tile_size", "target_mpp", "n_aug", "n_tiles_per_aug")
@@ -306,11 +306,20 @@ def _run(parser, args, slides, labels) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and the default of every option that has a value."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(
+            action, (argparse._StoreTrueAction, argparse._StoreFalseAction)
+        ):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="giga-ssl pipeline",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="giga-ssl pipeline", description=__doc__, formatter_class=_HelpFormatter
     )
     parser.add_argument("slides", nargs="+", help="slide files or folders of slides")
     parser.add_argument("--out", required=True, help="output folder (stages resume inside it)")
@@ -323,10 +332,13 @@ def main(argv: list[str] | None = None) -> int:
 def main_demo(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="giga-ssl demo",
-        description="The whole pipeline on bundled sample data: the real CMU-1-Small-Region.svs H&E crop plus "
-        "synthetic slides of two stain classes (labels generated on the fly), with small settings that finish "
-        "in a few minutes on a laptop CPU. Rerunning reuses finished stages.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=(
+            "The whole pipeline on bundled sample data: the real CMU-1-Small-Region.svs H&E crop plus\n"
+            "synthetic slides of two stain classes (labels generated on the fly), with small settings that\n"
+            "finish in about a minute on a laptop CPU. Rerunning reuses finished stages.\n\n"
+            "    giga-ssl demo --out giga_ssl_demo"
+        ),
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--out", default="giga_ssl_demo", help="output folder")
     parser.add_argument("--slides-per-class", type=int, default=6, help="synthetic slides per class")
