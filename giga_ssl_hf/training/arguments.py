@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -114,8 +115,23 @@ def read_config_file(path: str | Path) -> dict:
     return values
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+DESCRIPTION = """Slide-level SimCLR pretraining of the Giga-SSL encoder on a tile-feature Dataset with shared
+augmentations (giga-ssl extract --both). Each step draws two views per slide (one augmentation, --n_tiles
+tiles, a random rotation / flip / scale of their grid), encodes them with SparseConvMIL and minimises
+NT-Xent. Runs on one CPU or GPU, or under `accelerate launch` / torchrun on many. Checkpoints go to
+OUTPUT_DIR/checkpoints/step_*, the exported encoder (AutoModel.from_pretrained) to OUTPUT_DIR/final.
+
+Options come from --config (YAML or JSON, same names) and the command line, which wins."""
+
+
 def build_parser() -> HfArgumentParser:
-    parser = HfArgumentParser(ARGUMENT_CLASSES, prog="giga-ssl train", description=__doc__)
+    parser = HfArgumentParser(
+        ARGUMENT_CLASSES, prog="giga-ssl train", description=DESCRIPTION, formatter_class=_HelpFormatter
+    )
     parser.add_argument(
         "--config", default=None, help="YAML or JSON file of options; flags on the command line override it."
     )
