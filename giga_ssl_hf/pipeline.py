@@ -89,13 +89,7 @@ def run_pipeline(
     slides: list[str | Path], out: str | Path, settings: PipelineSettings, labels: str | None = None
 ):
     """Run (or finish) every stage; returns the output paths by stage."""
-    from .inference.embed import (
-        embed_tile_dataset,
-        load_model,
-        model_identity,
-        resolve_device,
-        save_embeddings,
-    )
+    from .inference.embed import embed_to_folder, load_model, resolve_device
     from .training.arguments import parse_arguments
     from .training.train import train
 
@@ -157,19 +151,16 @@ def run_pipeline(
         state.record("train", fingerprints["train"], complete=True)
 
     if state.status("embed", fingerprints["embed"], paths["embeddings"]) != "done":
-        from .features.schema import load_tile_dataset
-
         logger.info("stage embed: %d views per slide -> %s", settings.n_views, paths["embeddings"])
         model = load_model(str(paths["model"]), resolve_device(settings.device))
-        ids, embeddings = embed_tile_dataset(
+        embed_to_folder(
             model,
-            load_tile_dataset(paths["features"] / "exhaustive"),
+            paths["features"],
+            paths["embeddings"],
             n_views=settings.n_views,
             seed=settings.seed,
+            npy=True,
         )
-        metadata = {**model_identity(model), "strategy": "random", "n_views": settings.n_views}
-        metadata.update({"n_tiles": model.config.n_tiles, "seed": settings.seed, "n_slides": len(ids)})
-        save_embeddings(paths["embeddings"], ids, embeddings, metadata, npy=True)
         state.record("embed", fingerprints["embed"], complete=True)
 
     if labels is None:

@@ -151,6 +151,17 @@ class TileArrays:
         return feature_out, coord_out
 
 
+def resolve_tile_dataset_dir(path: str | Path, which: str) -> Path:
+    """``path`` itself when it is a saved Dataset, else its ``which/`` (``exhaustive`` or ``augmented``) folder,
+    as ``giga-ssl extract --out`` lays them out."""
+    path = Path(path)
+    if (path / which).is_dir() and not (path / "state.json").exists():
+        path = path / which
+    if not path.is_dir():
+        raise FileNotFoundError(f"tile-feature Dataset not found: {path}")
+    return path
+
+
 def load_tile_dataset(path: str | Path) -> datasets.Dataset:
     """Open a tile-feature Dataset folder, with clear errors for a missing or empty one."""
     path = Path(path)

@@ -34,6 +34,7 @@ from ..features.schema import (
     NO_AUGMENTATION,
     TileArrays,
     load_tile_dataset,
+    resolve_tile_dataset_dir,
     without_indices_mapping,
 )
 
@@ -252,30 +253,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> Path:
-    if args.n_views < 1 or (args.n_tiles is not None and args.n_tiles < 1):
-        raise ValueError("--n-views and --n-tiles must be positive")
-    features_dir = Path(args.features)
-    if (features_dir / "exhaustive").is_dir() and not (features_dir / "state.json").exists():
-        features_dir = features_dir / "exhaustive"
-    dataset = load_tile_dataset(features_dir)
-    model = load_model(args.model, resolve_device(args.device), args.trust_remote_code)
+def embed_to_folder(
+    model,
+    features: str | Path,
+    out: str | Path,
+    strategy: str = "random",
+    n_views: int = 100,
+    n_tiles: int | None = None,
+    seed: int = 0,
+    max_views_per_batch: int = 4096,
+    npy: bool = False,
+) -> Path:
+    """Embed an exhaustive tile-feature Dataset (or an extraction folder) into an embeddings folder."""
+    features_dir = resolve_tile_dataset_dir(features, "exhaustive")
     ids, embeddings = embed_tile_dataset(
-        model, dataset, args.strategy, args.n_views, args.n_tiles, args.seed, args.max_views_per_batch
+        model, load_tile_dataset(features_dir), strategy, n_views, n_tiles, seed, max_views_per_batch
     )
     metadata = {
         **model_identity(model),
-        "strategy": args.strategy,
-        "n_views": args.n_views if args.strategy == "random" else None,
-        "n_tiles": args.n_tiles or model.config.n_tiles,
-        "seed": args.seed,
+        "strategy": strategy,
+        "n_views": n_views if strategy == "random" else None,
+        "n_tiles": n_tiles or model.config.n_tiles,
+        "seed": seed,
         "n_slides": len(ids),
         "embedding_dim": int(embeddings.shape[1]),
         "features": str(features_dir),
     }
-    out = save_embeddings(args.out, ids, embeddings, metadata, args.npy)
+    out = save_embeddings(out, ids, embeddings, metadata, npy)
     logger.info("wrote %d slide embeddings to %s", len(ids), out)
     return out
+
+
+def run(args: argparse.Namespace) -> Path:
+    if args.n_views < 1 or (args.n_tiles is not None and args.n_tiles < 1):
+        raise ValueError("--n-views and --n-tiles must be positive")
+    features_dir = resolve_tile_dataset_dir(
+        args.features, "exhaustive"
+    )  # a bad path fails before the model loads
+    model = load_model(args.model, resolve_device(args.device), args.trust_remote_code)
+    return embed_to_folder(
+        model, features_dir, args.out, args.strategy, args.n_views, args.n_tiles, args.seed,
+        args.max_views_per_batch, args.npy,
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from ..features.schema import load_tile_dataset, read_metadata
+from ..features.schema import load_tile_dataset, read_metadata, resolve_tile_dataset_dir
 from ..models.gigassl import GigaSSLConfig, GigaSSLForContrastivePretraining
 from .arguments import DataArguments, ModelArguments, TrainArguments, parse_arguments
 from .losses import NTXentLoss
@@ -39,16 +39,6 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
 FINITE_CHECK_ROWS = 1 << 16  # tiles per block when scanning for NaN / inf: bounded memory
-
-
-def resolve_features_dir(path: str | Path) -> Path:
-    """A tile-feature Dataset folder, or an extraction folder holding ``augmented/``."""
-    path = Path(path)
-    if (path / "augmented").is_dir() and not (path / "state.json").exists():
-        path = path / "augmented"
-    if not path.is_dir():
-        raise FileNotFoundError(f"tile-feature Dataset not found: {path}")
-    return path
 
 
 def check_finite(views: SlideViews) -> None:
@@ -164,7 +154,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
             "batch_size must be at least 2: each slide's negatives are the other slides of the batch"
         )
     output_dir = Path(train_args.output_dir)
-    features_dir = resolve_features_dir(data_args.features)
+    features_dir = resolve_tile_dataset_dir(data_args.features, "augmented")
 
     # Accelerate keeps its settings in a process-wide singleton: without this reset, a second in-process call
     # with another mixed_precision fails. The distributed process group (PartialState) is kept.
