@@ -21,6 +21,8 @@ import timm
 import torch
 from torch import nn
 
+from giga_ssl_hf.checkpoints import load_state_dict_file
+
 logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -74,19 +76,7 @@ def _strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     """State dict of a local ``.safetensors`` or torch checkpoint, MoCo / DataParallel prefixes removed."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state_dict = load_file(str(path))
-    else:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
-        if not isinstance(state_dict, dict):
-            raise ValueError(
-                f"{path}: expected a state dict (or a checkpoint with 'state_dict'), got {type(state_dict)}"
-            )
-    return _strip_prefixes(state_dict)
+    return _strip_prefixes(load_state_dict_file(path))
 
 
 def _load_into(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:

@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
 import math
+import socket
+import sys
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,19 +40,20 @@ import giga_ssl_hf
 from giga_ssl_hf.features.augment import RECIPE, SharedAugmentation
 from giga_ssl_hf.features.encoders import EncoderRunner, build_tile_encoder
 from giga_ssl_hf.features.schema import NO_AUGMENTATION
-from giga_ssl_hf.features.store import (
-    PartStore,
-    slide_seed,
-    write_jsonl_atomic,
-    write_text_atomic,
-    write_tile_dataset,
-)
+from giga_ssl_hf.features.store import PartStore, slide_seed, write_tile_dataset
+from giga_ssl_hf.files import dumps_strict, write_jsonl, write_text_atomic
 from giga_ssl_hf.wsi import find_slides, iter_tile_blocks, open_slide, save_thumbnail, tile_grid, tissue_mask
+from giga_ssl_hf.wsi.slide import SLIDE_EXTENSIONS
 from giga_ssl_hf.wsi.tiling import TileGrid
 
 logger = logging.getLogger(__name__)
 
 EXHAUSTIVE, AUGMENTED = "exhaustive", "augmented"
+CONFIG_FILENAME = "extract_config.json"
+
+
+class DiskFullError(OSError):
+    """The output's file system ran out of space; what was being written has been removed."""
 
 
 @dataclass
@@ -80,13 +85,40 @@ class ExtractionSummary:
     empty: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    n_tiles: int = 0
+    unsupported_files: list[Path] = field(default_factory=list)  # in the input folders, not slide formats
+    n_tiles: int = 0  # tissue tiles of the slides done by this run
+    n_views: int = 0  # augmented views written by this run
+    n_encoded: dict[str, int] = field(default_factory=dict)  # images encoded per pass
     seconds: float = 0.0
     datasets: dict[str, Path] = field(default_factory=dict)
 
     @property
     def tiles_per_second(self) -> float:
-        return self.n_tiles / self.seconds if self.seconds > 0 else 0.0
+        """Encoded images per second, both passes together."""
+        return sum(self.n_encoded.values()) / self.seconds if self.seconds > 0 else 0.0
+
+
+class PassProgress:
+    """A progress bar per pass, counting encoded images (the augmented pass: one per (tile, view) pair)."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.encoded: dict[str, int] = {}
+        self.bars: dict[str, tqdm] = {}
+
+    def update(self, which: str, count: int) -> None:
+        if which not in self.bars:
+            # A slide redone for one pass also recomputes the pass it keeps: bars appear as passes run.
+            self.bars[which] = tqdm(
+                desc=f"{which} tiles", unit="tile", disable=not self.enabled, position=len(self.bars) + 1
+            )
+            self.encoded[which] = 0
+        self.encoded[which] += count
+        self.bars[which].update(count)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
 
 
 class _Batcher:
@@ -127,7 +159,7 @@ def encode_slide(
     passes: Sequence[str] = (EXHAUSTIVE, AUGMENTED),
     batch_size: int = 64,
     num_readers: int = 1,
-    progress: tqdm | None = None,
+    progress: PassProgress | None = None,
 ) -> dict[str, np.ndarray]:
     """Features of a slide's tiles for ``passes``, reading each tile region once.
 
@@ -174,7 +206,10 @@ def encode_slide(
                     rows = [position_of[int(tile)] for tile in pair_tile[selected]]
                     augmented_batcher.add(augmentation.apply(tiles[rows], params[int(view)]), selected)
         if progress is not None:
-            progress.update(len(indices))
+            if exhaustive:
+                progress.update(EXHAUSTIVE, len(indices))
+            if augmented:
+                progress.update(AUGMENTED, int(hi - lo))
     for batcher in batchers:
         batcher.flush()
     if exhaustive:
@@ -218,7 +253,8 @@ def _process_slide(
             "tissue_fraction": mask.tissue_fraction,
         }
         if len(grid) == 0:
-            record.update(status="empty", error=grid.reason)
+            # "empty" is a slide without tissue; a slide that cannot be tiled at all is an error.
+            record.update(status="empty" if grid.reason is None else "failed", error=grid.reason)
             return record, None
         arrays = encode_slide(
             slide,
@@ -258,24 +294,120 @@ def _dataset_rows(store: PartStore, records: list[dict], which: str):
                 yield {**common, "aug_id": aug_id, "features": features, "coords": coords}
 
 
-def _check_config(out_dir: Path, config: ExtractionConfig, store: PartStore, overwrite: bool) -> None:
-    path = out_dir / "extract_config.json"
-    wanted = dataclasses.asdict(config)
-    if path.exists():
-        existing = json.loads(path.read_text())
-        if existing == wanted:
-            return
-        changed = sorted(k for k in set(existing) | set(wanted) if existing.get(k) != wanted.get(k))
-        if not overwrite:
-            raise ValueError(
-                f"{out_dir} holds features extracted with other settings ({', '.join(changed)}); "
-                "use another --out, or --overwrite to discard them"
-            )
+def _settings_change(out_dir: Path, config: ExtractionConfig, store: PartStore, overwrite: bool) -> bool:
+    """Whether ``out_dir``'s committed slides must be discarded because the settings changed.
+
+    Raises when they differ from the settings of finished slides and ``overwrite`` is not set. A folder where
+    no slide finished (a first run that failed early) takes the new settings.
+    """
+    path = out_dir / CONFIG_FILENAME
+    if not path.exists():
+        return False
+    existing, wanted = json.loads(path.read_text()), dataclasses.asdict(config)
+    if existing == wanted:
+        return False
+    changed = sorted(k for k in set(existing) | set(wanted) if existing.get(k) != wanted.get(k))
+    finished = [r for r in store.records() if r["status"] in ("ok", "empty")]
+    if finished and not overwrite:
+        detail = ", ".join(f"{k}: {existing.get(k)!r} there, {wanted.get(k)!r} now" for k in changed)
+        raise ValueError(
+            f"{out_dir} holds {len(finished)} slide(s) extracted with other settings ({detail}); "
+            "use another --out, or --overwrite to discard them"
+        )
+    if finished:
         logger.warning(
             "settings changed (%s): discarding every committed slide of %s", ", ".join(changed), out_dir
         )
-        store.clear()
-    write_text_atomic(path, json.dumps(wanted, indent=1, sort_keys=True))
+    return True
+
+
+def _find_inputs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str], list[Path]]:
+    """(slide paths, slide ids, unsupported files of the input folders); raises when there is no slide."""
+    unsupported: list[Path] = []
+    slides = find_slides(list(paths), skipped=unsupported)
+    if not slides:
+        where = ", ".join(str(p) for p in paths)
+        listed = f" (skipped: {', '.join(p.name for p in unsupported[:10])}" + (
+            f" and {len(unsupported) - 10} more)" if len(unsupported) > 10 else ")"
+        )
+        raise ValueError(
+            f"no slides found in {where}{listed if unsupported else ''}; slide files end in "
+            + " ".join(SLIDE_EXTENSIONS)
+        )
+    ids = [p.stem for p in slides]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"several slides share the file stem (slide_id) {duplicates}; rename them")
+    return slides, ids, unsupported
+
+
+def _plan(
+    slides: list[Path], ids: list[str], store: PartStore, passes: tuple[str, ...], redo_all: bool
+) -> tuple[list[tuple[Path, str, tuple[str, ...]]], list[str]]:
+    """(slides to do with the passes to compute for each, ids of the slides already done)."""
+    todo, done = [], []
+    for path, slide_id in zip(slides, ids):
+        previous = None if redo_all else store.record(slide_id)
+        finished = (
+            previous is not None
+            and previous["status"] in ("ok", "empty")
+            and (previous["status"] == "empty" or set(passes) <= set(previous.get("passes", [])))
+        )
+        if finished:
+            done.append(slide_id)
+            continue
+        # Redoing a slide for one pass keeps the other pass it already has (one part file per slide).
+        kept = (
+            set(previous.get("passes", [])) if previous is not None and previous["status"] == "ok" else set()
+        )
+        todo.append((path, slide_id, tuple(p for p in (EXHAUSTIVE, AUGMENTED) if p in set(passes) | kept)))
+    return todo, done
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection(
+            (url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout
+        ).close()
+    except OSError:
+        return False
+    return True
+
+
+def build_runner(config: ExtractionConfig, device: str) -> EncoderRunner:
+    """The tile encoder of ``config`` on ``device``; unavailable weights raise a ValueError naming the fixes.
+
+    When the Hub cannot be reached, weights are looked up in the local cache only, so that an offline
+    machine fails in seconds instead of retrying downloads.
+    """
+    from huggingface_hub import constants
+
+    downloads = config.pretrained and config.weights is None
+    offline_before = constants.HF_HUB_OFFLINE
+    if downloads and not offline_before and not _hub_reachable():
+        logger.info(
+            "the Hub (%s) is unreachable: pretrained weights come from the local cache only",
+            constants.ENDPOINT,
+        )
+        constants.HF_HUB_OFFLINE = True
+    try:
+        encoder = build_tile_encoder(config.encoder, pretrained=config.pretrained, weights=config.weights)
+    except OSError as error:
+        if not downloads:
+            raise
+        raise ValueError(
+            f"the pretrained weights of encoder {config.encoder!r} are not in the Hugging Face cache and cannot "
+            f"be downloaded ({type(error).__name__}); pass --weights FILE (a local .safetensors or .pth), or "
+            "--no-pretrained for random weights (tests only), or run once with network access"
+        ) from error
+    finally:
+        constants.HF_HUB_OFFLINE = offline_before
+    return EncoderRunner(encoder, device=device, precision=config.precision)
 
 
 def extract_slides(
@@ -298,108 +430,119 @@ def extract_slides(
     Slides already committed by an earlier run (status ok or empty, with the passes asked for) are
     skipped unless ``overwrite``; failed ones are retried. A failing slide is recorded and the others go
     on. The Datasets are rebuilt at the end from every committed slide of ``out_dir``.
+
+    Every check that can fail on the inputs (slides, settings, encoder weights) runs before anything is
+    written. A full disk raises :class:`DiskFullError` after removing what was half-written; the rerun
+    resumes.
     """
     config = config or ExtractionConfig()
     passes = tuple(p for p in (EXHAUSTIVE, AUGMENTED) if p in passes)
     if not passes:
         raise ValueError("nothing to do: passes must include 'exhaustive' and/or 'augmented'")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    slides = find_slides(list(paths))
-    ids = [p.stem for p in slides]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise ValueError(f"several slides share the file stem (slide_id) {duplicates}; rename them")
+    slides, ids, unsupported = _find_inputs(paths)
     store = PartStore(out_dir / "parts")
-    store.remove_temporaries()
-    _check_config(out_dir, config, store, overwrite)
-
-    summary = ExtractionSummary(out_dir=out_dir)
-    todo = []
-    for path, slide_id in zip(slides, ids):
-        previous = store.record(slide_id)
-        finished = (
-            previous is not None
-            and previous["status"] in ("ok", "empty")
-            and (previous["status"] == "empty" or set(passes) <= set(previous.get("passes", [])))
+    discard = _settings_change(out_dir, config, store, overwrite)
+    todo, done = _plan(slides, ids, store, passes, redo_all=discard or overwrite)
+    summary = ExtractionSummary(out_dir=out_dir, skipped=done, unsupported_files=unsupported)
+    if unsupported:
+        logger.warning(
+            "skipped %d file(s) of unknown type: %s", len(unsupported), ", ".join(p.name for p in unsupported)
         )
-        if finished and not overwrite:
-            summary.skipped.append(slide_id)
-        else:
-            # Redoing a slide for one pass keeps the other pass it already has (one part file per slide).
-            kept = (
-                set(previous.get("passes", []))
-                if previous is not None and previous["status"] == "ok"
-                else set()
-            )
-            todo.append(
-                (path, slide_id, tuple(p for p in (EXHAUSTIVE, AUGMENTED) if p in set(passes) | kept))
-            )
-    if summary.skipped:
+    if done:
         logger.info(
-            "%d slide(s) already extracted in %s, skipped (--overwrite redoes them)",
-            len(summary.skipped),
-            out_dir,
+            "%d slide(s) already extracted in %s, skipped (--overwrite redoes them)", len(done), out_dir
         )
+    runner = build_runner(config, device) if todo else None
 
-    runner = None
-    if todo:
-        encoder = build_tile_encoder(config.encoder, pretrained=config.pretrained, weights=config.weights)
-        runner = EncoderRunner(encoder, device=device, precision=config.precision)
-        feature_dim = runner.feature_dim
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store.remove_temporaries()
+    if discard:
+        store.clear()
+    write_text_atomic(
+        out_dir / CONFIG_FILENAME, dumps_strict(dataclasses.asdict(config), indent=1, sort_keys=True)
+    )
     options = {
         "mpp": mpp,
         "override_mpp": override_mpp,
         "thumbnails": thumbnails,
         "out_dir": out_dir,
-        "passes": passes,
         "batch_size": batch_size,
         "num_readers": num_readers,
     }
     start = time.perf_counter()
     slide_bar = tqdm(todo, desc="slides", unit="slide", disable=not progress)
-    tile_bar = tqdm(desc="tiles", unit="tile", disable=not progress)
-    for path, slide_id, slide_passes in slide_bar:
-        slide_bar.set_postfix_str(slide_id)
-        began = time.perf_counter()
-        try:
-            record, arrays = _process_slide(
-                path, slide_id, runner, config, {**options, "passes": slide_passes}, tile_bar
+    pass_progress = PassProgress(enabled=progress)
+    try:
+        for path, slide_id, slide_passes in slide_bar:
+            slide_bar.set_postfix_str(slide_id)
+            record = _run_slide(
+                path, slide_id, runner, config, {**options, "passes": slide_passes}, pass_progress, store
             )
-        except Exception as error:  # any failure of one slide is recorded; the job goes on
-            logger.warning("%s failed: %s: %s", slide_id, type(error).__name__, error)
-            record, arrays = (
-                {"status": "failed", "n_tiles": 0, "error": f"{type(error).__name__}: {error}"},
-                None,
-            )
-        record.update(slide_id=slide_id, path=str(path), seconds=round(time.perf_counter() - began, 3))
-        record["passes"] = list(slide_passes) if record["status"] == "ok" else []
-        store.commit(record, arrays)
-        if record["status"] == "ok":
-            summary.ok.append(slide_id)
-            summary.n_tiles += record["n_tiles"]
-        elif record["status"] == "empty":
-            summary.empty.append(slide_id)
-        else:
-            summary.failed.append((slide_id, record["error"]))
-        write_jsonl_atomic(out_dir / "manifest.jsonl", _manifest(store))
-    tile_bar.close()
-    slide_bar.close()
+            if record["status"] == "ok":
+                summary.ok.append(slide_id)
+                summary.n_tiles += record["n_tiles"]
+                summary.n_views += config.n_aug if AUGMENTED in slide_passes else 0
+            elif record["status"] == "empty":
+                summary.empty.append(slide_id)
+            else:
+                summary.failed.append((slide_id, record["error"]))
+    finally:
+        pass_progress.close()
+        slide_bar.close()
+    summary.n_encoded = dict(pass_progress.encoded)
     summary.seconds = time.perf_counter() - start
-
-    records = store.records()
-    write_jsonl_atomic(out_dir / "manifest.jsonl", _manifest(store))
-    ok_records = [r for r in records if r["status"] == "ok"]
-    if runner is None:
-        feature_dim = _feature_dim(store, ok_records, passes)
-    if feature_dim is not None:
-        for which in passes:
-            usable = [r for r in ok_records if which in r.get("passes", [])]
-            metadata = _metadata(config, which, feature_dim)
-            summary.datasets[which] = write_tile_dataset(
-                _dataset_rows(store, usable, which), out_dir / which, feature_dim, config.dtype, metadata
-            )
+    with _disk_full_names("the manifest and Datasets of " + str(out_dir), store):
+        write_jsonl(out_dir / "manifest.jsonl", _manifest(store))
+        _write_datasets(store, config, passes, runner, summary)
     return summary
+
+
+@contextmanager
+def _disk_full_names(what: str, store: PartStore):
+    """Turn a full disk while writing ``what`` into a :class:`DiskFullError`, temporaries removed."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        store.remove_temporaries()
+        raise DiskFullError(error.errno, f"no space left on device while writing {what}") from error
+
+
+def _run_slide(path, slide_id, runner, config, options, progress, store) -> dict:
+    """Process one slide and commit its result (a failure of the slide is recorded, not raised)."""
+    began = time.perf_counter()
+    try:
+        record, arrays = _process_slide(path, slide_id, runner, config, options, progress)
+    except Exception as error:  # any failure of one slide is recorded; the job goes on
+        logger.warning("%s failed: %s: %s", slide_id, type(error).__name__, error)
+        record, arrays = {"status": "failed", "n_tiles": 0, "error": f"{type(error).__name__}: {error}"}, None
+    record.update(slide_id=slide_id, path=str(path), seconds=round(time.perf_counter() - began, 3))
+    record["passes"] = list(options["passes"]) if record["status"] == "ok" else []
+    with _disk_full_names(f"slide {slide_id} into {options['out_dir']}", store):
+        store.commit(record, arrays)
+        write_jsonl(options["out_dir"] / "manifest.jsonl", _manifest(store))
+    return record
+
+
+def _write_datasets(
+    store: PartStore,
+    config: ExtractionConfig,
+    passes,
+    runner: EncoderRunner | None,
+    summary: ExtractionSummary,
+) -> None:
+    ok_records = [r for r in store.records() if r["status"] == "ok"]
+    feature_dim = runner.feature_dim if runner is not None else _feature_dim(store, ok_records)
+    if feature_dim is None:
+        return
+    for which in passes:
+        usable = [r for r in ok_records if which in r.get("passes", [])]
+        metadata = _metadata(config, which, feature_dim)
+        summary.datasets[which] = write_tile_dataset(
+            _dataset_rows(store, usable, which), summary.out_dir / which, feature_dim, config.dtype, metadata
+        )
 
 
 def _manifest(store: PartStore) -> list[dict]:
@@ -410,7 +553,7 @@ def _manifest(store: PartStore) -> list[dict]:
     ]
 
 
-def _feature_dim(store: PartStore, ok_records: list[dict], passes) -> int | None:
+def _feature_dim(store: PartStore, ok_records: list[dict]) -> int | None:
     """D from a committed slide when this run encoded nothing (every slide was skipped)."""
     for record in ok_records:
         arrays = store.arrays(record["slide_id"])
@@ -632,25 +775,41 @@ def main(argv: list[str] | None = None) -> int:
         dtype=args.dtype,
         precision=args.precision,
     )
-    summary = extract_slides(
-        args.inputs,
-        args.out,
-        config,
-        passes=args.passes,
-        mpp=args.mpp,
-        override_mpp=args.override_mpp,
-        batch_size=args.batch_size,
-        num_readers=args.readers,
-        device=args.device,
-        thumbnails=args.thumbnails,
-        overwrite=args.overwrite,
-        progress=args.progress,
-    )
-    print(
-        f"{len(summary.ok)} ok, {len(summary.empty)} empty (no tissue tile), {len(summary.failed)} failed, "
-        f"{len(summary.skipped)} already done; {summary.n_tiles} tiles in {summary.seconds:.1f} s "
-        f"({summary.tiles_per_second:.1f} tiles/s) -> {summary.out_dir}"
-    )
-    for slide_id, error in summary.failed:
-        print(f"  FAILED {slide_id}: {error}")
+    try:
+        summary = extract_slides(
+            args.inputs,
+            args.out,
+            config,
+            passes=args.passes,
+            mpp=args.mpp,
+            override_mpp=args.override_mpp,
+            batch_size=args.batch_size,
+            num_readers=args.readers,
+            device=args.device,
+            thumbnails=args.thumbnails,
+            overwrite=args.overwrite,
+            progress=args.progress,
+        )
+    except DiskFullError as error:
+        print(f"giga-ssl extract: error: {error.strerror}; free space and rerun to resume", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as error:
+        print(f"giga-ssl extract: error: {error}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
     return 1 if summary.failed else 0
+
+
+def format_summary(summary: ExtractionSummary) -> str:
+    encoded = ", ".join(f"{count} {which}" for which, count in summary.n_encoded.items())
+    lines = [
+        f"{len(summary.ok)} ok, {len(summary.empty)} empty (no tissue tile), {len(summary.failed)} failed, "
+        f"{len(summary.skipped)} already done; {summary.n_tiles} tissue tiles, {summary.n_views} augmented "
+        f"views; {sum(summary.n_encoded.values())} tile images encoded ({encoded or 'none'}) in "
+        f"{summary.seconds:.1f} s ({summary.tiles_per_second:.1f} tiles/s) -> {summary.out_dir}"
+    ]
+    lines += [f"  FAILED {slide_id}: {error}" for slide_id, error in summary.failed]
+    if summary.unsupported_files:
+        names = ", ".join(p.name for p in summary.unsupported_files)
+        lines.append(f"  skipped {len(summary.unsupported_files)} file(s) of unknown type: {names}")
+    return "\n".join(lines)

@@ -25,6 +25,8 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
+from giga_ssl_hf.files import write_json
+
 METADATA_FILENAME = "giga_ssl_metadata.json"
 NO_AUGMENTATION = -1
 
@@ -48,10 +50,7 @@ def tile_features_schema(feature_dim: int, dtype: str = "float16") -> datasets.F
 
 def write_metadata(dataset_dir: str | Path, metadata: dict) -> None:
     """Write the dataset-level metadata sidecar (atomically: write, then rename)."""
-    path = Path(dataset_dir) / METADATA_FILENAME
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(metadata, indent=2, sort_keys=True))
-    tmp.replace(path)
+    write_json(Path(dataset_dir) / METADATA_FILENAME, metadata)
 
 
 def read_metadata(dataset_dir: str | Path) -> dict:

@@ -20,6 +20,7 @@ import numpy as np
 from datasets.arrow_writer import ArrowWriter
 
 from giga_ssl_hf.features.schema import tile_features_schema, write_metadata
+from giga_ssl_hf.files import atomic_file, dumps_strict, write_text_atomic
 
 
 def slide_seed(seed: int, slide_id: str) -> int:
@@ -28,25 +29,11 @@ def slide_seed(seed: int, slide_id: str) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def write_jsonl_atomic(path: Path, records: Iterable[dict]) -> None:
-    write_text_atomic(path, "".join(json.dumps(record, sort_keys=True) + "\n" for record in records))
-
-
 class PartStore:
     """The committed per-slide results of an output folder (``DIR/parts``)."""
 
     def __init__(self, directory: str | Path):
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory = Path(directory)  # created by the first commit: reading a store writes nothing
 
     def remove_temporaries(self) -> None:
         """Delete what a killed run left half-written (never a committed part)."""
@@ -54,7 +41,7 @@ class PartStore:
             path.unlink(missing_ok=True)
 
     def clear(self) -> None:
-        for path in self.directory.iterdir():
+        for path in self.directory.glob("*"):
             path.unlink()
 
     def _arrays_path(self, slide_id: str) -> Path:
@@ -74,18 +61,14 @@ class PartStore:
 
     def commit(self, record: dict, arrays: dict[str, np.ndarray] | None = None) -> None:
         slide_id = record["slide_id"]
+        self.directory.mkdir(parents=True, exist_ok=True)
         self._record_path(slide_id).unlink(missing_ok=True)
         if arrays:
-            path = self._arrays_path(slide_id)
-            tmp = path.with_name(path.name + ".tmp")
-            with open(tmp, "wb") as handle:
+            with atomic_file(self._arrays_path(slide_id), "wb") as handle:
                 np.savez(handle, **arrays)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
         else:
             self._arrays_path(slide_id).unlink(missing_ok=True)
-        write_text_atomic(self._record_path(slide_id), json.dumps(record, sort_keys=True, indent=1))
+        write_text_atomic(self._record_path(slide_id), dumps_strict(record, sort_keys=True, indent=1))
 
     def arrays(self, slide_id: str) -> dict[str, np.ndarray]:
         with np.load(self._arrays_path(slide_id)) as npz:
@@ -114,20 +97,24 @@ def write_tile_dataset(
     """
     dataset_dir = Path(dataset_dir)
     tmp = dataset_dir.with_name(dataset_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    features = tile_features_schema(feature_dim, dtype)
-    staging = tmp / "staging.arrow"
-    with ArrowWriter(features=features, path=str(staging), writer_batch_size=1) as writer:
-        for row in rows:
-            writer.write(row)
-        writer.finalize()
-    dataset = datasets.Dataset.from_file(str(staging))
     final_tmp = dataset_dir.with_name(dataset_dir.name + ".tmp2")
-    shutil.rmtree(final_tmp, ignore_errors=True)
-    dataset.save_to_disk(str(final_tmp))
-    del dataset
-    write_metadata(final_tmp, metadata)
-    shutil.rmtree(tmp)
-    replace_directory(final_tmp, dataset_dir)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        features = tile_features_schema(feature_dim, dtype)
+        staging = tmp / "staging.arrow"
+        with ArrowWriter(features=features, path=str(staging), writer_batch_size=1) as writer:
+            for row in rows:
+                writer.write(row)
+            writer.finalize()
+        dataset = datasets.Dataset.from_file(str(staging))
+        shutil.rmtree(final_tmp, ignore_errors=True)
+        dataset.save_to_disk(str(final_tmp))
+        del dataset
+        write_metadata(final_tmp, metadata)
+        replace_directory(final_tmp, dataset_dir)
+    finally:
+        # What a failure (e.g. a full disk) left half-written; the previous dataset stays in place.
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(final_tmp, ignore_errors=True)
     return dataset_dir

@@ -31,12 +31,12 @@ import argparse
 import hashlib
 import json
 import logging
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from giga_ssl_hf.checkpoints import safe_torch_load
 from giga_ssl_hf.hub._cli import run_command
 from giga_ssl_hf.models.gigassl import GigaSSLConfig, GigaSSLForContrastivePretraining, GigaSSLModel
 
@@ -124,18 +124,7 @@ SAFE_GLOBALS = [argparse.Namespace, (OriginalNamespace, "arguments.Namespace")]
 def load_original_checkpoint(path: str | Path) -> dict:
     """The checkpoint dict (``state_dict``, ``config``, ...), refusing any pickled object off the allow-list."""
     path = Path(path)
-    try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        # torch's message opens with advice to retry with weights_only=False; keep only the offending global.
-        lines = str(error).splitlines()
-        reason = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else "")
-        raise ValueError(
-            f"{path}: refused to load: the checkpoint pickles an object outside the allow-list (tensors, "
-            "containers, argparse.Namespace, the original arguments.Namespace), and unpickling it could run "
-            f"arbitrary code ({reason.strip()})"
-        ) from error
+    checkpoint = safe_torch_load(path, SAFE_GLOBALS)
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path}: expected a checkpoint dict, got {type(checkpoint).__name__}")
     if "state_dict" not in checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):

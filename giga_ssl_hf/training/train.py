@@ -28,6 +28,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
+from ..checkpoints import load_state_dict_file
 from ..features.schema import load_tile_dataset, read_metadata, resolve_tile_dataset_dir
 from ..models.gigassl import GigaSSLConfig, GigaSSLForContrastivePretraining
 from .arguments import DataArguments, ModelArguments, TrainArguments, parse_arguments
@@ -84,16 +85,6 @@ def build_config(model_args: ModelArguments, data_feature_dim: int, n_tiles: int
         temperature=model_args.temperature,
         n_tiles=n_tiles,
     )
-
-
-def load_layer4_file(path: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state)
 
 
 def find_checkpoint(output_dir: Path, resume: str) -> Path:
@@ -183,7 +174,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
 
     model = GigaSSLForContrastivePretraining(config)
     if model_args.init_layer4:
-        model.gigassl.load_layer4_weights(load_layer4_file(model_args.init_layer4))
+        model.gigassl.load_layer4_weights(load_state_dict_file(model_args.init_layer4))
     total_batch = train_args.batch_size * accelerator.num_processes * train_args.gradient_accumulation_steps
     learning_rate = 0.03 * total_batch / 256 if train_args.learning_rate is None else train_args.learning_rate
     optimizer = build_optimizer(model, train_args.optimizer, learning_rate, train_args.weight_decay)

@@ -146,15 +146,21 @@ def open_slide(path: str | Path, mpp: float | None = None, *, override_mpp: bool
     )
 
 
-def find_slides(inputs: list[str | Path]) -> list[Path]:
-    """Slide files among ``inputs``: files are kept as given, folders are listed (not recursively)."""
+def find_slides(inputs: list[str | Path], skipped: list[Path] | None = None) -> list[Path]:
+    """Slide files among ``inputs``: files are kept as given, folders are listed (not recursively).
+
+    Files of a folder whose extension is not a slide format are left out, and appended to ``skipped`` when
+    it is given, so that callers can name them.
+    """
     found: list[Path] = []
     for item in inputs:
         item = Path(item)
         if item.is_dir():
-            found.extend(
-                p for p in sorted(item.iterdir()) if p.is_file() and p.suffix.lower() in SLIDE_EXTENSIONS
-            )
+            for path in sorted(p for p in item.iterdir() if p.is_file()):
+                if path.suffix.lower() in SLIDE_EXTENSIONS:
+                    found.append(path)
+                elif skipped is not None:
+                    skipped.append(path)
         elif item.exists():
             found.append(item)
         else:

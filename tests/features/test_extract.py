@@ -62,13 +62,14 @@ def test_fixture_folder_bad_slides_are_recorded_and_others_finish(tmp_path):
     records = manifest(out)
     assert {k: r["status"] for k, r in records.items()} == {
         "CMU-1-Small-Region": "ok",
-        "boxes": "empty",
+        "boxes": "failed",  # 352.8 µm/px: too coarse to tile, an error (empty means no tissue)
         "small": "empty",
         "broken": "failed",
         "unopenable": "failed",
         "unreadable": "failed",
     }
     assert "Bogus marker length" in records["unreadable"]["error"]  # fails inside read_region
+    assert "too coarse" in records["boxes"]["error"] and records["small"]["error"] is None
     assert "Unsupported TIFF compression" in records["unopenable"]["error"]
     cmu = records["CMU-1-Small-Region"]
     assert cmu["n_tiles"] == 33 and cmu["patch_size_level0"] == 257 and cmu["error"] is None
@@ -97,8 +98,8 @@ def test_fixture_folder_bad_slides_are_recorded_and_others_finish(tmp_path):
     # A rerun skips finished slides, retries the failed ones, and rebuilds identical datasets.
     before = {k: r["seconds"] for k, r in records.items()}
     summary = extract_slides([WSI_FIXTURES], out, FAST_CONFIG, progress=False)
-    assert sorted(summary.skipped) == ["CMU-1-Small-Region", "boxes", "small"]
-    assert len(summary.failed) == 3
+    assert sorted(summary.skipped) == ["CMU-1-Small-Region", "small"]
+    assert len(summary.failed) == 4
     assert manifest(out)["CMU-1-Small-Region"]["seconds"] == before["CMU-1-Small-Region"]
     (again,) = rows(out / "exhaustive")
     assert np.array_equal(again["features"], exhaustive["features"])
