@@ -57,7 +57,10 @@ def tile_grid(
 ) -> TileGrid:
     """The grid of ``tile_size`` px tiles at ``target_mpp`` µm/px keeping tiles with >= ``min_tissue``.
 
-    Without ``mask`` every tile fully inside the slide is kept.
+    The grid covers the whole slide: tiles at the right and bottom edges extend past it (reads fill that
+    part with white, like glass), and their tissue fraction is over the whole tile, so an edge tile is kept
+    when its part inside the slide holds enough tissue. Without ``mask`` the fraction is the part of the
+    tile inside the slide.
     """
     patch_size_level0 = int(round(tile_size * target_mpp / slide.mpp))
     width0, height0 = slide.dimensions
@@ -71,13 +74,14 @@ def tile_grid(
         return TileGrid(empty, np.zeros(0, np.float32), max(patch_size_level0, 1), tile_size, 0, 1, 0, reason)
     level = slide.best_level(patch_size_level0 / tile_size)
     read_size = max(1, int(round(patch_size_level0 / slide.level_downsamples[level])))
-    xs = np.arange(0, width0 - patch_size_level0 + 1, patch_size_level0, dtype=np.int64)
-    ys = np.arange(0, height0 - patch_size_level0 + 1, patch_size_level0, dtype=np.int64)
+    xs = np.arange(0, width0, patch_size_level0, dtype=np.int64)
+    ys = np.arange(0, height0, patch_size_level0, dtype=np.int64)
     grid_y, grid_x = np.meshgrid(ys, xs, indexing="ij")
     coords = np.stack([grid_x.ravel(), grid_y.ravel()], axis=1)
     n_candidates = len(coords)
     if mask is None:
-        tissue = np.ones(n_candidates, dtype=np.float32)
+        inside = np.minimum(coords + patch_size_level0, (width0, height0)) - coords
+        tissue = (inside.prod(axis=1) / patch_size_level0**2).astype(np.float32)
     else:
         tissue = tissue_fractions(mask, coords, patch_size_level0, (width0, height0))
     keep = tissue >= min_tissue
@@ -95,7 +99,8 @@ def tile_grid(
 def tissue_fractions(
     mask: TissueMask, coords: np.ndarray, patch_size_level0: int, dimensions: tuple[int, int]
 ) -> np.ndarray:
-    """Fraction of mask pixels set under each tile (summed-area table; at least one mask px per tile)."""
+    """Fraction of each tile's area covered by set mask pixels (summed-area table; a tile spans at least one
+    mask px). The part of an edge tile outside the slide counts as no tissue."""
     if len(coords) == 0:
         return np.zeros(0, dtype=np.float32)
     height, width = mask.mask.shape
@@ -104,12 +109,15 @@ def tissue_fractions(
     integral[1:, 1:] = mask.mask.astype(np.int64).cumsum(0).cumsum(1)
     x0 = np.clip(np.floor(coords[:, 0] * scale_x + 0.5).astype(np.int64), 0, width - 1)
     y0 = np.clip(np.floor(coords[:, 1] * scale_y + 0.5).astype(np.int64), 0, height - 1)
-    x1 = np.clip(np.floor((coords[:, 0] + patch_size_level0) * scale_x + 0.5).astype(np.int64), x0 + 1, width)
-    y1 = np.clip(
-        np.floor((coords[:, 1] + patch_size_level0) * scale_y + 0.5).astype(np.int64), y0 + 1, height
+    x1_full = np.maximum(
+        np.floor((coords[:, 0] + patch_size_level0) * scale_x + 0.5).astype(np.int64), x0 + 1
     )
+    y1_full = np.maximum(
+        np.floor((coords[:, 1] + patch_size_level0) * scale_y + 0.5).astype(np.int64), y0 + 1
+    )
+    x1, y1 = np.minimum(x1_full, width), np.minimum(y1_full, height)
     inside = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
-    return (inside / ((x1 - x0) * (y1 - y0))).astype(np.float32)
+    return (inside / ((x1_full - x0) * (y1_full - y0))).astype(np.float32)
 
 
 @dataclass(frozen=True)

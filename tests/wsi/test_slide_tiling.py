@@ -65,19 +65,45 @@ def test_cmu_grid_at_paper_resolution():
         mask = tissue_mask(slide)
         grid = tile_grid(slide, mask=mask)  # 224 px at 1.0 µm/px
         full = tile_grid(slide)
-    # 224 px at 1 µm/px = 448.9 level-0 px at 0.499 µm/px -> 449; 2220 // 449 = 4 columns, 2967 // 449 = 6 rows.
+    # 224 px at 1 µm/px = 448.9 level-0 px at 0.499 µm/px -> 449. The grid covers the whole slide:
+    # ceil(2220 / 449) = 5 columns, ceil(2967 / 449) = 7 rows, the last ones extending past the edge.
     assert grid.patch_size_level0 == 449
-    assert full.n_candidates == len(full) == 24
+    assert full.n_candidates == len(full) == 35  # without a mask: every tile at least half inside
     assert grid.level == 0 and grid.read_size == 449
     assert 0.2 < mask.tissue_fraction < 0.6
-    assert 6 <= len(grid) < 24
+    assert 6 <= len(grid) < 35
     assert np.all(grid.coords % 449 == 0)
-    assert np.all(grid.coords + 449 <= np.array([2220, 2967]))
+    assert np.all(grid.coords < np.array([2220, 2967]))
     assert np.all(grid.tissue >= 0.5)
     # Row-major order, no duplicates: what block reading and the datasets rely on.
     cells = grid.coords // 449
     keys = cells[:, 1] * 100 + cells[:, 0]
     assert np.all(np.diff(keys) > 0)
+
+
+def test_edge_tiles_with_tissue_are_kept_and_padded_white():
+    """Tissue where the slide ends inside a tile is tiled too; the part past the edge reads as glass."""
+    with open_slide(CMU) as slide:
+        mask = tissue_mask(slide)
+        # 256 px tiles at the slide's own resolution: read without resizing, compared pixel for pixel.
+        grid = tile_grid(slide, tile_size=256, target_mpp=slide.mpp, mask=mask)
+        assert (grid.patch_size_level0, grid.read_size) == (256, 256)
+        size = np.array([2220, 2967])
+        edge = np.flatnonzero((grid.coords + 256 > size).any(axis=1))
+        assert len(edge) >= 2 and np.all(grid.tissue[edge] >= 0.5)
+        tiles = torch.cat([t for _, t in iter_tile_blocks(slide, grid)])
+        for index in edge:
+            x, y = (int(v) for v in grid.coords[index])
+            inside_w, inside_h = min(256, 2220 - x), min(256, 2967 - y)
+            tile = tiles[index].permute(1, 2, 0).numpy()
+            assert np.all(tile[inside_h:] == 255) and np.all(tile[:, inside_w:] == 255)
+            expected = slide.read_region((x, y), 0, (inside_w, inside_h))
+            assert np.array_equal(tile[:inside_h, :inside_w], expected)
+        # Fractions are over the whole tile: the part past the edge counts as no tissue.
+        everything = tile_grid(slide, tile_size=256, target_mpp=slide.mpp, mask=mask, min_tissue=0.0)
+        assert len(everything) == 9 * 12
+        inside = (np.minimum(everything.coords + 256, size) - everything.coords).prod(axis=1) / 256**2
+        assert np.all(everything.tissue <= inside + 1e-6)
 
 
 def test_tiny_and_blank_slides_have_no_tile(tmp_path):
