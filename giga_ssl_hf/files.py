@@ -9,10 +9,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
+
+# What a trained or converted model folder carries beside the model: how it was made (read by the cards).
+TRAINING_SUMMARY_FILENAME = "training_summary.json"
 
 
 @contextmanager
@@ -63,3 +67,16 @@ def write_json(path: str | Path, value: object, *, indent: int | None = 2, sort_
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
     """Write one strict-JSON object per line, atomically."""
     write_text_atomic(path, "".join(dumps_strict(record, sort_keys=True) + "\n" for record in records))
+
+
+def replace_directory(tmp: Path, final: Path) -> None:
+    """Move the complete folder ``tmp`` to ``final``, replacing what is there (rename is atomic for empty
+    targets only, so the old folder is moved aside first and deleted last)."""
+    if final.exists():
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 from datasets.arrow_writer import ArrowWriter
 
 from giga_ssl_hf.features.schema import tile_features_schema, write_metadata
-from giga_ssl_hf.files import atomic_file, dumps_strict, write_text_atomic
+from giga_ssl_hf.files import atomic_file, dumps_strict, replace_directory, write_text_atomic
 
 
 def slide_seed(seed: int, slide_id: str) -> int:
@@ -73,18 +72,6 @@ class PartStore:
     def arrays(self, slide_id: str) -> dict[str, np.ndarray]:
         with np.load(self._arrays_path(slide_id)) as npz:
             return {key: npz[key] for key in npz.files}
-
-
-def replace_directory(tmp: Path, final: Path) -> None:
-    """Move folder ``tmp`` to ``final``, replacing what is there (rename is atomic for empty targets only)."""
-    if final.exists():
-        old = final.with_name(final.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
 
 
 def write_tile_dataset(

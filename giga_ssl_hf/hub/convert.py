@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,12 +36,11 @@ from pathlib import Path
 import torch
 
 from giga_ssl_hf.checkpoints import safe_torch_load
+from giga_ssl_hf.files import TRAINING_SUMMARY_FILENAME, write_json
 from giga_ssl_hf.hub._cli import run_command
 from giga_ssl_hf.models.gigassl import GigaSSLConfig, GigaSSLForContrastivePretraining, GigaSSLModel
 
 logger = logging.getLogger(__name__)
-
-TRAINING_SUMMARY_FILENAME = "training_summary.json"
 
 
 @dataclass(frozen=True)
@@ -334,7 +332,7 @@ def write_converted(path: str | Path, out: str | Path) -> Path:
     model, summary = convert_checkpoint(path)
     out = Path(out)
     model.save_pretrained(out)
-    (out / TRAINING_SUMMARY_FILENAME).write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / TRAINING_SUMMARY_FILENAME, summary, sort_keys=False)
     logger.info("wrote %s", out)
     return out
 

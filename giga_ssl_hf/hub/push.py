@@ -20,9 +20,9 @@ from huggingface_hub import HfApi
 
 from giga_ssl_hf.evaluation.data import load_embeddings
 from giga_ssl_hf.features.schema import METADATA_FILENAME, read_metadata
+from giga_ssl_hf.files import TRAINING_SUMMARY_FILENAME
 from giga_ssl_hf.hub._cli import run_command
 from giga_ssl_hf.hub.cards import DEFAULT_LICENSE, dataset_card, model_card
-from giga_ssl_hf.hub.convert import TRAINING_SUMMARY_FILENAME
 from giga_ssl_hf.models.gigassl import GigaSSLConfig, GigaSSLForContrastivePretraining, GigaSSLModel
 
 logger = logging.getLogger(__name__)

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import shutil
 import sys
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ from ..features.schema import (
     resolve_tile_dataset_dir,
     without_indices_mapping,
 )
+from ..files import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def embed_slide(
     tile_features: np.ndarray,
     tile_coords: np.ndarray,
     patch_size_level0: int,
-    slide_id: str = "",
+    slide_id: str,
     strategy: str = "random",
     n_views: int = 100,
     n_tiles: int | None = None,
@@ -95,7 +96,9 @@ def embed_slide(
 ) -> np.ndarray:
     """One slide's embedding ``(E,)``, unit L2 norm, from its tile features ``(n, D)`` and level-0 coords ``(n, 2)``.
 
-    Gives the same vector as :func:`embed_tile_dataset` for that slide (same ``slide_id`` and ``seed``).
+    Gives the same vector as :func:`embed_tile_dataset` and ``giga-ssl embed`` for that slide: the views are
+    drawn from ``seed`` and ``slide_id`` (the Dataset's ``slide_id``, the slide file's stem), which is why
+    ``slide_id`` is required.
     """
     n_tiles = n_tiles or model.config.n_tiles
     if len(tile_features) == 0:
@@ -113,6 +116,32 @@ def embed_slide(
     return _finish(torch.cat(outputs))
 
 
+def bad_slides(dataset) -> dict[str, str]:
+    """``{slide_id: reason}`` of the rows of a tile-feature Dataset that cannot be embedded (no tiles, NaN/inf)."""
+    dataset = without_indices_mapping(dataset)
+    slide_ids = [str(s) for s in dataset.data.column("slide_id").to_pylist()]
+    arrays = TileArrays.from_dataset(dataset)
+    found = {}
+    for row, slide_id in enumerate(slide_ids):
+        features, _ = arrays.row(row)
+        if len(features) == 0:
+            found[slide_id] = "no tiles"
+        elif not np.isfinite(features).all():
+            found[slide_id] = "NaN or inf tile features"
+    return found
+
+
+def _refuse_bad_slides(found: dict[str, str]) -> None:
+    if not found:
+        return
+    listed = "; ".join(f"{slide_id} ({reason})" for slide_id, reason in list(found.items())[:10])
+    more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+    raise ValueError(
+        f"{len(found)} slide(s) cannot be embedded: {listed}{more}; re-extract them, or pass --skip-bad-slides "
+        "to leave them out"
+    )
+
+
 def embed_tile_dataset(
     model,
     dataset,
@@ -122,12 +151,18 @@ def embed_tile_dataset(
     seed: int = 0,
     max_views_per_batch: int = 4096,
     progress: bool = True,
+    exclude: Collection[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Embed every slide of an exhaustive tile-feature Dataset; returns ``(ids (N,), embeddings (N, E))``.
+    """Embed the slides of an exhaustive tile-feature Dataset; returns ``(ids (N,), embeddings (N, E))``.
 
+    Slides without tiles or with NaN / inf features raise a ValueError naming them, before any work, unless
+    the caller passes them as ``exclude`` (then they are left out of the result).
     Views of several slides share a forward pass (up to ``max_views_per_batch`` views) when the model's sparse
     map size is per slide; otherwise each slide's views go alone.
     """
+    if exclude is None:
+        _refuse_bad_slides(bad_slides(dataset))
+        exclude = ()
     n_tiles = n_tiles or model.config.n_tiles
     dataset = without_indices_mapping(dataset)
     aug_ids = np.asarray(dataset.data.column("aug_id").to_numpy())
@@ -161,10 +196,10 @@ def embed_tile_dataset(
             start += len(slide_features)
         pending.clear()
 
-    for slide in tqdm(range(len(slide_ids)), desc="embedding slides", unit="slide", disable=not progress):
+    excluded = set(exclude)
+    kept = [slide for slide, slide_id in enumerate(slide_ids) if slide_id not in excluded]
+    for slide in tqdm(kept, desc="embedding slides", unit="slide", disable=not progress):
         features, coords = arrays.row(slide)
-        if len(features) == 0:
-            raise ValueError(f"slide {slide_ids[slide]!r} has no tiles: drop empty slides before embedding")
         rng = np.random.default_rng(slide_seed(seed, slide_ids[slide]))
         index, mask = view_indices(len(features), strategy, n_views, n_tiles, rng)
         if len(index) > max_views_per_batch or not share_batches:
@@ -178,7 +213,7 @@ def embed_tile_dataset(
             flush()
         pending.append((slide, features[index], coords[index], mask))
     flush()
-    return np.asarray(slide_ids), embeddings
+    return np.asarray(slide_ids)[kept], embeddings[kept]
 
 
 def model_identity(model) -> dict:
@@ -196,7 +231,7 @@ def save_embeddings(
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     embeddings_dataset(ids, embeddings).save_to_disk(str(tmp))
-    (tmp / METADATA_FILENAME).write_text(json.dumps(metadata, indent=2, default=str))
+    write_json(tmp / METADATA_FILENAME, metadata)
     if npy:
         np.save(tmp / NPY_EMBEDDINGS, embeddings)
         np.save(tmp / NPY_IDS, ids.astype(str))
@@ -207,9 +242,18 @@ def save_embeddings(
 
 
 def load_model(model_name_or_path: str, device: str, trust_remote_code: bool = False):
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
     from transformers import AutoModel
 
     import giga_ssl_hf  # noqa: F401  (registers the GigaSSL classes with AutoModel)
+
+    if not Path(model_name_or_path).exists():
+        try:
+            validate_repo_id(model_name_or_path)
+        except HFValidationError:
+            raise FileNotFoundError(
+                f"no model folder at {model_name_or_path} (and not a Hub repo id)"
+            ) from None
 
     model = AutoModel.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
     return model.to(device).eval()
@@ -250,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="load Hub models with their own code"
     )
+    parser.add_argument(
+        "--skip-bad-slides",
+        action="store_true",
+        help="leave out slides without tiles or with NaN / inf features (listed in the log and the metadata) "
+        "instead of refusing to start",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace the embeddings already in --out")
     return parser
 
 
@@ -263,11 +314,22 @@ def embed_to_folder(
     seed: int = 0,
     max_views_per_batch: int = 4096,
     npy: bool = False,
+    skip_bad_slides: bool = False,
 ) -> Path:
-    """Embed an exhaustive tile-feature Dataset (or an extraction folder) into an embeddings folder."""
+    """Embed an exhaustive tile-feature Dataset (or an extraction folder) into an embeddings folder.
+
+    Slides that cannot be embedded (no tiles, NaN / inf features) are refused before any work, or, with
+    ``skip_bad_slides``, left out and listed in the metadata (``skipped_slides``).
+    """
     features_dir = resolve_tile_dataset_dir(features, "exhaustive")
+    dataset = load_tile_dataset(features_dir)
+    skipped = bad_slides(dataset)
+    if not skip_bad_slides:
+        _refuse_bad_slides(skipped)
+    elif skipped:
+        logger.warning("left out %d slide(s) that cannot be embedded: %s", len(skipped), skipped)
     ids, embeddings = embed_tile_dataset(
-        model, load_tile_dataset(features_dir), strategy, n_views, n_tiles, seed, max_views_per_batch
+        model, dataset, strategy, n_views, n_tiles, seed, max_views_per_batch, exclude=set(skipped)
     )
     metadata = {
         **model_identity(model),
@@ -278,6 +340,7 @@ def embed_to_folder(
         "n_slides": len(ids),
         "embedding_dim": int(embeddings.shape[1]),
         "features": str(features_dir),
+        "skipped_slides": skipped,
     }
     out = save_embeddings(out, ids, embeddings, metadata, npy)
     logger.info("wrote %d slide embeddings to %s", len(ids), out)
@@ -287,13 +350,17 @@ def embed_to_folder(
 def run(args: argparse.Namespace) -> Path:
     if args.n_views < 1 or (args.n_tiles is not None and args.n_tiles < 1):
         raise ValueError("--n-views and --n-tiles must be positive")
+    if Path(args.out).exists() and not args.overwrite:
+        raise ValueError(
+            f"{args.out} already exists: choose another --out, or pass --overwrite to replace it"
+        )
     features_dir = resolve_tile_dataset_dir(
         args.features, "exhaustive"
     )  # a bad path fails before the model loads
     model = load_model(args.model, resolve_device(args.device), args.trust_remote_code)
     return embed_to_folder(
         model, features_dir, args.out, args.strategy, args.n_views, args.n_tiles, args.seed,
-        args.max_views_per_batch, args.npy,
+        args.max_views_per_batch, args.npy, args.skip_bad_slides,
     )  # fmt: skip
 
 

@@ -69,7 +69,7 @@ class TrainArguments:
         },
     )
     batch_size: int = field(default=256, metadata={"help": "Slides per batch per process (2 views each)."})
-    max_steps: int = field(default=1000, metadata={"help": "Optimiser steps."})
+    max_steps: int = field(default=1000, metadata={"help": "Optimiser steps (at least 1)."})
     learning_rate: float | None = field(
         default=None, metadata={"help": "Peak learning rate; default: the paper's 0.03 x total batch / 256."}
     )
@@ -89,6 +89,12 @@ class TrainArguments:
         default=500, metadata={"help": "Save a resumable checkpoint every N steps (0: never)."}
     )
     save_total_limit: int | None = field(default=3, metadata={"help": "Keep at most this many checkpoints."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start afresh in an OUTPUT_DIR that holds an earlier run (its model and checkpoints are deleted)."
+        },
+    )
     resume_from_checkpoint: str | None = field(
         default=None,
         metadata={"help": "'latest' (newest OUTPUT_DIR/checkpoints/step_*) or a checkpoint path."},

@@ -12,7 +12,6 @@ schedule, the RNG and the exact data order; the encoder is exported with ``save_
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import re
@@ -30,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoints import load_state_dict_file
 from ..features.schema import load_tile_dataset, read_metadata, resolve_tile_dataset_dir
+from ..files import TRAINING_SUMMARY_FILENAME, replace_directory, write_json
 from ..models.gigassl import GigaSSLConfig, GigaSSLForContrastivePretraining
 from .arguments import DataArguments, ModelArguments, TrainArguments, parse_arguments
 from .losses import NTXentLoss
@@ -103,6 +103,24 @@ def find_checkpoint(output_dir: Path, resume: str) -> Path:
     return found[-1][1]
 
 
+def _earlier_run(output_dir: Path, train_args: TrainArguments) -> list[Path]:
+    """What an earlier run left in ``output_dir`` that starting afresh would delete (raises without the flag)."""
+    found = [p for p in (output_dir / "final", output_dir / "checkpoints") if p.exists()]
+    if train_args.resume_from_checkpoint:
+        if train_args.overwrite_output_dir:
+            raise ValueError(
+                "--resume_from_checkpoint and --overwrite_output_dir exclude each other: choose one"
+            )
+        return []
+    if found and not train_args.overwrite_output_dir:
+        raise ValueError(
+            f"{output_dir} already holds a training run ({', '.join(p.name + '/' for p in found)}): pass "
+            "--resume_from_checkpoint latest to continue it, --overwrite_output_dir to start afresh there, "
+            "or choose another --output_dir"
+        )
+    return found
+
+
 class TrainingProgress:
     """Optimiser steps done; saved with every checkpoint so that a resume knows where the data order stands."""
 
@@ -144,7 +162,10 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
         raise ValueError(
             "batch_size must be at least 2: each slide's negatives are the other slides of the batch"
         )
+    if train_args.max_steps < 1:
+        raise ValueError(f"--max_steps must be at least 1, got {train_args.max_steps}")
     output_dir = Path(train_args.output_dir)
+    earlier_run = _earlier_run(output_dir, train_args)
     features_dir = resolve_tile_dataset_dir(data_args.features, "augmented")
 
     # Accelerate keeps its settings in a process-wide singleton: without this reset, a second in-process call
@@ -198,7 +219,10 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
         logger.info("resumed from %s at step %d", checkpoint, progress.step)
 
     if accelerator.is_main_process:
+        for path in earlier_run:  # --overwrite_output_dir: the earlier run's model and checkpoints go
+            shutil.rmtree(path)
         output_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
     run_config = {
         **asdict(data_args),
         **asdict(model_args),
@@ -277,15 +301,13 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
     unwrapped = accelerator.unwrap_model(model)
     rank_log = output_dir / "logs" / f"rank{accelerator.process_index}.json"
     rank_log.parent.mkdir(parents=True, exist_ok=True)
-    rank_log.write_text(
-        json.dumps(
-            {
-                "process_index": accelerator.process_index,
-                "slides_seen": sorted(str(views.slide_ids[i]) for i in slides_seen),
-                "parameter_checksum": parameter_checksum(unwrapped),
-            },
-            indent=2,
-        )
+    write_json(
+        rank_log,
+        {
+            "process_index": accelerator.process_index,
+            "slides_seen": sorted(str(views.slide_ids[i]) for i in slides_seen),
+            "parameter_checksum": parameter_checksum(unwrapped),
+        },
     )
     summary = {
         "steps": progress.step,
@@ -301,10 +323,12 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
         "final_model": str(output_dir / "final"),
     }
     if accelerator.is_main_process:
-        unwrapped.gigassl.save_pretrained(output_dir / "final")
-        (output_dir / "final" / "training_summary.json").write_text(
-            json.dumps(summary, indent=2, default=str)
-        )
+        # Written aside and renamed: a run killed while exporting never leaves a half-written final/.
+        staging = output_dir / "final.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        unwrapped.gigassl.save_pretrained(staging)
+        write_json(staging / TRAINING_SUMMARY_FILENAME, summary, sort_keys=False)
+        replace_directory(staging, output_dir / "final")
         logger.info("exported the slide encoder to %s", output_dir / "final")
     accelerator.end_training()
     return summary

@@ -66,7 +66,7 @@ def test_chunks_cover_every_tile_exactly_once(n, n_tiles):
     assert sorted(index[mask].tolist()) == list(range(n))
 
 
-def test_cli_writes_dataset_metadata_and_npy(model, exhaustive, tmp_path):
+def test_cli_writes_dataset_metadata_and_npy(model, exhaustive, tmp_path, capsys):
     _, model_path = model
     exhaustive.save_to_disk(str(tmp_path / "features" / "exhaustive"))
     out = tmp_path / "embeddings"
@@ -79,8 +79,12 @@ def test_cli_writes_dataset_metadata_and_npy(model, exhaustive, tmp_path):
     metadata = json.loads((out / "giga_ssl_metadata.json").read_text())
     assert metadata["strategy"] == "random" and metadata["n_views"] == 10 and metadata["n_tiles"] == 5
     assert metadata["model"] == str(model_path)
-    # Rerun overwrites atomically.
-    assert main([*argv, "--strategy", "chunks"]) == 0
+    # A rerun never replaces finished embeddings silently: --overwrite does, atomically.
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main([*argv, "--strategy", "chunks"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert main([*argv, "--strategy", "chunks", "--overwrite"]) == 0
     assert json.loads((out / "giga_ssl_metadata.json").read_text())["strategy"] == "chunks"
 
 
