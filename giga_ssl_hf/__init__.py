@@ -3,42 +3,79 @@
 Importing the package registers :class:`GigaSSLConfig` / :class:`GigaSSLModel` with ``AutoConfig`` /
 ``AutoModel``, and marks them for ``register_for_auto_class`` so that a saved folder carries the model code
 (``auto_map``) and loads with ``trust_remote_code=True`` where this package is not installed.
+
+The import itself stays light (the command line starts in well under a second): the registration runs
+as soon as transformers' auto classes are imported, before or after this package, and the public
+classes load on first access.
 """
 
-from transformers import AutoConfig, AutoModel
+from __future__ import annotations
 
-from .models.gigassl import (
-    GigaSSLConfig,
-    GigaSSLContrastiveOutput,
-    GigaSSLForContrastivePretraining,
-    GigaSSLModel,
-    GigaSSLModelOutput,
-    GigaSSLPreTrainedModel,
-)
+import importlib
+import importlib.abc
+import sys
 
 __version__ = "0.1.0"
 
-AutoConfig.register(GigaSSLConfig.model_type, GigaSSLConfig, exist_ok=True)
-AutoModel.register(GigaSSLConfig, GigaSSLModel, exist_ok=True)
-GigaSSLConfig.register_for_auto_class()
-GigaSSLModel.register_for_auto_class("AutoModel")
+# Public name -> module that defines it, imported on first access.
+_LAZY_ATTRIBUTES = {
+    "GigaSSLConfig": ".models.gigassl",
+    "GigaSSLContrastiveOutput": ".models.gigassl",
+    "GigaSSLForContrastivePretraining": ".models.gigassl",
+    "GigaSSLModel": ".models.gigassl",
+    "GigaSSLModelOutput": ".models.gigassl",
+    "GigaSSLPreTrainedModel": ".models.gigassl",
+    "load_embeddings": ".evaluation.data",
+}
+_CONFIGURATION_AUTO = "transformers.models.auto.configuration_auto"
+_MODELING_AUTO = "transformers.models.auto.modeling_auto"
+
+
+def _register() -> None:
+    package = sys.modules.get(f"{__name__}.models.gigassl")
+    if package is not None and not hasattr(package, "register_with_imported_auto_classes"):
+        return  # the model package is importing (it imported transformers): it registers when it is done
+    importlib.import_module(".models.gigassl", __name__).register_with_imported_auto_classes()
+
+
+class _RegisterOnTransformersAuto(importlib.abc.MetaPathFinder):
+    """Registers the GigaSSL classes right after one of transformers' auto-class modules is executed.
+
+    A post-import hook rather than an import of transformers here: transformers and torch take seconds to
+    import, and a user reaches ``AutoConfig`` / ``AutoModel`` only through these two modules.
+    """
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname not in (_CONFIGURATION_AUTO, _MODELING_AUTO):
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        exec_module = spec.loader.exec_module
+
+        def exec_then_register(module):
+            exec_module(module)
+            _register()
+
+        spec.loader.exec_module = exec_then_register
+        return spec
+
+
+if _CONFIGURATION_AUTO in sys.modules or _MODELING_AUTO in sys.modules:
+    _register()
+if not any(type(finder).__name__ == _RegisterOnTransformersAuto.__name__ for finder in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterOnTransformersAuto())
 
 
 def __getattr__(name: str):
-    # Heavier stage APIs load on first use so that `import giga_ssl_hf` stays light.
-    if name == "load_embeddings":
-        from .evaluation.data import load_embeddings
-
-        return load_embeddings
+    if name in _LAZY_ATTRIBUTES:
+        return getattr(importlib.import_module(_LAZY_ATTRIBUTES[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = [
-    "GigaSSLConfig",
-    "GigaSSLContrastiveOutput",
-    "GigaSSLForContrastivePretraining",
-    "GigaSSLModel",
-    "GigaSSLModelOutput",
-    "GigaSSLPreTrainedModel",
-    "load_embeddings",
-]
+__all__ = sorted(_LAZY_ATTRIBUTES)

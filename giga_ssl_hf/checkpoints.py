@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def safe_torch_load(path: str | Path, safe_globals: list | tuple = ()) -> object:
     """``torch.load(path, weights_only=True)``; a pickled object off the allow-list raises a ValueError."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weights file at {path}")

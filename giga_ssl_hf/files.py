@@ -15,9 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-# What a trained or converted model folder carries beside the model: how it was made (read by the cards).
-TRAINING_SUMMARY_FILENAME = "training_summary.json"
-
 
 @contextmanager
 def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:

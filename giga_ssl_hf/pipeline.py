@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .features.extract import ExtractionConfig, extract_slides
+from .files import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +81,7 @@ class PipelineState:
     def record(self, stage: str, fingerprint: str, complete: bool) -> None:
         self.stages[stage] = {"fingerprint": fingerprint, "complete": complete}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.stages, indent=2))
-        tmp.replace(self.path)
+        write_json(self.path, self.stages, sort_keys=False)
 
 
 def run_pipeline(

@@ -71,3 +71,37 @@ def test_console_script_help():
     assert result.returncode == 0, result.stderr
     for name in SUBCOMMANDS:
         assert name in result.stdout
+
+
+# Libraries that take seconds to import: a subcommand's --help must not wait for them (the speed itself is
+# measured in benchmarks/bench_cli_startup.py). transformers is allowed where the parser is transformers'
+# HfArgumentParser (train), never torch.
+HEAVY_MODULES = ("torch", "datasets", "timm", "accelerate", "sklearn", "matplotlib", "openslide", "h5py")
+
+
+@pytest.mark.parametrize("command", sorted(SUBCOMMANDS))
+def test_subcommand_help_imports_no_heavy_library(command):
+    probe = (
+        "import sys\n"
+        "from giga_ssl_hf.cli import main\n"
+        "try:\n"
+        f"    main([{command!r}, '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print([m for m in {HEAVY_MODULES!r} if m in sys.modules])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout[-300:]
+
+
+def test_importing_the_package_is_light_and_still_registers_with_auto_classes():
+    probe = (
+        "import sys\n"
+        "import giga_ssl_hf\n"
+        "light = not any(m in sys.modules for m in ('torch', 'transformers'))\n"
+        "from transformers import AutoConfig, AutoModel\n"
+        "model = AutoModel.from_config(AutoConfig.for_model('gigassl', feature_dim=8, hidden_dim=16))\n"
+        "print(light, type(model).__name__, giga_ssl_hf.GigaSSLModel is type(model))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["True", "GigaSSLModel", "True"]

@@ -7,17 +7,33 @@ Python API::
     write_outputs(results, "results/lung")
 """
 
-from giga_ssl_hf.evaluation.data import find_split_sets, load_embeddings, load_labels, read_split
-from giga_ssl_hf.evaluation.probe import (
-    ProbeResult,
-    SplitResult,
-    TrainSize,
-    evaluate_embeddings,
-    fit_predict,
-    parse_train_sizes,
-    slide_auc,
-)
-from giga_ssl_hf.evaluation.report import format_table, metrics_dict, write_outputs
+import importlib
+
+# Public name -> submodule; loaded on first access, so that `giga-ssl evaluate --help` does not wait for
+# scikit-learn, pandas and datasets.
+_SUBMODULE_OF = {
+    "find_split_sets": "data",
+    "load_embeddings": "data",
+    "load_labels": "data",
+    "read_split": "data",
+    "ProbeResult": "probe",
+    "SplitResult": "probe",
+    "TrainSize": "probe",
+    "evaluate_embeddings": "probe",
+    "fit_predict": "probe",
+    "parse_train_sizes": "probe",
+    "slide_auc": "probe",
+    "format_table": "report",
+    "metrics_dict": "report",
+    "write_outputs": "report",
+}
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULE_OF:
+        return getattr(importlib.import_module(f"{__name__}.{_SUBMODULE_OF[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ProbeResult",

@@ -18,12 +18,11 @@ import datasets
 import numpy as np
 import pandas as pd
 
+from giga_ssl_hf.contracts import NPY_EMBEDDINGS, NPY_IDS
 from giga_ssl_hf.features.schema import read_metadata
 
 logger = logging.getLogger(__name__)
 
-NPY_EMBEDDINGS = "embeddings.npy"
-NPY_IDS = "ids.npy"
 ID_COLUMN = "slide_id"
 EMBEDDING_COLUMN = "embedding"
 _DATA_FILE_SUFFIXES = {".parquet": "parquet", ".arrow": "arrow"}

@@ -6,10 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from giga_ssl_hf.evaluation.data import load_embeddings
-from giga_ssl_hf.evaluation.probe import evaluate_embeddings, parse_train_sizes
-from giga_ssl_hf.evaluation.report import format_table, write_outputs
-
 EPILOG = """\
 protocol (Giga-SSL paper): LogisticRegression(C=10, max_iter=1000, class_weight="balanced") on the slide
 embeddings; AUC of predict_proba[:, 1] for two classes, macro one-vs-rest AUC for more; mean and std
@@ -83,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # After parsing: `giga-ssl evaluate --help` need not wait for scikit-learn and datasets.
+    from giga_ssl_hf.evaluation.data import load_embeddings
+    from giga_ssl_hf.evaluation.probe import evaluate_embeddings, parse_train_sizes
+    from giga_ssl_hf.evaluation.report import format_table, write_outputs
+
     if args.splits and len(args.splits) not in (1, len(args.labels)):
         parser.error(
             f"--splits: give one folder or one per labels file ({len(args.labels)}), not {len(args.splits)}"

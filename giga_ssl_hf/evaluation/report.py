@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import pandas as pd
 
 from giga_ssl_hf.evaluation.probe import ProbeResult
+from giga_ssl_hf.files import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def write_outputs(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, csv_path = out_dir / "metrics.json", out_dir / "metrics.csv"
-    json_path.write_text(json.dumps(metrics_dict(results, config), indent=2, default=str))
+    write_json(json_path, metrics_dict(results, config), sort_keys=False)
     summary_frame(results).to_csv(csv_path, index=False)
     written = [json_path, csv_path]
     if plots:

@@ -31,20 +31,23 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
 import giga_ssl_hf
-from giga_ssl_hf.features.augment import RECIPE, SharedAugmentation
-from giga_ssl_hf.features.encoders import EncoderRunner, build_tile_encoder
-from giga_ssl_hf.features.schema import NO_AUGMENTATION
-from giga_ssl_hf.features.store import PartStore, slide_seed, write_tile_dataset
 from giga_ssl_hf.files import dumps_strict, write_jsonl, write_text_atomic
-from giga_ssl_hf.wsi import find_slides, iter_tile_blocks, open_slide, save_thumbnail, tile_grid, tissue_mask
-from giga_ssl_hf.wsi.slide import SLIDE_EXTENSIONS
-from giga_ssl_hf.wsi.tiling import TileGrid
+
+if TYPE_CHECKING:
+    import torch
+    from tqdm.auto import tqdm
+
+    from giga_ssl_hf.features.encoders import EncoderRunner
+    from giga_ssl_hf.features.store import PartStore
+    from giga_ssl_hf.wsi.tiling import TileGrid
+
+# torch, timm, datasets and OpenSlide are imported where they are used, so that `giga-ssl extract --help`
+# prints at once.
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +110,8 @@ class PassProgress:
         self.bars: dict[str, tqdm] = {}
 
     def update(self, which: str, count: int) -> None:
+        from tqdm.auto import tqdm
+
         if which not in self.bars:
             # A slide redone for one pass also recomputes the pass it keeps: bars appear as passes run.
             self.bars[which] = tqdm(
@@ -138,6 +143,8 @@ class _Batcher:
             self.flush()
 
     def flush(self) -> None:
+        import torch
+
         if not self.count:
             return
         features = self.runner(torch.cat(self.images))
@@ -166,6 +173,12 @@ def encode_slide(
     Returns ``exhaustive_features (n, D)``, ``exhaustive_coords (n, 2)``, ``augmented_features
     (n_aug, k, D)``, ``augmented_coords (n_aug, k, 2)`` (those of the passes asked for), in ``config.dtype``.
     """
+    import torch
+
+    from giga_ssl_hf.features.augment import SharedAugmentation
+    from giga_ssl_hf.features.store import slide_seed
+    from giga_ssl_hf.wsi import iter_tile_blocks
+
     n, dim = len(grid), runner.feature_dim
     result: dict[str, np.ndarray] = {}
     exhaustive = EXHAUSTIVE in passes
@@ -226,6 +239,8 @@ def _process_slide(
     path: Path, slide_id: str, runner, config, options: dict, progress
 ) -> tuple[dict, dict | None]:
     """Record (manifest fields) and arrays of one slide; exceptions are the caller's to record."""
+    from giga_ssl_hf.wsi import open_slide, save_thumbnail, tile_grid, tissue_mask
+
     with open_slide(path, options["mpp"], override_mpp=options["override_mpp"]) as slide:
         mask = tissue_mask(
             slide,
@@ -272,6 +287,8 @@ def _process_slide(
 
 
 def _dataset_rows(store: PartStore, records: list[dict], which: str):
+    from giga_ssl_hf.features.schema import NO_AUGMENTATION
+
     for record in records:
         arrays = store.arrays(record["slide_id"])
         common = {
@@ -323,6 +340,8 @@ def _settings_change(out_dir: Path, config: ExtractionConfig, store: PartStore, 
 
 def _find_inputs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str], list[Path]]:
     """(slide paths, slide ids, unsupported files of the input folders); raises when there is no slide."""
+    from giga_ssl_hf.wsi.slide import SLIDE_EXTENSIONS, find_slides
+
     unsupported: list[Path] = []
     slides = find_slides(list(paths), skipped=unsupported)
     if not slides:
@@ -387,6 +406,8 @@ def build_runner(config: ExtractionConfig, device: str) -> EncoderRunner:
     """
     from huggingface_hub import constants
 
+    from giga_ssl_hf.features.encoders import EncoderRunner, build_tile_encoder
+
     downloads = config.pretrained and config.weights is None
     offline_before = constants.HF_HUB_OFFLINE
     if downloads and not offline_before and not _hub_reachable():
@@ -435,6 +456,10 @@ def extract_slides(
     written. A full disk raises :class:`DiskFullError` after removing what was half-written; the rerun
     resumes.
     """
+    from tqdm.auto import tqdm
+
+    from giga_ssl_hf.features.store import PartStore
+
     config = config or ExtractionConfig()
     passes = tuple(p for p in (EXHAUSTIVE, AUGMENTED) if p in passes)
     if not passes:
@@ -533,6 +558,8 @@ def _write_datasets(
     runner: EncoderRunner | None,
     summary: ExtractionSummary,
 ) -> None:
+    from giga_ssl_hf.features.store import write_tile_dataset
+
     ok_records = [r for r in store.records() if r["status"] == "ok"]
     feature_dim = runner.feature_dim if runner is not None else _feature_dim(store, ok_records)
     if feature_dim is None:
@@ -564,6 +591,8 @@ def _feature_dim(store: PartStore, ok_records: list[dict]) -> int | None:
 
 
 def _metadata(config: ExtractionConfig, which: str, feature_dim: int) -> dict:
+    from giga_ssl_hf.features.augment import RECIPE
+
     metadata = {
         "source": "giga-ssl extract",
         "pass": which,

@@ -16,14 +16,14 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import h5py
 import numpy as np
 
 import giga_ssl_hf
-from giga_ssl_hf.features.schema import NO_AUGMENTATION, write_metadata
-from giga_ssl_hf.features.store import write_tile_dataset
-from giga_ssl_hf.wsi.slide import SLIDE_EXTENSIONS, open_slide
+
+if TYPE_CHECKING:
+    import h5py
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ def _scalar(value) -> float:
 
 
 def _find_slide(slides_dir: Path | None, slide_id: str) -> Path | None:
+    from giga_ssl_hf.wsi.slide import SLIDE_EXTENSIONS
+
     if slides_dir is None:
         return None
     for path in sorted(slides_dir.glob(f"{slide_id}.*")):
@@ -71,6 +73,10 @@ def read_h5(
     mpp: float | None = None,
 ) -> H5Slide:
     """One slide's features, coords and tile geometry from a TRIDENT or CLAM h5 file."""
+    import h5py
+
+    from giga_ssl_hf.wsi.slide import open_slide
+
     path = Path(path)
     slide_id = path.stem
     with h5py.File(path, "r") as handle:
@@ -154,6 +160,9 @@ def import_h5(
     dtype: str = "float16",
 ) -> Path:
     """Write the h5 files (or folders of ``*.h5``) as one tile-feature Dataset folder ``out_dir``."""
+    from giga_ssl_hf.features.schema import NO_AUGMENTATION, write_metadata
+    from giga_ssl_hf.features.store import write_tile_dataset
+
     files: list[Path] = []
     for item in map(Path, paths):
         files.extend(sorted(item.glob("*.h5")) if item.is_dir() else [item])

@@ -25,10 +25,8 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
+from giga_ssl_hf.contracts import METADATA_FILENAME
 from giga_ssl_hf.files import write_json
-
-METADATA_FILENAME = "giga_ssl_metadata.json"
-NO_AUGMENTATION = -1
 
 
 def tile_features_schema(feature_dim: int, dtype: str = "float16") -> datasets.Features:

@@ -12,11 +12,11 @@ from pathlib import PurePath
 
 from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
 
+from giga_ssl_hf.contracts import DEFAULT_LICENSE
 from giga_ssl_hf.models.gigassl import GigaSSLConfig
 
 MODEL_TAGS = ["pathology", "whole-slide-image", "self-supervised", "multiple-instance-learning", "giga-ssl"]
 DATASET_TAGS = ["pathology", "whole-slide-image", "slide-embeddings", "giga-ssl"]
-DEFAULT_LICENSE = "mit"  # the original Giga-SSL code and weights are MIT
 
 # Reported by the original authors (successor README): 10-fold CV AUC, SparseConvMIL on MoCo tile features.
 REFERENCE_RESULTS = (

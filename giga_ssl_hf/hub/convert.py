@@ -32,13 +32,17 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from giga_ssl_hf.checkpoints import safe_torch_load
-from giga_ssl_hf.files import TRAINING_SUMMARY_FILENAME, write_json
+from giga_ssl_hf.contracts import TRAINING_SUMMARY_FILENAME
+from giga_ssl_hf.files import write_json
 from giga_ssl_hf.hub._cli import run_command
-from giga_ssl_hf.models.gigassl import GigaSSLConfig, GigaSSLForContrastivePretraining, GigaSSLModel
+
+if TYPE_CHECKING:
+    import torch
+
+    from giga_ssl_hf.models.gigassl import GigaSSLForContrastivePretraining, GigaSSLModel
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +125,8 @@ SAFE_GLOBALS = [argparse.Namespace, (OriginalNamespace, "arguments.Namespace")]
 
 def load_original_checkpoint(path: str | Path) -> dict:
     """The checkpoint dict (``state_dict``, ``config``, ...), refusing any pickled object off the allow-list."""
+    import torch
+
     path = Path(path)
     checkpoint = safe_torch_load(path, SAFE_GLOBALS)
     if not isinstance(checkpoint, dict):
@@ -183,6 +189,8 @@ def convert_state_dict(
     state_dict: dict[str, torch.Tensor],
 ) -> tuple[OriginalLayout, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(layout, ``encoder.layer4.*`` tensors, ``projection_head.*`` tensors, empty without a projector)."""
+    import torch
+
     layout = detect_layout(state_dict)
     used: set[str] = set()
 
@@ -237,6 +245,10 @@ def convert_state_dict(
 
 def convert_checkpoint(path: str | Path) -> tuple[GigaSSLModel | GigaSSLForContrastivePretraining, dict]:
     """The converted model (with the SimCLR head when the checkpoint has one) and its training summary."""
+    import torch
+
+    from giga_ssl_hf.models.gigassl import GigaSSLConfig, GigaSSLForContrastivePretraining, GigaSSLModel
+
     path = Path(path)
     checkpoint = load_original_checkpoint(path)
     layout, encoder, projector = convert_state_dict(checkpoint["state_dict"])

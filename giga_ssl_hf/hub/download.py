@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from giga_ssl_hf.evaluation.data import NPY_EMBEDDINGS, NPY_IDS, load_embeddings, resolve_embeddings_folder
-from giga_ssl_hf.features.schema import METADATA_FILENAME
+from giga_ssl_hf.contracts import METADATA_FILENAME, NPY_EMBEDDINGS, NPY_IDS
 from giga_ssl_hf.hub._cli import run_command
 
 logger = logging.getLogger(__name__)
@@ -26,6 +25,8 @@ def download_embeddings(source: str | Path, out: str | Path | None = None, npy: 
     Returns ``out``, or without it the folder the embeddings were read from (the HF-cache snapshot of a Hub
     repo).
     """
+    from giga_ssl_hf.evaluation.data import load_embeddings, resolve_embeddings_folder
+
     folder = resolve_embeddings_folder(source)
     if out is None:
         load_embeddings(folder)  # validates the contents

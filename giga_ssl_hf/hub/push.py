@@ -14,16 +14,16 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi  # light; the tests put a stand-in for the Hub in its place
 
-from giga_ssl_hf.evaluation.data import load_embeddings
-from giga_ssl_hf.features.schema import METADATA_FILENAME, read_metadata
-from giga_ssl_hf.files import TRAINING_SUMMARY_FILENAME
+from giga_ssl_hf.contracts import DEFAULT_LICENSE, METADATA_FILENAME, TRAINING_SUMMARY_FILENAME
+from giga_ssl_hf.files import dumps_strict, write_json
 from giga_ssl_hf.hub._cli import run_command
-from giga_ssl_hf.hub.cards import DEFAULT_LICENSE, dataset_card, model_card
-from giga_ssl_hf.models.gigassl import GigaSSLConfig, GigaSSLForContrastivePretraining, GigaSSLModel
+
+if TYPE_CHECKING:
+    import datasets
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,9 @@ def write_model_folder(
     Only the slide encoder (:class:`GigaSSLModel`) is published, also from a pretraining checkpoint: it is what
     ``AutoModel`` loads, and without the SimCLR head it loads without unexpected-weight reports.
     """
+    from giga_ssl_hf.hub.cards import model_card
+    from giga_ssl_hf.models.gigassl import GigaSSLConfig, GigaSSLForContrastivePretraining, GigaSSLModel
+
     model_dir, out = Path(model_dir), Path(out)
     if not (model_dir / "config.json").is_file():
         # Checked here: from_pretrained would take a missing folder for a Hub repo id and go online.
@@ -93,6 +96,10 @@ def push_model(
 def _embeddings_and_card(
     embeddings_dir: Path, repo_id: str, cohort: str | None, license: str
 ) -> tuple[datasets.Dataset, dict, str]:
+    from giga_ssl_hf.evaluation.data import load_embeddings
+    from giga_ssl_hf.features.schema import read_metadata
+    from giga_ssl_hf.hub.cards import dataset_card
+
     dataset = load_embeddings(embeddings_dir, as_dataset=True)
     metadata = read_metadata(embeddings_dir)
     dim = len(dataset[0]["embedding"]) if len(dataset) else 0
@@ -116,7 +123,7 @@ def write_embeddings_folder(
     (out / PARQUET_PATH).parent.mkdir(parents=True, exist_ok=True)
     dataset.to_parquet(str(out / PARQUET_PATH))
     (out / "README.md").write_text(card)
-    (out / METADATA_FILENAME).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    write_json(out / METADATA_FILENAME, metadata)
     logger.info("wrote the Hub folder of %s (%d slides) to %s", repo_id, len(dataset), out)
     return out
 
@@ -144,7 +151,7 @@ def push_embeddings(
         path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id=repo_id, repo_type="dataset"
     )
     commit = api.upload_file(
-        path_or_fileobj=(json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode(),
+        path_or_fileobj=(dumps_strict(metadata, indent=2, sort_keys=True) + "\n").encode(),
         path_in_repo=METADATA_FILENAME,
         repo_id=repo_id,
         repo_type="dataset",

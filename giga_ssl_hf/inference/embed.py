@@ -23,21 +23,14 @@ import shutil
 import sys
 from collections.abc import Collection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
-from ..evaluation.data import NPY_EMBEDDINGS, NPY_IDS, embeddings_dataset
-from ..features.schema import (
-    METADATA_FILENAME,
-    NO_AUGMENTATION,
-    TileArrays,
-    load_tile_dataset,
-    resolve_tile_dataset_dir,
-    without_indices_mapping,
-)
 from ..files import write_json
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -63,22 +56,26 @@ def view_indices(n_available: int, strategy: str, n_views: int, n_tiles: int, rn
     raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
 
 
-@torch.no_grad()
 def embed_views(
     model, features: np.ndarray, coords: np.ndarray, mask: np.ndarray, patch_size_level0
 ) -> torch.Tensor:
     """Run the encoder on views ``(V, n, D)``; returns ``(V, E)`` float32."""
+    import torch
+
     device = next(model.parameters()).device
-    output = model(
-        tile_features=torch.from_numpy(np.ascontiguousarray(features)).to(device),
-        tile_coords=torch.from_numpy(np.ascontiguousarray(coords)).to(device),
-        tile_mask=torch.from_numpy(mask).to(device),
-        patch_size_level0=torch.as_tensor(patch_size_level0, device=device),
-    )
+    with torch.no_grad():
+        output = model(
+            tile_features=torch.from_numpy(np.ascontiguousarray(features)).to(device),
+            tile_coords=torch.from_numpy(np.ascontiguousarray(coords)).to(device),
+            tile_mask=torch.from_numpy(mask).to(device),
+            patch_size_level0=torch.as_tensor(patch_size_level0, device=device),
+        )
     return output.slide_embedding.float()
 
 
 def _finish(view_embeddings: torch.Tensor) -> np.ndarray:
+    import torch
+
     return torch.nn.functional.normalize(view_embeddings.mean(dim=0), dim=0).cpu().numpy()
 
 
@@ -100,6 +97,8 @@ def embed_slide(
     drawn from ``seed`` and ``slide_id`` (the Dataset's ``slide_id``, the slide file's stem), which is why
     ``slide_id`` is required.
     """
+    import torch
+
     n_tiles = n_tiles or model.config.n_tiles
     if len(tile_features) == 0:
         raise ValueError(f"slide {slide_id!r} has no tiles to embed")
@@ -118,6 +117,8 @@ def embed_slide(
 
 def bad_slides(dataset) -> dict[str, str]:
     """``{slide_id: reason}`` of the rows of a tile-feature Dataset that cannot be embedded (no tiles, NaN/inf)."""
+    from ..features.schema import TileArrays, without_indices_mapping
+
     dataset = without_indices_mapping(dataset)
     slide_ids = [str(s) for s in dataset.data.column("slide_id").to_pylist()]
     arrays = TileArrays.from_dataset(dataset)
@@ -160,6 +161,10 @@ def embed_tile_dataset(
     Views of several slides share a forward pass (up to ``max_views_per_batch`` views) when the model's sparse
     map size is per slide; otherwise each slide's views go alone.
     """
+    from tqdm.auto import tqdm
+
+    from ..features.schema import NO_AUGMENTATION, TileArrays, without_indices_mapping
+
     if exclude is None:
         _refuse_bad_slides(bad_slides(dataset))
         exclude = ()
@@ -227,6 +232,9 @@ def save_embeddings(
     out_dir: str | Path, ids: np.ndarray, embeddings: np.ndarray, metadata: dict, npy: bool
 ) -> Path:
     """Write the slide-embeddings Dataset (+ metadata sidecar, + the paper's npy pair with ``npy``)."""
+    from ..evaluation.data import NPY_EMBEDDINGS, NPY_IDS, embeddings_dataset
+    from ..features.schema import METADATA_FILENAME
+
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -260,6 +268,8 @@ def load_model(model_name_or_path: str, device: str, trust_remote_code: bool = F
 
 
 def resolve_device(name: str) -> str:
+    import torch
+
     return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
 
@@ -321,6 +331,8 @@ def embed_to_folder(
     Slides that cannot be embedded (no tiles, NaN / inf features) are refused before any work, or, with
     ``skip_bad_slides``, left out and listed in the metadata (``skipped_slides``).
     """
+    from ..features.schema import load_tile_dataset, resolve_tile_dataset_dir
+
     features_dir = resolve_tile_dataset_dir(features, "exhaustive")
     dataset = load_tile_dataset(features_dir)
     skipped = bad_slides(dataset)
@@ -348,6 +360,8 @@ def embed_to_folder(
 
 
 def run(args: argparse.Namespace) -> Path:
+    from ..features.schema import resolve_tile_dataset_dir
+
     if args.n_views < 1 or (args.n_tiles is not None and args.n_tiles < 1):
         raise ValueError("--n-views and --n-tiles must be positive")
     if Path(args.out).exists() and not args.overwrite:

@@ -19,22 +19,20 @@ import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState
-from accelerate.utils import ProjectConfiguration, set_seed
-from tqdm.auto import tqdm
 
 from ..checkpoints import load_state_dict_file
-from ..features.schema import load_tile_dataset, read_metadata, resolve_tile_dataset_dir
-from ..files import TRAINING_SUMMARY_FILENAME, replace_directory, write_json
-from ..models.gigassl import GigaSSLConfig, GigaSSLForContrastivePretraining
+from ..contracts import TRAINING_SUMMARY_FILENAME
+from ..files import replace_directory, write_json
 from .arguments import DataArguments, ModelArguments, TrainArguments, parse_arguments
-from .losses import NTXentLoss
-from .optim import build_optimizer, warmup_cosine
-from .views import CoordinateAugmentation, EpochBatchSampler, SlideViews, collate_batch
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..models.gigassl import GigaSSLConfig
+    from .views import SlideViews
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +75,8 @@ def validate_training_data(
 
 
 def build_config(model_args: ModelArguments, data_feature_dim: int, n_tiles: int) -> GigaSSLConfig:
+    from ..models.gigassl import GigaSSLConfig
+
     return GigaSSLConfig(
         feature_dim=model_args.feature_dim if model_args.feature_dim is not None else data_feature_dim,
         hidden_dim=model_args.hidden_dim,
@@ -154,6 +154,18 @@ def _prune_checkpoints(checkpoint_dir: Path, keep: int | None) -> None:
 
 def train(data_args: DataArguments, model_args: ModelArguments, train_args: TrainArguments) -> dict:
     """Run pretraining; returns a summary (steps, final loss, paths). Raises ValueError on bad input."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from tqdm.auto import tqdm
+
+    from ..features.schema import load_tile_dataset, read_metadata, resolve_tile_dataset_dir
+    from ..models.gigassl import GigaSSLForContrastivePretraining
+    from .losses import NTXentLoss
+    from .optim import build_optimizer, warmup_cosine
+    from .views import CoordinateAugmentation, EpochBatchSampler, SlideViews, collate_batch
+
     if not data_args.features:
         raise ValueError("--features is required: an augmented tile-feature Dataset (giga-ssl extract --aug)")
     if not train_args.output_dir:

@@ -1,0 +1,16 @@
+"""Names shared between the stages' outputs and their readers (file names, sentinel values).
+
+Kept free of heavy imports, so that any command's ``--help`` and the readers of these names stay light.
+"""
+
+# Sidecar of every tile-feature and slide-embedding Dataset folder: how it was made (strict JSON).
+METADATA_FILENAME = "giga_ssl_metadata.json"
+# ``aug_id`` of the exhaustive (non-augmented) rows of a tile-feature Dataset.
+NO_AUGMENTATION = -1
+# The original Giga-SSL release format of slide embeddings: an (N, E) array and the N slide ids.
+NPY_EMBEDDINGS = "embeddings.npy"
+NPY_IDS = "ids.npy"
+# Beside a trained or converted model: how it was made (read by the model card).
+TRAINING_SUMMARY_FILENAME = "training_summary.json"
+# Licence of the cards of pushed models and embeddings unless the user names another.
+DEFAULT_LICENSE = "mit"  # the original Giga-SSL code and weights are MIT
