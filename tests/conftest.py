@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -11,3 +12,28 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.fail(f"shared data not found at {SHARED} (CI lays it out beside the repository)")
     return SHARED
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative path -> bytes): compared before and after a refused command."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def snapshot():
+    return _snapshot
+
+
+def strict_json(text: str):
+    """``json.loads`` that refuses NaN / Infinity, as strict JSON readers do."""
+
+    def refuse(token):
+        raise ValueError(f"not strict JSON: {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture
+def load_strict_json():
+    return strict_json

@@ -287,7 +287,7 @@ def _process_slide(
 
 
 def _dataset_rows(store: PartStore, records: list[dict], which: str):
-    from giga_ssl_hf.features.schema import NO_AUGMENTATION
+    from giga_ssl_hf.contracts import NO_AUGMENTATION
 
     for record in records:
         arrays = store.arrays(record["slide_id"])
@@ -484,9 +484,11 @@ def extract_slides(
     store.remove_temporaries()
     if discard:
         store.clear()
-    write_text_atomic(
-        out_dir / CONFIG_FILENAME, dumps_strict(dataclasses.asdict(config), indent=1, sort_keys=True)
-    )
+    if discard or not (out_dir / CONFIG_FILENAME).exists():
+        with _disk_full_names(f"the settings of {out_dir}", store):
+            write_text_atomic(
+                out_dir / CONFIG_FILENAME, dumps_strict(dataclasses.asdict(config), indent=1, sort_keys=True)
+            )
     options = {
         "mpp": mpp,
         "override_mpp": override_mpp,

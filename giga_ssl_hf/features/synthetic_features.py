@@ -15,7 +15,8 @@ from __future__ import annotations
 import datasets
 import numpy as np
 
-from .schema import NO_AUGMENTATION, tile_features_schema
+from ..contracts import NO_AUGMENTATION
+from .schema import tile_features_schema
 
 
 def synthetic_tile_dataset(

@@ -163,7 +163,8 @@ def embed_tile_dataset(
     """
     from tqdm.auto import tqdm
 
-    from ..features.schema import NO_AUGMENTATION, TileArrays, without_indices_mapping
+    from ..contracts import NO_AUGMENTATION
+    from ..features.schema import TileArrays, without_indices_mapping
 
     if exclude is None:
         _refuse_bad_slides(bad_slides(dataset))
@@ -232,8 +233,8 @@ def save_embeddings(
     out_dir: str | Path, ids: np.ndarray, embeddings: np.ndarray, metadata: dict, npy: bool
 ) -> Path:
     """Write the slide-embeddings Dataset (+ metadata sidecar, + the paper's npy pair with ``npy``)."""
-    from ..evaluation.data import NPY_EMBEDDINGS, NPY_IDS, embeddings_dataset
-    from ..features.schema import METADATA_FILENAME
+    from ..contracts import METADATA_FILENAME, NPY_EMBEDDINGS, NPY_IDS
+    from ..evaluation.data import embeddings_dataset
 
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
@@ -325,11 +326,14 @@ def embed_to_folder(
     max_views_per_batch: int = 4096,
     npy: bool = False,
     skip_bad_slides: bool = False,
+    device: str = "auto",
+    trust_remote_code: bool = False,
 ) -> Path:
     """Embed an exhaustive tile-feature Dataset (or an extraction folder) into an embeddings folder.
 
-    Slides that cannot be embedded (no tiles, NaN / inf features) are refused before any work, or, with
-    ``skip_bad_slides``, left out and listed in the metadata (``skipped_slides``).
+    ``model`` is a loaded model, or a model folder / Hub id loaded (on ``device``) once the features passed
+    their checks. Slides that cannot be embedded (no tiles, NaN / inf features) are refused before any work,
+    or, with ``skip_bad_slides``, left out and listed in the metadata (``skipped_slides``).
     """
     from ..features.schema import load_tile_dataset, resolve_tile_dataset_dir
 
@@ -340,6 +344,8 @@ def embed_to_folder(
         _refuse_bad_slides(skipped)
     elif skipped:
         logger.warning("left out %d slide(s) that cannot be embedded: %s", len(skipped), skipped)
+    if isinstance(model, (str, Path)):
+        model = load_model(str(model), resolve_device(device), trust_remote_code)
     ids, embeddings = embed_tile_dataset(
         model, dataset, strategy, n_views, n_tiles, seed, max_views_per_batch, exclude=set(skipped)
     )
@@ -360,21 +366,15 @@ def embed_to_folder(
 
 
 def run(args: argparse.Namespace) -> Path:
-    from ..features.schema import resolve_tile_dataset_dir
-
     if args.n_views < 1 or (args.n_tiles is not None and args.n_tiles < 1):
         raise ValueError("--n-views and --n-tiles must be positive")
     if Path(args.out).exists() and not args.overwrite:
         raise ValueError(
             f"{args.out} already exists: choose another --out, or pass --overwrite to replace it"
         )
-    features_dir = resolve_tile_dataset_dir(
-        args.features, "exhaustive"
-    )  # a bad path fails before the model loads
-    model = load_model(args.model, resolve_device(args.device), args.trust_remote_code)
     return embed_to_folder(
-        model, features_dir, args.out, args.strategy, args.n_views, args.n_tiles, args.seed,
-        args.max_views_per_batch, args.npy, args.skip_bad_slides,
+        args.model, args.features, args.out, args.strategy, args.n_views, args.n_tiles, args.seed,
+        args.max_views_per_batch, args.npy, args.skip_bad_slides, args.device, args.trust_remote_code,
     )  # fmt: skip
 
 

@@ -20,7 +20,8 @@ import datasets
 import numpy as np
 import torch
 
-from ..features.schema import NO_AUGMENTATION, TileArrays, without_indices_mapping
+from ..contracts import NO_AUGMENTATION
+from ..features.schema import TileArrays, without_indices_mapping
 
 
 @dataclass(frozen=True)

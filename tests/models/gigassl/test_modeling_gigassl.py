@@ -305,3 +305,13 @@ def test_bf16_autocast_training_step(encoder_type):
     assert cosine > 0.999
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_saved_weights_get_the_umask_mode_like_the_other_files(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        GigaSSLModel(GigaSSLConfig(feature_dim=8, hidden_dim=16, projection_dims=[8])).save_pretrained(tmp_path)
+    finally:
+        os.umask(umask)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in tmp_path.iterdir()}
+    assert modes["model.safetensors"] == 0o644 and set(modes.values()) == {0o644}, modes
