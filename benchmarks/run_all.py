@@ -26,12 +26,14 @@ QUICK = {
     "bench_views.py": ["--slides", "1000", "--steps", "4"],
     "bench_embed.py": ["--slides", "2"],
     "bench_extract.py": ["--quick", "--repeats", "1"],
+    "bench_cli_startup.py": ["--repeats", "1", "--commands", "extract"],
 }
 FULL = {
     "bench_ssl_step.py": ["--tiles", "5", "64", "256", "--steps", "1"],
     "bench_views.py": [],
     "bench_embed.py": ["--slides", "4"],
     "bench_extract.py": [],
+    "bench_cli_startup.py": [],
 }
 PROGRESS = re.compile(r"(it/s|s/it|step/s|examples/s|slide/s|\d+%\|)")
 
