@@ -94,8 +94,10 @@ def main(argv: list[str] | None = None) -> dict:
             features.parent.mkdir(parents=True, exist_ok=True)
             write_features(features, args.data_seed)
 
-    # The config file, then the example's paths, then whatever the command line overrides.
+    # The config file, then the example's paths, then whatever the command line overrides. Rerunning the
+    # example starts its run afresh (--overwrite_output_dir): it is a demo, not a run to resume.
     train_argv = ["--config", args.config, "--features", str(features), "--output_dir", str(out / "run")]
+    train_argv.append("--overwrite_output_dir")
     summary = train(*parse_arguments(train_argv + train_overrides))
 
     final = out / "run" / "final"

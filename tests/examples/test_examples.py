@@ -119,7 +119,8 @@ def test_03_train_in_process_and_yaml_with_cli(tmp_path, monkeypatch, capsys):
     # examples/train_tiny.yaml as `giga-ssl train --config` reads it, from the folder holding examples_output/.
     monkeypatch.chdir(tmp_path)
     argv = ["train", "--config", str(EXAMPLES / "train_tiny.yaml"), "--max_steps", "2", "--save_steps", "0"]
-    assert cli_main(argv) == 0
+    assert cli_main(argv) == 2  # the example's run is there: never replaced silently
+    assert cli_main([*argv, "--overwrite_output_dir"]) == 0
     assert json.loads((final / "training_summary.json").read_text())["steps"] == 2
 
 

@@ -310,7 +310,9 @@ def test_bf16_autocast_training_step(encoder_type):
 def test_saved_weights_get_the_umask_mode_like_the_other_files(tmp_path):
     umask = os.umask(0o022)
     try:
-        GigaSSLModel(GigaSSLConfig(feature_dim=8, hidden_dim=16, projection_dims=[8])).save_pretrained(tmp_path)
+        GigaSSLModel(GigaSSLConfig(feature_dim=8, hidden_dim=16, projection_dims=[8])).save_pretrained(
+            tmp_path
+        )
     finally:
         os.umask(umask)
     modes = {path.name: path.stat().st_mode & 0o777 for path in tmp_path.iterdir()}
