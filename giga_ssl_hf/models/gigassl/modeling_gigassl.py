@@ -257,6 +257,9 @@ class GigaSSLModel(GigaSSLPreTrainedModel):
 
     # A pretraining checkpoint also holds the SimCLR head, which the encoder does not use.
     _keys_to_ignore_on_load_unexpected = [r"^projection_head\."]
+    # What register_for_auto_class("AutoModel") sets (it would import transformers' auto classes): saving
+    # writes auto_map and copies this code, so the folder loads with trust_remote_code=True anywhere.
+    _auto_class = "AutoModel"
 
     def __init__(self, config: GigaSSLConfig):
         super().__init__(config)
