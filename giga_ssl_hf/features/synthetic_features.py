@@ -128,7 +128,9 @@ def synthetic_region_cohort(
         decoy_mask = _tile_disc(cells, region_radius, np.zeros(n, dtype=bool), rng)
         mask = _tile_disc(cells, region_radius, decoy_mask, rng) if label == 1 else np.zeros(n, dtype=bool)
         tiles = np.zeros((n, feature_dim))
-        tiles[:, :signal_dim] = slide_variation * rng.normal(size=signal_dim) + 0.5 * rng.normal(size=(n, signal_dim))
+        tiles[:, :signal_dim] = slide_variation * rng.normal(size=signal_dim) + 0.5 * rng.normal(
+            size=(n, signal_dim)
+        )
         tiles += signal * (decoy_mask[:, None] * decoy + mask[:, None] * discriminative)
         coords = ((cells + rng.integers(0, 50, size=2)) * patch_size_level0).astype(np.int64)
         labels[slide_id], masks[slide_id] = label, mask

@@ -48,7 +48,9 @@ def _forward(
     device = next(model.parameters()).device
     copies = len(masks)
     features_t = torch.from_numpy(np.array(features)).to(device)[None].expand(copies, -1, -1)
-    coords_t = torch.from_numpy(np.ascontiguousarray(coords, dtype=np.int64)).to(device)
+    coords_t = torch.from_numpy(np.array(coords, dtype=np.int64)).to(
+        device
+    )  # a copy: Arrow views are read-only
     return model(
         tile_features=features_t,
         tile_coords=coords_t[None].expand(copies, -1, -1),
@@ -58,10 +60,11 @@ def _forward(
     )
 
 
-def _chunks(cells: np.ndarray, side: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``(core tiles, tiles of the pass)`` per square block of ``side`` cells: the block, its margin, the extremes."""
+def _chunks(coords: np.ndarray, cells: np.ndarray, side: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(core tiles, tiles of the pass)`` per square block of ``side`` cells: the block, its margin, and the
+    tiles that set the slide's grid origin (lowest coordinates) and map size (highest cells)."""
     extremes = np.unique(
-        [cells[:, 0].argmin(), cells[:, 1].argmin(), cells[:, 0].argmax(), cells[:, 1].argmax()]
+        [coords[:, 0].argmin(), coords[:, 1].argmin(), cells[:, 0].argmax(), cells[:, 1].argmax()]
     )
     blocks = cells // side
     chunks = []
@@ -88,7 +91,7 @@ def tile_embeddings(
         side = int(np.sqrt(max_tiles_per_pass)) - 2 * RECEPTIVE_MARGIN
         if side < 2:
             raise ValueError(f"max_tiles_per_pass must be at least {(2 + 2 * RECEPTIVE_MARGIN) ** 2}")
-        chunks = _chunks(tile_cells(model, coords, patch_size_level0), side)
+        chunks = _chunks(coords, tile_cells(model, coords, patch_size_level0), side)
     result = np.zeros((n, model.config.hidden_dim), dtype=np.float32)
     logger.info("%d tiles in %d chunks", n, len(chunks))
     for core, context in chunks:
