@@ -20,7 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from giga_ssl_hf.evaluation.saved_probe import SavedProbe
-from giga_ssl_hf.features.schema import TileArrays, load_tile_dataset, resolve_tile_dataset_dir
+from giga_ssl_hf.features.schema import (
+    NO_AUGMENTATION,
+    TileArrays,
+    load_tile_dataset,
+    resolve_tile_dataset_dir,
+    without_indices_mapping,
+)
 from giga_ssl_hf.inference.embed import load_model, model_identity, resolve_device
 from giga_ssl_hf.inference.tile_scores import METHODS, embedding_scores, occlusion_scores
 
@@ -64,7 +70,10 @@ def render_tile_scores(
         origin[1] + raster.shape[0] * patch_size_level0,
         origin[1],
     )
-    width0, height0 = slide.dimensions if slide is not None else (grid_extent[1], grid_extent[2])
+    if slide is not None:
+        width0, height0 = slide.dimensions
+    else:
+        width0, height0 = grid_extent[1] - grid_extent[0], grid_extent[2] - grid_extent[3]
     aspect = height0 / max(width0, 1)
     figure, axes = plt.subplots(figsize=(8, max(2.5, min(16, 8 * aspect))), dpi=max_size / 8)
     if slide is not None:
@@ -231,7 +240,11 @@ def run(args: argparse.Namespace) -> int:
     probe = SavedProbe.load(args.probe)
     class_name = args.class_name or probe.default_class
     probe.class_index(class_name)
-    dataset = load_tile_dataset(features_dir)
+    dataset = without_indices_mapping(load_tile_dataset(features_dir))
+    if (np.asarray(dataset.data.column("aug_id").to_numpy()) != NO_AUGMENTATION).any():
+        raise ValueError(
+            f"{features_dir}: heatmaps need the exhaustive tile features (giga-ssl extract's exhaustive/)"
+        )
     slide_ids = [str(s) for s in dataset.data.column("slide_id").to_pylist()]
     wanted = args.slide_ids or slide_ids
     unknown = sorted(set(wanted) - set(slide_ids))

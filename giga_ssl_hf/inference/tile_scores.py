@@ -35,7 +35,7 @@ def tile_cells(model, coords: np.ndarray, patch_size_level0: int) -> np.ndarray:
     """`(n, 2)` int64 grid cells of a slide's tiles, exactly as the encoder places them."""
     config = model.config
     cell_size = config.grid_cell_size if config.fixed_grid_cell_size else patch_size_level0
-    coords_t = torch.from_numpy(np.asarray(coords, dtype=np.int64))[None]  # (1, n, 2)
+    coords_t = torch.from_numpy(np.array(coords, dtype=np.int64))[None]  # (1, n, 2), writable copy
     mask = torch.ones(coords_t.shape[:2], dtype=torch.bool)
     return SparseConvMILEncoder.tile_cells(coords_t, mask, torch.tensor([cell_size]))[0].numpy()
 

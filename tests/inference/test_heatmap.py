@@ -11,7 +11,7 @@ from giga_ssl_hf import GigaSSLConfig, GigaSSLModel
 from giga_ssl_hf.cli import main as cli_main
 from giga_ssl_hf.evaluation.saved_probe import SavedProbe, fit_saved_probe
 from giga_ssl_hf.features.schema import TileArrays, load_tile_dataset
-from giga_ssl_hf.features.synthetic_features import synthetic_region_cohort
+from giga_ssl_hf.features.synthetic_features import synthetic_region_cohort, synthetic_tile_dataset
 from giga_ssl_hf.inference.embed import embed_to_folder
 from giga_ssl_hf.inference.heatmap import SCORES_FILENAME
 from giga_ssl_hf.inference.tile_scores import embedding_scores, occlusion_scores, tile_cells, tile_embeddings
@@ -210,6 +210,11 @@ def test_heatmap_cli_usage_errors(heatmap_inputs, capsys):
     assert "no class 'tumour'" in capsys.readouterr().err
     assert cli_main([*base, "--probe", str(root / "emb")]) == 2
     assert "not a saved probe" in capsys.readouterr().err
+    augmented, _ = synthetic_tile_dataset(n_slides=2, feature_dim=8, n_aug=2, tiles_per_slide=5)
+    augmented.save_to_disk(str(root / "augmented"))
+    other = ["heatmap", "--model", str(root / "model"), "--features", str(root / "augmented")]
+    assert cli_main([*other, "--probe", str(root / "probe"), "--out", str(root / "m")]) == 2
+    assert "need the exhaustive tile features" in capsys.readouterr().err
     # A probe recorded for another model is refused unless told otherwise.
     config = json.loads((root / "probe" / "probe.json").read_text())
     config["embeddings"]["metadata"]["model"] = "org/another-model"
