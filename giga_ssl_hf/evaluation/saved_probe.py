@@ -24,11 +24,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from giga_ssl_hf.contracts import PROBE_CONFIG, PROBE_WEIGHTS
 from giga_ssl_hf.evaluation.probe import PAPER_CLASSIFIER, _Task
-from giga_ssl_hf.features.store import replace_directory
+from giga_ssl_hf.files import replace_directory
 
-PROBE_WEIGHTS = "probe.safetensors"
-PROBE_CONFIG = "probe.json"
 PROBE_FORMAT = "giga-ssl-linear-probe"
 PROBE_FORMAT_VERSION = 1
 

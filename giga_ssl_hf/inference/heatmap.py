@@ -13,26 +13,23 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from giga_ssl_hf.evaluation.saved_probe import SavedProbe
-from giga_ssl_hf.features.schema import (
-    NO_AUGMENTATION,
-    TileArrays,
-    load_tile_dataset,
-    resolve_tile_dataset_dir,
-    without_indices_mapping,
-)
+from giga_ssl_hf.contracts import NO_AUGMENTATION, TILE_SCORES_FILENAME
+from giga_ssl_hf.files import atomic_file
 from giga_ssl_hf.inference.embed import load_model, model_identity, resolve_device
-from giga_ssl_hf.inference.tile_scores import METHODS, embedding_scores, occlusion_scores
+
+if TYPE_CHECKING:
+    from giga_ssl_hf.evaluation.saved_probe import SavedProbe
 
 logger = logging.getLogger(__name__)
 
-SCORES_FILENAME = "tile_scores.parquet"
+# Heavy libraries (torch, datasets, sklearn, matplotlib) are imported where used: `--help` stays fast.
+METHODS = ("embedding", "occlusion")
 COLOUR_MAP = "RdBu_r"  # red: for the class, blue: against it, white: neutral (0)
 
 
@@ -104,10 +101,11 @@ def save_figure(figure, path: Path) -> Path:
     """Write a figure as PNG atomically (write, then rename) and close it."""
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(path.name + ".tmp")
-    figure.savefig(tmp, format="png")
-    plt.close(figure)
-    os.replace(tmp, path)
+    try:
+        with atomic_file(path, "wb") as handle:
+            figure.savefig(handle, format="png")
+    finally:
+        plt.close(figure)
     return path
 
 
@@ -126,9 +124,8 @@ def write_scores_table(path: Path, rows: list[tuple[str, np.ndarray, np.ndarray]
             "score": pa.array(np.concatenate([s for _, _, s in rows]).astype(np.float32)),
         }
     )
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path, "wb") as handle:
+        pq.write_table(table, handle)
     return path
 
 
@@ -236,6 +233,14 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
 
 def run(args: argparse.Namespace) -> int:
     """Map the selected slides; returns the number of slides that failed."""
+    from giga_ssl_hf.evaluation.saved_probe import SavedProbe
+    from giga_ssl_hf.features.schema import (
+        TileArrays,
+        load_tile_dataset,
+        resolve_tile_dataset_dir,
+        without_indices_mapping,
+    )
+
     features_dir = resolve_tile_dataset_dir(args.features, "exhaustive")
     probe = SavedProbe.load(args.probe)
     class_name = args.class_name or probe.default_class
@@ -250,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(wanted) - set(slide_ids))
     if unknown:
         raise ValueError(f"--slide-ids not in {features_dir}: {unknown}")
-    targets = [args.out / SCORES_FILENAME] + [args.out / f"{slide}.png" for slide in wanted]
+    targets = [args.out / TILE_SCORES_FILENAME] + [args.out / f"{slide}.png" for slide in wanted]
     if not args.overwrite and (existing := [p for p in targets if p.exists()]):
         raise FileExistsError(
             f"{existing[0]} exists (and {len(existing) - 1} more): pass --overwrite to replace"
@@ -287,13 +292,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"{slide_id}: {len(scores)} tiles, scores {np.nanmin(scores):.3g} .. {np.nanmax(scores):.3g}, "
               f"{'over the slide' if slide is not None else 'bare tile grid'} -> {args.out / f'{slide_id}.png'}")  # fmt: skip
     if rows:
-        write_scores_table(args.out / SCORES_FILENAME, rows)
+        write_scores_table(args.out / TILE_SCORES_FILENAME, rows)
         print(f"wrote {sum(len(r[1]) for r in rows)} tile scores of {len(rows)} slide(s) to "
-              f"{args.out / SCORES_FILENAME}")  # fmt: skip
+              f"{args.out / TILE_SCORES_FILENAME}")  # fmt: skip
     return failed
 
 
 def score_slide(args, model, features, coords, patch, probe, class_name) -> np.ndarray:
+    from giga_ssl_hf.inference.tile_scores import embedding_scores, occlusion_scores
+
     if args.method == "occlusion":
         return occlusion_scores(
             model, features, coords, patch, probe, class_name, args.occlusion_radius, args.occlusion_stride,

@@ -26,7 +26,6 @@ from giga_ssl_hf.models.gigassl.modeling_gigassl import SparseConvMILEncoder
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("embedding", "occlusion")
 # Cells around a tile whose tiles can change its layer4 output site (stride-2 window, then 3 more 3x3 convs).
 RECEPTIVE_MARGIN = 8
 

@@ -9,11 +9,11 @@ from PIL import Image
 
 from giga_ssl_hf import GigaSSLConfig, GigaSSLModel
 from giga_ssl_hf.cli import main as cli_main
+from giga_ssl_hf.contracts import TILE_SCORES_FILENAME
 from giga_ssl_hf.evaluation.saved_probe import SavedProbe, fit_saved_probe
 from giga_ssl_hf.features.schema import TileArrays, load_tile_dataset
 from giga_ssl_hf.features.synthetic_features import synthetic_region_cohort, synthetic_tile_dataset
 from giga_ssl_hf.inference.embed import embed_to_folder
-from giga_ssl_hf.inference.heatmap import SCORES_FILENAME
 from giga_ssl_hf.inference.tile_scores import embedding_scores, occlusion_scores, tile_cells, tile_embeddings
 
 PATCH = 448
@@ -164,12 +164,12 @@ def test_heatmap_cli_writes_pngs_and_the_score_table(heatmap_inputs, shared_dir,
     dataset = load_tile_dataset(root / "features" / "exhaustive")
     ids = dataset["slide_id"]
     assert sorted(p.name for p in (root / "maps").iterdir()) == sorted(
-        [f"{i}.png" for i in ids] + [SCORES_FILENAME]
+        [f"{i}.png" for i in ids] + [TILE_SCORES_FILENAME]
     )
     for slide in ids:
         with Image.open(root / "maps" / f"{slide}.png") as image:
             assert image.format == "PNG" and max(image.size) >= 512
-    table = pq.read_table(root / "maps" / SCORES_FILENAME).to_pandas()
+    table = pq.read_table(root / "maps" / TILE_SCORES_FILENAME).to_pandas()
     assert list(table.columns) == ["slide_id", "x", "y", "score"]
     arrays = TileArrays.from_dataset(dataset)
     probe = SavedProbe.load(root / "probe")
@@ -185,7 +185,7 @@ def test_heatmap_cli_writes_pngs_and_the_score_table(heatmap_inputs, shared_dir,
     occlusion = [*base, str(root / "probe"), "--out", str(root / "occ"), "--method", "occlusion"]
     occlusion += ["--slide-ids", "region_0001", "region_0002", "--class", "0"]
     assert cli_main(occlusion) == 0
-    table = pq.read_table(root / "occ" / SCORES_FILENAME).to_pandas()
+    table = pq.read_table(root / "occ" / TILE_SCORES_FILENAME).to_pandas()
     assert sorted(table["slide_id"].unique()) == ["region_0001", "region_0002"]
     capsys.readouterr()
     assert cli_main(occlusion) == 2
