@@ -46,10 +46,9 @@ def _forward(
     """The model on ``len(masks)`` copies of one slide, copy ``i`` keeping the tiles of ``masks[i]``."""
     device = next(model.parameters()).device
     copies = len(masks)
+    # Copies: the Arrow-backed arrays are read-only views, which torch cannot wrap safely.
     features_t = torch.from_numpy(np.array(features)).to(device)[None].expand(copies, -1, -1)
-    coords_t = torch.from_numpy(np.array(coords, dtype=np.int64)).to(
-        device
-    )  # a copy: Arrow views are read-only
+    coords_t = torch.from_numpy(np.array(coords, dtype=np.int64)).to(device)
     return model(
         tile_features=features_t,
         tile_coords=coords_t[None].expand(copies, -1, -1),
