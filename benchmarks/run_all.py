@@ -27,6 +27,7 @@ QUICK = {
     "bench_embed.py": ["--slides", "2"],
     "bench_extract.py": ["--quick", "--repeats", "1"],
     "bench_cli_startup.py": ["--repeats", "1", "--commands", "extract"],
+    "bench_heatmap.py": ["--slides", "24", "--steps", "60", "--n-views", "20"],
 }
 FULL = {
     "bench_ssl_step.py": ["--tiles", "5", "64", "256", "--steps", "1"],
@@ -34,6 +35,7 @@ FULL = {
     "bench_embed.py": ["--slides", "4"],
     "bench_extract.py": [],
     "bench_cli_startup.py": [],
+    "bench_heatmap.py": [],
 }
 PROGRESS = re.compile(r"(it/s|s/it|step/s|examples/s|slide/s|\d+%\|)")
 

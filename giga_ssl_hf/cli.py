@@ -26,6 +26,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "giga_ssl_hf.evaluation.linear_probe",
         "linear-probe AUC on slide embeddings (paper protocol)",
     ),
+    "heatmap": (
+        "giga_ssl_hf.inference.heatmap",
+        "per-tile scores of a saved probe: heatmap PNGs and a parquet table",
+    ),
     "push-model": ("giga_ssl_hf.hub.push", "write a model card and push a trained model to the Hub"),
     "push-embeddings": ("giga_ssl_hf.hub.push", "write a dataset card and push slide embeddings to the Hub"),
     "download": (

@@ -10,6 +10,11 @@ NO_AUGMENTATION = -1
 # The original Giga-SSL release format of slide embeddings: an (N, E) array and the N slide ids.
 NPY_EMBEDDINGS = "embeddings.npy"
 NPY_IDS = "ids.npy"
+# A saved linear probe (giga-ssl evaluate --save-probe): its arrays (safetensors) and its description (JSON).
+PROBE_WEIGHTS = "probe.safetensors"
+PROBE_CONFIG = "probe.json"
+# giga-ssl heatmap's table of per-tile scores (slide_id, x, y, score), beside the <slide_id>.png maps.
+TILE_SCORES_FILENAME = "tile_scores.parquet"
 # Beside a trained or converted model: how it was made (read by the model card).
 TRAINING_SUMMARY_FILENAME = "training_summary.json"
 # Licence of the cards of pushed models and embeddings unless the user names another.

@@ -73,7 +73,44 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, metavar="DIR", help="write metrics.json, metrics.csv and PNG plots there"
     )
     parser.add_argument("--no-plots", action="store_true", help="with --out, skip the PNG plots")
+    parser.add_argument(
+        "--save-probe",
+        type=Path,
+        metavar="DIR",
+        help="after the evaluation, fit the probe on every labelled slide with an embedding and save it there "
+        "(probe.safetensors + probe.json: coefficients, intercept, classes, standardisation, the embedding "
+        "model; no pickle), for giga-ssl heatmap; with several labels files, one sub-folder per task",
+    )
+    parser.add_argument(
+        "--overwrite-probe", action="store_true", help="replace a probe already saved in --save-probe"
+    )
     return parser
+
+
+def probe_folders(save_probe: Path, tasks: list[str]) -> list[Path]:
+    """``DIR`` for one task, ``DIR/<task>`` for several."""
+    return [save_probe] if len(tasks) == 1 else [save_probe / task for task in tasks]
+
+
+def save_probes(args: argparse.Namespace, embeddings, tasks: list[str]) -> list[Path]:
+    """Fit each task's probe on all its labelled slides and save it (see ``giga_ssl_hf.evaluation.saved_probe``)."""
+    from giga_ssl_hf.evaluation.data import load_labels, resolve_embeddings_folder
+    from giga_ssl_hf.evaluation.saved_probe import fit_saved_probe
+    from giga_ssl_hf.features.schema import read_metadata
+
+    metadata = read_metadata(resolve_embeddings_folder(args.embeddings))
+    folders = probe_folders(args.save_probe, tasks)
+    for labels, task, folder in zip(args.labels, tasks, folders):
+        probe = fit_saved_probe(
+            *embeddings,
+            load_labels(labels),
+            task,
+            embeddings_source=args.embeddings,
+            embeddings_metadata=metadata,
+        )
+        probe.save(folder, overwrite=args.overwrite_probe)
+        print(f"saved the {task} probe ({probe.info['n_train']} slides, classes {probe.classes}) to {folder}")
+    return folders
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         args.splits if args.splits and len(args.splits) > 1 else (args.splits or [None]) * len(args.labels)
     )
     try:
+        if args.save_probe:  # before the evaluation: a refused target should not cost a whole run
+            from giga_ssl_hf.evaluation.saved_probe import check_probe_target
+
+            for folder in probe_folders(args.save_probe, tasks):
+                check_probe_target(folder, args.overwrite_probe)
         train_sizes = parse_train_sizes(args.train_sizes)
         embeddings = load_embeddings(args.embeddings)
         results = [
@@ -112,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         config = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
         write_outputs(results, args.out, config, plots=not args.no_plots)
+    if args.save_probe:
+        try:
+            save_probes(args, embeddings, tasks)
+        except (ValueError, OSError) as error:
+            print(f"giga-ssl evaluate: error: {error}", file=sys.stderr)
+            return 2
     return 0
 
 

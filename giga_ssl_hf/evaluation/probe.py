@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 METRIC_PATH = Path(__file__).parent / "metrics" / "slide_auc"
 FULL = "full"
+PAPER_CLASSIFIER = {"C": 10, "max_iter": 1000, "class_weight": "balanced"}  # LogisticRegression settings
 
 
 @functools.cache
@@ -50,7 +51,7 @@ def slide_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
 
 def fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
     """Paper's classifier; returns P(class 1) for two classes, the (n, C) probability matrix otherwise."""
-    classifier = LogisticRegression(C=10, max_iter=1000, class_weight="balanced")
+    classifier = LogisticRegression(**PAPER_CLASSIFIER)
     classifier.fit(x_train, y_train)
     probabilities = classifier.predict_proba(x_test)
     return probabilities[:, 1] if probabilities.shape[1] == 2 else probabilities

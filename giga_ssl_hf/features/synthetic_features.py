@@ -69,3 +69,90 @@ def synthetic_tile_dataset(
             columns["mpp"].append(0.5)
             columns["magnification"].append(20.0)
     return datasets.Dataset.from_dict(columns, features=tile_features_schema(feature_dim)), labels
+
+
+def _tile_disc(cells: np.ndarray, radius: float, exclude: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Mask of the tiles within ``radius`` cells of a random tile, the disc not overlapping ``exclude``."""
+    candidates = np.flatnonzero(~exclude)
+    while True:
+        inside = np.linalg.norm(cells - cells[rng.choice(candidates)], axis=1) <= radius
+        if not (inside & exclude).any():
+            return inside
+
+
+def synthetic_region_cohort(
+    n_slides: int = 40,
+    feature_dim: int = 32,
+    n_aug: int = 4,
+    tissue_radius: float = 7.0,
+    region_radius: float = 3.0,
+    signal: float = 3.0,
+    slide_variation: float = 0.3,
+    nuisance: float = 3.0,
+    patch_size_level0: int = 448,
+    seed: int = 0,
+) -> tuple[datasets.Dataset, datasets.Dataset, dict[str, int], dict[str, np.ndarray]]:
+    """Slides whose class is decided by a planted, spatially contiguous region: a known tile mask per slide.
+
+    Each slide is a roughly round patch of tissue (radius ``tissue_radius`` cells) with a slide signature (std
+    ``slide_variation``) and tile noise (std 0.5). Every slide holds a *decoy* disc (radius ``region_radius``, its own feature direction, in both
+    classes); slides of class 1 also hold a *discriminative* disc (another direction, away from the decoy). A
+    tile map must therefore single out the discriminative region, not any region that stands out.
+
+    Returns the augmented Dataset (``n_aug`` rows per slide, with a strong nuisance per augmentation in the
+    second half of the dimensions), the exhaustive Dataset (one row per slide, no nuisance), each slide's
+    class, and each slide's ``(n,)`` bool mask of discriminative tiles (all False for class 0), in tile order.
+    """
+    rng = np.random.default_rng(seed)
+    signal_dim = feature_dim // 2
+    discriminative, decoy = np.zeros((2, feature_dim))
+    discriminative[:signal_dim], decoy[:signal_dim] = rng.normal(size=(2, signal_dim))
+    discriminative /= np.linalg.norm(discriminative)
+    decoy /= np.linalg.norm(decoy)
+    schema = tile_features_schema(feature_dim)
+    augmented: dict[str, list] = {name: [] for name in schema}
+    exhaustive: dict[str, list] = {name: [] for name in schema}
+    labels, masks = {}, {}
+    side = int(2 * tissue_radius + 3)
+    grid = np.stack(np.meshgrid(np.arange(side), np.arange(side), indexing="ij"), axis=-1).reshape(-1, 2)
+    for slide in range(n_slides):
+        slide_id = f"region_{slide:04d}"
+        label = slide % 2
+        # Tissue: cells within a wobbly radius of the centre.
+        centre = np.array([side / 2, side / 2])
+        angle = np.arctan2(*(grid - centre).T)
+        wobble = 1 + 0.15 * np.sin(3 * angle + rng.uniform(0, 2 * np.pi))
+        cells = grid[np.linalg.norm(grid - centre, axis=1) <= tissue_radius * wobble]
+        n = len(cells)
+
+        decoy_mask = _tile_disc(cells, region_radius, np.zeros(n, dtype=bool), rng)
+        mask = _tile_disc(cells, region_radius, decoy_mask, rng) if label == 1 else np.zeros(n, dtype=bool)
+        tiles = np.zeros((n, feature_dim))
+        tiles[:, :signal_dim] = slide_variation * rng.normal(size=signal_dim) + 0.5 * rng.normal(
+            size=(n, signal_dim)
+        )
+        tiles += signal * (decoy_mask[:, None] * decoy + mask[:, None] * discriminative)
+        coords = ((cells + rng.integers(0, 50, size=2)) * patch_size_level0).astype(np.int64)
+        labels[slide_id], masks[slide_id] = label, mask
+        rows = [(exhaustive, NO_AUGMENTATION, np.zeros(feature_dim))] + [
+            (
+                augmented,
+                aug_id,
+                np.r_[np.zeros(signal_dim), nuisance * rng.normal(size=feature_dim - signal_dim)],
+            )
+            for aug_id in range(n_aug)
+        ]
+        for columns, aug_id, shift in rows:
+            columns["slide_id"].append(slide_id)
+            columns["aug_id"].append(aug_id)
+            columns["features"].append((tiles + shift).astype(np.float16))
+            columns["coords"].append(coords)
+            columns["patch_size_level0"].append(patch_size_level0)
+            columns["mpp"].append(0.5)
+            columns["magnification"].append(20.0)
+    return (
+        datasets.Dataset.from_dict(augmented, features=schema),
+        datasets.Dataset.from_dict(exhaustive, features=schema),
+        labels,
+        masks,
+    )

@@ -212,6 +212,12 @@ With `pip install giga-ssl-hf`, `import giga_ssl_hf` registers the model classes
 not needed; `giga-ssl embed` computes whole-cohort embeddings as in the paper (mean over many views, then
 L2 normalisation).
 
+**Tile-level outputs.** `model(..., output_tile_embeddings=True).tile_embeddings` has shape
+`(batch, n_tiles, {config.hidden_dim})`: for each tile, the embedding of the output site its grid cell falls in
+after `layer4`'s stride 2 (tiles sharing a site share a row; for the `mlp` encoder, the tile's own row before the
+mean), zeros for padded tiles. The slide embedding is unchanged: the mean over the output sites. Scored by a
+linear probe, they give per-tile heatmaps (`giga-ssl heatmap`).
+
 ## Reference results
 
 Linear-probe AUC on TCGA reported by the original authors for their released SparseConvMIL model on MoCo

@@ -34,13 +34,20 @@ def _encoded_tiles(
     seed: int,
     quality: int,
     stain: tuple[int, int, int],
+    region: tuple[float, float, float] | None = None,
+    region_stain: tuple[int, int, int] = (110, 40, 130),
 ):
     rng = np.random.default_rng(seed)
     # One textured tissue tile (pink stain with nuclei-like noise) reused everywhere: realistic JPEG
     # decode cost without computing texture per tile.
     noise = rng.normal(0, 1, (tile, tile, 1)).astype(np.float32)
-    tissue = np.clip(np.array(stain, np.float32) + noise * np.array([25, 45, 25], np.float32), 0, 255)
-    tissue = tissue.astype(np.uint8)
+
+    def texture(colour: tuple[int, int, int]) -> np.ndarray:
+        return np.clip(
+            np.array(colour, np.float32) + noise * np.array([25, 45, 25], np.float32), 0, 255
+        ).astype(np.uint8)
+
+    tissue, planted_texture = texture(stain), texture(region_stain)
     glass = np.full((tile, tile, 3), 243, dtype=np.uint8)
     encoded: dict[str, bytes] = {}
 
@@ -54,13 +61,19 @@ def _encoded_tiles(
         for left in range(0, width, tile):
             xs = (np.arange(left, left + tile, dtype=np.float32) * downsample)[None, :]
             inside = _inside_tissue(xs, ys, *size0)
-            if inside.all() or not inside.any():
+            planted = np.zeros_like(inside)
+            if region is not None:
+                centre_u, centre_v, radius = region
+                distance = np.hypot(xs - centre_u * size0[0], ys - centre_v * size0[1])
+                planted = inside & (distance < radius * size0[0])
+            if not planted.any() and (inside.all() or not inside.any()):
                 key = "tissue" if inside.all() else "glass"
                 if key not in encoded:
                     encoded[key] = encode(tissue if inside.all() else glass)
                 data = encoded[key]
             else:
-                data = encode(np.where(inside[..., None], tissue, glass))
+                rgb = np.where(inside[..., None], tissue, glass)
+                data = encode(np.where(planted[..., None], planted_texture, rgb))
             yield data, len(data)
 
 
@@ -75,12 +88,16 @@ def write_synthetic_slide(
     seed: int = 0,
     quality: int = 80,
     stain: tuple[int, int, int] = (200, 110, 175),
+    region: tuple[float, float, float] | None = None,
+    region_stain: tuple[int, int, int] = (110, 40, 130),
 ) -> Path:
     """Write a pyramidal JPEG-tiled TIFF of ``width x height`` level-0 px with synthetic tissue.
 
     ``mpp`` (µm per level-0 px) goes into the TIFF resolution tags (OpenSlide reports it as
     ``openslide.mpp-x``); ``mpp=None`` writes no resolution, like scans that lack it. Levels halve the
     size until the longer side is below ``min_level_size``. ``stain`` is the tissue's mean RGB colour.
+    ``region = (u, v, r)`` plants a disc of tissue stained ``region_stain`` (dark purple by default) centred at
+    ``(u * width, v * height)`` with radius ``r * width``, where it overlaps the tissue.
     """
     import tifffile
 
@@ -97,8 +114,17 @@ def write_synthetic_slide(
                 options = {"resolution": (pixels_per_cm, pixels_per_cm), "resolutionunit": "CENTIMETER"}
             tif.write(
                 _encoded_tiles(
-                    level_width, level_height, downsample, tile, (width, height), seed, quality, stain
-                ),
+                    level_width,
+                    level_height,
+                    downsample,
+                    tile,
+                    (width, height),
+                    seed,
+                    quality,
+                    stain,
+                    region,
+                    region_stain,
+                ),  # fmt: skip
                 shape=(level_height, level_width, 3),
                 dtype=np.uint8,
                 tile=(tile, tile),

@@ -62,6 +62,13 @@ def test_model_card_without_summary_describes_the_method():
     assert "patch_size_level0" not in text.split("## How to use")[1].split("```")[1]
 
 
+def test_model_card_documents_tile_embeddings():
+    text = str(model_card(tiny_config(), "org/name"))
+    usage = text.split("## How to use")[1].split("## Reference results")[0]
+    assert "output_tile_embeddings=True" in usage and "`(batch, n_tiles, 16)`" in usage
+    assert "zeros for padded tiles" in usage and "giga-ssl heatmap" in usage
+
+
 def test_dataset_card_metadata_and_provenance(dry_runs):
     card = DatasetCard.load(dry_runs["dataset"] / "README.md")
     assert card.data.license == "mit"

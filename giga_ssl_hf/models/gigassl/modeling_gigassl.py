@@ -19,6 +19,7 @@ from .sparse_ops import (
     StridedConv2d,
     SubmanifoldConv2d,
     average_pool_3x3_stride2,
+    downsampled_site,
     input_layer,
     segment_mean,
     sparse_batch_norm,
@@ -32,9 +33,17 @@ class GigaSSLModelOutput(ModelOutput):
     Args:
         slide_embedding (`torch.FloatTensor` of shape `(batch_size, hidden_dim)`):
             One embedding per slide (not normalised; inference L2-normalises the mean over views).
+        tile_embeddings (`torch.FloatTensor` of shape `(batch_size, n_tiles, hidden_dim)`, *optional*):
+            With `output_tile_embeddings=True`: for each input tile, the embedding of the output site its grid
+            cell falls in after `layer4`'s stride 2 (cell `(x, y)` -> site `(x // 2, y // 2)`), so tiles sharing
+            a site share a row; for the `"mlp"` encoder, the tile's own row before the mean. Padded tiles get
+            zeros. The slide embedding is the mean over the output *sites*: when every site holds a tile's cell
+            (always for `"mlp"`; for a sparse map whenever no site is reached only through its window's far
+            edge, e.g. a full rectangle of tiles), it is the mean of the distinct tile embeddings.
     """
 
     slide_embedding: torch.FloatTensor | None = None
+    tile_embeddings: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -130,6 +139,19 @@ class SparseConvMILEncoder(nn.Module):
             ]
         )
 
+    @staticmethod
+    def tile_cells(
+        tile_coords: torch.Tensor, tile_mask: torch.Tensor, cell_size: torch.Tensor
+    ) -> torch.Tensor:
+        """`(B, N, 2)` int64 grid cell of every tile, each slide anchored at its minimum (masked tiles at 0)."""
+        # float32 as in the original, and the slide's minimum is removed *before* truncation, so shifting a
+        # slide by whole cells leaves its grid unchanged.
+        scaled = tile_coords.float() / cell_size.float()[:, None, None]  # (B, N, 2)
+        lowest = scaled.masked_fill(~tile_mask[..., None], float("inf")).amin(
+            dim=1, keepdim=True
+        )  # (B, 1, 2)
+        return (scaled - lowest).masked_fill(~tile_mask[..., None], 0).trunc().long()  # (B, N, 2)
+
     def build_grid(
         self,
         tile_features: torch.Tensor,
@@ -143,13 +165,7 @@ class SparseConvMILEncoder(nn.Module):
             tile_features: `(B, N, D)`; tile_coords: `(B, N, 2)` level-0 px; tile_mask: `(B, N)` bool;
             cell_size: `(B,)` level-0 px per grid cell.
         """
-        # float32 as in the original, and the slide's minimum is removed *before* truncation, so shifting a
-        # slide by whole cells leaves its grid unchanged.
-        scaled = tile_coords.float() / cell_size.float()[:, None, None]  # (B, N, 2)
-        lowest = scaled.masked_fill(~tile_mask[..., None], float("inf")).amin(
-            dim=1, keepdim=True
-        )  # (B, 1, 2)
-        grid_xy = (scaled - lowest).masked_fill(~tile_mask[..., None], 0).trunc().long()  # (B, N, 2)
+        grid_xy = self.tile_cells(tile_coords, tile_mask, cell_size)  # (B, N, 2)
         extent = grid_xy.amax(dim=1) + 1  # (B, 2): masked tiles sit at 0 and never raise it
         if self.config.grid_size_mode == "batch":
             extent = extent.amax(dim=0, keepdim=True).expand_as(extent)
@@ -161,11 +177,23 @@ class SparseConvMILEncoder(nn.Module):
             _sparse_map_size(extent),
         )
 
-    def forward(self, tile_features, tile_coords, tile_mask, cell_size) -> torch.Tensor:
-        grid = self.build_grid(tile_features, tile_coords, tile_mask, cell_size)
+    def forward(
+        self, tile_features, tile_coords, tile_mask, cell_size, output_tile_embeddings: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`(B, hidden_dim)` slide embeddings and, on request, `(B, N, hidden_dim)` tile embeddings."""
+        input_grid = self.build_grid(tile_features, tile_coords, tile_mask, cell_size)
+        grid = input_grid
         for block in self.layer4:
             grid = block(grid)
-        return segment_mean(grid.features, grid.batch, grid.batch_size)  # (B, hidden_dim)
+        slide_embedding = segment_mean(grid.features, grid.batch, grid.batch_size)  # (B, hidden_dim)
+        if not output_tile_embeddings:
+            return slide_embedding, None
+        batch_index, tile_index = tile_mask.nonzero(as_tuple=True)
+        cells = self.tile_cells(tile_coords, tile_mask, cell_size)[batch_index, tile_index]  # (T, 2)
+        sites = downsampled_site(cells, input_grid.spatial_size[batch_index])  # (T, 2) of each unmasked tile
+        tile_embeddings = grid.features.new_zeros(*tile_mask.shape, grid.features.shape[1])  # (B, N, hidden)
+        tile_embeddings[batch_index, tile_index] = grid.features[grid.rows_of(batch_index, sites)]
+        return slide_embedding, tile_embeddings
 
 
 class LinearBatchNorm(nn.Module):
@@ -215,10 +243,18 @@ class MLPEncoder(nn.Module):
             *(ResidualMLPBlock(dims[i], dims[i + 1], *args) for i in range(len(dims) - 1))
         )
 
-    def forward(self, tile_features, tile_coords, tile_mask, cell_size) -> torch.Tensor:
+    def forward(
+        self, tile_features, tile_coords, tile_mask, cell_size, output_tile_embeddings: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`(B, hidden_dim)` slide embeddings and, on request, `(B, N, hidden_dim)` tile embeddings."""
         batch_index, tile_index = tile_mask.nonzero(as_tuple=True)
         tiles = self.tile_encoder(tile_features[batch_index, tile_index])  # (T, hidden_dim)
-        return segment_mean(tiles, batch_index, tile_features.shape[0])  # (B, hidden_dim)
+        slide_embedding = segment_mean(tiles, batch_index, tile_features.shape[0])  # (B, hidden_dim)
+        if not output_tile_embeddings:
+            return slide_embedding, None
+        tile_embeddings = tiles.new_zeros(*tile_mask.shape, tiles.shape[1])  # (B, N, hidden_dim)
+        tile_embeddings[batch_index, tile_index] = tiles
+        return slide_embedding, tile_embeddings
 
 
 class GigaSSLPreTrainedModel(PreTrainedModel):
@@ -325,6 +361,7 @@ class GigaSSLModel(GigaSSLPreTrainedModel):
         tile_coords: torch.Tensor,
         tile_mask: torch.Tensor | None = None,
         patch_size_level0: int | torch.Tensor | None = None,
+        output_tile_embeddings: bool = False,
         return_dict: bool | None = None,
         **kwargs,
     ) -> GigaSSLModelOutput | tuple:
@@ -340,16 +377,19 @@ class GigaSSLModel(GigaSSLPreTrainedModel):
             patch_size_level0 (`int` or `torch.Tensor` of shape `(batch_size,)`, *optional*):
                 Tile side in level-0 pixels: the grid cell size, so that adjacent tiles are one cell apart.
                 Defaults to `config.grid_cell_size`; ignored when `config.fixed_grid_cell_size` is set.
+            output_tile_embeddings (`bool`, *optional*, defaults to `False`):
+                Also return `tile_embeddings` `(batch_size, n_tiles, hidden_dim)`: each tile's output site (see
+                `GigaSSLModelOutput`), for tile-level maps such as heatmaps.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         tile_mask, cell_size = self._validate(tile_features, tile_coords, tile_mask, patch_size_level0)
         tile_features = tile_features.to(self.dtype)
-        slide_embedding = self.encoder(
-            tile_features, tile_coords, tile_mask, cell_size
-        )  # (batch, hidden_dim)
+        slide_embedding, tile_embeddings = self.encoder(
+            tile_features, tile_coords, tile_mask, cell_size, output_tile_embeddings
+        )  # (batch, hidden_dim), (batch, n_tiles, hidden_dim) or None
         if not return_dict:
-            return (slide_embedding,)
-        return GigaSSLModelOutput(slide_embedding=slide_embedding)
+            return (slide_embedding,) if tile_embeddings is None else (slide_embedding, tile_embeddings)
+        return GigaSSLModelOutput(slide_embedding=slide_embedding, tile_embeddings=tile_embeddings)
 
 
 class GigaSSLProjectionHead(nn.Sequential):

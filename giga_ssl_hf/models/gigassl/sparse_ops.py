@@ -123,6 +123,15 @@ class SparseGrid:
             self._cache[cache_key] = pairs
         return self._cache[cache_key]
 
+    def rows_of(self, batch: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
+        """`(T,)` row of each site ``(batch[t], xy[t])`` of this grid; every site must be active."""
+        keys = self.keys()
+        target = _pack_keys(batch, xy, self.spatial_size)
+        rows = torch.searchsorted(keys, target).clamp_(max=keys.numel() - 1)
+        if not torch.equal(keys[rows], target):
+            raise ValueError("rows_of: some sites are not active in this grid")
+        return rows
+
     def downsample(self) -> tuple[SparseGrid, list[tuple[torch.Tensor, torch.Tensor]]]:
         """The output sites of a 3x3 / stride-2 convolution (or pooling) and its per-offset pairs.
 
@@ -167,6 +176,21 @@ class SparseGrid:
         pairs = list(zip(sources_t[order].split(counts), output_rows[order].split(counts)))
         self._cache["downsample"] = (out_grid, pairs)
         return out_grid, pairs
+
+
+def downsampled_site(xy: torch.Tensor, spatial_size: torch.Tensor) -> torch.Tensor:
+    """The output site of a 3x3 / stride-2 convolution that input site ``xy`` falls in: ``xy // 2``.
+
+    Windows overlap (input ``x`` is also in output ``x // 2 - 1``'s window when ``x`` is even); ``x // 2`` is the
+    window whose stride cell holds ``x``. On the map's last index, where ``x // 2`` is cut off by the map
+    size, it is the window ending at ``x``. The returned site is active whenever ``xy`` is.
+
+    Args:
+        xy: `(T, 2)` int64 input sites; spatial_size: `(T, 2)` int64 map size of each site's slide.
+    Returns:
+        `(T, 2)` int64 output sites.
+    """
+    return torch.minimum(xy // 2, (spatial_size - 3) // 2)
 
 
 def input_layer(

@@ -77,6 +77,98 @@ def test_shift_by_whole_cells_changes_nothing(eval_model):
         torch.testing.assert_close(embed(eval_model, [(features, shifted)]), reference, rtol=1e-5, atol=1e-6)
 
 
+def _output_grid(model, features, coords):
+    """The sparse encoder's final grid for one slide `(n, D)`, `(n, 2)`: its sites and their features."""
+    encoder = model.encoder
+    mask = torch.ones(1, len(features), dtype=torch.bool)
+    grid = encoder.build_grid(features[None], coords[None], mask, torch.tensor([PATCH]))
+    for block in encoder.layer4:
+        grid = block(grid)
+    return grid
+
+
+def _site_of_each_tile(coords, spatial_size):
+    """Stride-2 output site of each tile's cell, computed from the coordinates alone."""
+    cells = (coords - coords.min(dim=0).values) // PATCH
+    return torch.minimum(cells // 2, (spatial_size - 3) // 2)
+
+
+def test_tile_embeddings_are_the_output_sites_of_their_cells(eval_model):
+    generator = torch.Generator().manual_seed(20)
+    slides = [random_slide(n, generator, grid=g) for n, g in ((23, 9), (6, 4), (14, 30))]
+    n = max(len(f) for f, _ in slides)
+    features, coords = torch.zeros(3, n, 8), torch.zeros(3, n, 2, dtype=torch.long)
+    mask = torch.zeros(3, n, dtype=torch.bool)
+    for i, (f, c) in enumerate(slides):
+        features[i, : len(f)], coords[i, : len(c)], mask[i, : len(f)] = f, c, True
+    with torch.no_grad():
+        plain = eval_model(features, coords, tile_mask=mask, patch_size_level0=PATCH)
+        out = eval_model(
+            features, coords, tile_mask=mask, patch_size_level0=PATCH, output_tile_embeddings=True
+        )
+        as_tuple = eval_model(
+            features,
+            coords,
+            tile_mask=mask,
+            patch_size_level0=PATCH,
+            output_tile_embeddings=True,
+            return_dict=False,
+        )
+    assert plain.tile_embeddings is None
+    assert out.tile_embeddings.shape == (3, n, 16)
+    torch.testing.assert_close(out.slide_embedding, plain.slide_embedding, rtol=0, atol=0)
+    torch.testing.assert_close(as_tuple[1], out.tile_embeddings, rtol=0, atol=0)
+    assert out.tile_embeddings[~mask].abs().max() == 0  # padding: zeros
+    for i, (f, c) in enumerate(slides):
+        tiles = out.tile_embeddings[i, : len(f)]
+        if eval_model.config.encoder_type == "mlp":
+            with torch.no_grad():
+                expected = eval_model.encoder.tile_encoder(f)
+            torch.testing.assert_close(tiles, expected, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(tiles.mean(dim=0), out.slide_embedding[i], rtol=1e-5, atol=1e-6)
+            continue
+        with torch.no_grad():
+            grid = _output_grid(eval_model, f, c)
+            input_size = eval_model.encoder.build_grid(
+                f[None], c[None], torch.ones(1, len(f), dtype=torch.bool), torch.tensor([PATCH])
+            ).spatial_size[0]
+        site_row = {tuple(xy): row for row, xy in enumerate(grid.xy.tolist())}
+        for tile, site in enumerate(_site_of_each_tile(c, input_size).tolist()):
+            torch.testing.assert_close(
+                tiles[tile], grid.features[site_row[tuple(site)]], rtol=1e-5, atol=1e-6
+            )
+        # The slide embedding is the mean over the output sites.
+        torch.testing.assert_close(grid.features.mean(dim=0), out.slide_embedding[i], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (6, 6), (1, 9), (8, 3)])
+def test_distinct_tile_embeddings_average_to_the_slide_embedding(eval_model, shape):
+    """A rectangle of tissue: every output site holds a tile's cell, so the distinct tile rows are the sites."""
+    generator = torch.Generator().manual_seed(21)
+    cells = torch.cartesian_prod(torch.arange(shape[0]), torch.arange(shape[1]))
+    features, coords = torch.randn(len(cells), 8, generator=generator), cells * PATCH + 5 * PATCH
+    with torch.no_grad():
+        out = eval_model(features[None], coords[None], patch_size_level0=PATCH, output_tile_embeddings=True)
+    distinct = torch.unique(out.tile_embeddings[0], dim=0)
+    if eval_model.config.encoder_type == "sparse_conv":
+        with torch.no_grad():
+            n_sites = len(_output_grid(eval_model, features, coords).xy)
+        assert len(distinct) == n_sites < len(cells)
+    torch.testing.assert_close(distinct.mean(dim=0), out.slide_embedding[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_site_reached_only_through_its_window_edge_belongs_to_no_tile():
+    """Tiles at cells (0, 0) and (2, 2): the stride-2 windows of sites (0, 1), (1, 0) hold no tile's own cell."""
+    model = _trained_like(GigaSSLModel(tiny_config()))
+    features, coords = torch.randn(2, 8), torch.tensor([[0, 0], [2, 2]]) * PATCH
+    with torch.no_grad():
+        out = model(features[None], coords[None], patch_size_level0=PATCH, output_tile_embeddings=True)
+        grid = _output_grid(model, features, coords)
+    assert sorted(map(tuple, grid.xy.tolist())) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert len(torch.unique(out.tile_embeddings[0], dim=0)) == 2
+    torch.testing.assert_close(grid.features.mean(dim=0), out.slide_embedding[0])
+
+
 def test_patch_size_sets_the_grid_cell():
     model = GigaSSLModel(tiny_config()).eval()
     generator = torch.Generator().manual_seed(4)
@@ -267,7 +359,7 @@ def test_remote_code_loads_without_the_package(tmp_path):
     )
     torch.save({"features": features, "coords": coords}, tmp_path / "inputs.pt")
     with torch.no_grad():
-        expected = model(features, coords).slide_embedding
+        expected = model(features, coords, output_tile_embeddings=True)
     script = textwrap.dedent(
         f"""
         import sys
@@ -278,12 +370,16 @@ def test_remote_code_loads_without_the_package(tmp_path):
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
         inputs = torch.load({str(tmp_path / "inputs.pt")!r})
         with torch.no_grad():
-            torch.save(model(inputs["features"], inputs["coords"]).slide_embedding, {str(tmp_path / "out.pt")!r})
+            out = model(inputs["features"], inputs["coords"], output_tile_embeddings=True)
+        torch.save(dict(out), {str(tmp_path / "out.pt")!r})
         """
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
     subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, env=env, timeout=300)
-    assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+    remote = torch.load(tmp_path / "out.pt")
+    assert torch.equal(remote["slide_embedding"], expected.slide_embedding)
+    assert remote["tile_embeddings"].shape == (2, 7, 16)
+    assert torch.equal(remote["tile_embeddings"], expected.tile_embeddings)
 
 
 @pytest.mark.parametrize("encoder_type", ["sparse_conv", "mlp"])
