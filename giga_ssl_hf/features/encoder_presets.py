@@ -170,7 +170,7 @@ def download_preset_weights(preset: EncoderPreset, revision: str | None = None) 
         try:
             path = Path(hf_hub_download(preset.source, filename, revision=revision))
         except Exception as error:  # not in this repo, offline without cache, gated, no network: try the next
-            errors.append(f"{filename}: {type(error).__name__}: {error}")
+            errors.append(f"{filename}: {type(error).__name__}: {' '.join(str(error).split())}")
             continue
         # The cache keeps files under snapshots/<commit>/: that is the revision the features came from.
         commit = path.parent.name if path.parent.parent.name == "snapshots" else None

@@ -232,3 +232,25 @@ def test_gated_preset_offline_without_cache_is_a_clear_error(tmp_path, monkeypat
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     with pytest.raises(ValueError, match=r"encoder 'uni'.*gated.*HF_HUB_OFFLINE=1"):
         build_tile_encoder("uni")
+
+
+def test_preset_weights_come_from_the_hf_cache_offline_with_their_revision(tmp_path, monkeypatch):
+    """HF_HUB_OFFLINE=1 and a filled cache: the preset loads the cached file and records its commit."""
+    import huggingface_hub.constants
+    from safetensors.torch import save_file
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--timm--resnet18.tv_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    torch.manual_seed(5)
+    published = timm.create_model("resnet18", pretrained=False)  # the full network, head and layer4 included
+    save_file(published.state_dict(), repo / "snapshots" / commit / "model.safetensors")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+    encoder = build_tile_encoder("resnet18-layer3")
+    torch.testing.assert_close(encoder.backbone.layer3[1].conv2.weight, published.layer3[1].conv2.weight)
+    assert encoder.provenance["revision"] == commit and encoder.provenance["weights"] == "pretrained"
+    assert encoder.provenance["source"] == "timm/resnet18.tv_in1k"
