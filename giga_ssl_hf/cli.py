@@ -16,9 +16,17 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "giga_ssl_hf.features.extract",
         "tile whole-slide images and encode tiles into feature Datasets",
     ),
+    "encoders": (
+        "giga_ssl_hf.features.encoder_presets",
+        "list the tile-encoder presets (UNI, Virchow, H-optimus, ...) that extract --encoder accepts",
+    ),
     "import-h5": (
         "giga_ssl_hf.features.h5_import",
         "convert TRIDENT / CLAM patch-feature h5 files to a feature Dataset",
+    ),
+    "export-h5": (
+        "giga_ssl_hf.features.h5_export",
+        "write a tile-feature Dataset as TRIDENT / CLAM patch-feature h5 files",
     ),
     "train": ("giga_ssl_hf.training.train", "slide-level SimCLR pretraining (Accelerate)"),
     "embed": ("giga_ssl_hf.inference.embed", "embed slides with a trained model (ensemble of views)"),

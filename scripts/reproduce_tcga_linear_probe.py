@@ -7,6 +7,9 @@ TNBC) with the paper's protocol, and prints one row per task, one column per tra
 
     python scripts/reproduce_tcga_linear_probe.py --embeddings path/to/npy_dir --out results/tcga
     python scripts/reproduce_tcga_linear_probe.py --embeddings owner/gigassl-tcga-embeddings
+
+A folder or Hub repo made by ``scripts/publish_tcga.py`` carries its own ``tables/`` and ``splitdirs/``,
+which are then used (the repo id alone is enough).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from giga_ssl_hf.evaluation import evaluate_embeddings, load_embeddings, write_outputs
+from giga_ssl_hf.evaluation.data import resolve_embeddings_folder
 from giga_ssl_hf.evaluation.report import format_auc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--reference-dir",
         type=Path,
-        default=DEFAULT_REFERENCE,
-        help=f"folder with tables/ and splitdirs/ (default: {DEFAULT_REFERENCE})",
+        default=None,
+        help="folder with tables/ and splitdirs/ (default: the embeddings folder or Hub repo when it holds them, "
+        f"else {DEFAULT_REFERENCE})",
     )
     parser.add_argument(
         "--tasks", default=",".join(TASKS), help=f"comma-separated subset (default: {','.join(TASKS)})"
@@ -77,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     try:
+        if args.reference_dir is None:
+            folder = resolve_embeddings_folder(args.embeddings)
+            has_own = (folder / "tables").is_dir() and (folder / "splitdirs").is_dir()
+            args.reference_dir = folder if has_own else DEFAULT_REFERENCE
         embeddings = load_embeddings(args.embeddings)
         results = [
             result

@@ -10,12 +10,16 @@ from giga_ssl_hf.cli import SUBCOMMANDS, main
 
 # The options a user looks for first in each subcommand's --help.
 KEY_OPTIONS = {
-    "extract": ["--out", "--encoder", "--target-mpp", "--tile-size", "--n-aug", "--device"],
+    "extract": ["--out", "--encoder", "--target-mpp", "--tile-size", "--n-aug", "--device", "--coords-from",
+                "--tissue-geojson", "--weights"],
+    "encoders": ["usage: giga-ssl encoders"],
     "import-h5": ["--patches-dir", "--out", "--patch-size-level0", "--encoder"],
+    "export-h5": ["FEATURES_DIR", "--out", "--layout", "--overwrite"],
     "train": ["--config", "--features", "--output_dir", "--max_steps", "--batch_size", "--n_tiles",
-              "--resume_from_checkpoint"],
-    "embed": ["--model", "--features", "--out", "--strategy", "--n-views", "--npy"],
-    "evaluate": ["--embeddings", "--labels", "--splits", "--folds", "--train-sizes", "--out", "--save-probe"],
+              "--resume_from_checkpoint", "--init_from", "--allow_encoder_mismatch"],
+    "embed": ["--model", "--features", "--out", "--strategy", "--n-views", "--npy", "--allow-encoder-mismatch"],
+    "evaluate": ["--embeddings", "--labels", "--splits", "--folds", "--train-sizes", "--out", "--save-probe",
+                 "--task"],
     "heatmap": ["--model", "--features", "--probe", "--out", "--slides-dir", "--slide-ids", "--method",
                 "--max-tiles-per-pass", "--overwrite"],
     "push-model": ["--repo-id", "--dry-run", "--private"],

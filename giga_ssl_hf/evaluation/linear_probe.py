@@ -20,10 +20,37 @@ examples:
   giga-ssl evaluate --embeddings owner/tcga-gigassl-embeddings --labels my_labels.csv \\
       --folds 10 --train-sizes 50,100,25%,full --seed 1
 
+  # a release repo holding its label tables and splits (scripts/publish_tcga.py): the task name is enough
+  giga-ssl evaluate --embeddings owner/tcga-gigassl --task lung
+
   # several tasks at once: one --splits folder per labels file, in the same order
   giga-ssl evaluate --embeddings emb_npy/ --labels tables/lung.csv tables/kidney.csv \\
       --splits splitdirs/lung splitdirs/kidney
 """
+
+
+def task_inputs(embeddings: str, tasks: list[str]) -> tuple[list[str], list[str] | None]:
+    """Label tables and split folders of ``tasks`` inside the embeddings folder or Hub repo (its snapshot)."""
+    from giga_ssl_hf.evaluation.data import resolve_embeddings_folder
+
+    folder = resolve_embeddings_folder(embeddings)
+    labels, splits = [], []
+    for task in tasks:
+        table = folder / "tables" / f"{task}.csv"
+        if not table.is_file():
+            found = sorted(p.stem for p in (folder / "tables").glob("*.csv"))
+            raise ValueError(
+                f"{embeddings}: no label table tables/{task}.csv (tasks there: {found or 'none'})"
+            )
+        labels.append(str(table))
+        splits.append(str(folder / "splitdirs" / task))
+    if not all(Path(split).is_dir() for split in splits):
+        return labels, None  # no split folders: stratified k-fold
+    return labels, splits
+
+
+def _given(argv: list[str] | None, flag: str) -> bool:
+    return any(arg == flag or arg.startswith(flag + "=") for arg in (sys.argv[1:] if argv is None else argv))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,12 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
         "ids.npy, or a Hub dataset repo id (read from the HF cache when HF_HUB_OFFLINE=1)",
     )
     parser.add_argument(
+        "--task",
+        nargs="+",
+        metavar="NAME",
+        help="task(s) whose labels (tables/NAME.csv) and split folders (splitdirs/NAME/, unless --splits or "
+        "--folds is given) are in the embeddings folder or Hub repo itself, as scripts/publish_tcga.py lays "
+        "them out; instead of --labels",
+    )
+    parser.add_argument(
         "--labels",
-        required=True,
         nargs="+",
         metavar="CSV",
         help="labels CSV(s) with columns ID (slide ID) and label; other columns are ignored; "
-        "each file is one task, named after its file stem",
+        "each file is one task, named after its file stem (this or --task is required)",
     )
     parser.add_argument(
         "--splits",
@@ -121,6 +155,16 @@ def main(argv: list[str] | None = None) -> int:
     from giga_ssl_hf.evaluation.probe import evaluate_embeddings, parse_train_sizes
     from giga_ssl_hf.evaluation.report import format_table, write_outputs
 
+    if (args.labels is None) == (args.task is None):
+        parser.error("give --labels CSV... or --task NAME... (labels and splits inside the embeddings repo)")
+    if args.task:
+        try:
+            args.labels, task_splits = task_inputs(args.embeddings, args.task)
+        except ValueError as error:
+            print(f"giga-ssl evaluate: error: {error}", file=sys.stderr)
+            return 2
+        if args.splits is None and not _given(argv, "--folds"):
+            args.splits = task_splits
     if args.splits and len(args.splits) not in (1, len(args.labels)):
         parser.error(
             f"--splits: give one folder or one per labels file ({len(args.labels)}), not {len(args.splits)}"

@@ -1,15 +1,16 @@
 """Tile encoders: images ``(B, 3, H, W)`` in [0, 1] (or uint8) -> features ``(B, D)``.
 
-- ``resnet18-layer3``: the paper's encoder, a ResNet18 cut after ``layer3`` and averaged spatially
-  (256-d), ImageNet mean / std. Pretrained weights are torchvision's ImageNet ones (``resnet18.tv_in1k``
-  in timm), or the original MoCo TCGA checkpoint through ``weights=``.
-- any timm model name or ``hf-hub:`` id, created with ``num_classes=0`` (pooled features) and the
+- a preset (``giga-ssl encoders`` lists them; :mod:`giga_ssl_hf.features.encoder_presets`): the paper's
+  ``resnet18-layer3`` (ResNet18 cut after ``layer3``, averaged spatially, 256-d) and pathology foundation
+  models (UNI, Virchow, H-optimus, Prov-GigaPath, Phikon, CONCH v1.5, ...) with their constructor arguments,
+  normalisation and pooling; weights from the HF cache (revision recorded) or ``weights=``.
+- any other timm model name or ``hf-hub:`` id, created with ``num_classes=0`` (pooled features) and the
   normalisation of its pretrained config.
 
 ``weights`` loads a local file over the architecture: ``.safetensors``, or a torch checkpoint
-(``.pth``, ``.pth.tar``, ``.pt``; read with ``weights_only=True``) whose ``state_dict`` may carry the
+(``.pth``, ``.pth.tar``, ``.pt``, ``.bin``; read with ``weights_only=True``) whose ``state_dict`` may carry the
 MoCo prefix ``module.encoder_q.`` (stripped; the key ``module.encoder_k.`` copy and the heads are
-ignored).
+ignored). Its sha256 is recorded in the encoder's provenance.
 """
 
 from __future__ import annotations
@@ -22,13 +23,20 @@ import torch
 from torch import nn
 
 from giga_ssl_hf.checkpoints import load_state_dict_file
+from giga_ssl_hf.features.encoder_presets import PRESETS, EncoderPreset, download_preset_weights, file_sha256
 
 logger = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-PRESETS = {"resnet18-layer3": "resnet18.tv_in1k"}
 _PREFIXES = ("module.encoder_q.", "encoder_q.", "module.", "model.", "backbone.")
+
+
+def _timm_kwargs(preset: EncoderPreset) -> dict:
+    """The preset's constructor kwargs with the named layer classes resolved."""
+    classes = {"swiglu-packed": timm.layers.SwiGLUPacked, "silu": nn.SiLU}
+    return {
+        key: classes.get(value, value) if isinstance(value, str) else value
+        for key, value in preset.kwargs.items()
+    }
 
 
 class _ResNetLayer3(nn.Module):
@@ -45,13 +53,149 @@ class _ResNetLayer3(nn.Module):
         return self.layer3(self.layer2(self.layer1(x))).mean(dim=(2, 3))
 
 
+class ClsAndMeanPatchTokens(nn.Module):
+    """A timm ViT returning all tokens -> CLS concatenated with the mean of the patch tokens (registers excluded)."""
+
+    def __init__(self, vit: nn.Module):
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.vit(x)  # (batch, prefix + patches, dim)
+        patches = tokens[:, self.vit.num_prefix_tokens :]
+        return torch.cat([tokens[:, 0], patches.mean(dim=1)], dim=-1)  # (batch, 2 * dim)
+
+
+class TransformersClsToken(nn.Module):
+    """A transformers ViT / Dinov2 model -> the CLS token of its last hidden state."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=x).last_hidden_state[:, 0]  # (batch, hidden)
+
+
+class AttentionalPooler(nn.Module):
+    """One learned query attending over the tokens (CONCH's contrastive pooler; multi-head, no biases)."""
+
+    def __init__(self, dim: int, context_dim: int, num_heads: int = 8, num_queries: int = 1):
+        super().__init__()
+        self.num_heads = num_heads
+        self.query = nn.Parameter(torch.randn(num_queries, dim))
+        self.ln_k = nn.LayerNorm(context_dim)
+        self.ln_q = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_kv = nn.Linear(context_dim, dim * 2, bias=False)
+        self.to_out = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        batch = tokens.shape[0]
+        keys, values = self.to_kv(self.ln_k(tokens)).chunk(2, dim=-1)  # (batch, n, dim) each
+        queries = self.to_q(self.ln_q(self.query)).expand(batch, -1, -1)  # (batch, q, dim)
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)  # (batch, heads, n, dim / heads)
+
+        pooled = nn.functional.scaled_dot_product_attention(heads(queries), heads(keys), heads(values))
+        return self.to_out(pooled.transpose(1, 2).flatten(2))  # (batch, q, dim)
+
+
+class ConchVisionTower(nn.Module):
+    """CONCH v1.5's image tower: ViT-L/16 trunk, attentional pooler to 768-d, LayerNorm."""
+
+    def __init__(self, trunk: nn.Module, dim: int = 768):
+        super().__init__()
+        self.trunk = trunk
+        self.attn_pool_contrast = AttentionalPooler(dim, trunk.embed_dim, num_heads=8, num_queries=1)
+        self.ln_contrast = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.trunk.forward_features(x)  # (batch, 1 + patches, 1024)
+        return self.ln_contrast(self.attn_pool_contrast(tokens)[:, 0])  # (batch, 768)
+
+
+def _import_auto_classes_first() -> None:
+    """Import transformers' auto classes before a model class such as ``Dinov2Model``.
+
+    The package registers its model with the auto classes when they are imported; reached first through
+    ``transformers.Dinov2Model``, that registration runs while ``transformers.modeling_utils`` is still
+    initialising and fails on a circular import.
+    """
+    from transformers import AutoModel  # noqa: F401
+
+
+def build_preset_backbone(preset: EncoderPreset) -> nn.Module:
+    """The preset's network, images ``(B, 3, S, S)`` (normalised) -> features ``(B, feature_dim)``, no weights."""
+    if preset.family == "resnet-layer3":
+        resnet = timm.create_model(preset.architecture, pretrained=False, num_classes=0)
+        return _ResNetLayer3(resnet)
+    if preset.family == "timm":
+        vit = timm.create_model(preset.architecture, pretrained=False, num_classes=0, **_timm_kwargs(preset))
+        return ClsAndMeanPatchTokens(vit) if preset.pooling == "cls+mean" else vit
+    if preset.family == "conch":
+        trunk = timm.create_model(
+            preset.architecture, pretrained=False, num_classes=0, global_pool="", **_timm_kwargs(preset)
+        )
+        return ConchVisionTower(trunk, preset.feature_dim)
+    if preset.family in ("transformers-vit", "transformers-dinov2"):
+        import transformers
+
+        _import_auto_classes_first()
+
+        if preset.family == "transformers-vit":
+            model = transformers.ViTModel(transformers.ViTConfig(**preset.kwargs), add_pooling_layer=False)
+        else:
+            model = transformers.Dinov2Model(transformers.Dinov2Config(**preset.kwargs))
+        return TransformersClsToken(model)
+    raise ValueError(f"unknown encoder family {preset.family!r}")
+
+
+def load_transformers_preset(preset: EncoderPreset, name_or_path: str | Path) -> nn.Module:
+    """A transformers preset with its weights: ``from_pretrained`` of the Hub repo (HF cache) or a local folder."""
+    import transformers
+
+    _import_auto_classes_first()
+    model_class = getattr(transformers, preset.architecture)
+    extra = {"add_pooling_layer": False} if preset.family == "transformers-vit" else {}
+    try:
+        model = model_class.from_pretrained(str(name_or_path), **extra)
+    except OSError as error:  # offline without cache, gated, no such folder: one clear message
+        raise ValueError(
+            f"encoder {preset.name!r}: could not load {name_or_path}; offline, the HF cache must hold it "
+            f"(HF_HUB_OFFLINE=1), or pass --weights with a local copy of the repository: {error}"
+        ) from error
+    return TransformersClsToken(model)
+
+
+def weights_target(preset: EncoderPreset, backbone: nn.Module) -> nn.Module:
+    """The module a preset's published state dict loads into (the wrappers add a level)."""
+    if isinstance(backbone, ClsAndMeanPatchTokens):
+        return backbone.vit
+    if isinstance(backbone, TransformersClsToken):
+        return backbone.model
+    return backbone
+
+
 class TileEncoder(nn.Module):
     """A backbone with its input normalisation; ``forward`` takes [0, 1] floats or uint8 images."""
 
-    def __init__(self, backbone: nn.Module, name: str, feature_dim: int, mean, std, input_size: int):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        name: str,
+        feature_dim: int,
+        mean,
+        std,
+        input_size: int,
+        provenance: dict | None = None,
+    ):
         super().__init__()
         self.backbone = backbone
         self.name = name
+        # Where the weights came from (source, revision or weights sha256, ...): see encoder_provenance.
+        self.provenance = dict(provenance or {})
         self.feature_dim = int(feature_dim)
         self.input_size = int(input_size)
         self.register_buffer(
@@ -95,6 +239,41 @@ def _load_into(module: nn.Module, state_dict: dict[str, torch.Tensor], source: s
         )
 
 
+def _resample_position_embedding(module: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Resize a checkpoint's ViT ``pos_embed`` to the module's grid (a checkpoint saved at another size)."""
+    for key, value in list(state_dict.items()):
+        if not key.endswith("pos_embed"):
+            continue
+        owner = module.get_submodule(key.rsplit(".", 1)[0]) if "." in key else module
+        target = getattr(owner, "pos_embed", None)
+        if target is None or target.shape == value.shape:
+            continue
+        prefix = 0 if getattr(owner, "no_embed_class", False) else getattr(owner, "num_prefix_tokens", 1)
+        grid = owner.patch_embed.grid_size
+        state_dict[key] = timm.layers.resample_abs_pos_embed(value, list(grid), num_prefix_tokens=prefix)
+
+
+def _build_preset(
+    preset: EncoderPreset, download: bool, weights: str | Path | None
+) -> tuple[nn.Module, dict]:
+    provenance: dict = {"source": preset.source, "revision": None, "weights_sha256": None}
+    if preset.family.startswith("transformers") and (
+        download or (weights is not None and Path(weights).is_dir())
+    ):
+        # transformers renames old checkpoint keys on load: let from_pretrained read the repo (or its folder).
+        backbone = load_transformers_preset(preset, weights if weights is not None else preset.source)
+        provenance["revision"] = getattr(weights_target(preset, backbone).config, "_commit_hash", None)
+        return backbone, provenance
+    backbone = build_preset_backbone(preset)
+    if weights is None and download:
+        path, provenance["revision"] = download_preset_weights(preset)
+        state_dict = load_weights_file(path)
+        target = weights_target(preset, backbone)
+        _resample_position_embedding(target, state_dict)
+        _load_into(target, state_dict, f"{preset.source}/{path.name}")
+    return backbone, provenance
+
+
 def build_tile_encoder(
     name: str = "resnet18-layer3",
     *,
@@ -109,20 +288,43 @@ def build_tile_encoder(
     ``weights`` (a local file) wins over ``pretrained``.
     """
     download = pretrained and weights is None
+    if weights is not None and not Path(weights).is_file():
+        transformers_preset = name in PRESETS and PRESETS[name].family.startswith("transformers")
+        if not (transformers_preset and Path(weights).is_dir()):
+            raise FileNotFoundError(f"--weights: no such file: {weights}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
         if name in PRESETS:
-            resnet = timm.create_model(PRESETS[name], pretrained=download, num_classes=0)
-            backbone: nn.Module = _ResNetLayer3(resnet)
-            feature_dim, mean, std, input_size = 256, IMAGENET_MEAN, IMAGENET_STD, 224
+            preset = PRESETS[name]
+            backbone, provenance = _build_preset(preset, download, weights)
+            feature_dim, mean, std, input_size = (
+                preset.feature_dim,
+                preset.mean,
+                preset.std,
+                preset.input_size,
+            )
+            provenance.update(pooling=preset.pooling, normalisation=preset.normalisation)
         else:
             backbone = timm.create_model(name, pretrained=download, num_classes=0)
             config = timm.data.resolve_data_config({}, model=backbone)
             feature_dim, mean, std = backbone.num_features, config["mean"], config["std"]
             input_size = config["input_size"][-1]
-    if weights is not None:
-        _load_into(backbone, load_weights_file(weights), str(weights))
-    return TileEncoder(backbone, name, feature_dim, mean, std, input_size).eval()
+            provenance = {"source": name, "revision": None, "weights_sha256": None, "pooling": "timm default"}
+            provenance["normalisation"] = f"mean {tuple(mean)} std {tuple(std)}"
+    if weights is not None and Path(weights).is_file():
+        state_dict = load_weights_file(weights)
+        target = weights_target(PRESETS[name], backbone) if name in PRESETS else backbone
+        _resample_position_embedding(target, state_dict)
+        _load_into(target, state_dict, str(weights))
+        provenance["weights_sha256"] = file_sha256(weights)
+    provenance["weights"] = (
+        "local file"
+        if weights is not None
+        else "pretrained"
+        if pretrained
+        else f"random init (seed {init_seed})"
+    )
+    return TileEncoder(backbone, name, feature_dim, mean, std, input_size, provenance).eval()
 
 
 def cpu_supports_fast_bf16() -> bool:

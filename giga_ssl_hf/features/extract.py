@@ -8,6 +8,11 @@ Output folder (a contract later stages rely on)::
                           seconds, error (+ patch_size_level0, mpp, level, ...)
     OUT/parts/            committed per-slide results (what makes reruns resume)
     OUT/thumbnails/       with --thumbnails: <slide_id>.png, tissue outline (green) and kept tiles (blue)
+
+Tiles come from the tissue mask (default), from TRIDENT / CLAM patch-coordinate h5 files (--coords-from) or
+from GeoJSON tissue polygons (--tissue-geojson); see :mod:`giga_ssl_hf.wsi.tile_sources`. The datasets'
+metadata records the tile encoder (``tile_encoder``: preset or id, revision or weights sha256, dim, input
+size, µm/px, normalisation), which trained models carry and check.
     OUT/extract_config.json  the settings that determine the features (a rerun must use the same)
 
 Each slide is read once: every kept tile region is decoded at most once, then encoded as-is for the
@@ -77,6 +82,10 @@ class ExtractionConfig:
     seed: int = 0
     dtype: str = "float16"
     precision: str = "auto"
+    coords_from: str | None = None  # folder of TRIDENT / CLAM patch-coordinate h5 files (instead of the mask)
+    tissue_geojson: str | None = (
+        None  # folder of per-slide GeoJSON tissue polygons (instead of the Otsu mask)
+    )
 
 
 @dataclass
@@ -239,21 +248,21 @@ def _process_slide(
     path: Path, slide_id: str, runner, config, options: dict, progress
 ) -> tuple[dict, dict | None]:
     """Record (manifest fields) and arrays of one slide; exceptions are the caller's to record."""
-    from giga_ssl_hf.wsi import open_slide, save_thumbnail, tile_grid, tissue_mask
+    from giga_ssl_hf.wsi import open_slide, save_thumbnail
+    from giga_ssl_hf.wsi.tile_sources import select_tiles
 
     with open_slide(path, options["mpp"], override_mpp=options["override_mpp"]) as slide:
-        mask = tissue_mask(
+        mask, grid, source = select_tiles(
             slide,
+            slide_id,
+            tile_size=config.tile_size,
+            target_mpp=config.target_mpp,
+            min_tissue=config.min_tissue,
             mask_mpp=config.mask_mpp,
             saturation_threshold=config.saturation_threshold,
             min_saturation=config.min_saturation,
-        )
-        grid = tile_grid(
-            slide,
-            tile_size=config.tile_size,
-            target_mpp=config.target_mpp,
-            mask=mask,
-            min_tissue=config.min_tissue,
+            coords_from=config.coords_from,
+            tissue_geojson=config.tissue_geojson,
         )
         if options["thumbnails"]:
             save_thumbnail(options["out_dir"] / "thumbnails" / f"{slide_id}.png", slide, mask, grid)
@@ -265,7 +274,8 @@ def _process_slide(
             "mpp": slide.mpp,
             "mpp_source": slide.mpp_source,
             "magnification": None if math.isnan(slide.magnification) else slide.magnification,
-            "tissue_fraction": mask.tissue_fraction,
+            "tissue_fraction": None if mask is None else mask.tissue_fraction,
+            **source,
         }
         if len(grid) == 0:
             # "empty" is a slide without tissue; a slide that cannot be tiled at all is an error.
@@ -321,9 +331,10 @@ def _settings_change(out_dir: Path, config: ExtractionConfig, store: PartStore, 
     if not path.exists():
         return False
     existing, wanted = json.loads(path.read_text()), dataclasses.asdict(config)
-    if existing == wanted:
-        return False
+    # A setting added since the folder was made compares as its default (None): not a change.
     changed = sorted(k for k in set(existing) | set(wanted) if existing.get(k) != wanted.get(k))
+    if not changed:
+        return False
     finished = [r for r in store.records() if r["status"] in ("ok", "empty")]
     if finished and not overwrite:
         detail = ", ".join(f"{k}: {existing.get(k)!r} there, {wanted.get(k)!r} now" for k in changed)
@@ -560,15 +571,21 @@ def _write_datasets(
     runner: EncoderRunner | None,
     summary: ExtractionSummary,
 ) -> None:
+    from giga_ssl_hf.features.schema import read_metadata, tile_encoder_record
     from giga_ssl_hf.features.store import write_tile_dataset
 
     ok_records = [r for r in store.records() if r["status"] == "ok"]
     feature_dim = runner.feature_dim if runner is not None else _feature_dim(store, ok_records)
     if feature_dim is None:
         return
+    encoder_record = (
+        None if runner is None else tile_encoder_record(runner.encoder, config.tile_size, config.target_mpp)
+    )
     for which in passes:
         usable = [r for r in ok_records if which in r.get("passes", [])]
-        metadata = _metadata(config, which, feature_dim)
+        # Nothing encoded this run: the encoder record of the datasets written before stands.
+        record = encoder_record or read_metadata(summary.out_dir / which).get("tile_encoder")
+        metadata = _metadata(config, which, feature_dim, record)
         summary.datasets[which] = write_tile_dataset(
             _dataset_rows(store, usable, which), summary.out_dir / which, feature_dim, config.dtype, metadata
         )
@@ -592,13 +609,16 @@ def _feature_dim(store: PartStore, ok_records: list[dict]) -> int | None:
     return None
 
 
-def _metadata(config: ExtractionConfig, which: str, feature_dim: int) -> dict:
+def _metadata(config: ExtractionConfig, which: str, feature_dim: int, encoder_record: dict | None) -> dict:
     from giga_ssl_hf.features.augment import RECIPE
 
     metadata = {
         "source": "giga-ssl extract",
         "pass": which,
         "encoder": config.encoder,
+        "tile_encoder": encoder_record,
+        "coords_from": config.coords_from,
+        "tissue_geojson": config.tissue_geojson,
         "pretrained": config.pretrained,
         "weights": config.weights,
         "feature_dim": feature_dim,
@@ -628,7 +648,10 @@ EPILOG = """\
 examples:
   giga-ssl extract slides/ --out features/                     # both passes, paper defaults
   giga-ssl extract a.svs b.ndpi --out feats --no-aug --thumbnails
+  giga-ssl extract slides/ --out feats --encoder uni                # a preset: see `giga-ssl encoders`
   giga-ssl extract slides/ --out feats --encoder hf-hub:bioptimus/H-optimus-0 --tile-size 224 --target-mpp 0.5
+  giga-ssl extract slides/ --out feats --coords-from trident_job/20x_256px_0px_overlap/patches --no-aug
+  giga-ssl extract slides/ --out feats --tissue-geojson qupath_annotations/ --thumbnails
   giga-ssl extract slides/ --out feats --encoder resnet18-layer3 --weights moco_tcga.pth.tar
   giga-ssl extract scans/ --out feats --mpp 0.5                # for scans that record no pixel size
 
@@ -674,12 +697,15 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--encoder",
         default=defaults.encoder,
-        help="'resnet18-layer3' (the paper, 256-d), a timm model name, or an hf-hub: id (default: %(default)s)",
+        help="a preset ('giga-ssl encoders' lists them: 'resnet18-layer3' is the paper's 256-d ResNet18, 'uni', "
+        "'virchow2', 'h-optimus-0', ...), any other timm model name, or an hf-hub: id (default: %(default)s)",
     )
     group.add_argument(
         "--weights",
         default=None,
-        help="local weights file (.safetensors, or a .pth/.pth.tar such as the original MoCo checkpoint)",
+        help="local weights file (.safetensors, or a .pth/.pth.tar/.bin such as the original MoCo checkpoint; "
+        "for the transformers presets phikon / phikon-v2 a local copy of the Hub repo); default: the Hub "
+        "weights through the HF cache (HF_HUB_OFFLINE=1: the cache alone)",
     )
     group.add_argument(
         "--no-pretrained",
@@ -709,14 +735,15 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--tile-size",
         type=int,
-        default=defaults.tile_size,
-        help="tile side in px given to the encoder (default: %(default)s)",
+        default=None,
+        help=f"tile side in px given to the encoder (default: the preset's input size, else {defaults.tile_size})",
     )
     group.add_argument(
         "--target-mpp",
         type=float,
-        default=defaults.target_mpp,
-        help="µm per px of the tiles; 1.0 is level 1 of a 40x slide, as in the paper (default: %(default)s)",
+        default=None,
+        help="µm per px of the tiles (default: the preset's, 1.0 for resnet18-layer3 as in the paper: level 1 of "
+        f"a 40x slide; else {defaults.target_mpp})",
     )
     group.add_argument(
         "--min-tissue",
@@ -754,6 +781,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="lower bound of the Otsu threshold, so blank slides stay blank (default: %(default)s)",
     )
     group.add_argument(
+        "--coords-from",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="tile exactly the patches of TRIDENT / CLAM patch-coordinate h5 files in DIR (<slide_id>_patches.h5 "
+        "or <slide_id>.h5: coords + patch_size_level0, or patch_size + patch_level) instead of the tissue mask",
+    )
+    group.add_argument(
+        "--tissue-geojson",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="tissue polygons from DIR/<slide_id>.geojson (level-0 px, as QuPath and TRIDENT export them) "
+        "instead of the Otsu mask; --min-tissue applies to them",
+    )
+    group.add_argument(
         "--readers",
         type=int,
         default=1,
@@ -787,15 +830,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from giga_ssl_hf.features.encoder_presets import PRESETS
+
     args = build_parser().parse_args(argv)
     if args.override_mpp and args.mpp is None:
         build_parser().error("--override-mpp needs --mpp")
+    if args.coords_from is not None and args.tissue_geojson is not None:
+        build_parser().error(
+            "--coords-from and --tissue-geojson are exclusive (coordinates already say where tissue is)"
+        )
+    for option, folder in (("--coords-from", args.coords_from), ("--tissue-geojson", args.tissue_geojson)):
+        if folder is not None and not folder.is_dir():
+            build_parser().error(f"{option}: not a folder: {folder}")
+    defaults, preset = ExtractionConfig(), PRESETS.get(args.encoder)
     config = ExtractionConfig(
         encoder=args.encoder,
         pretrained=args.pretrained,
         weights=args.weights,
-        tile_size=args.tile_size,
-        target_mpp=args.target_mpp,
+        tile_size=args.tile_size or (preset.input_size if preset else defaults.tile_size),
+        target_mpp=args.target_mpp or (preset.target_mpp if preset else defaults.target_mpp),
+        coords_from=None if args.coords_from is None else str(args.coords_from.resolve()),
+        tissue_geojson=None if args.tissue_geojson is None else str(args.tissue_geojson.resolve()),
         min_tissue=args.min_tissue,
         mask_mpp=args.mask_mpp,
         saturation_threshold=args.saturation_threshold,

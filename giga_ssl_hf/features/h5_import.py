@@ -12,6 +12,7 @@ the file, then on ``features``; CLAM's feature files carry none, so ``--patches-
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ class H5Slide:
     mpp: float
     magnification: float
     layout: str
+    tile_encoder: dict | None = None  # the encoder record giga-ssl export-h5 stores on the file
 
 
 def _attributes(handle: h5py.File) -> dict:
@@ -87,6 +89,8 @@ def read_h5(
         features = np.asarray(handle["features"][()])
         coords = np.asarray(handle["coords"][()])
         attrs = _attributes(handle)
+        encoder_json = handle.attrs.get("giga_ssl_tile_encoder")
+    tile_encoder = json.loads(encoder_json) if encoder_json is not None else None
     if patches_dir is not None and (Path(patches_dir) / path.name).exists():
         with h5py.File(Path(patches_dir) / path.name, "r") as handle:
             attrs = {**_attributes(handle), **attrs}
@@ -124,7 +128,7 @@ def read_h5(
             )
         magnification = float("nan")
         for key in ("level0_magnification", "magnification"):
-            if key in attrs:
+            if key in attrs and not bool(attrs.get("level0_magnification_estimated", False)):
                 magnification = _scalar(attrs[key])
                 break
         resolved_mpp = mpp
@@ -144,7 +148,14 @@ def read_h5(
         if slide is not None:
             slide.close()
     return H5Slide(
-        slide_id, features, coords, patch_size_level0, float(resolved_mpp), float(magnification), layout
+        slide_id,
+        features,
+        coords,
+        patch_size_level0,
+        float(resolved_mpp),
+        float(magnification),
+        layout,
+        tile_encoder,
     )
 
 
@@ -182,6 +193,7 @@ def import_h5(
     first = read_h5(files[0], **options)
     feature_dim = first.features.shape[1]
     layouts = set()
+    encoders = []
 
     def rows():
         for path in files:
@@ -191,6 +203,7 @@ def import_h5(
                     f"{path}: {slide.features.shape[1]} features per tile, {files[0]} has {feature_dim}"
                 )
             layouts.add(slide.layout)
+            encoders.append(slide.tile_encoder)
             yield {
                 "slide_id": slide.slide_id,
                 "aug_id": NO_AUGMENTATION,
@@ -214,6 +227,13 @@ def import_h5(
     }
     out = write_tile_dataset(rows(), out_dir, feature_dim, dtype, metadata)
     metadata["h5_layouts"] = sorted(layouts)
+    # Files written by giga-ssl export-h5 carry the encoder record; else --encoder names the encoder.
+    recorded = {json.dumps(record, sort_keys=True) for record in encoders}
+    if len(recorded) == 1 and encoders[0] is not None and encoder in (None, encoders[0].get("name")):
+        metadata["tile_encoder"] = encoders[0]
+        metadata["encoder"] = encoder or encoders[0].get("name")
+    elif encoder is not None:
+        metadata["tile_encoder"] = {"name": encoder, "feature_dim": int(feature_dim)}
     write_metadata(out, metadata)
     return out
 

@@ -13,11 +13,16 @@ Dataset-level metadata (encoder, D, tile size, target mpp, augmentation recipe, 
 sidecar JSON file, :data:`METADATA_FILENAME`, in the dataset folder.
 
 Grid index = ``coords // patch_size_level0``: adjacent tiles are one cell apart.
+
+The metadata's ``tile_encoder`` record (:func:`tile_encoder_record`) says which encoder made the features; a
+trained model's config carries the record of its training features, and :func:`encoder_mismatch` tells
+whether two records describe different encoders.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +32,8 @@ import pyarrow as pa
 
 from giga_ssl_hf.contracts import METADATA_FILENAME
 from giga_ssl_hf.files import write_json
+
+logger = logging.getLogger(__name__)
 
 
 def tile_features_schema(feature_dim: int, dtype: str = "float16") -> datasets.Features:
@@ -55,6 +62,94 @@ def read_metadata(dataset_dir: str | Path) -> dict:
     """The dataset-level metadata of a tile-feature Dataset folder ({} when it has none)."""
     path = Path(dataset_dir) / METADATA_FILENAME
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+# Fields of a tile_encoder record that make two encoders' features incomparable when they differ.
+ENCODER_IDENTITY_FIELDS = (
+    "name", "source", "revision", "weights_sha256", "weights", "feature_dim", "input_size", "mpp", "normalisation",
+)  # fmt: skip
+
+
+def tile_encoder_record(encoder, input_size: int, mpp: float) -> dict:
+    """The provenance of tile features: a :class:`~giga_ssl_hf.features.encoders.TileEncoder` run on
+    ``input_size`` px tiles at ``mpp`` µm/px (preset or id, revision or weights sha256, dim, normalisation)."""
+    provenance = getattr(encoder, "provenance", {}) or {}
+    return {
+        "name": encoder.name,
+        "source": provenance.get("source"),
+        "revision": provenance.get("revision"),
+        "weights_sha256": provenance.get("weights_sha256"),
+        "weights": provenance.get("weights"),
+        "feature_dim": int(encoder.feature_dim),
+        "input_size": int(input_size),
+        "mpp": float(mpp),
+        "normalisation": provenance.get("normalisation"),
+        "pooling": provenance.get("pooling"),
+    }
+
+
+def describe_encoder(record: dict) -> str:
+    """One line naming an encoder record: ``uni@rev (1024-d, 224 px at 0.5 µm/px)``."""
+    name = str(record.get("name"))
+    if record.get("revision"):
+        name += f"@{str(record['revision'])[:12]}"
+    if record.get("weights_sha256"):
+        name += f" weights sha256 {str(record['weights_sha256'])[:12]}"
+    elif record.get("weights") and record["weights"] != "pretrained":
+        name += f" ({record['weights']})"
+    return (
+        f"{name} ({record.get('feature_dim')}-d, {record.get('input_size')} px at {record.get('mpp')} µm/px)"
+    )
+
+
+def encoder_mismatch(expected: dict | None, found: dict | None) -> list[str]:
+    """Identity fields on which two tile_encoder records differ ([] when they agree or one is unknown).
+
+    A field missing (None) on either side is not compared: an older record without a revision still
+    matches one that has it.
+    """
+    if not expected or not found:
+        return []
+    return [
+        field
+        for field in ENCODER_IDENTITY_FIELDS
+        if expected.get(field) is not None
+        and found.get(field) is not None
+        and expected[field] != found[field]
+    ]
+
+
+class EncoderMismatchError(ValueError):
+    """Tile features of one encoder given to a model trained on another's."""
+
+
+def require_same_encoder(
+    model_record: dict | None, features_record: dict | None, allow: bool, what: str
+) -> None:
+    """Raise :class:`EncoderMismatchError` (one line naming both encoders) when the records differ.
+
+    ``allow`` turns the refusal into a warning (``--allow-encoder-mismatch``); an unknown side is a warning.
+    """
+    if not model_record or not features_record:
+        logger.warning(
+            "%s: cannot check the tile encoder (%s record missing); make sure the features come from the encoder "
+            "the model was trained on",
+            what,
+            "model" if not model_record else "features",
+        )
+        return
+    differing = encoder_mismatch(model_record, features_record)
+    if not differing:
+        return
+    message = (
+        f"{what}: the tile features come from {describe_encoder(features_record)} but the model was trained on "
+        f"{describe_encoder(model_record)} features (differ in {', '.join(differing)}); re-extract with the "
+        "model's encoder, or pass --allow-encoder-mismatch"
+    )
+    if allow:
+        logger.warning("%s (allowed by --allow-encoder-mismatch)", message)
+        return
+    raise EncoderMismatchError(message)
 
 
 def _flat_values(chunk: pa.Array) -> tuple[np.ndarray, np.ndarray]:

@@ -133,6 +133,42 @@ def _encoder_rows(config: GigaSSLConfig) -> list[tuple[str, object]]:
     ]
 
 
+def _tile_encoder_rows(record: dict | None) -> list[tuple[str, object]]:
+    """The tile encoder the model was trained on (``config.tile_encoder``), as card rows."""
+    if not record:
+        return [("Tile encoder", "not recorded: use the tile features the model's publisher names")]
+    source = record.get("source")
+    rows = [("Tile encoder", record.get("name")), ("Encoder weights", source if source else "unknown")]
+    if record.get("revision"):
+        rows.append(("Encoder revision", record["revision"]))
+    if record.get("weights_sha256"):
+        rows.append(("Encoder weights sha256", record["weights_sha256"]))
+    elif record.get("weights") and record["weights"] != "pretrained":
+        rows.append(("Encoder weights", record["weights"]))
+    rows += [
+        ("Tile features", f"{record.get('feature_dim')}-d, {record.get('pooling') or 'pooled'}"),
+        ("Tiles", f"{record.get('input_size')} px at {record.get('mpp')} µm/px"),
+        ("Input normalisation", record.get("normalisation") or "unknown"),
+    ]
+    return rows
+
+
+INTENDED_USE = """## Intended use and limitations
+
+- **Intended use**: research. A frozen slide-level feature extractor: slide embeddings for linear probes,
+  retrieval, clustering or as inputs to other slide-level models, on H&E whole-slide images like those it
+  was pretrained on.
+- **Not for clinical use**: it has not been validated for diagnosis, prognosis or treatment decisions, and
+  its embeddings carry no calibrated meaning by themselves.
+- **Tile features must match**: the slide encoder only understands features of the tile encoder listed
+  above, computed on tiles of the same size and resolution with the same normalisation. `giga-ssl embed`
+  refuses features recorded with another encoder; features from other tools must come from the same model.
+- **Domain shift**: stains, scanners, tissue types and magnifications far from the pretraining cohort can
+  degrade the embeddings; check a linear probe on your own labelled slides before relying on them.
+- **Licences**: the tile encoder's own licence (some pathology foundation models are gated and
+  non-commercial) applies to any use of features computed with it."""
+
+
 def model_card(
     config: GigaSSLConfig,
     repo_id: str,
@@ -186,6 +222,10 @@ for linear probes and other slide-level models.
 
 {_table(_encoder_rows(config))}
 
+### Tile encoder
+
+{_table(_tile_encoder_rows(getattr(config, "tile_encoder", None)))}
+
 The SimCLR projection head is used only by the pretraining loss and is not part of this repository.
 
 ## How it was trained
@@ -217,6 +257,8 @@ L2 normalisation).
 after `layer4`'s stride 2 (tiles sharing a site share a row; for the `mlp` encoder, the tile's own row before the
 mean), zeros for padded tiles. The slide embedding is unchanged: the mean over the output sites. Scored by a
 linear probe, they give per-tile heatmaps (`giga-ssl heatmap`).
+
+{INTENDED_USE}
 
 ## Reference results
 

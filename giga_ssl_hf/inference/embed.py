@@ -312,7 +312,30 @@ def build_parser() -> argparse.ArgumentParser:
         "instead of refusing to start",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace the embeddings already in --out")
+    parser.add_argument(
+        "--allow-encoder-mismatch",
+        action="store_true",
+        help="embed tile features of another tile encoder than the model was trained on (refused by default: "
+        "the model's config.tile_encoder and the features' metadata must agree)",
+    )
     return parser
+
+
+def _model_config(model, trust_remote_code: bool):
+    """A loaded model's config, or the config of a model folder / Hub id (read before any weight)."""
+    if not isinstance(model, (str, Path)):
+        return model.config
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    from transformers import AutoConfig
+
+    import giga_ssl_hf  # noqa: F401  (registers GigaSSLConfig with AutoConfig)
+
+    if not Path(model).exists():
+        try:
+            validate_repo_id(str(model))
+        except HFValidationError:
+            return None  # load_model says what is wrong with the name
+    return AutoConfig.from_pretrained(str(model), trust_remote_code=trust_remote_code)
 
 
 def embed_to_folder(
@@ -328,14 +351,22 @@ def embed_to_folder(
     skip_bad_slides: bool = False,
     device: str = "auto",
     trust_remote_code: bool = False,
+    allow_encoder_mismatch: bool = False,
 ) -> Path:
     """Embed an exhaustive tile-feature Dataset (or an extraction folder) into an embeddings folder.
 
     ``model`` is a loaded model, or a model folder / Hub id loaded (on ``device``) once the features passed
     their checks. Slides that cannot be embedded (no tiles, NaN / inf features) are refused before any work,
-    or, with ``skip_bad_slides``, left out and listed in the metadata (``skipped_slides``).
+    or, with ``skip_bad_slides``, left out and listed in the metadata (``skipped_slides``). Features of
+    another tile encoder than the model's (``config.tile_encoder``) are refused with an
+    :class:`~giga_ssl_hf.features.schema.EncoderMismatchError` unless ``allow_encoder_mismatch``.
     """
-    from ..features.schema import load_tile_dataset, resolve_tile_dataset_dir
+    from ..features.schema import (
+        load_tile_dataset,
+        read_metadata,
+        require_same_encoder,
+        resolve_tile_dataset_dir,
+    )
 
     features_dir = resolve_tile_dataset_dir(features, "exhaustive")
     dataset = load_tile_dataset(features_dir)
@@ -344,6 +375,9 @@ def embed_to_folder(
         _refuse_bad_slides(skipped)
     elif skipped:
         logger.warning("left out %d slide(s) that cannot be embedded: %s", len(skipped), skipped)
+    features_encoder = read_metadata(features_dir).get("tile_encoder")
+    model_encoder = getattr(_model_config(model, trust_remote_code), "tile_encoder", None)
+    require_same_encoder(model_encoder, features_encoder, allow_encoder_mismatch, "embed")
     if isinstance(model, (str, Path)):
         model = load_model(str(model), resolve_device(device), trust_remote_code)
     ids, embeddings = embed_tile_dataset(
@@ -359,6 +393,7 @@ def embed_to_folder(
         "embedding_dim": int(embeddings.shape[1]),
         "features": str(features_dir),
         "skipped_slides": skipped,
+        "tile_encoder": features_encoder or model_encoder,
     }
     out = save_embeddings(out, ids, embeddings, metadata, npy)
     logger.info("wrote %d slide embeddings to %s", len(ids), out)
@@ -375,6 +410,7 @@ def run(args: argparse.Namespace) -> Path:
     return embed_to_folder(
         args.model, args.features, args.out, args.strategy, args.n_views, args.n_tiles, args.seed,
         args.max_views_per_batch, args.npy, args.skip_bad_slides, args.device, args.trust_remote_code,
+        args.allow_encoder_mismatch,
     )  # fmt: skip
 
 

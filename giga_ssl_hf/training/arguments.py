@@ -37,6 +37,13 @@ class DataArguments:
     num_workers: int = field(
         default=0, metadata={"help": "DataLoader workers (views are cheap: 0 is usually best)."}
     )
+    allow_encoder_mismatch: bool = field(
+        default=False,
+        metadata={
+            "help": "With --init_from: accept tile features of another encoder than the one the model was trained "
+            "on (refused by default: the model would meet features it has never seen)."
+        },
+    )
 
 
 @dataclass
@@ -51,6 +58,13 @@ class ModelArguments:
         default="512,512,256", metadata={"help": "Projection head sizes, comma separated."}
     )
     temperature: float = field(default=0.05, metadata={"help": "NT-Xent temperature."})
+    init_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "Continue from a trained Giga-SSL slide encoder (folder or Hub id): its architecture and weights; "
+            "its tile encoder must match the features' (see --allow_encoder_mismatch)."
+        },
+    )
     init_layer4: str | None = field(
         default=None,
         metadata={

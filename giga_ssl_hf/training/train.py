@@ -74,17 +74,55 @@ def validate_training_data(
     check_finite(views)
 
 
-def build_config(model_args: ModelArguments, data_feature_dim: int, n_tiles: int) -> GigaSSLConfig:
+def build_config(
+    model_args: ModelArguments,
+    data_feature_dim: int,
+    n_tiles: int,
+    tile_encoder: dict | None = None,
+    init_config: GigaSSLConfig | None = None,
+) -> GigaSSLConfig:
+    """The model config: the flags' architecture, or ``init_config``'s (``--init_from``); ``tile_encoder`` is
+    the features' encoder record, which the trained model carries."""
     from ..models.gigassl import GigaSSLConfig
 
+    training = {
+        "projection_dims": [int(d) for d in model_args.projection_dims.split(",")],
+        "temperature": model_args.temperature,
+        "n_tiles": n_tiles,
+        "tile_encoder": tile_encoder,
+    }
+    if init_config is not None:
+        return GigaSSLConfig.from_dict({**init_config.to_dict(), **training})
     return GigaSSLConfig(
         feature_dim=model_args.feature_dim if model_args.feature_dim is not None else data_feature_dim,
         hidden_dim=model_args.hidden_dim,
         encoder_type=model_args.encoder_type,
-        projection_dims=[int(d) for d in model_args.projection_dims.split(",")],
-        temperature=model_args.temperature,
-        n_tiles=n_tiles,
+        **training,
     )
+
+
+def _init_source(name_or_path: str, load):
+    if not Path(name_or_path).is_dir() and Path(name_or_path).exists():
+        raise ValueError(f"--init_from: not a model folder: {name_or_path}")
+    try:
+        return load(name_or_path)
+    except OSError as error:
+        raise ValueError(f"--init_from: cannot load {name_or_path}: {error}") from error
+
+
+def load_init_config(name_or_path: str) -> GigaSSLConfig:
+    """The config of a trained model folder or Hub id (``--init_from``), read before any weight."""
+    from ..models.gigassl import GigaSSLConfig
+
+    return _init_source(name_or_path, GigaSSLConfig.from_pretrained)
+
+
+def load_init_model(name_or_path: str):
+    """The slide encoder (:class:`GigaSSLModel`) of a trained model folder or Hub id, for ``--init_from``."""
+    from transformers import AutoModel
+
+    model = _init_source(name_or_path, AutoModel.from_pretrained)
+    return getattr(model, "gigassl", model)
 
 
 def find_checkpoint(output_dir: Path, resume: str) -> Path:
@@ -160,7 +198,12 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
     from accelerate.utils import ProjectConfiguration, set_seed
     from tqdm.auto import tqdm
 
-    from ..features.schema import load_tile_dataset, read_metadata, resolve_tile_dataset_dir
+    from ..features.schema import (
+        load_tile_dataset,
+        read_metadata,
+        require_same_encoder,
+        resolve_tile_dataset_dir,
+    )
     from ..models.gigassl import GigaSSLForContrastivePretraining
     from .losses import NTXentLoss
     from .optim import build_optimizer, warmup_cosine
@@ -202,10 +245,20 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
         seed=train_args.seed,
         coordinate_augmentation=CoordinateAugmentation() if data_args.coordinate_augmentation else None,
     )
-    config = build_config(model_args, views.arrays.feature_dim, data_args.n_tiles)
+    features_encoder = read_metadata(features_dir).get("tile_encoder")
+    init_config = load_init_config(model_args.init_from) if model_args.init_from else None
+    if init_config is not None:
+        require_same_encoder(
+            init_config.tile_encoder, features_encoder, data_args.allow_encoder_mismatch, "train --init_from"
+        )
+    config = build_config(
+        model_args, views.arrays.feature_dim, data_args.n_tiles, features_encoder, init_config
+    )
     validate_training_data(views, data_args, config, train_args.batch_size, accelerator.num_processes)
 
     model = GigaSSLForContrastivePretraining(config)
+    if init_config is not None:
+        model.gigassl.load_state_dict(load_init_model(model_args.init_from).state_dict())
     if model_args.init_layer4:
         model.gigassl.load_layer4_weights(load_state_dict_file(model_args.init_layer4))
     total_batch = train_args.batch_size * accelerator.num_processes * train_args.gradient_accumulation_steps

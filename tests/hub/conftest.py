@@ -3,6 +3,7 @@ server (olah, offline mode) serving git repos made from the ``--dry-run`` folder
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -118,16 +119,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def hub_server(tmp_path_factory, dry_runs):
-    """An olah Hub mirror in offline mode on localhost, serving the dry-run folders as git repos.
+@contextlib.contextmanager
+def serve_repos(root: Path, repos: dict[str, Path]):
+    """An olah Hub mirror in offline mode on localhost serving ``{"models/ORG/NAME" | "datasets/ORG/NAME": folder}``.
 
     Mirror layout: ``<mirrors-path>/<models|datasets>/<org>/<name>`` holds a git repo whose ``main`` branch is
-    the repo's content. Yields the endpoint URL; the server is stopped at teardown.
+    the repo's content. Yields the endpoint URL; the server is stopped on exit.
     """
-    root = tmp_path_factory.mktemp("olah")
-    _commit_as_git_repo(dry_runs["model"], root / "mirrors" / "models" / MODEL_REPO)
-    _commit_as_git_repo(dry_runs["dataset"], root / "mirrors" / "datasets" / DATASET_REPO)
+    for repo, folder in repos.items():
+        _commit_as_git_repo(folder, root / "mirrors" / repo)
+    probe = next(iter(repos))
     port = _free_port()
     config = root / "olah.toml"
     config.write_text(
@@ -146,9 +147,7 @@ def hub_server(tmp_path_factory, dry_runs):
         deadline = time.monotonic() + 60
         while True:
             try:
-                with urllib.request.urlopen(
-                    f"{endpoint}/api/models/{MODEL_REPO}/revision/main", timeout=2
-                ) as response:
+                with urllib.request.urlopen(f"{endpoint}/api/{probe}/revision/main", timeout=2) as response:
                     if response.status == 200:
                         break
             except OSError:
@@ -165,3 +164,11 @@ def hub_server(tmp_path_factory, dry_runs):
             server.kill()
             server.wait()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def hub_server(tmp_path_factory, dry_runs):
+    """The dry-run model and dataset folders served by a local Hub-API server; yields its endpoint."""
+    repos = {f"models/{MODEL_REPO}": dry_runs["model"], f"datasets/{DATASET_REPO}": dry_runs["dataset"]}
+    with serve_repos(tmp_path_factory.mktemp("olah"), repos) as endpoint:
+        yield endpoint

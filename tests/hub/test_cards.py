@@ -113,3 +113,24 @@ def test_cards_do_not_publish_local_paths():
     metadata = {"model": "/home/alice/runs/final", "strategy": "random", "n_views": 100}
     card = str(dataset_card(metadata, "org/emb", n_slides=3, dim=8))
     assert "/home/alice" not in card and "(local) final" in card
+
+
+def test_model_card_names_the_tile_encoder_and_its_intended_use():
+    record = {
+        "name": "uni",
+        "source": "MahmoodLab/UNI",
+        "revision": "77ffbca1ee1cdcee6e87f6deebd2db8a5888c721",
+        "weights_sha256": None,
+        "weights": "pretrained",
+        "feature_dim": 1024,
+        "input_size": 224,
+        "mpp": 0.5,
+        "normalisation": "ImageNet",
+        "pooling": "cls",
+    }
+    text = str(model_card(tiny_config(tile_encoder=record), "org/name"))
+    assert "### Tile encoder" in text and "| Tile encoder | uni |" in text
+    assert "| Encoder revision | 77ffbca1ee1cdcee6e87f6deebd2db8a5888c721 |" in text
+    assert "| Tiles | 224 px at 0.5 µm/px |" in text and "| Tile features | 1024-d, cls |" in text
+    assert "## Intended use and limitations" in text and "Not for clinical use" in text
+    assert "not recorded" in str(model_card(tiny_config(), "org/name"))

@@ -48,6 +48,11 @@ class GigaSSLConfig(PreTrainedConfig):
             Epsilon of the BatchNorm layers.
         batch_norm_momentum (`float`, *optional*, defaults to 0.1):
             Momentum of the BatchNorm running statistics (torch convention).
+        tile_encoder (`dict`, *optional*):
+            The tile encoder whose features the model was trained on, as recorded in the tile-feature metadata
+            (`name` (preset or timm / Hub id), `source`, `revision` or `weights_sha256`, `feature_dim`,
+            `input_size` (px), `mpp` (µm per px), `normalisation`, `pooling`). Set by training; features of
+            another encoder are refused at embedding time. `None` when unknown (e.g. converted checkpoints).
     """
 
     model_type = "gigassl"
@@ -65,6 +70,7 @@ class GigaSSLConfig(PreTrainedConfig):
     n_tiles: int = 5
     batch_norm_eps: float = 1e-5
     batch_norm_momentum: float = 0.1
+    tile_encoder: dict | None = None
 
     def __post_init__(self, **kwargs):
         for name in ("feature_dim", "hidden_dim", "grid_cell_size", "n_tiles"):
@@ -99,6 +105,8 @@ class GigaSSLConfig(PreTrainedConfig):
             raise ValueError(
                 f"GigaSSLConfig.batch_norm_momentum must be in [0, 1], got {self.batch_norm_momentum!r}"
             )
+        if self.tile_encoder is not None and not isinstance(self.tile_encoder, dict):
+            raise ValueError(f"GigaSSLConfig.tile_encoder must be a dict or None, got {self.tile_encoder!r}")
         self.fixed_grid_cell_size = bool(self.fixed_grid_cell_size)
         self.temperature = float(self.temperature)
         super().__post_init__(**kwargs)

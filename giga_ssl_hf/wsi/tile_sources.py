@@ -1,0 +1,179 @@
+"""Where a slide's tiles come from: this package's tissue mask, other tools' patch coordinates, or tissue polygons.
+
+- default: the Otsu saturation mask (:func:`~giga_ssl_hf.wsi.tissue.tissue_mask`) and a regular grid;
+- ``coords_from``: TRIDENT / CLAM patch-coordinate ``.h5`` files, one per slide: a ``coords`` dataset
+  ``(n, 2)`` of level-0 (x, y) top-left corners, and on it either ``patch_size_level0`` (TRIDENT) or
+  ``patch_size`` + ``patch_level`` (CLAM; level-0 side = ``patch_size`` x that level's downsample). The tiles
+  are exactly those coordinates; each is resized from ``patch_size_level0`` level-0 px to ``tile_size``.
+- ``tissue_geojson``: per-slide GeoJSON tissue polygons in level-0 px (QuPath and TRIDENT exports:
+  a FeatureCollection, a list of Features, a Feature or a bare geometry; Polygon / MultiPolygon, holes
+  respected), rasterised into a :class:`~giga_ssl_hf.wsi.tissue.TissueMask` that replaces the Otsu mask.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+from PIL import Image, ImageDraw
+
+from giga_ssl_hf.wsi.slide import Slide
+from giga_ssl_hf.wsi.tiling import TileGrid, tile_grid
+from giga_ssl_hf.wsi.tissue import TissueMask, tissue_mask
+
+COORDS_SUFFIXES = ("_patches.h5", ".h5")  # TRIDENT names its files <slide>_patches.h5, CLAM <slide>.h5
+GEOJSON_SUFFIXES = (".geojson", ".json")
+
+
+@dataclass
+class PatchCoords:
+    """Patch coordinates read from a TRIDENT / CLAM ``.h5`` file."""
+
+    coords: np.ndarray  # (n, 2) int64 level-0 (x, y) of the top-left corners
+    patch_size_level0: int
+    layout: str  # "trident" or "clam"
+
+
+def _scalar(value) -> float:
+    return float(np.asarray(value).ravel()[0])
+
+
+def read_patch_coords(path: str | Path, level_downsamples: tuple[float, ...] | None = None) -> PatchCoords:
+    """Coordinates and level-0 tile side of a TRIDENT / CLAM patch-coordinate (or patch-feature) h5 file."""
+    path = Path(path)
+    with h5py.File(path, "r") as handle:
+        if "coords" not in handle:
+            raise ValueError(f"{path}: no 'coords' dataset (found {sorted(handle.keys())})")
+        coords = np.asarray(handle["coords"][()]).reshape(-1, 2).astype(np.int64)
+        attrs = {**dict(handle.attrs), **dict(handle["coords"].attrs)}
+    if "patch_size_level0" in attrs:
+        return PatchCoords(coords, int(round(_scalar(attrs["patch_size_level0"]))), "trident")
+    if "patch_size" in attrs and "patch_level" in attrs:
+        level = int(_scalar(attrs["patch_level"]))
+        if "downsample" in attrs:
+            downsample = _scalar(attrs["downsample"])
+        elif level_downsamples is not None and level < len(level_downsamples):
+            downsample = level_downsamples[level]
+        else:
+            raise ValueError(f"{path}: patch_level {level} is not a level of the slide")
+        return PatchCoords(coords, int(round(_scalar(attrs["patch_size"]) * downsample)), "clam")
+    raise ValueError(
+        f"{path}: the coords dataset has neither 'patch_size_level0' (TRIDENT) nor 'patch_size' + "
+        f"'patch_level' (CLAM) attributes; found {sorted(attrs)}"
+    )
+
+
+def find_slide_file(folder: str | Path, slide_id: str, suffixes: tuple[str, ...], what: str) -> Path:
+    """``folder/<slide_id><suffix>`` (or in its ``patches/`` sub-folder), else a FileNotFoundError."""
+    folder = Path(folder)
+    for directory in (folder, folder / "patches"):
+        for suffix in suffixes:
+            candidate = directory / f"{slide_id}{suffix}"
+            if candidate.is_file():
+                return candidate
+    names = ", ".join(f"{slide_id}{suffix}" for suffix in suffixes)
+    raise FileNotFoundError(f"no {what} for slide {slide_id!r} in {folder} (looked for {names})")
+
+
+def grid_from_coords(slide: Slide, patches: PatchCoords, tile_size: int) -> TileGrid:
+    """A :class:`TileGrid` of exactly the given tiles (row-major order, for block reading)."""
+    coords = patches.coords[np.lexsort((patches.coords[:, 0], patches.coords[:, 1]))]
+    level = slide.best_level(patches.patch_size_level0 / tile_size)
+    read_size = max(1, int(round(patches.patch_size_level0 / slide.level_downsamples[level])))
+    return TileGrid(
+        coords=coords,
+        tissue=np.ones(len(coords), dtype=np.float32),
+        patch_size_level0=patches.patch_size_level0,
+        tile_size=tile_size,
+        level=level,
+        read_size=read_size,
+        n_candidates=len(coords),
+        reason=None,  # no coordinates: a slide without tissue ("empty"), as the mask would say
+    )
+
+
+def _polygons(geometry: dict) -> list[list[list[tuple[float, float]]]]:
+    """Rings (exterior first, then holes) of every polygon in a GeoJSON geometry."""
+    kind = geometry.get("type")
+    if kind == "Polygon":
+        return [geometry["coordinates"]]
+    if kind == "MultiPolygon":
+        return list(geometry["coordinates"])
+    if kind == "GeometryCollection":
+        return [polygon for part in geometry.get("geometries", []) for polygon in _polygons(part)]
+    return []  # points and lines have no area
+
+
+def read_tissue_geojson(path: str | Path) -> list[list[list[tuple[float, float]]]]:
+    """Polygons (each a list of rings, exterior first) of a GeoJSON file in level-0 px."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a readable GeoJSON file ({error})") from error
+    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
+        features = data.get("features", [])
+    elif isinstance(data, list):
+        features = data
+    else:
+        features = [data]
+    polygons = []
+    for feature in features:
+        geometry = feature.get("geometry", feature) if isinstance(feature, dict) else None
+        if isinstance(geometry, dict):
+            polygons.extend(_polygons(geometry))
+    if not polygons:
+        raise ValueError(f"{path}: no Polygon or MultiPolygon geometry")
+    return polygons
+
+
+def polygon_mask(slide: Slide, polygons, mask_mpp: float = 8.0, max_size: int = 8192) -> TissueMask:
+    """Rasterise level-0 polygons into a :class:`TissueMask` at about ``mask_mpp`` µm per mask pixel."""
+    width0, height0 = slide.dimensions
+    downsample = max(mask_mpp / slide.mpp, max(width0, height0) / max_size, 1.0)
+    size = (max(1, round(width0 / downsample)), max(1, round(height0 / downsample)))
+    image = Image.new("1", size, 0)
+    draw = ImageDraw.Draw(image)
+    for rings in polygons:
+        for index, ring in enumerate(rings):
+            points = [(x / downsample, y / downsample) for x, y, *_ in ring]
+            if len(points) >= 3:
+                draw.polygon(points, fill=1 if index == 0 else 0)  # later rings are holes
+    return TissueMask(
+        mask=np.asarray(image, dtype=bool), downsample=float(downsample), threshold=float("nan")
+    )
+
+
+def select_tiles(
+    slide: Slide,
+    slide_id: str,
+    *,
+    tile_size: int,
+    target_mpp: float,
+    min_tissue: float,
+    mask_mpp: float,
+    saturation_threshold: float | None,
+    min_saturation: float,
+    coords_from: str | Path | None = None,
+    tissue_geojson: str | Path | None = None,
+) -> tuple[TissueMask | None, TileGrid, dict]:
+    """The tissue mask (None with ``coords_from``), the tile grid and a record of where tiles came from."""
+    if coords_from is not None:
+        path = find_slide_file(coords_from, slide_id, COORDS_SUFFIXES, "patch-coordinate h5")
+        patches = read_patch_coords(path, slide.level_downsamples)
+        source = {"tiles_from": f"{patches.layout} coords", "coords_file": path.name}
+        return None, grid_from_coords(slide, patches, tile_size), source
+    if tissue_geojson is not None:
+        path = find_slide_file(tissue_geojson, slide_id, GEOJSON_SUFFIXES, "tissue GeoJSON")
+        mask = polygon_mask(slide, read_tissue_geojson(path), mask_mpp)
+        source = {"tiles_from": "GeoJSON tissue polygons", "geojson_file": path.name}
+    else:
+        mask = tissue_mask(
+            slide, mask_mpp=mask_mpp, saturation_threshold=saturation_threshold, min_saturation=min_saturation
+        )
+        source = {"tiles_from": "tissue mask"}
+    grid = tile_grid(slide, tile_size=tile_size, target_mpp=target_mpp, mask=mask, min_tissue=min_tissue)
+    return mask, grid, source

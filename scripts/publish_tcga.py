@@ -1,0 +1,327 @@
+#!/usr/bin/env python
+"""Build (and push) one Hub dataset repo with TCGA slide embeddings and the paper's evaluation protocol.
+
+The repo holds, side by side:
+
+- ``embeddings.npy`` (N, E) + ``ids.npy`` (N,): the embeddings in the original Giga-SSL format (as released
+  in trislaz/gigassl ``TCGA_encoded_t5e1000/``);
+- ``tables/<task>.csv``: the paper's six label tables (``ID``, ``label``, ...);
+- ``splitdirs/<task>/<size>/split_<k>.csv``: every fixed train/test split folder;
+- the same as ``datasets`` configs under ``data/`` (parquet: ``datasets`` reads one format per repo):
+  ``embeddings`` (``slide_id``, ``embedding``), ``labels-<task>``, ``splits-<task>-<size>`` with one split
+  per ``split_<k>``;
+- a dataset card naming the configs and listing the paper's reference AUCs as ``model-index``-style
+  ``eval_results``; ``giga_ssl_metadata.json`` (cohort, slide model, tile encoder).
+
+Then, from the repo id alone::
+
+    giga-ssl evaluate --embeddings ORG/NAME --task lung
+    python scripts/reproduce_tcga_linear_probe.py --embeddings ORG/NAME
+
+    python scripts/publish_tcga.py --embeddings TCGA_encoded_t5e1000/ --repo-id ORG/NAME --dry-run hub/tcga
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, HfApi
+from huggingface_hub.repocard_data import eval_results_to_model_index
+
+from giga_ssl_hf.contracts import METADATA_FILENAME, NPY_EMBEDDINGS, NPY_IDS
+from giga_ssl_hf.evaluation.data import (
+    embeddings_dataset,
+    find_split_sets,
+    load_embeddings,
+    load_labels,
+)
+from giga_ssl_hf.features.schema import read_metadata
+from giga_ssl_hf.hub.cards import CITATION, DATASET_TAGS, PAPER_URL
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_REFERENCE = REPO.parent / "shared" / "reference" / "gigassl-tcga"
+TASKS = {
+    "lung": "LUAD vs LUSC (TCGA-LUAD, TCGA-LUSC)",
+    "kidney": "clear cell vs papillary vs chromophobe RCC (TCGA-KIRC, KIRP, KICH)",
+    "brca": "invasive ductal vs lobular carcinoma (TCGA-BRCA)",
+    "mhrd": "homologous recombination deficiency, m-table (TCGA-BRCA)",
+    "thrd": "homologous recombination deficiency, t-table (TCGA-BRCA)",
+    "tnbc": "triple-negative vs luminal (TCGA-BRCA)",
+}
+# Successor README, 10-fold CV AUC, SparseConvMIL on MoCo tile features. Its single HRD figure (0.793) does
+# not say which HRD table it used, so it is quoted in the text only.
+REFERENCE_AUC = {"lung": 0.960, "kidney": 0.983, "brca": 0.924, "tnbc": 0.933}
+PAPER_ENCODER = "ResNet18 (MoCo v2 on TCGA tiles) cut after layer3, spatial mean: 256-d tile features"
+EMBEDDINGS_PARQUET = "data/embeddings/train-00000-of-00001.parquet"
+
+
+def dataset_configs(reference: Path, tasks: list[str]) -> list[dict]:
+    """The card's ``configs``: the embeddings, one per label table, one per split folder (split_k as splits)."""
+    configs = [
+        {
+            "config_name": "embeddings",
+            "data_files": [{"split": "train", "path": EMBEDDINGS_PARQUET}],
+            "default": True,
+        }
+    ]
+    for task in tasks:
+        configs.append(
+            {
+                "config_name": f"labels-{task}",
+                "data_files": [{"split": "train", "path": f"data/labels-{task}.parquet"}],
+            }
+        )
+        for size, files in find_split_sets(reference / "splitdirs" / task).items():
+            name = f"splits-{task}-{size}"
+            configs.append(
+                {
+                    "config_name": name,
+                    "data_files": [
+                        {"split": path.stem, "path": f"data/{name}/{path.stem}.parquet"} for path in files
+                    ],
+                }
+            )
+    return configs
+
+
+def write_config_files(reference: Path, out: Path, tasks: list[str]) -> None:
+    """The label tables and splits as the parquet files the dataset configs point to (all values strings)."""
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    for task in tasks:
+        pd.read_csv(reference / "tables" / f"{task}.csv", dtype=str).to_parquet(
+            out / "data" / f"labels-{task}.parquet"
+        )
+        for size, files in find_split_sets(reference / "splitdirs" / task).items():
+            (out / "data" / f"splits-{task}-{size}").mkdir(exist_ok=True)
+            for path in files:
+                table = pd.read_csv(path, dtype=str)
+                table.to_parquet(out / "data" / f"splits-{task}-{size}" / f"{path.stem}.parquet")
+
+
+def eval_results(repo_id: str) -> list[EvalResult]:
+    return [
+        EvalResult(
+            task_type="image-classification",
+            task_name=f"TCGA {task}: {TASKS[task]}",
+            dataset_type=repo_id,
+            dataset_name=f"TCGA {task}",
+            dataset_config=f"labels-{task}",
+            metric_type="roc_auc",
+            metric_name="AUC (10-fold CV, linear probe)",
+            metric_value=auc,
+            source_name="Giga-SSL successor README (trislaz/Democratizing_WSI)",
+            source_url="https://github.com/trislaz/Democratizing_WSI",
+        )
+        for task, auc in REFERENCE_AUC.items()
+    ]
+
+
+def release_card(repo_id: str, metadata: dict, configs: list[dict], n_slides: int, dim: int) -> DatasetCard:
+    model_index = eval_results_to_model_index(metadata.get("model") or "Giga-SSL", eval_results(repo_id))
+    data = DatasetCardData(
+        license="mit",
+        pretty_name=f"Giga-SSL slide embeddings: {metadata['cohort']}",
+        tags=[*DATASET_TAGS, "tcga"],
+        task_categories=["feature-extraction", "image-classification"],
+        size_categories=["1K<n<10K" if n_slides >= 1000 else "n<1K"],
+        configs=configs,
+        **{"model-index": model_index},
+    )
+    name = repo_id.split("/")[-1]
+    rows = "\n".join(
+        f"| `{task}` | {TASKS[task]} | {REFERENCE_AUC.get(task, '-')} |" for task in metadata["tasks"]
+    )
+    return DatasetCard(
+        f"""---
+{data.to_yaml()}
+---
+
+# {name}
+
+Slide embeddings of the **{metadata["cohort"]}** cohort from a [Giga-SSL][paper] slide encoder, with the
+paper's label tables and fixed train/test splits, so that its linear-probe results reproduce from this
+repository alone: {n_slides} slides, {dim}-d float32 embeddings.
+
+| Field | Value |
+|---|---|
+| Cohort | {metadata["cohort"]} |
+| Slide encoder | {metadata.get("model") or "unknown"} |
+| Tile encoder | {metadata.get("tile_encoder_description") or "unknown"} |
+| Embeddings | `embeddings.npy` ({n_slides}, {dim}) + `ids.npy` (original Giga-SSL format); config `embeddings` |
+
+## Tasks, labels and splits
+
+| task | labels | reference AUC |
+|---|---|---|
+{rows}
+
+Each task has a label table (`tables/<task>.csv`, columns `ID`, `label`; config `labels-<task>`) and
+split folders `splitdirs/<task>/<size>/split_<k>.csv` (columns `train`, `test` of slide IDs; config
+`splits-<task>-<size>`, one split per `split_<k>`) for training sizes `full`, `25p`, `50`, `100` (and `250`
+for `tnbc`). The reference AUCs are the original authors' 10-fold cross-validation figures (SparseConvMIL
+on MoCo tile features); they also report 0.793 for HRD without saying which HRD table. The fixed splits
+differ from that cross-validation: compare your numbers with a baseline run under the same splits.
+
+## How to reproduce
+
+```bash
+pip install giga-ssl-hf
+giga-ssl evaluate --embeddings {repo_id} --task lung          # labels and splits from this repo
+python scripts/reproduce_tcga_linear_probe.py --embeddings {repo_id}   # the six tasks, every split folder
+```
+
+The protocol is the paper's: `LogisticRegression(C=10, max_iter=1000, class_weight="balanced")`, AUC of
+`predict_proba[:, 1]` (macro one-vs-rest for `kidney`), mean and standard deviation over the splits.
+Loading with `datasets`: `datasets.load_dataset("{repo_id}", "labels-lung")`,
+`datasets.load_dataset("{repo_id}", "splits-lung-full")`.
+
+## Citation
+
+```bibtex
+{CITATION}
+```
+
+Label tables and splits: trislaz/gigassl (MIT licence).
+
+[paper]: {PAPER_URL}
+"""
+    )
+
+
+def write_release_folder(
+    embeddings: str | Path,
+    out: str | Path,
+    repo_id: str,
+    reference: str | Path = DEFAULT_REFERENCE,
+    cohort: str = "TCGA",
+    model: str | None = None,
+    tile_encoder: str = PAPER_ENCODER,
+    tasks: list[str] | None = None,
+) -> Path:
+    """Write the repo's folder: npy pair, parquet, tables, split folders, metadata and card."""
+    reference, out = Path(reference), Path(out)
+    tasks = tasks or list(TASKS)
+    missing = [t for t in tasks if not (reference / "tables" / f"{t}.csv").is_file()]
+    if missing:
+        raise ValueError(f"{reference}: no label table for task(s) {missing} (expected tables/<task>.csv)")
+    ids, vectors = load_embeddings(embeddings)
+    labelled = set()
+    for task in tasks:
+        labelled |= set(load_labels(reference / "tables" / f"{task}.csv").index)
+    covered = len(labelled & set(ids))
+    if covered == 0:
+        raise ValueError(
+            f"{embeddings}: none of the {len(labelled)} labelled TCGA slide IDs has an embedding"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / NPY_EMBEDDINGS, vectors.astype(np.float32))
+    np.save(out / NPY_IDS, np.asarray(ids, dtype=str))
+    (out / EMBEDDINGS_PARQUET).parent.mkdir(parents=True, exist_ok=True)
+    embeddings_dataset(ids, vectors).to_parquet(str(out / EMBEDDINGS_PARQUET))
+    for task in tasks:
+        (out / "tables").mkdir(exist_ok=True)
+        shutil.copy2(reference / "tables" / f"{task}.csv", out / "tables" / f"{task}.csv")
+        shutil.copytree(reference / "splitdirs" / task, out / "splitdirs" / task, dirs_exist_ok=True)
+    source_metadata = read_metadata(embeddings) if Path(embeddings).is_dir() else {}
+    metadata = {
+        **source_metadata,
+        "cohort": cohort,
+        "model": model or source_metadata.get("model"),
+        "tile_encoder_description": tile_encoder,
+        "tasks": tasks,
+        "n_slides": len(ids),
+        "n_labelled_slides_with_embedding": covered,
+        "embedding_dim": int(vectors.shape[1]),
+        "labels_and_splits": "trislaz/gigassl (MIT)",
+    }
+    (out / METADATA_FILENAME).write_text(
+        json.dumps(metadata, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    )
+    configs = dataset_configs(reference, tasks)
+    write_config_files(reference, out, tasks)
+    release_card(repo_id, metadata, configs, len(ids), int(vectors.shape[1])).save(out / "README.md")
+    yaml.safe_load((out / "README.md").read_text().split("---")[1])  # the card's metadata must parse
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="publish_tcga.py",
+        description="Build one Hub dataset repo with TCGA slide embeddings (embeddings.npy + ids.npy and parquet), "
+        "the paper's six label tables and all split folders as named dataset configs, and a card with the "
+        "reference AUCs; push it, or write it to --dry-run OUT. Pushing needs network access and a token.",
+        epilog="then: giga-ssl evaluate --embeddings ORG/NAME --task lung",
+    )
+    parser.add_argument(
+        "--embeddings",
+        required=True,
+        help="embeddings.npy + ids.npy folder, or a slide-embeddings Dataset folder",
+    )
+    parser.add_argument(
+        "--repo-id", required=True, metavar="ORG/NAME", help="Hub dataset repo to create or update"
+    )
+    parser.add_argument(
+        "--dry-run", type=Path, metavar="OUT", help="write the repo's folder to OUT, upload nothing"
+    )
+    parser.add_argument(
+        "--reference-dir",
+        type=Path,
+        default=DEFAULT_REFERENCE,
+        help=f"the paper's tables/ and splitdirs/ (default: {DEFAULT_REFERENCE})",
+    )
+    parser.add_argument("--cohort", default="TCGA", help="cohort named in the card (default: %(default)s)")
+    parser.add_argument("--model", help="slide encoder that made the embeddings (Hub id or description)")
+    parser.add_argument(
+        "--tile-encoder",
+        default=PAPER_ENCODER,
+        help="tile encoder description (default: the paper's MoCo ResNet18)",
+    )
+    parser.add_argument("--private", action="store_true", help="create the repo private")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        options = dict(
+            repo_id=args.repo_id,
+            reference=args.reference_dir,
+            cohort=args.cohort,
+            model=args.model,
+            tile_encoder=args.tile_encoder,
+        )
+        if args.dry_run is not None:
+            if args.dry_run.exists() and any(args.dry_run.iterdir()):
+                raise ValueError(f"--dry-run {args.dry_run} is not empty; choose an empty or new folder")
+            folder = write_release_folder(args.embeddings, args.dry_run, **options)
+            print(f"dry run: wrote {folder}")
+            return 0
+        with tempfile.TemporaryDirectory() as staging:
+            folder = write_release_folder(args.embeddings, staging, **options)
+            api = HfApi()
+            api.create_repo(args.repo_id, repo_type="dataset", private=args.private, exist_ok=True)
+            commit = api.upload_folder(
+                repo_id=args.repo_id,
+                repo_type="dataset",
+                folder_path=folder,
+                commit_message="Giga-SSL TCGA release",
+            )
+        print(f"pushed: {commit.commit_url}")
+    except (ValueError, OSError) as error:
+        print(f"publish_tcga: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(main())
