@@ -161,6 +161,14 @@ PRESETS: dict[str, EncoderPreset] = {
 }  # fmt: skip
 
 
+class WeightsUnavailableError(ValueError):
+    """A preset's weights are neither in the HF cache nor downloadable (offline, gated, no network)."""
+
+    def __init__(self, message: str, gated: bool = False):
+        super().__init__(message)
+        self.gated = gated
+
+
 def download_preset_weights(preset: EncoderPreset, revision: str | None = None) -> tuple[Path, str | None]:
     """Local path of the preset's weight file (HF cache, downloading when allowed) and its commit hash."""
     from huggingface_hub import hf_hub_download
@@ -176,9 +184,10 @@ def download_preset_weights(preset: EncoderPreset, revision: str | None = None) 
         commit = path.parent.name if path.parent.parent.name == "snapshots" else None
         return path, commit
     gated = " (gated: accept its terms on the Hub, then hf auth login)" if preset.gated else ""
-    raise ValueError(
+    raise WeightsUnavailableError(
         f"encoder {preset.name!r}: could not get the weights of {preset.source}{gated}; offline, the HF cache "
-        f"must hold them (HF_HUB_OFFLINE=1), or pass --weights FILE. {'; '.join(errors)}"
+        f"must hold them (HF_HUB_OFFLINE=1), or pass --weights FILE. {'; '.join(errors)}",
+        gated=preset.gated,
     )
 
 

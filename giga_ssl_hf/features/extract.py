@@ -417,6 +417,7 @@ def build_runner(config: ExtractionConfig, device: str) -> EncoderRunner:
     """
     from huggingface_hub import constants
 
+    from giga_ssl_hf.features.encoder_presets import WeightsUnavailableError
     from giga_ssl_hf.features.encoders import EncoderRunner, build_tile_encoder
 
     downloads = config.pretrained and config.weights is None
@@ -429,13 +430,18 @@ def build_runner(config: ExtractionConfig, device: str) -> EncoderRunner:
         constants.HF_HUB_OFFLINE = True
     try:
         encoder = build_tile_encoder(config.encoder, pretrained=config.pretrained, weights=config.weights)
-    except OSError as error:
+    except (OSError, WeightsUnavailableError) as error:
         if not downloads:
             raise
+        gated = (
+            " (a gated model: accept its terms on the Hub, then hf auth login)"
+            if "gated" in str(error)
+            else ""
+        )
         raise ValueError(
             f"the pretrained weights of encoder {config.encoder!r} are not in the Hugging Face cache and cannot "
-            f"be downloaded ({type(error).__name__}); pass --weights FILE (a local .safetensors or .pth), or "
-            "--no-pretrained for random weights (tests only), or run once with network access"
+            f"be downloaded{gated}; pass --weights FILE (a local .safetensors or .pth), or --no-pretrained "
+            "for random weights (tests only), or run once with network access"
         ) from error
     finally:
         constants.HF_HUB_OFFLINE = offline_before
