@@ -19,3 +19,5 @@ TILE_SCORES_FILENAME = "tile_scores.parquet"
 TRAINING_SUMMARY_FILENAME = "training_summary.json"
 # Licence of the cards of pushed models and embeddings unless the user names another.
 DEFAULT_LICENSE = "mit"  # the original Giga-SSL code and weights are MIT
+# Tile readers of `giga-ssl extract --decode` (giga_ssl_hf.wsi.raw_tiles).
+TILE_DECODERS = ("auto", "openslide", "gpu", "cpu-raw")

@@ -2,6 +2,10 @@
 
 Strict JSON has no ``NaN`` / ``Infinity`` tokens (Python's ``json`` writes them by default, and most other
 readers refuse them): non-finite floats are written as ``null``.
+
+Temporary names carry their writer (``.tmp~host~pid``), so several processes can share an output folder: a
+process removes only the temporaries of writers that are gone (a dead pid on this host, or untouched for an
+hour on another host), never those another live process is still writing.
 """
 
 from __future__ import annotations
@@ -10,10 +14,64 @@ import json
 import math
 import os
 import shutil
+import socket
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
+
+FOREIGN_TEMPORARY_SECONDS = 3600  # a temporary of another host untouched this long belongs to a dead process
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (Linux ``/proc``), None when unknown.
+
+    Paired with the pid it identifies a process even after the pid is reused.
+    """
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_is_alive(pid: int, start_ticks: int | None = None) -> bool:
+    """Whether process ``pid`` of this host runs (and, when ``start_ticks`` is given, is the same process)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, owned by another user
+    return start_ticks is None or process_start_ticks(pid) in (None, start_ticks)
+
+
+def temporary_path(path: Path) -> Path:
+    """A temporary name for ``path`` owned by this process (see :func:`remove_stale_temporaries`)."""
+    return path.with_name(f"{path.name}.tmp~{socket.gethostname()}~{os.getpid()}")
+
+
+def _temporary_is_stale(path: Path) -> bool:
+    owner = path.name.rpartition(".tmp")[2].split("~")
+    if len(owner) == 3 and owner[2].isdigit():
+        host, pid = owner[1], int(owner[2])
+        if host == socket.gethostname():
+            # This process's own temporaries are stale too: its writes are sequential and already over.
+            return pid == os.getpid() or not process_is_alive(pid)
+        try:
+            return time.time() - path.stat().st_mtime > FOREIGN_TEMPORARY_SECONDS
+        except FileNotFoundError:
+            return False
+    return True  # no owner in the name: written by a version that ran one process at a time
+
+
+def remove_stale_temporaries(directory: Path) -> None:
+    """Delete the temporary files of ``directory`` whose writer is gone (never a committed file)."""
+    if not directory.is_dir():
+        return
+    for path in directory.glob("*.tmp*"):
+        if path.is_file() and _temporary_is_stale(path):
+            path.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -24,7 +82,7 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
     half-written file under the final name, nor a stray temporary.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary_path(path)
     try:
         with open(tmp, mode) as handle:
             yield handle

@@ -14,6 +14,11 @@ from GeoJSON tissue polygons (--tissue-geojson); see :mod:`giga_ssl_hf.wsi.tile_
 metadata records the tile encoder (``tile_encoder``: preset or id, revision or weights sha256, dim, input
 size, µm/px, normalisation), which trained models carry and check.
     OUT/extract_config.json  the settings that determine the features (a rerun must use the same)
+    OUT/locks/            a lock per slide being processed (several processes can share OUT)
+    OUT/shares/           with --shard or a launcher: I-of-N.json once share I of N is done
+
+Several processes (``accelerate launch``, ``torchrun``, ``--shard I/N``) split the slides between them and the
+last to finish assembles the Datasets; :mod:`giga_ssl_hf.features.sharding` tells how.
 
 Each slide is read once: every kept tile region is decoded at most once, then encoded as-is for the
 exhaustive pass and through the augmentations of the views that sampled it. Augmentation draws are seeded
@@ -41,7 +46,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 import giga_ssl_hf
-from giga_ssl_hf.files import dumps_strict, write_jsonl, write_text_atomic
+from giga_ssl_hf.contracts import TILE_DECODERS
+from giga_ssl_hf.features import sharding
+from giga_ssl_hf.features.cohort import SlideEntry, collect_slides
+from giga_ssl_hf.files import (
+    dumps_strict,
+    remove_stale_temporaries,
+    write_jsonl,
+    write_text_atomic,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -49,7 +62,7 @@ if TYPE_CHECKING:
 
     from giga_ssl_hf.features.encoders import EncoderRunner
     from giga_ssl_hf.features.store import PartStore
-    from giga_ssl_hf.wsi.tiling import TileGrid
+    from giga_ssl_hf.wsi.tiling import ReadBlock, TileGrid
 
 # torch, timm, datasets and OpenSlide are imported where they are used, so that `giga-ssl extract --help`
 # prints at once.
@@ -58,6 +71,9 @@ logger = logging.getLogger(__name__)
 
 EXHAUSTIVE, AUGMENTED = "exhaustive", "augmented"
 CONFIG_FILENAME = "extract_config.json"
+# The tile encoder's provenance record, saved by every process that builds the encoder, so that whichever
+# process assembles the Datasets (the last share, --assemble) records it even without building it.
+ENCODER_FILENAME = "tile_encoder.json"
 
 
 class DiskFullError(OSError):
@@ -97,6 +113,9 @@ class ExtractionSummary:
     empty: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)  # being extracted by another live process: left to it
+    share: tuple[int, int] | None = None  # (I, N) when this process ran share I of N
+    waiting_for: list[int] = field(default_factory=list)  # shares not done yet: the last one assembles
     unsupported_files: list[Path] = field(default_factory=list)  # in the input folders, not slide formats
     n_tiles: int = 0  # tissue tiles of the slides done by this run
     n_views: int = 0  # augmented views written by this run
@@ -176,6 +195,7 @@ def encode_slide(
     batch_size: int = 64,
     num_readers: int = 1,
     progress: PassProgress | None = None,
+    read_block: ReadBlock | None = None,
 ) -> dict[str, np.ndarray]:
     """Features of a slide's tiles for ``passes``, reading each tile region once.
 
@@ -213,7 +233,7 @@ def encode_slide(
     # An augmentation-only run reads just the tiles some view sampled.
     read_indices = np.arange(n) if exhaustive else np.unique(pair_tile)
     for block_positions, tiles in iter_tile_blocks(
-        slide, _subset(grid, read_indices), num_workers=num_readers
+        slide, _subset(grid, read_indices), num_workers=num_readers, read_block=read_block
     ):
         indices = read_indices[block_positions]
         if exhaustive:
@@ -248,7 +268,7 @@ def _process_slide(
     path: Path, slide_id: str, runner, config, options: dict, progress
 ) -> tuple[dict, dict | None]:
     """Record (manifest fields) and arrays of one slide; exceptions are the caller's to record."""
-    from giga_ssl_hf.wsi import open_slide, save_thumbnail
+    from giga_ssl_hf.wsi import open_slide, raw_tiles, save_thumbnail
     from giga_ssl_hf.wsi.tile_sources import select_tiles
 
     with open_slide(path, options["mpp"], override_mpp=options["override_mpp"]) as slide:
@@ -281,17 +301,24 @@ def _process_slide(
             # "empty" is a slide without tissue; a slide that cannot be tiled at all is an error.
             record.update(status="empty" if grid.reason is None else "failed", error=grid.reason)
             return record, None
-        arrays = encode_slide(
-            slide,
-            grid,
-            runner,
-            config,
-            slide_id,
-            passes=options["passes"],
-            batch_size=options["batch_size"],
-            num_readers=options["num_readers"],
-            progress=progress,
-        )
+        record["decoder"] = raw_tiles.resolve_decoder(options["decode"], slide, grid.level, runner.device)
+        reader = raw_tiles.block_reader(record["decoder"], slide, grid.level, runner.device)
+        try:
+            arrays = encode_slide(
+                slide,
+                grid,
+                runner,
+                config,
+                slide_id,
+                passes=options["passes"],
+                batch_size=options["batch_size"],
+                num_readers=raw_tiles.reader_threads(record["decoder"], options["num_readers"]),
+                progress=progress,
+                read_block=reader,
+            )
+        finally:
+            if reader is not None:
+                reader.close()
     record.update(status="ok", error=None)
     return record, arrays
 
@@ -349,12 +376,14 @@ def _settings_change(out_dir: Path, config: ExtractionConfig, store: PartStore, 
     return True
 
 
-def _find_inputs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str], list[Path]]:
-    """(slide paths, slide ids, unsupported files of the input folders); raises when there is no slide."""
-    from giga_ssl_hf.wsi.slide import SLIDE_EXTENSIONS, find_slides
+def _find_inputs(
+    paths: Sequence[str | Path | SlideEntry], recursive: bool = False, slides_csv: str | Path | None = None
+) -> tuple[list[SlideEntry], list[Path]]:
+    """(slides, unsupported files of the input folders); raises when there is no slide, or on clashing ids."""
+    from giga_ssl_hf.wsi.slide import SLIDE_EXTENSIONS
 
     unsupported: list[Path] = []
-    slides = find_slides(list(paths), skipped=unsupported)
+    slides = collect_slides(paths, recursive=recursive, slides_csv=slides_csv, skipped=unsupported)
     if not slides:
         where = ", ".join(str(p) for p in paths)
         listed = f" (skipped: {', '.join(p.name for p in unsupported[:10])}" + (
@@ -364,33 +393,33 @@ def _find_inputs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str], li
             f"no slides found in {where}{listed if unsupported else ''}; slide files end in "
             + " ".join(SLIDE_EXTENSIONS)
         )
-    ids = [p.stem for p in slides]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise ValueError(f"several slides share the file stem (slide_id) {duplicates}; rename them")
-    return slides, ids, unsupported
+    return slides, unsupported
+
+
+def _finished(previous: dict | None, passes) -> bool:
+    """Whether a committed record already holds ``passes`` (an empty slide holds every pass)."""
+    return (
+        previous is not None
+        and previous["status"] in ("ok", "empty")
+        and (previous["status"] == "empty" or set(passes) <= set(previous.get("passes", [])))
+    )
 
 
 def _plan(
-    slides: list[Path], ids: list[str], store: PartStore, passes: tuple[str, ...], redo_all: bool
-) -> tuple[list[tuple[Path, str, tuple[str, ...]]], list[str]]:
+    slides: list[SlideEntry], store: PartStore, passes: tuple[str, ...], redo_all: bool
+) -> tuple[list[tuple[SlideEntry, tuple[str, ...]]], list[str]]:
     """(slides to do with the passes to compute for each, ids of the slides already done)."""
     todo, done = [], []
-    for path, slide_id in zip(slides, ids):
-        previous = None if redo_all else store.record(slide_id)
-        finished = (
-            previous is not None
-            and previous["status"] in ("ok", "empty")
-            and (previous["status"] == "empty" or set(passes) <= set(previous.get("passes", [])))
-        )
-        if finished:
-            done.append(slide_id)
+    for entry in slides:
+        previous = None if redo_all else store.record(entry.slide_id)
+        if _finished(previous, passes):
+            done.append(entry.slide_id)
             continue
         # Redoing a slide for one pass keeps the other pass it already has (one part file per slide).
         kept = (
             set(previous.get("passes", [])) if previous is not None and previous["status"] == "ok" else set()
         )
-        todo.append((path, slide_id, tuple(p for p in (EXHAUSTIVE, AUGMENTED) if p in set(passes) | kept)))
+        todo.append((entry, tuple(p for p in (EXHAUSTIVE, AUGMENTED) if p in set(passes) | kept)))
     return todo, done
 
 
@@ -449,7 +478,7 @@ def build_runner(config: ExtractionConfig, device: str) -> EncoderRunner:
 
 
 def extract_slides(
-    paths: Sequence[str | Path],
+    paths: Sequence[str | Path | SlideEntry],
     out_dir: str | Path,
     config: ExtractionConfig | None = None,
     *,
@@ -459,11 +488,15 @@ def extract_slides(
     batch_size: int = 64,
     num_readers: int = 1,
     device: str = "auto",
+    decode: str = "auto",
     thumbnails: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    recursive: bool = False,
+    slides_csv: str | Path | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> ExtractionSummary:
-    """Tile, encode and store ``paths`` (slide files or folders of slides) into ``out_dir``.
+    """Tile, encode and store ``paths`` (slide files, folders of slides, :class:`SlideEntry`) into ``out_dir``.
 
     Slides already committed by an earlier run (status ok or empty, with the passes asked for) are
     skipped unless ``overwrite``; failed ones are retried. A failing slide is recorded and the others go
@@ -472,6 +505,10 @@ def extract_slides(
     Every check that can fail on the inputs (slides, settings, encoder weights) runs before anything is
     written. A full disk raises :class:`DiskFullError` after removing what was half-written; the rerun
     resumes.
+
+    ``shard=(I, N)`` (or a launcher's ``RANK`` / ``WORLD_SIZE``) runs share I of N of the slides; the last
+    share to finish builds the Datasets. ``mpp`` is the fallback pixel size; a slide's own (from
+    ``slides_csv``) wins over it. ``decode`` picks the tile reader (:mod:`giga_ssl_hf.wsi.raw_tiles`).
     """
     from tqdm.auto import tqdm
 
@@ -482,11 +519,24 @@ def extract_slides(
     if not passes:
         raise ValueError("nothing to do: passes must include 'exhaustive' and/or 'augmented'")
     out_dir = Path(out_dir)
-    slides, ids, unsupported = _find_inputs(paths)
+    slides, unsupported = _find_inputs(paths, recursive, slides_csv)
+    launched = sharding.launcher_share()
+    if shard is not None and launched is not None:
+        raise ValueError("--shard splits the slides by itself: run it without a multi-process launcher")
+    share = shard or launched
+    if launched is not None:
+        device = sharding.launcher_device(device)
+    job = slides
+    if share is not None:
+        # Every process computes the same split from the whole list, whatever is already done.
+        owners = sharding.assign_shares(
+            [e.path.stat().st_size for e in slides], [e.slide_id for e in slides], share[1]
+        )
+        job = [e for e, owner in zip(slides, owners) if owner == share[0]]
     store = PartStore(out_dir / "parts")
     discard = _settings_change(out_dir, config, store, overwrite)
-    todo, done = _plan(slides, ids, store, passes, redo_all=discard or overwrite)
-    summary = ExtractionSummary(out_dir=out_dir, skipped=done, unsupported_files=unsupported)
+    todo, done = _plan(job, store, passes, redo_all=discard or overwrite)
+    summary = ExtractionSummary(out_dir=out_dir, skipped=done, unsupported_files=unsupported, share=share)
     if unsupported:
         logger.warning(
             "skipped %d file(s) of unknown type: %s", len(unsupported), ", ".join(p.name for p in unsupported)
@@ -498,14 +548,31 @@ def extract_slides(
     runner = build_runner(config, device) if todo else None
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    store.remove_temporaries()
-    if discard:
-        store.clear()
-    if discard or not (out_dir / CONFIG_FILENAME).exists():
-        with _disk_full_names(f"the settings of {out_dir}", store):
-            write_text_atomic(
-                out_dir / CONFIG_FILENAME, dumps_strict(dataclasses.asdict(config), indent=1, sort_keys=True)
-            )
+    locks = sharding.SlideLocks(out_dir / "locks")
+    # One process at a time: another process of the job may have written the settings (and, when they
+    # changed, cleared the folder) since this one looked.
+    with locks.hold(".setup"):
+        store.remove_temporaries()
+        remove_stale_temporaries(out_dir)
+        if (
+            discard
+            and (out_dir / CONFIG_FILENAME).exists()
+            and _settings_change(out_dir, config, store, True)
+        ):
+            store.clear()
+            (out_dir / ENCODER_FILENAME).unlink(missing_ok=True)
+        if discard or not (out_dir / CONFIG_FILENAME).exists():
+            with _disk_full_names(f"the settings of {out_dir}", store):
+                write_text_atomic(
+                    out_dir / CONFIG_FILENAME,
+                    dumps_strict(dataclasses.asdict(config), indent=1, sort_keys=True),
+                )
+    if runner is not None:
+        text = dumps_strict(_encoder_record(config, runner, out_dir), indent=1, sort_keys=True, default=str)
+        path = out_dir / ENCODER_FILENAME
+        if not path.is_file() or path.read_text() != text:  # reruns write nothing (a full disk stays usable)
+            with _disk_full_names(f"the tile encoder record of {out_dir}", store):
+                write_text_atomic(path, text)
     options = {
         "mpp": mpp,
         "override_mpp": override_mpp,
@@ -513,16 +580,32 @@ def extract_slides(
         "out_dir": out_dir,
         "batch_size": batch_size,
         "num_readers": num_readers,
+        "decode": decode,
     }
     start = time.perf_counter()
+    locks.start()  # heartbeat of the slide locks this process will hold
     slide_bar = tqdm(todo, desc="slides", unit="slide", disable=not progress)
     pass_progress = PassProgress(enabled=progress)
     try:
-        for path, slide_id, slide_passes in slide_bar:
+        for entry, slide_passes in slide_bar:
+            slide_id = entry.slide_id
             slide_bar.set_postfix_str(slide_id)
-            record = _run_slide(
-                path, slide_id, runner, config, {**options, "passes": slide_passes}, pass_progress, store
-            )
+            with _disk_full_names(f"slide {slide_id} into {out_dir}", store):
+                acquired = locks.acquire(slide_id)
+            if not acquired:
+                logger.info("%s: another process is working on it, left to it", slide_id)
+                summary.busy.append(slide_id)
+                continue
+            try:
+                if not (overwrite or discard) and _finished(store.record(slide_id), passes):
+                    summary.skipped.append(slide_id)  # committed by another process since the plan was made
+                    continue
+                slide_options = {**options, "passes": slide_passes}
+                if entry.mpp is not None:
+                    slide_options["mpp"] = entry.mpp
+                record = _run_slide(entry.path, slide_id, runner, config, slide_options, pass_progress, store)
+            finally:
+                locks.release(slide_id)
             if record["status"] == "ok":
                 summary.ok.append(slide_id)
                 summary.n_tiles += record["n_tiles"]
@@ -534,12 +617,55 @@ def extract_slides(
     finally:
         pass_progress.close()
         slide_bar.close()
+        locks.close()
     summary.n_encoded = dict(pass_progress.encoded)
     summary.seconds = time.perf_counter() - start
-    with _disk_full_names("the manifest and Datasets of " + str(out_dir), store):
-        write_jsonl(out_dir / "manifest.jsonl", _manifest(store))
-        _write_datasets(store, config, passes, runner, summary)
+    if share is not None:
+        key = sharding.run_key([e.slide_id for e in slides], passes)
+        sharding.mark_share_done(out_dir, *share, key, [e.slide_id for e in job])
+        summary.waiting_for = sharding.unfinished_shares(out_dir, share[1], key)
+        if summary.waiting_for:
+            logger.info(
+                "share %d/%d done; the last share to finish assembles the Datasets (still running: %s)",
+                *share,
+                ", ".join(f"{i}/{share[1]}" for i in summary.waiting_for),
+            )
+            with _disk_full_names("the manifest of " + str(out_dir), store):
+                write_jsonl(out_dir / "manifest.jsonl", _manifest(store))
+            return summary
+    summary.datasets = assemble_datasets(out_dir, config, passes, runner)
     return summary
+
+
+def assemble_datasets(
+    out_dir: str | Path,
+    config: ExtractionConfig | None = None,
+    passes: Sequence[str] | None = None,
+    runner: EncoderRunner | None = None,
+) -> dict[str, Path]:
+    """(Re)build the manifest and the Datasets of ``out_dir`` from every committed slide.
+
+    ``config`` defaults to the folder's settings file, ``passes`` to every pass some slide has. One process
+    assembles at a time (a lock in ``out_dir/locks``).
+    """
+    from giga_ssl_hf.features.store import PartStore
+
+    out_dir = Path(out_dir)
+    if config is None:
+        config_path = out_dir / CONFIG_FILENAME
+        if not config_path.is_file():
+            raise ValueError(f"{out_dir} is not an extraction folder (no {CONFIG_FILENAME})")
+        config = ExtractionConfig(**json.loads(config_path.read_text()))
+    store = PartStore(out_dir / "parts")
+    summary = ExtractionSummary(out_dir=out_dir)
+    with sharding.SlideLocks(out_dir / "locks") as locks, locks.hold(".assemble"):
+        if passes is None:
+            present = {p for r in store.records() if r["status"] == "ok" for p in r.get("passes", [])}
+            passes = [p for p in (EXHAUSTIVE, AUGMENTED) if p in present]
+        with _disk_full_names("the manifest and Datasets of " + str(out_dir), store):
+            write_jsonl(out_dir / "manifest.jsonl", _manifest(store))
+            _write_datasets(store, config, passes, runner, summary)
+    return summary.datasets
 
 
 @contextmanager
@@ -577,24 +703,32 @@ def _write_datasets(
     runner: EncoderRunner | None,
     summary: ExtractionSummary,
 ) -> None:
-    from giga_ssl_hf.features.schema import read_metadata, tile_encoder_record
+    from giga_ssl_hf.features.schema import read_metadata
     from giga_ssl_hf.features.store import write_tile_dataset
 
     ok_records = [r for r in store.records() if r["status"] == "ok"]
     feature_dim = runner.feature_dim if runner is not None else _feature_dim(store, ok_records)
     if feature_dim is None:
         return
-    encoder_record = (
-        None if runner is None else tile_encoder_record(runner.encoder, config.tile_size, config.target_mpp)
-    )
+    encoder_record = _encoder_record(config, runner, summary.out_dir)
     for which in passes:
         usable = [r for r in ok_records if which in r.get("passes", [])]
-        # Nothing encoded this run: the encoder record of the datasets written before stands.
+        # Nothing encoded by any process: the encoder record of the datasets written before stands.
         record = encoder_record or read_metadata(summary.out_dir / which).get("tile_encoder")
         metadata = _metadata(config, which, feature_dim, record)
         summary.datasets[which] = write_tile_dataset(
             _dataset_rows(store, usable, which), summary.out_dir / which, feature_dim, config.dtype, metadata
         )
+
+
+def _encoder_record(config: ExtractionConfig, runner: EncoderRunner | None, out_dir: Path) -> dict | None:
+    """The provenance record of the tile encoder: of ``runner``, else as saved by a process that built it."""
+    from giga_ssl_hf.features.schema import tile_encoder_record
+
+    if runner is not None:
+        return tile_encoder_record(runner.encoder, config.tile_size, config.target_mpp)
+    path = out_dir / ENCODER_FILENAME
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _manifest(store: PartStore) -> list[dict]:
@@ -679,10 +813,34 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "inputs", nargs="+", metavar="SLIDE_OR_DIR", help="slide files, or folders of slides (not recursive)"
+        "inputs",
+        nargs="*",
+        metavar="SLIDE_OR_DIR",
+        help="slide files, or folders of slides (see --recursive)",
+    )
+    parser.add_argument("--out", type=Path, help="output folder (created; reruns resume in it)")
+    parser.add_argument(
+        "--slides-csv",
+        type=Path,
+        help="CSV of slides: a 'path' column (relative to the CSV's folder), optional 'slide_id' (default: "
+        "the file stem) and 'mpp' (that slide's level-0 µm/px, as --mpp for it alone)",
     )
     parser.add_argument(
-        "--out", required=True, type=Path, help="output folder (created; reruns resume in it)"
+        "--recursive",
+        action="store_true",
+        help="list folders with all their subfolders (slide ids must stay unique)",
+    )
+    parser.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="run share I of N of the slides (0-based; for job arrays without a launcher: Slurm "
+        "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT); the last share to finish assembles the Datasets",
+    )
+    parser.add_argument(
+        "--assemble",
+        metavar="DIR",
+        type=Path,
+        help="only (re)build the manifest and Datasets of DIR from its committed slides, then exit",
     )
     which = parser.add_mutually_exclusive_group()
     which.add_argument(
@@ -803,6 +961,14 @@ def build_parser() -> argparse.ArgumentParser:
         "instead of the Otsu mask; --min-tissue applies to them",
     )
     group.add_argument(
+        "--decode",
+        choices=TILE_DECODERS,
+        default="auto",
+        help="tile reader: 'gpu' decodes the JPEG tiles of SVS / tiled TIFFs with nvjpeg and resizes them on "
+        "the GPU; 'cpu-raw' the same with libjpeg-turbo on the CPU; 'openslide' reads regions with OpenSlide; "
+        "'auto' is gpu on a CUDA device when the slide's tiles are JPEG, else openslide (default: %(default)s)",
+    )
+    group.add_argument(
         "--readers",
         type=int,
         default=1,
@@ -838,16 +1004,31 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from giga_ssl_hf.features.encoder_presets import PRESETS
 
-    args = build_parser().parse_args(argv)
-    if args.override_mpp and args.mpp is None:
-        build_parser().error("--override-mpp needs --mpp")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.assemble is not None:
+        try:
+            built = assemble_datasets(args.assemble)
+        except (ValueError, OSError) as error:
+            print(f"giga-ssl extract: error: {error}", file=sys.stderr)
+            return 2
+        print(f"assembled {', '.join(str(p) for p in built.values()) or 'nothing (no extracted slide)'}")
+        return 0
+    if args.out is None or not (args.inputs or args.slides_csv):
+        parser.error("give slides (SLIDE_OR_DIR or --slides-csv) and --out, or --assemble DIR")
+    if args.override_mpp and args.mpp is None and args.slides_csv is None:
+        parser.error("--override-mpp needs --mpp (or a --slides-csv with an mpp column)")
     if args.coords_from is not None and args.tissue_geojson is not None:
-        build_parser().error(
+        parser.error(
             "--coords-from and --tissue-geojson are exclusive (coordinates already say where tissue is)"
         )
     for option, folder in (("--coords-from", args.coords_from), ("--tissue-geojson", args.tissue_geojson)):
         if folder is not None and not folder.is_dir():
-            build_parser().error(f"{option}: not a folder: {folder}")
+            parser.error(f"{option}: not a folder: {folder}")
+    try:
+        shard = None if args.shard is None else sharding.parse_shard(args.shard)
+    except ValueError as error:
+        parser.error(str(error))
     defaults, preset = ExtractionConfig(), PRESETS.get(args.encoder)
     config = ExtractionConfig(
         encoder=args.encoder,
@@ -878,9 +1059,13 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             num_readers=args.readers,
             device=args.device,
+            decode=args.decode,
             thumbnails=args.thumbnails,
             overwrite=args.overwrite,
             progress=args.progress,
+            recursive=args.recursive,
+            slides_csv=args.slides_csv,
+            shard=shard,
         )
     except DiskFullError as error:
         print(f"giga-ssl extract: error: {error.strerror}; free space and rerun to resume", file=sys.stderr)
@@ -901,7 +1086,23 @@ def format_summary(summary: ExtractionSummary) -> str:
         f"{summary.seconds:.1f} s ({summary.tiles_per_second:.1f} tiles/s) -> {summary.out_dir}"
     ]
     lines += [f"  FAILED {slide_id}: {error}" for slide_id, error in summary.failed]
+    if summary.busy:
+        lines.append(
+            f"  {len(summary.busy)} slide(s) being extracted by another process: {', '.join(summary.busy)}"
+        )
+    if summary.waiting_for:
+        share, count = summary.share
+        lines.append(
+            f"share {share}/{count} done; the last share to finish assembles the Datasets (not finished: "
+            f"{', '.join(f'{i}/{count}' for i in summary.waiting_for)}; or: giga-ssl extract --assemble "
+            f"{summary.out_dir})"
+        )
     if summary.unsupported_files:
         names = ", ".join(p.name for p in summary.unsupported_files)
         lines.append(f"  skipped {len(summary.unsupported_files)} file(s) of unknown type: {names}")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # `accelerate launch` / `torchrun` ... -m giga_ssl_hf.features.extract
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(main())

@@ -19,7 +19,13 @@ import numpy as np
 from datasets.arrow_writer import ArrowWriter
 
 from giga_ssl_hf.features.schema import tile_features_schema, write_metadata
-from giga_ssl_hf.files import atomic_file, dumps_strict, replace_directory, write_text_atomic
+from giga_ssl_hf.files import (
+    atomic_file,
+    dumps_strict,
+    remove_stale_temporaries,
+    replace_directory,
+    write_text_atomic,
+)
 
 
 def slide_seed(seed: int, slide_id: str) -> int:
@@ -35,9 +41,8 @@ class PartStore:
         self.directory = Path(directory)  # created by the first commit: reading a store writes nothing
 
     def remove_temporaries(self) -> None:
-        """Delete what a killed run left half-written (never a committed part)."""
-        for path in self.directory.glob("*.tmp*"):
-            path.unlink(missing_ok=True)
+        """Delete what a killed run left half-written (never a committed part, nor a live writer's file)."""
+        remove_stale_temporaries(self.directory)
 
     def clear(self) -> None:
         for path in self.directory.glob("*"):
@@ -55,7 +60,12 @@ class PartStore:
 
     def records(self) -> list[dict]:
         """All committed records, sorted by ``slide_id``."""
-        records = [json.loads(path.read_text()) for path in self.directory.glob("*.json")]
+        records = []
+        for path in self.directory.glob("*.json"):
+            try:
+                records.append(json.loads(path.read_text()))
+            except FileNotFoundError:  # another process is re-committing this slide
+                continue
         return sorted(records, key=lambda record: record["slide_id"])
 
     def commit(self, record: dict, arrays: dict[str, np.ndarray] | None = None) -> None:

@@ -146,8 +146,11 @@ def open_slide(path: str | Path, mpp: float | None = None, *, override_mpp: bool
     )
 
 
-def find_slides(inputs: list[str | Path], skipped: list[Path] | None = None) -> list[Path]:
-    """Slide files among ``inputs``: files are kept as given, folders are listed (not recursively).
+def find_slides(
+    inputs: list[str | Path], skipped: list[Path] | None = None, *, recursive: bool = False
+) -> list[Path]:
+    """Slide files among ``inputs``: files are kept as given, folders are listed (their whole tree when
+    ``recursive``), in sorted order.
 
     Files of a folder whose extension is not a slide format are left out, and appended to ``skipped`` when
     it is given, so that callers can name them.
@@ -156,7 +159,8 @@ def find_slides(inputs: list[str | Path], skipped: list[Path] | None = None) -> 
     for item in inputs:
         item = Path(item)
         if item.is_dir():
-            for path in sorted(p for p in item.iterdir() if p.is_file()):
+            listing = item.rglob("*") if recursive else item.iterdir()
+            for path in sorted(p for p in listing if p.is_file()):
                 if path.suffix.lower() in SLIDE_EXTENSIONS:
                     found.append(path)
                 elif skipped is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -159,10 +159,14 @@ def plan_blocks(slide: Slide, grid: TileGrid, max_block_px: int = 8192) -> list[
 
 
 def _read_block(slide: Slide, grid: TileGrid, block: _Block) -> tuple[np.ndarray, torch.Tensor]:
-    region = slide.read_region(block.location, grid.level, block.size)
+    region = torch.from_numpy(slide.read_region(block.location, grid.level, block.size)).permute(2, 0, 1)
+    return block.indices, split_block(region, grid, block)
+
+
+def split_block(region: torch.Tensor, grid: TileGrid, block: _Block) -> torch.Tensor:
+    """The tiles ``(k, 3, tile_size, tile_size)`` uint8 of a block's region ``(3, h, w)`` uint8 (any device)."""
     size = grid.read_size
-    tiles = np.stack([region[:size, offset : offset + size] for offset in block.offsets])
-    tensor = torch.from_numpy(tiles).permute(0, 3, 1, 2)  # (k, 3, size, size) uint8
+    tensor = torch.stack([region[:, :size, offset : offset + size] for offset in block.offsets.tolist()])
     if size != grid.tile_size:
         resized = F.interpolate(
             tensor.float(),
@@ -172,35 +176,46 @@ def _read_block(slide: Slide, grid: TileGrid, block: _Block) -> tuple[np.ndarray
             align_corners=False,
         )
         tensor = resized.round_().clamp_(0, 255).to(torch.uint8)
-    return block.indices, tensor.contiguous()
+    return tensor.contiguous()
+
+
+ReadBlock = Callable[[Slide, TileGrid, _Block], tuple[np.ndarray, torch.Tensor]]
 
 
 def iter_tile_blocks(
-    slide: Slide, grid: TileGrid, *, max_block_px: int = 8192, num_workers: int = 1, prefetch: int = 4
+    slide: Slide,
+    grid: TileGrid,
+    *,
+    max_block_px: int = 8192,
+    num_workers: int = 1,
+    prefetch: int = 4,
+    read_block: ReadBlock | None = None,
 ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """Yield ``(tile indices, uint8 tiles (k, 3, tile_size, tile_size))`` block by block, in grid order.
 
     With ``num_workers >= 1`` blocks are read by background threads (OpenSlide and the resize release the
     GIL), at most ``prefetch`` blocks ahead, so reading overlaps with whatever consumes the tiles.
+    ``read_block`` reads one block (default: OpenSlide ``read_region``; see :mod:`giga_ssl_hf.wsi.raw_tiles`).
     """
+    read_block = read_block or _read_block
     blocks = plan_blocks(slide, grid, max_block_px)
     if num_workers <= 0:
         for block in blocks:
-            yield _read_block(slide, grid, block)
+            yield read_block(slide, grid, block)
         return
     pool = ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="tile-reader")
     try:
         pending: deque = deque()
         upcoming = iter(blocks)
         for block in upcoming:
-            pending.append(pool.submit(_read_block, slide, grid, block))
+            pending.append(pool.submit(read_block, slide, grid, block))
             if len(pending) >= max(1, prefetch):
                 break
         while pending:
             result = pending.popleft().result()
             following = next(upcoming, None)
             if following is not None:
-                pending.append(pool.submit(_read_block, slide, grid, following))
+                pending.append(pool.submit(read_block, slide, grid, following))
             yield result
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

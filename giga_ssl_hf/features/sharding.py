@@ -1,0 +1,253 @@
+"""Extraction over many processes and machines: who does which slide, per-slide locks, and who assembles.
+
+- **Shares.** The slides are split into ``count`` shares balanced by file size (largest first, each to the
+  least loaded share; ties broken by slide id), a pure function of the slide list, so every process computes
+  the same split without talking to the others. A process runs share ``index`` of ``count``: given by
+  ``--shard I/N`` (Slurm job arrays, any scheduler), or read from the launcher's ``RANK`` / ``WORLD_SIZE``
+  (``accelerate launch``, ``torchrun``, multi-node included), each process on its own ``cuda:LOCAL_RANK``.
+- **Locks.** A process works on a slide only while it holds ``OUT/locks/<slide_id>.lock``: a symbolic link
+  whose target names the host, pid and the pid's start time, created atomically (it fails when the link
+  exists, also over NFS) and needing no data block, so a full disk cannot leave a lock half-written. A
+  live holder refreshes the link's mtime
+  every :data:`HEARTBEAT_SECONDS`. A lock is stale, and is broken, when its pid is dead on this host, or when
+  its mtime is older than :data:`STALE_SECONDS` (a holder on another machine that stopped beating): a killed
+  process never blocks a rerun for long, and two live processes never encode the same slide.
+- **Assembly.** The Datasets are rebuilt from every committed slide under ``OUT/locks/.assemble.lock``, one
+  process at a time. A share marks itself done in ``OUT/shares/I-of-N.json`` (with a key of the slide list);
+  the share that finds all ``N`` marks with its key is the last one and assembles. ``giga-ssl extract
+  --assemble DIR`` assembles by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from giga_ssl_hf.files import process_is_alive, process_start_ticks, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 30.0
+STALE_SECONDS = 600.0  # a lock of another host untouched this long is abandoned
+_BREAKER_SECONDS = 60.0  # a lock-breaking marker older than this was left by a killed breaker
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match or not int(match[1]) < int(match[2]):
+        raise ValueError(f"--shard takes I/N with 0 <= I < N (e.g. 0/4), got {text!r}")
+    return int(match[1]), int(match[2])
+
+
+def launcher_share() -> tuple[int, int] | None:
+    """``(RANK, WORLD_SIZE)`` set by ``accelerate launch`` / ``torchrun`` (None for a single process)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world_size <= 1:
+        return None
+    return int(os.environ.get("RANK", "0")), world_size
+
+
+def launcher_device(device: str) -> str:
+    """``cuda:LOCAL_RANK`` for ``device="auto"`` in a launched process on a CUDA machine, else ``device``."""
+    import torch
+
+    if device == "auto" and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
+    return device
+
+
+def assign_shares(sizes: Sequence[int], keys: Sequence[str], count: int) -> list[int]:
+    """Share of each item: largest first, each to the least loaded share (ties: lower key, lower share)."""
+    loads = [0] * count
+    shares = [0] * len(sizes)
+    for item in sorted(range(len(sizes)), key=lambda i: (-sizes[i], keys[i])):
+        share = min(range(count), key=lambda s: (loads[s], s))
+        shares[item] = share
+        loads[share] += max(int(sizes[item]), 1)
+    return shares
+
+
+def run_key(slide_ids: Sequence[str], passes: Sequence[str]) -> str:
+    """Identifies a job (its slides and passes): the shares of one job share the key."""
+    text = json.dumps([sorted(slide_ids), sorted(passes)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _marker(out_dir: Path, index: int, count: int) -> Path:
+    return out_dir / "shares" / f"{index}-of-{count}.json"
+
+
+def mark_share_done(out_dir: Path, index: int, count: int, key: str, slide_ids: Sequence[str]) -> None:
+    path = _marker(out_dir, index, count)
+    path.parent.mkdir(exist_ok=True)
+    record = {
+        "share": index,
+        "count": count,
+        "key": key,
+        "slide_ids": list(slide_ids),
+        "finished": time.time(),
+    }
+    write_text_atomic(path, json.dumps(record, sort_keys=True))
+
+
+def unfinished_shares(out_dir: Path, count: int, key: str) -> list[int]:
+    """The shares of the job ``key`` that have not marked themselves done."""
+    missing = []
+    for index in range(count):
+        try:
+            done = json.loads(_marker(out_dir, index, count).read_text())["key"] == key
+        except (FileNotFoundError, ValueError, KeyError):
+            done = False
+        if not done:
+            missing.append(index)
+    return missing
+
+
+def _owner() -> dict:
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "start": process_start_ticks(pid), "since": time.time()}
+
+
+def lock_owner(path: Path) -> dict | None:
+    """Who holds the lock at ``path`` (host, pid, start, since); None when unreadable."""
+    try:
+        owner = json.loads(os.readlink(path))
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
+def lock_is_stale(path: Path, stale_seconds: float = STALE_SECONDS) -> bool:
+    """Whether the lock at ``path`` is abandoned (see the module docstring); a missing lock is not stale."""
+    try:
+        mtime = os.lstat(path).st_mtime
+    except FileNotFoundError:
+        return False
+    owner = lock_owner(path)  # None (garbage): judged by its age only
+    if owner and owner.get("host") == socket.gethostname():
+        pid = owner.get("pid")
+        if pid == os.getpid():
+            return False
+        return not process_is_alive(int(pid), owner.get("start"))
+    return time.time() - mtime > stale_seconds
+
+
+class SlideLocks:
+    """Per-name lock files in ``directory``, refreshed by a heartbeat thread while held.
+
+    Use as a context manager, or call :meth:`start` and :meth:`close` (they start and stop the heartbeat;
+    closing releases what is still held).
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        stale_seconds: float = STALE_SECONDS,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
+    ):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.stale_seconds, self.heartbeat_seconds = stale_seconds, heartbeat_seconds
+        self._held: dict[str, Path] = {}
+        self._guard = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def path(self, name: str) -> Path:
+        return self.directory / f"{name}.lock"
+
+    def acquire(self, name: str) -> bool:
+        """Take the lock ``name`` if it is free or stale; False when a live process holds it."""
+        path = self.path(name)
+        for attempt in range(2):
+            try:
+                os.symlink(json.dumps(_owner()), path)
+            except FileExistsError:
+                if attempt or not self._break_if_stale(path):
+                    return False
+                continue
+            with self._guard:
+                self._held[name] = path
+            return True
+        return False
+
+    def _break_if_stale(self, path: Path) -> bool:
+        """Remove ``path`` when stale; True when it is gone. One breaker at a time (``.break`` marker)."""
+        breaker = path.with_name(path.name + ".break")
+        try:
+            os.close(os.open(breaker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            try:
+                if time.time() - breaker.stat().st_mtime > _BREAKER_SECONDS:
+                    breaker.unlink(missing_ok=True)
+            except FileNotFoundError:
+                pass
+            return False
+        try:
+            if lock_is_stale(path, self.stale_seconds):
+                logger.warning("breaking the stale lock %s (holder gone: %s)", path, lock_owner(path))
+                path.unlink(missing_ok=True)
+            return not os.path.lexists(path)
+        finally:
+            breaker.unlink(missing_ok=True)
+
+    def release(self, name: str) -> None:
+        with self._guard:
+            path = self._held.pop(name, None)
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+    @contextmanager
+    def hold(self, name: str, *, poll_seconds: float = 0.5):
+        """Wait until the lock ``name`` is ours, hold it for the ``with`` body."""
+        waited = False
+        while not self.acquire(name):
+            if not waited:
+                logger.info("waiting for %s (held by another process)", self.path(name))
+                waited = True
+            time.sleep(poll_seconds)
+        try:
+            yield
+        finally:
+            self.release(name)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_seconds):
+            with self._guard:
+                paths = list(self._held.values())
+            for path in paths:
+                try:
+                    os.utime(path, follow_symlinks=False)
+                except FileNotFoundError:
+                    logger.warning("lock %s vanished while held (broken by another process?)", path)
+
+    def start(self) -> SlideLocks:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._beat, name="lock-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        for name in list(self._held):
+            self.release(name)
+
+    def __enter__(self) -> SlideLocks:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
