@@ -7,12 +7,22 @@ and does one matmul per convolution.
 
     python benchmarks/bench_ssl_step.py            # 5, 64 and 256 tiles
     python benchmarks/bench_ssl_step.py --tiles 5 --steps 5 --device cuda
+    python benchmarks/bench_ssl_step.py --contended --tiles 5   # quiet vs beside a competing process
+
+``--contended`` measures each variant alone and beside a competing process (a 2-thread matmul loop, as
+another job on the same cores), alternately, ``--repeats`` times, under two OpenMP wait policies, each in
+its own process: "passive" (what importing giga_ssl_hf before torch sets: idle threads sleep at once) and
+"spin" (libgomp's default, ``GOMP_SPINCOUNT=300000``: idle threads spin a while before sleeping).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
+import os
+import subprocess
+import sys
 import time
 
 import torch
@@ -162,6 +172,90 @@ def run(
     return rows
 
 
+COMPETITOR = """
+import time, torch
+torch.set_num_threads(2)
+a = torch.randn(1024, 1024)
+while True:
+    a @ a
+"""
+
+# Set explicitly: this script imports torch before giga_ssl_hf, too late for the package's default.
+WAIT_POLICIES = {"passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "spin": {"GOMP_SPINCOUNT": "300000"}}
+
+
+def run_contended(n_tiles: int, steps: int, n_slides: int, repeats: int) -> list[dict]:
+    """Median ms/step of each variant alone ("quiet") and beside a competing process ("contended").
+
+    Quiet and contended alternate, so slow drifts of a shared machine hit both alike.
+    """
+    torch.manual_seed(0)
+    model = GigaSSLForContrastivePretraining(GigaSSLConfig()).train()
+    variants = [("pairs (ours)", model), ("gather-9 (naive)", naive_copy(model))]
+    features, coords = make_batch(n_slides, n_tiles, torch.Generator().manual_seed(n_tiles))
+    device = torch.device("cpu")
+    times: dict[tuple[str, str], list[float]] = {}
+    for _ in range(repeats):
+        for condition in ("quiet", "contended"):
+            competitor = None
+            if condition == "contended":
+                competitor = subprocess.Popen([sys.executable, "-c", COMPETITOR])
+                time.sleep(1.0)  # let it start computing
+            try:
+                for name, variant in variants:
+                    times.setdefault((name, condition), []).append(
+                        time_steps(variant, features, coords, steps, device)
+                    )
+            finally:
+                if competitor is not None:
+                    competitor.kill()
+                    competitor.wait()
+    median = {key: sorted(v)[len(v) // 2] for key, v in times.items()}
+    rows = []
+    for name, _ in variants:
+        quiet, contended = median[(name, "quiet")], median[(name, "contended")]
+        rows.append(
+            {
+                "variant": name,
+                "quiet ms": 1e3 * quiet,
+                "contended ms": 1e3 * contended,
+                "contended/quiet": contended / quiet,
+                "vs gather-9 quiet": median[("gather-9 (naive)", "quiet")] / quiet,
+                "vs gather-9 contended": median[("gather-9 (naive)", "contended")] / contended,
+                "quiet runs ms": [round(1e3 * t, 1) for t in times[(name, "quiet")]],
+                "contended runs ms": [round(1e3 * t, 1) for t in times[(name, "contended")]],
+            }
+        )
+    return rows
+
+
+def contended_table(n_tiles: int, steps: int, n_slides: int, repeats: int) -> tuple[str, list[dict]]:
+    """Run :func:`run_contended` once per OpenMP wait policy, each in a fresh process."""
+    rows = []
+    for policy, env in WAIT_POLICIES.items():
+        command = [
+            sys.executable, __file__, "--contended-worker", "--tiles", str(n_tiles), "--steps", str(steps),
+            "--slides", str(n_slides), "--repeats", str(repeats),
+        ]  # fmt: skip
+        result = subprocess.run(
+            command, env={**os.environ, **env}, capture_output=True, text=True, check=True
+        )
+        for row in json.loads(result.stdout.strip().splitlines()[-1]):
+            rows.append({"wait policy": policy, **row})
+    header = (
+        f"{'wait policy':<11} | {'variant':<17} | {'quiet ms':>9} | {'contended ms':>12} | "
+        f"{'cont./quiet':>11} | {'vs gather-9 (quiet / contended)':>31}"
+    )
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        lines.append(
+            f"{row['wait policy']:<11} | {row['variant']:<17} | {row['quiet ms']:>9.1f} | "
+            f"{row['contended ms']:>12.1f} | {row['contended/quiet']:>10.2f}x | "
+            f"{row['vs gather-9 quiet']:>14.2f}x / {row['vs gather-9 contended']:.2f}x"
+        )
+    return "\n".join(lines), rows
+
+
 def format_table(rows: list[dict]) -> str:
     header = (
         f"{'tiles/view':>10} | {'variant':<17} | {'ms/step':>9} | {'neighbour pairs':>15} | {'GFLOP/s':>8}"
@@ -184,7 +278,23 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--slides", type=int, default=256, help="slides per batch (2 views each)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-naive", action="store_true", help="skip the gather-9 baseline")
+    parser.add_argument(
+        "--contended", action="store_true", help="CPU: quiet vs beside a competing process (first --tiles)"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="--contended: quiet/contended alternations")
+    parser.add_argument("--contended-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.contended_worker:
+        print(json.dumps(run_contended(args.tiles[0], args.steps, args.slides, args.repeats)))
+        return ""
+    if args.contended:
+        table, _ = contended_table(args.tiles[0], args.steps, args.slides, args.repeats)
+        print(
+            f"SimCLR step, {args.slides} slides x 2 views, {args.tiles[0]} tiles/view, CPU, "
+            f"{torch.get_num_threads()} threads, median of {args.repeats} alternations of "
+            f"{args.steps} steps\n{table}"
+        )
+        return table
     rows = run(tuple(args.tiles), args.steps, args.slides, args.device, naive=not args.no_naive)
     table = format_table(rows)
     print(

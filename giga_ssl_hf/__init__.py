@@ -13,7 +13,15 @@ from __future__ import annotations
 
 import importlib
 import importlib.abc
+import os
 import sys
+
+# Idle OpenMP threads spin-wait by default; on a machine with other work (data-loader workers, other jobs)
+# they burn the cores the busy threads need, and each of a step's hundreds of parallel ops waits for a
+# descheduled thread (SimCLR step at 5 tiles beside another job: 2.6x slower; benchmarks/bench_ssl_step.py
+# --contended). Passive waiting must be chosen before torch loads libgomp, which reads it once; an
+# OMP_WAIT_POLICY already in the environment wins (ACTIVE restores spinning).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 

@@ -2,13 +2,15 @@
 
 A :class:`SparseGrid` holds the active sites of a batch of slides: ``(batch, x, y)`` integer sites kept
 sorted and unique by a packed int64 key, with a feature row per site. Every operation is vectorised over
-the whole batch: neighbour maps come from ``torch.searchsorted`` on the sorted keys, and each kernel
-offset does one gather -> matmul -> scatter over the neighbour pairs that exist (an isolated tile costs
-one row, never nine). The only Python loop is over the 9 kernel offsets.
+the whole batch: neighbour maps come from ``torch.searchsorted`` on the sorted keys (built once per grid,
+with a Python loop over the 9 kernel offsets), and a convolution computes only the neighbour pairs that
+exist (an isolated tile costs one row, never nine): the centre offset as one matmul, the other offsets
+together as one gather -> batched matmul -> scatter-add over a padded :class:`PairTable`.
 
 Within one kernel offset every output site receives at most one input row and every input row feeds at
-most one output site, so each ``index_add_`` writes distinct rows: the result does not depend on the
-order of atomic additions on CUDA, and the backward pass is deterministic too.
+most one output site; on CUDA the scatter-add runs offset by offset, so each ``index_add_`` writes distinct
+rows and the result does not depend on the order of atomic additions (forward and backward alike); the
+CPU's ``index_add_`` is sequential, hence deterministic in one call.
 
 Semantics follow facebookresearch/SparseConvNet as used by the original Giga-SSL (2-D, no bias):
 
@@ -132,6 +134,22 @@ class SparseGrid:
             raise ValueError("rows_of: some sites are not active in this grid")
         return rows
 
+    def submanifold_table(self, kernel_size: int) -> PairTable:
+        """:meth:`submanifold_pairs` as one padded :class:`PairTable` (cached)."""
+        cache_key = ("submanifold_table", kernel_size)
+        if cache_key not in self._cache:
+            pairs = self.submanifold_pairs(kernel_size)
+            self._cache[cache_key] = PairTable.from_pairs(pairs, self.batch.numel(), self.batch.device)
+        return self._cache[cache_key]
+
+    def downsample_table(self) -> tuple[SparseGrid, PairTable]:
+        """:meth:`downsample` with its pairs as one padded :class:`PairTable` (cached)."""
+        if "downsample_table" not in self._cache:
+            out_grid, pairs = self.downsample()
+            table = PairTable.from_pairs(pairs, out_grid.batch.numel(), self.batch.device)
+            self._cache["downsample_table"] = (out_grid, table)
+        return self._cache["downsample_table"]
+
     def downsample(self) -> tuple[SparseGrid, list[tuple[torch.Tensor, torch.Tensor]]]:
         """The output sites of a 3x3 / stride-2 convolution (or pooling) and its per-offset pairs.
 
@@ -217,19 +235,65 @@ def _offset_weights(weight: torch.Tensor) -> torch.Tensor:
     return weight.permute(2, 3, 1, 0).reshape(-1, in_channels, out_channels)
 
 
+@dataclass
+class PairTable:
+    """The neighbour pairs of a convolution's non-centre kernel offsets, padded into one rectangle.
+
+    Attributes:
+        offsets: `(K,)` int64, the kernel offsets (``a * k + b``) that have at least one pair.
+        inputs: `(K, P)` int64 input rows; padding points at row 0 (its products are masked or discarded).
+        outputs: `(K, P)` int64 output rows; padding points at row ``n_out``, one spare row of the output.
+        valid: `(K, P, 1)` bool, False at padding.
+    """
+
+    offsets: torch.Tensor
+    inputs: torch.Tensor
+    outputs: torch.Tensor
+    valid: torch.Tensor
+
+    @classmethod
+    def from_pairs(cls, pairs: list, n_out: int, device: torch.device) -> PairTable:
+        kept = [(k, pair) for k, pair in enumerate(pairs) if pair is not None and pair[0].numel()]
+        width = max((pair[0].numel() for _, pair in kept), default=0)
+        inputs = torch.zeros(len(kept), width, dtype=torch.long, device=device)
+        outputs = torch.full((len(kept), width), n_out, dtype=torch.long, device=device)
+        for row, (_, (input_rows, output_rows)) in enumerate(kept):
+            inputs[row, : input_rows.numel()] = input_rows
+            outputs[row, : output_rows.numel()] = output_rows
+        offsets = torch.tensor([k for k, _ in kept], dtype=torch.long, device=device)
+        return cls(offsets, inputs, outputs, (outputs < n_out).unsqueeze(-1))
+
+
+def _scatter_rows(target: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> None:
+    """``target[rows[k, p]] += values[k, p]`` for all (k, p): rows `(K, P)`, values `(K, P, C)`.
+
+    On CPU one ``index_add_`` (sequential, so deterministic). On CUDA one per offset: within an offset the
+    rows are distinct, so atomic additions never race and the result is deterministic too.
+    """
+    if target.device.type == "cpu":
+        target.index_add_(0, rows.reshape(-1), values.reshape(-1, values.shape[-1]))
+    else:
+        for offset_rows, offset_values in zip(rows, values):
+            target.index_add_(0, offset_rows, offset_values)
+
+
 class _PairwiseConv(torch.autograd.Function):
     """``out[o] = sum over pairs (i, o) of offset k: x[i] @ W[k]`` (``W`` = identity when ``weights`` is None).
 
-    ``pairs[k]`` is ``(input rows, output rows)`` or None; ``centre`` (submanifold convs) is the offset that
-    pairs every site with itself, computed without a gather.
+    ``table`` holds the pairs of every non-centre offset; ``centre`` (submanifold convs) is the offset that
+    pairs every site with itself, computed without a gather. All offsets run together: one gather, one
+    batched matmul and one scatter-add per direction, instead of one of each per offset. The ops are few
+    and large, which matters on a CPU shared with other work: every multi-threaded op waits for all its
+    threads, and with a busy core each wait can cost a scheduler time slice, so the step time grows with
+    the number of ops far more than with their size.
 
     A hand-written backward: autograd's own would allocate and sum a zero-filled input gradient per offset; here
-    one buffer takes every offset's ``index_add_``, and each weight gradient is one matmul over its pairs.
+    one buffer takes every offset's contribution, and the weight gradients are one batched matmul.
     """
 
     @staticmethod
-    def forward(ctx, features, weights, pairs, n_out, centre):
-        # features: (N_in, C_in); weights: (K, C_in, C_out) or None; pairs: per offset (input rows, output rows)
+    def forward(ctx, features, weights, table: PairTable, n_out, centre):
+        # features: (N_in, C_in); weights: (K_all, C_in, C_out) or None
         device_type = features.device.type
         # Under autocast every product runs in the autocast dtype; the output buffer must match it, and the
         # backward (which autocast does not cover) reuses the same dtype.
@@ -241,27 +305,28 @@ class _PairwiseConv(torch.autograd.Function):
         features = features.to(compute_dtype)
         weights = None if weights is None else weights.to(compute_dtype)
         ctx.save_for_backward(features, weights)
-        ctx.pairs, ctx.centre = pairs, centre
+        ctx.table, ctx.centre = table, centre
         out_channels = features.shape[1] if weights is None else weights.shape[2]
         with torch.autocast(device_type, enabled=False):
+            # One spare row takes the padding of the pair table.
+            output = features.new_empty(n_out + 1, out_channels)
             if centre is not None:  # submanifold: every site is its own centre neighbour, no gather needed
-                output = features @ weights[centre]
+                torch.mm(features, weights[centre], out=output[:n_out])
+                output[n_out].zero_()
             else:
-                output = features.new_zeros(n_out, out_channels)
-            for offset, pair in enumerate(pairs):
-                if pair is not None and pair[0].numel():
-                    input_rows, output_rows = pair
-                    gathered = features.index_select(0, input_rows)
-                    output.index_add_(
-                        0, output_rows, gathered if weights is None else gathered @ weights[offset]
-                    )
-        return output
+                output.zero_()
+            if table.offsets.numel():
+                gathered = features[table.inputs]  # (K, P, C_in)
+                if weights is not None:
+                    gathered = torch.bmm(gathered, weights[table.offsets])  # (K, P, C_out)
+                _scatter_rows(output, table.outputs, gathered)
+        return output[:n_out]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
         features, weights = ctx.saved_tensors
-        pairs, centre = ctx.pairs, ctx.centre
+        table, centre = ctx.table, ctx.centre
         need_features, need_weights = ctx.needs_input_grad[:2]
         grad_output = grad_output.to(features.dtype)
         grad_features = grad_weights = None
@@ -274,17 +339,16 @@ class _PairwiseConv(torch.autograd.Function):
             grad_weights = weights.new_zeros(weights.shape)
             if centre is not None:
                 grad_weights[centre] = features.T @ grad_output
-        for offset, pair in enumerate(pairs):
-            if pair is None or not pair[0].numel():
-                continue
-            input_rows, output_rows = pair
-            grad_rows = grad_output.index_select(0, output_rows)  # (P_k, C_out)
+        if table.offsets.numel():
+            # (K, P, C_out), zero at padding (whose output row does not exist in grad_output)
+            grad_rows = grad_output[table.outputs.clamp(max=grad_output.shape[0] - 1)] * table.valid
             if need_weights:
-                torch.mm(features.index_select(0, input_rows).T, grad_rows, out=grad_weights[offset])
+                offset_grads = torch.bmm(features[table.inputs].transpose(1, 2), grad_rows)
+                grad_weights.index_copy_(0, table.offsets, offset_grads)
             if need_features:
-                grad_features.index_add_(
-                    0, input_rows, grad_rows if weights is None else grad_rows @ weights[offset].T
-                )
+                if weights is not None:
+                    grad_rows = torch.bmm(grad_rows, weights[table.offsets].transpose(1, 2))
+                _scatter_rows(grad_features, table.inputs, grad_rows)  # padding adds zeros to row 0
         features_dtype, weights_dtype = ctx.dtypes
         if grad_features is not None:
             grad_features = grad_features.to(features_dtype)
@@ -310,8 +374,12 @@ class SubmanifoldConv2d(_SparseConvBase):
     def forward(self, grid: SparseGrid) -> SparseGrid:
         weights = _offset_weights(self.weight)  # (k*k, C_in, C_out)
         centre = (self.kernel_size * self.kernel_size) // 2
-        pairs = grid.submanifold_pairs(self.kernel_size) if self.kernel_size > 1 else [None]
-        output = _PairwiseConv.apply(grid.features, weights, pairs, grid.batch.numel(), centre)
+        n = grid.batch.numel()
+        if self.kernel_size > 1:
+            table = grid.submanifold_table(self.kernel_size)
+        else:
+            table = PairTable.from_pairs([None], n, grid.batch.device)
+        output = _PairwiseConv.apply(grid.features, weights, table, n, centre)
         return grid.with_features(output)
 
 
@@ -322,17 +390,17 @@ class StridedConv2d(_SparseConvBase):
         super().__init__(in_channels, out_channels, kernel_size=3)
 
     def forward(self, grid: SparseGrid) -> SparseGrid:
-        out_grid, pairs = grid.downsample()
+        out_grid, table = grid.downsample_table()
         output = _PairwiseConv.apply(
-            grid.features, _offset_weights(self.weight), pairs, out_grid.batch.numel(), None
+            grid.features, _offset_weights(self.weight), table, out_grid.batch.numel(), None
         )
         return out_grid.with_features(output)
 
 
 def average_pool_3x3_stride2(grid: SparseGrid) -> SparseGrid:
     """SparseConvNet ``AveragePooling(2, 3, 2)``: sites of the strided conv, window sum divided by 9."""
-    out_grid, pairs = grid.downsample()
-    output = _PairwiseConv.apply(grid.features, None, pairs, out_grid.batch.numel(), None)
+    out_grid, table = grid.downsample_table()
+    output = _PairwiseConv.apply(grid.features, None, table, out_grid.batch.numel(), None)
     return out_grid.with_features(output / 9.0)
 
 
