@@ -12,8 +12,9 @@ Details that make the pixels match OpenSlide's ``read_region``:
   TIFF's JPEGTables tag; they are spliced in (tables without their EOI, tile without its SOI).
 - **Colour space**: Aperio often stores RGB directly in the JPEG (TIFF photometric RGB, component ids 0, 1,
   2, no JFIF / Adobe marker), where a decoder guessing YCbCr would convert colours that need no conversion.
-  For photometric RGB an Adobe APP14 marker with transform 0 ("no colour transform") is inserted, which
-  libjpeg-turbo and nvjpeg honour; photometric YCbCr streams decode as usual.
+  For photometric RGB an Adobe APP14 marker with transform 0 ("no colour transform") is inserted and the
+  frame's component ids become 'R', 'G', 'B' (the two signals decoders use to skip the YCbCr conversion;
+  libjpeg-turbo honours both; the GPU suite checks nvjpeg against OpenSlide); YCbCr streams decode as usual.
 - **Edges**: file tiles at the right and bottom edges are padded; pixels beyond the level's size, and
   blocks reaching past it, are white, as :meth:`~giga_ssl_hf.wsi.slide.Slide.read_region` composites them.
 
@@ -45,6 +46,29 @@ _ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
 
 class NotJpegTiledError(ValueError):
     """The slide level is not a tiled TIFF page of 8-bit RGB JPEG tiles."""
+
+
+def _mark_rgb(data: bytes) -> bytes:
+    """``data`` with an Adobe "no transform" marker, and component ids 'R', 'G', 'B' in its frame and scan
+    headers (the scan refers to the frame's components by id)."""
+    stream = bytearray(data[:2] + _ADOBE_RGB + data[2:])
+    renamed: dict[int, int] = {}
+    position = 2
+    while position + 4 <= len(stream) and stream[position] == 0xFF:
+        marker = stream[position + 1]
+        length = int.from_bytes(stream[position + 2 : position + 4], "big")
+        if marker in (0xC0, 0xC1, 0xC2) and stream[position + 9] == 3:  # SOF0/1/2, 3 components
+            for component, identifier in enumerate(b"RGB"):
+                offset = position + 10 + 3 * component
+                renamed[stream[offset]] = identifier
+                stream[offset] = identifier
+        elif marker == 0xDA:  # start of scan (the last header): its component selectors
+            for component in range(stream[position + 4]):
+                offset = position + 5 + 2 * component
+                stream[offset] = renamed.get(stream[offset], stream[offset])
+            break
+        position += 2 + length
+    return bytes(stream)
 
 
 class JpegTileLevel:
@@ -101,7 +125,7 @@ class JpegTileLevel:
         if self.tables is not None and len(self.tables) > 4:
             data = self.tables[:-2] + data[2:]  # tables without EOI + tile without SOI
         if self.rgb:
-            data = data[:2] + _ADOBE_RGB + data[2:]
+            data = _mark_rgb(data)
         return data
 
     def read(self, x: int, y: int, width: int, height: int, device: torch.device) -> torch.Tensor:

@@ -49,6 +49,10 @@ def test_cmu_level_decodes_like_openslide_including_rgb_jpeg_and_edges():
             assert pixel_difference(corner, reference)[0] <= MAX_DIFF
             assert (corner[:, 60:, :] == 255).all() and (corner[:, :, 110:] == 255).all()
 
+            stream = level.stream(0, 0)
+            frame = stream.index(b"\xff\xc0")
+            assert stream[frame + 9] == 3 and stream[frame + 10 : frame + 19 : 3] == b"RGB"
+            assert stream[2:11] == b"\xff\xee\x00\x0eAdobe"  # APP14 right after SOI
             level.rgb = False  # what a decoder guessing YCbCr would give: far off
             wrong = level.read(0, 0, 480, 480, CPU)
             assert pixel_difference(wrong, slide.read_region((0, 0), 0, (480, 480)))[1] > 10
