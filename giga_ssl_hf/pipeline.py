@@ -102,7 +102,10 @@ def run_pipeline(
 
     logger.info("stage extract: %d slide path(s) -> %s", len(slides), paths["features"])
     config = replace(settings.extraction, seed=settings.seed)
-    summary = extract_slides(slides, paths["features"], config, device=settings.device, thumbnails=True)
+    # Under a multi-process launcher each process extracts its share; all go on once the Datasets exist.
+    summary = extract_slides(
+        slides, paths["features"], config, device=settings.device, thumbnails=True, wait_for_shares=True
+    )
     if summary.failed:
         logger.warning("%d slide(s) failed and are left out (see the manifest)", len(summary.failed))
     if not summary.ok and not summary.skipped:

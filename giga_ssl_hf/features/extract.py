@@ -495,6 +495,7 @@ def extract_slides(
     recursive: bool = False,
     slides_csv: str | Path | None = None,
     shard: tuple[int, int] | None = None,
+    wait_for_shares: bool = False,
 ) -> ExtractionSummary:
     """Tile, encode and store ``paths`` (slide files, folders of slides, :class:`SlideEntry`) into ``out_dir``.
 
@@ -509,6 +510,8 @@ def extract_slides(
     ``shard=(I, N)`` (or a launcher's ``RANK`` / ``WORLD_SIZE``) runs share I of N of the slides; the last
     share to finish builds the Datasets. ``mpp`` is the fallback pixel size; a slide's own (from
     ``slides_csv``) wins over it. ``decode`` picks the tile reader (:mod:`giga_ssl_hf.wsi.raw_tiles`).
+    With ``wait_for_shares`` a share that is not the last waits for the others and returns with the
+    Datasets too (for callers that go on with them, such as the pipeline under a launcher).
     """
     from tqdm.auto import tqdm
 
@@ -624,6 +627,11 @@ def extract_slides(
         key = sharding.run_key([e.slide_id for e in slides], passes)
         sharding.mark_share_done(out_dir, *share, key, [e.slide_id for e in job])
         summary.waiting_for = sharding.unfinished_shares(out_dir, share[1], key)
+        if summary.waiting_for and wait_for_shares:
+            logger.info("share %d/%d done; waiting for shares %s", *share, summary.waiting_for)
+            while summary.waiting_for:
+                time.sleep(2.0)
+                summary.waiting_for = sharding.unfinished_shares(out_dir, share[1], key)
         if summary.waiting_for:
             logger.info(
                 "share %d/%d done; the last share to finish assembles the Datasets (still running: %s)",

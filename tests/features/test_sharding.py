@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -208,3 +209,26 @@ def test_a_process_killed_mid_slide_leaves_no_blocking_lock(tmp_path):
     assert not summary.busy and killed_slide in summary.ok + summary.empty + summary.skipped
     assert {r["status"] for r in manifest(out).values()} <= {"ok", "empty"} and len(manifest(out)) == 4
     assert not list((out / "locks").glob("*.lock")) and not [p for p in out.rglob("*") if ".tmp" in p.name]
+
+
+def test_a_share_waiting_for_the_others_returns_with_the_datasets(tmp_path):
+    slides = cohort(tmp_path / "slides")
+    out = tmp_path / "out"
+    results = {}
+
+    def first_share():
+        results[0] = extract_slides(
+            [slides], out, FAST_CONFIG, progress=False, shard=(0, 2), wait_for_shares=True
+        )
+
+    waiting = threading.Thread(target=first_share)
+    waiting.start()
+    deadline = time.monotonic() + 120
+    while not (out / "shares" / "0-of-2.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert waiting.is_alive()  # share 0/2 is done and waits for 1/2
+    results[1] = extract_slides([slides], out, FAST_CONFIG, progress=False, shard=(1, 2))
+    waiting.join(timeout=120)
+    assert not waiting.is_alive()
+    assert set(results[0].datasets) == set(results[1].datasets) == set(PASSES)
+    assert not results[0].waiting_for and [r["slide_id"] for r in rows(out / "exhaustive")] == ["a", "b", "c"]
