@@ -5,8 +5,8 @@ from __future__ import annotations
 import datasets
 import numpy as np
 
+from ..contracts import NO_AUGMENTATION
 from .schema import (
-    NO_AUGMENTATION,
     TileArrays,
     load_tile_dataset,
     resolve_tile_dataset_dir,
@@ -14,8 +14,9 @@ from .schema import (
 )
 
 
-def mean_pool(dataset: datasets.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """``(slide ids (N,), mean tile feature (N, D) float32)`` of an exhaustive tile-feature Dataset."""
+def mean_pool(dataset: datasets.Dataset, exclude: set[str] = frozenset()) -> tuple[np.ndarray, np.ndarray]:
+    """``(slide ids (N,), mean tile feature (N, D) float32)`` of an exhaustive tile-feature Dataset, in its row
+    order, without the slides in ``exclude``."""
     dataset = without_indices_mapping(dataset)
     if (np.asarray(dataset.data.column("aug_id").to_numpy()) != NO_AUGMENTATION).any():
         raise ValueError(
@@ -25,13 +26,14 @@ def mean_pool(dataset: datasets.Dataset) -> tuple[np.ndarray, np.ndarray]:
     if len(set(ids.tolist())) != len(ids):
         raise ValueError("the exhaustive tile-feature Dataset has several rows for one slide")
     arrays = TileArrays.from_dataset(dataset)
-    means = np.zeros((len(ids), arrays.feature_dim), dtype=np.float32)
-    for row in range(len(ids)):
+    kept = np.array([row for row, slide in enumerate(ids) if slide not in exclude], dtype=np.int64)
+    means = np.zeros((len(kept), arrays.feature_dim), dtype=np.float32)
+    for position, row in enumerate(kept):
         features, _ = arrays.row(row)
         if len(features) == 0:
             raise ValueError(f"slide {ids[row]!r} has no tiles: drop empty slides first")
-        means[row] = features.mean(axis=0, dtype=np.float64)
-    return ids, means
+        means[position] = features.mean(axis=0, dtype=np.float64)
+    return ids[kept], means
 
 
 def mean_pool_folder(features: str) -> tuple[np.ndarray, np.ndarray]:

@@ -244,6 +244,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
         n_tiles=data_args.n_tiles,
         seed=train_args.seed,
         coordinate_augmentation=CoordinateAugmentation() if data_args.coordinate_augmentation else None,
+        view_sampling=data_args.view_sampling,
     )
     features_encoder = read_metadata(features_dir).get("tile_encoder")
     init_config = load_init_config(model_args.init_from) if model_args.init_from else None
