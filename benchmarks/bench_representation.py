@@ -216,6 +216,10 @@ def run(args) -> None:
     if args.quick:
         settings.min_tiles, settings.max_tiles = 60, 120
     recipes = [Recipe("paper", "random", 5), Recipe("window", "window", args.window_tiles, args.window_lr)]
+    if (
+        args.paper_lr is not None
+    ):  # the paper's views with another learning rate: does the optimiser hold it back?
+        recipes.append(Recipe(f"paper lr={args.paper_lr:g}", "random", 5, args.paper_lr))
     sizes = f"{args.small},{args.large}"
     rows, losses = [], []
     with tempfile.TemporaryDirectory(prefix="bench_representation_") as tmp:
@@ -239,7 +243,14 @@ def run(args) -> None:
             untrained = GigaSSLModel(model.config).eval()
             _, vectors["untrained"] = embed(untrained, exhaustive, "window", args.window_tiles, args)
             vectors["hybrid"] = np.concatenate([vectors["window"], standardise_over_slides(means)], axis=1)
-            for method in ("paper", "window", "untrained", "mean-pool", "hybrid"):
+            for method in [
+                "paper",
+                "window",
+                "untrained",
+                "mean-pool",
+                "hybrid",
+                *[r.name for r in recipes[2:]],
+            ]:
                 aucs = probe(ids, vectors[method], labels, sizes, args.seed)
                 rows.append(
                     {"signal": signal, "method": method, **{f"{p} @{n}": v for (p, n), v in aucs.items()}}
@@ -275,6 +286,9 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=None,
         help="learning rate of the window recipe (default: the paper's)",
+    )
+    parser.add_argument(
+        "--paper-lr", type=float, default=None, help="also train the paper's views at this learning rate"
     )
     parser.add_argument("--n-views", type=int, default=32, help="views averaged per embedding (default: 32)")
     parser.add_argument("--small", type=int, default=50, help="few-shot training size (default: 50)")
