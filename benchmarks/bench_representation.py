@@ -15,9 +15,9 @@ label signal:
   classes, so mean pooling is at chance by construction.
 
 Per cohort, recipes trained and embedded with the package's own code (``train``, ``embed_tile_dataset``) and
-probed with ``evaluate_embeddings`` (2-fold stratified CV: 200 labelled training slides and 200 test slides
-per fold, and the training set subsampled to 50), with the paper's probe (C=10 on the L2-normalised vectors)
-and with ``standardize=True``:
+probed with ``evaluate_embeddings`` (three seeded 2-fold stratified CVs: 200 labelled training slides and 200
+test slides per fold, and the training set subsampled to 50), with the paper's probe (C=10 on the L2-normalised
+vectors), with ``standardize=True``, and with ``standardize=True`` and C chosen by inner CV:
 
 - ``paper``: 5-tile random views, Adam at 0.03 x batch/256, 10% warm-up then cosine (the paper's recipe);
 - ``window``: window views (``--view_sampling window``, ``--n_tiles`` 16) and ``embed --strategy window``;
@@ -191,15 +191,26 @@ def embed(model, exhaustive, strategy: str, n_tiles: int, args) -> tuple[np.ndar
     )  # fmt: skip
 
 
-def probe(ids, vectors, labels: pd.Series, sizes: str, seed: int) -> dict[tuple[str, str], float]:
-    """{(probe, train size): mean AUC} with the paper's probe and with standardisation."""
-    out = {}
-    for name, standardize in (("paper", False), ("std", True)):
-        for result in evaluate_embeddings(
-            (ids, vectors), labels, folds=2, train_sizes=sizes, seed=seed, task="t", standardize=standardize
-        ):
-            out[(name, result.train_size)] = result.mean
-    return out
+PROBES = {  # name: (standardize, C)
+    "paper": (False, [10.0]),
+    "std": (True, [10.0]),
+    "std+cv": (True, [0.01, 0.1, 1.0, 10.0]),  # C chosen by inner 5-fold CV on each training split
+}
+
+
+def probe(
+    ids, vectors, labels: pd.Series, sizes: str, seed: int, repeats: int
+) -> dict[tuple[str, str], float]:
+    """{(probe, train size): AUC averaged over ``repeats`` seeded 2-fold CVs (2 x repeats splits)}."""
+    aucs: dict[tuple[str, str], list[float]] = {}
+    for name, (standardize, c_values) in PROBES.items():
+        for repeat in range(repeats):
+            for result in evaluate_embeddings(
+                (ids, vectors), labels, folds=2, train_sizes=sizes, seed=seed + repeat, task="t",
+                standardize=standardize, C=c_values,
+            ):  # fmt: skip
+                aucs.setdefault((name, result.train_size), []).extend(result.aucs.tolist())
+    return {key: float(np.mean(values)) for key, values in aucs.items()}
 
 
 def loss_report(summary: dict, batch_size: int) -> str:
@@ -215,10 +226,16 @@ def run(args) -> None:
     settings = CohortSettings(n_slides=args.slides, seed=args.seed)
     if args.quick:
         settings.min_tiles, settings.max_tiles = 60, 120
-    recipes = [Recipe("paper", "random", 5), Recipe("window", "window", args.window_tiles, args.window_lr)]
-    if (
-        args.paper_lr is not None
-    ):  # the paper's views with another learning rate: does the optimiser hold it back?
+    recipes = [
+        recipe
+        for recipe in (
+            Recipe("paper", "random", 5),
+            Recipe("window", "window", args.window_tiles, args.window_lr),
+        )
+        if recipe.name in args.recipes
+    ]
+    # The paper's views at another learning rate: does the optimiser hold the representation back?
+    if args.paper_lr is not None:
         recipes.append(Recipe(f"paper lr={args.paper_lr:g}", "random", 5, args.paper_lr))
     sizes = f"{args.small},{args.large}"
     rows, losses = [], []
@@ -242,32 +259,34 @@ def run(args) -> None:
             torch.manual_seed(args.seed)
             untrained = GigaSSLModel(model.config).eval()
             _, vectors["untrained"] = embed(untrained, exhaustive, "window", args.window_tiles, args)
-            vectors["hybrid"] = np.concatenate([vectors["window"], standardise_over_slides(means)], axis=1)
-            for method in [
-                "paper",
-                "window",
-                "untrained",
-                "mean-pool",
-                "hybrid",
-                *[r.name for r in recipes[2:]],
-            ]:
-                aucs = probe(ids, vectors[method], labels, sizes, args.seed)
+            if "window" in vectors:
+                vectors["hybrid"] = np.concatenate(
+                    [vectors["window"], standardise_over_slides(means)], axis=1
+                )
+            methods = (
+                [r.name for r in recipes] + ["untrained", "mean-pool"] + ["hybrid"] * ("window" in vectors)
+            )
+            for method in methods:
+                aucs = probe(ids, vectors[method], labels, sizes, args.seed, args.repeats)
                 rows.append(
                     {"signal": signal, "method": method, **{f"{p} @{n}": v for (p, n), v in aucs.items()}}
                 )
             log.info("%s done in %.0f s", signal, time.perf_counter() - start)
     table = pd.DataFrame(rows)
-    columns = [f"{p} @{n}" for p in ("paper", "std") for n in (args.small, args.large)]
-    print(f"\nLinear-probe AUC (2-fold CV, {args.slides} slides, test = the other half; train subsampled to "
-          f"{args.small} / {args.large}); 'paper' = C=10 on L2-normalised vectors, 'std' = + StandardScaler "
-          "fit on each training split\n")  # fmt: skip
+    columns = [f"{p} @{n}" for p in PROBES for n in (args.small, args.large)]
+    print(
+        f"\nLinear-probe AUC, mean over {args.repeats} seeded 2-fold CVs of {args.slides} slides (test: the other "
+        f"half; training half subsampled to {args.small} / {args.large} labelled slides). Probes: 'paper' = C=10 "
+        "on the L2-normalised vectors; 'std' = StandardScaler fit on each training split, C=10; 'std+cv' = "
+        "StandardScaler, C in {0.01, 0.1, 1, 10} chosen by inner 5-fold CV on the training split.\n"
+    )
     print("| signal | method | " + " | ".join(columns) + " |")
     print("|---|---|" + "---:|" * len(columns))
     for _, row in table.iterrows():
         print(f"| {row['signal']} | {row['method']} | " + " | ".join(f"{row[c]:.3f}" for c in columns) + " |")
     print("\nSimCLR loss (per recipe):")
     for signal, name, text in losses:
-        print(f"  {signal:12s} {name:8s} {text}")
+        print(f"  {signal:12s} {name:14s} {text}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -277,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="smoke test: 40 small slides, 4 steps, 4 views")
     parser.add_argument("--signals", nargs="+", choices=SIGNALS, default=list(SIGNALS), help="cohorts to run")
     parser.add_argument("--slides", type=int, default=400, help="slides per cohort (default: 400)")
-    parser.add_argument("--steps", type=int, default=120, help="SimCLR steps per recipe (default: 120)")
+    parser.add_argument("--steps", type=int, default=100, help="SimCLR steps per recipe (default: 100)")
     parser.add_argument("--batch-size", type=int, default=64, help="slides per SimCLR batch (default: 64)")
     parser.add_argument("--hidden-dim", type=int, default=64, help="slide embedding dimension (default: 64)")
     parser.add_argument("--window-tiles", type=int, default=16, help="tiles per window view (default: 16)")
@@ -288,15 +307,24 @@ def main(argv: list[str] | None = None) -> None:
         help="learning rate of the window recipe (default: the paper's)",
     )
     parser.add_argument(
+        "--recipes",
+        nargs="+",
+        choices=("paper", "window"),
+        default=["paper", "window"],
+        help="recipes to train",
+    )
+    parser.add_argument(
         "--paper-lr", type=float, default=None, help="also train the paper's views at this learning rate"
     )
     parser.add_argument("--n-views", type=int, default=32, help="views averaged per embedding (default: 32)")
     parser.add_argument("--small", type=int, default=50, help="few-shot training size (default: 50)")
     parser.add_argument("--large", type=int, default=200, help="larger training size (default: 200)")
+    parser.add_argument("--repeats", type=int, default=3, help="seeded 2-fold CVs per probe (default: 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of cohorts, training and probes")
     args = parser.parse_args(argv)
     if args.quick:
         args.slides, args.steps, args.n_views, args.batch_size, args.small, args.large = 40, 4, 4, 8, 10, 20
+        args.repeats = 1
     os.environ.setdefault("TQDM_DISABLE", "1")  # one table, not hundreds of progress bars
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     logging.getLogger(__name__).setLevel(logging.INFO)

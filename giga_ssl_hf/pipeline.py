@@ -261,13 +261,15 @@ def write_demo_slides(folder: str | Path, n_per_class: int = 6, seed: int = 0) -
 
 DEMO_SETTINGS = PipelineSettings(
     # offline: a random-init ResNet18 (pretrained weights need the Hub)
-    extraction=ExtractionConfig(pretrained=False, n_aug=4, n_tiles_per_aug=64, aug_sampling="window"),
+    extraction=ExtractionConfig(
+        pretrained=False, tile_size=112, n_aug=4, n_tiles_per_aug=64, aug_sampling="window"
+    ),
     max_steps=60,
     batch_size=12,
     hidden_dim=64,
     n_tiles=16,
     view_sampling="window",
-    learning_rate=0.001,
+    learning_rate=0.01,
     n_views=20,
     folds=3,
     standardize=True,
