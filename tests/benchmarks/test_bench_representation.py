@@ -65,6 +65,7 @@ def test_quick_run_prints_the_table(bench, capsys):
     assert [row.split("|")[2].strip() for row in rows] == [
         "paper",
         "window",
+        "paper lr=0.002",
         "untrained",
         "mean-pool",
         "hybrid",
