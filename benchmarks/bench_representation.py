@@ -27,7 +27,7 @@ vectors) and with ``standardize=True`` (C=10):
 - ``mean-pool``: the mean of each slide's exhaustive tile features;
 - ``hybrid``: the window embedding with the standardised mean pool appended (``embed --concat-mean-pool``).
 
-    python benchmarks/bench_representation.py            # the full table (about 15 minutes on 2 CPU cores)
+    python benchmarks/bench_representation.py            # the full table: ~5 min on 2 idle cores, ~20 loaded
     python benchmarks/bench_representation.py --quick    # smoke test: tiny cohorts, a few steps
 """
 
