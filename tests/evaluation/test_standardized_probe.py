@@ -124,3 +124,18 @@ def test_bad_c_on_the_command_line_exits_2(binary_task, capsys):
     folder, labels_csv, *_ = binary_task
     assert main(["--embeddings", str(folder), "--labels", str(labels_csv), "--C", "ten"]) == 2
     assert capsys.readouterr().err.startswith("giga-ssl evaluate: error: --C 'ten'")
+
+
+def test_save_probe_keeps_the_evaluated_probe_settings(binary_task, tmp_path, capsys):
+    from giga_ssl_hf.evaluation.saved_probe import SavedProbe, fit_saved_probe
+
+    folder, labels_csv, ids, x, labels = binary_task
+    argv = ["--embeddings", str(folder), "--labels", str(labels_csv), "--folds", "3", "--standardize"]
+    assert main([*argv, "--C", "0.5", "--save-probe", str(tmp_path / "probe")]) == 0
+    probe = SavedProbe.load(tmp_path / "probe")
+    assert probe.standardize and probe.info["classifier"]["C"] == 0.5
+    expected = fit_saved_probe(ids, x, labels, standardize=True, C=0.5)
+    np.testing.assert_allclose(probe.predict_proba(x), expected.predict_proba(x), rtol=1e-6)
+    with pytest.raises(SystemExit) as exit_info:  # one saved probe: one C, not a search
+        main([*argv, "--C", "0.1,1", "--save-probe", str(tmp_path / "other")])
+    assert exit_info.value.code == 2 and "single --C" in capsys.readouterr().err
