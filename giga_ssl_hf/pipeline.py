@@ -11,6 +11,9 @@ slides or labels, or changing a setting redoes exactly the stages concerned:
     OUT/model/final/                                      giga-ssl train   (checkpoints in OUT/model/checkpoints)
     OUT/embeddings/                                       giga-ssl embed
     OUT/results/{metrics.json,metrics.csv,*.png}          giga-ssl evaluate (with --labels)
+
+The results table puts the trained encoder beside two baselines under the same probe and splits: the same
+encoder untrained (random initialisation) and mean pooling of the tile features.
 """
 
 from __future__ import annotations
@@ -44,9 +47,11 @@ class PipelineSettings:
     batch_size: int = 256
     hidden_dim: int = 512
     n_tiles: int = 5
+    view_sampling: str = "random"
     learning_rate: float | None = None
     n_views: int = 100
     folds: int = 5
+    standardize: bool = False
     device: str = "auto"
     seed: int = 0
 
@@ -122,14 +127,20 @@ def run_pipeline(
             settings.hidden_dim,
             settings.n_tiles,
             settings.learning_rate,
+            settings.view_sampling,
         ],
         settings.seed,
     )
     fingerprints["embed"] = state.fingerprint(fingerprints["train"], settings.n_views, settings.seed)
     if labels is not None:
         fingerprints["evaluate"] = state.fingerprint(
-            fingerprints["embed"], Path(labels).read_text(), settings.folds, settings.seed
+            fingerprints["embed"],
+            Path(labels).read_text(),
+            settings.folds,
+            settings.seed,
+            settings.standardize,
         )
+    strategy = "window" if settings.view_sampling == "window" else "random"
 
     train_status = state.status("train", fingerprints["train"], paths["model"].parent)
     if train_status != "done":
@@ -143,6 +154,7 @@ def run_pipeline(
             "--hidden_dim", str(settings.hidden_dim), "--n_tiles", str(settings.n_tiles),
             "--projection_dims", f"{settings.hidden_dim},{settings.hidden_dim},{max(2, settings.hidden_dim // 2)}",
             "--seed", str(settings.seed), "--save_steps", str(max(1, settings.max_steps // 4)),
+            "--view_sampling", settings.view_sampling,
         ]  # fmt: skip
         if settings.learning_rate is not None:
             argv += ["--learning_rate", str(settings.learning_rate)]
@@ -159,6 +171,7 @@ def run_pipeline(
             model,
             paths["features"],
             paths["embeddings"],
+            strategy=strategy,
             n_views=settings.n_views,
             seed=settings.seed,
             npy=True,
@@ -172,21 +185,54 @@ def run_pipeline(
 
         shutil.rmtree(paths["results"], ignore_errors=True)
         logger.info("stage evaluate: %d-fold linear probe -> %s", settings.folds, paths["results"])
-        results = evaluate_embeddings(
-            str(paths["embeddings"]), labels, folds=settings.folds, seed=settings.seed
-        )
-        write_outputs(results, paths["results"], config={"labels": str(labels), "folds": settings.folds})
+        results = [
+            result
+            for name, embeddings in _embeddings_and_baselines(paths, settings, strategy).items()
+            for result in evaluate_embeddings(
+                embeddings, labels, folds=settings.folds, seed=settings.seed, embedding=name,
+                standardize=settings.standardize,
+            )
+        ]  # fmt: skip
+        config = {"labels": str(labels), "folds": settings.folds, "standardize": settings.standardize}
+        write_outputs(results, paths["results"], config=config)
         state.record("evaluate", fingerprints["evaluate"], complete=True)
         logger.info("linear probe:\n%s", format_table(results))
     return paths
 
 
+def _embeddings_and_baselines(paths: dict[str, Path], settings: PipelineSettings, strategy: str) -> dict:
+    """The trained encoder's embeddings, the same encoder untrained, and mean pooling: ``{name: (ids, vectors)}``."""
+    import torch
+
+    from .evaluation.data import load_embeddings
+    from .evaluation.linear_probe import mean_pool_baseline
+    from .features.schema import load_tile_dataset, resolve_tile_dataset_dir
+    from .inference.embed import embed_tile_dataset, load_model
+    from .models.gigassl import GigaSSLModel
+
+    exhaustive = load_tile_dataset(resolve_tile_dataset_dir(paths["features"], "exhaustive"))
+    torch.manual_seed(settings.seed)
+    untrained = GigaSSLModel(load_model(str(paths["model"]), "cpu").config).eval()
+    return {
+        "trained": load_embeddings(str(paths["embeddings"])),
+        "untrained": embed_tile_dataset(
+            untrained, exhaustive, strategy, settings.n_views, seed=settings.seed, progress=False
+        ),
+        "mean-pool": mean_pool_baseline(str(paths["features"])),
+    }
+
+
 # ----------------------------------------------------------------------------------------------- demo data
-DEMO_STAINS = {"eosin_rich": (214, 120, 170), "hematoxylin_rich": (150, 90, 190)}
+DEMO_CLASSES = ("lesion", "no_lesion")
 
 
 def write_demo_slides(folder: str | Path, n_per_class: int = 6, seed: int = 0) -> tuple[list[Path], Path]:
-    """The bundled real slide plus synthetic slides of two stain classes, and a labels CSV for the latter."""
+    """The bundled real slide plus synthetic slides of two classes, and a labels CSV for the latter.
+
+    Every slide gets its own stain (drawn from one range for both classes, so stain says nothing about the
+    class); ``lesion`` slides hold a disc of darker tissue (``write_synthetic_slide(region=...)``) covering
+    about a tenth of the tissue, somewhere in the larger tissue ellipse.
+    """
     from .wsi.synthetic import write_synthetic_slide
 
     folder = Path(folder)
@@ -198,13 +244,17 @@ def write_demo_slides(folder: str | Path, n_per_class: int = 6, seed: int = 0) -
     rng = np.random.default_rng(seed)
     rows = ["ID,label"]
     paths = [real]
-    for label, stain in DEMO_STAINS.items():
+    for label in DEMO_CLASSES:
         for index in range(n_per_class):
             slide_id = f"synthetic_{label}_{index}"
             path = folder / f"{slide_id}.tiff"
+            size = int(rng.integers(2400, 3400))
+            stain = tuple(int(c) for c in rng.integers((150, 90, 160), (215, 125, 195)))
+            centre = (float(rng.uniform(0.25, 0.45)), float(rng.uniform(0.35, 0.55)))
+            lesion = (*centre, 0.11) if label == "lesion" else None
+            slide_seed = int(rng.integers(1 << 30))
             if not path.exists():
-                size = int(rng.integers(2400, 3400))
-                write_synthetic_slide(path, size, size, mpp=0.5, seed=int(rng.integers(1 << 30)), stain=stain)
+                write_synthetic_slide(path, size, size, mpp=0.5, seed=slide_seed, stain=stain, region=lesion)
             paths.append(path)
             rows.append(f"{slide_id},{label}")
     labels = folder / "labels.csv"
@@ -214,13 +264,18 @@ def write_demo_slides(folder: str | Path, n_per_class: int = 6, seed: int = 0) -
 
 DEMO_SETTINGS = PipelineSettings(
     # offline: a random-init ResNet18 (pretrained weights need the Hub)
-    extraction=ExtractionConfig(pretrained=False, n_aug=4, n_tiles_per_aug=32),
-    max_steps=40,
-    batch_size=6,
+    extraction=ExtractionConfig(
+        pretrained=False, tile_size=112, n_aug=4, n_tiles_per_aug=64, aug_sampling="window"
+    ),
+    max_steps=60,
+    batch_size=12,
     hidden_dim=64,
+    n_tiles=16,
+    view_sampling="window",
     learning_rate=0.01,
     n_views=20,
     folds=3,
+    standardize=True,
 )
 
 
@@ -243,6 +298,10 @@ def _add_settings_arguments(parser: argparse.ArgumentParser, defaults: PipelineS
     group.add_argument(
         "--n-tiles-per-aug", type=int, default=extraction.n_tiles_per_aug, help="tiles per augmentation"
     )
+    group.add_argument(
+        "--aug-sampling", choices=("random", "window", "all"), default=extraction.aug_sampling,
+        help="tiles of each augmentation: random (the paper), window (contiguous) or all",
+    )  # fmt: skip
     group = parser.add_argument_group("training")
     group.add_argument("--max-steps", type=int, default=defaults.max_steps, help="SimCLR optimiser steps")
     group.add_argument("--batch-size", type=int, default=defaults.batch_size, help="slides per batch")
@@ -250,6 +309,10 @@ def _add_settings_arguments(parser: argparse.ArgumentParser, defaults: PipelineS
         "--hidden-dim", type=int, default=defaults.hidden_dim, help="slide embedding dimension"
     )
     group.add_argument("--n-tiles", type=int, default=defaults.n_tiles, help="tiles per view")
+    group.add_argument(
+        "--view-sampling", choices=("random", "window"), default=defaults.view_sampling,
+        help="training views (and embedding strategy): random tiles (the paper) or contiguous windows",
+    )  # fmt: skip
     group.add_argument(
         "--learning-rate", type=float, default=defaults.learning_rate, help="default: 0.03 x batch/256"
     )
@@ -260,11 +323,17 @@ def _add_settings_arguments(parser: argparse.ArgumentParser, defaults: PipelineS
     group.add_argument(
         "--folds", type=int, default=defaults.folds, help="stratified folds of the linear probe"
     )
+    group.add_argument(
+        "--standardize", action=argparse.BooleanOptionalAction, default=defaults.standardize,
+        help="standardise the probe's features (scaler fit on each training split)",
+    )  # fmt: skip
     parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, ...")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of every random draw")
 
 
-EXTRACTION_OPTIONS = ("encoder", "pretrained", "tile_size", "target_mpp", "n_aug", "n_tiles_per_aug")
+EXTRACTION_OPTIONS = (
+    "encoder", "pretrained", "tile_size", "target_mpp", "n_aug", "n_tiles_per_aug", "aug_sampling",
+)  # fmt: skip
 
 
 def _settings(args: argparse.Namespace) -> PipelineSettings:
@@ -281,9 +350,18 @@ def _report(paths: dict[str, Path], labels: str | None) -> None:
         f"  slide encoder   {paths['model']}  (AutoModel.from_pretrained)",
         f"  embeddings      {paths['embeddings']}  (datasets.load_from_disk, embeddings.npy + ids.npy)",
     ]
+    summary = paths["model"] / "training_summary.json"
+    if summary.exists():
+        losses = [loss for _, loss in json.loads(summary.read_text())["loss_history"]]
+        if losses:
+            tail = losses[-max(1, len(losses) // 10) :]
+            lines.append(
+                f"  SimCLR loss     {np.mean(losses[: len(tail)]):.2f} over the first steps -> "
+                f"{np.mean(tail):.2f} over the last {len(tail)} of {len(losses)}"
+            )
     if labels:
         lines += [
-            f"  metrics         {paths['results'] / 'metrics.json'}  and metrics.csv",
+            f"  metrics         {paths['results'] / 'metrics.json'}, metrics.csv  (trained, untrained, mean-pool)",
             f"  plots           {paths['results']}/*.png",
         ]
     print("\n".join(lines))
@@ -327,8 +405,10 @@ def main_demo(argv: list[str] | None = None) -> int:
         prog="giga-ssl demo",
         description=(
             "The whole pipeline on bundled sample data: the real CMU-1-Small-Region.svs H&E crop plus\n"
-            "synthetic slides of two stain classes (labels generated on the fly), with small settings that\n"
-            "finish in about a minute on a laptop CPU. Rerunning reuses finished stages.\n\n"
+            "synthetic slides with or without a lesion (a disc of darker tissue; every slide has its own\n"
+            "stain, so stain alone does not give the label), with small settings that finish in about a\n"
+            "minute on a laptop CPU: window views, a standardised probe, and the trained encoder beside the\n"
+            "untrained one and mean pooling in the results table. Rerunning reuses finished stages.\n\n"
             "    giga-ssl demo --out giga_ssl_demo"
         ),
         formatter_class=_HelpFormatter,

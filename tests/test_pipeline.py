@@ -51,12 +51,20 @@ def test_demo_outputs(demo_run):
 
     metrics = json.loads((out / "results" / "metrics.json").read_text())
     assert metrics["config"]["folds"] == 2
+    assert metrics["config"]["standardize"] is True
     probe = metrics["tasks"]["labels"]["2-fold CV"]  # task = the labels CSV's stem
-    assert probe["classes"] == ["eosin_rich", "hematoxylin_rich"]
+    assert probe["classes"] == ["lesion", "no_lesion"]
     assert 0.0 <= probe["train_sizes"]["full"]["auc_mean"] <= 1.0
     assert [s["n_test"] for s in probe["train_sizes"]["full"]["splits"]] == [3, 3]  # CMU slide has no label
+    for baseline in ("untrained", "mean-pool"):  # same splits, same probe
+        splits = metrics["baselines"][baseline]["labels"]["2-fold CV"]["train_sizes"]["full"]["splits"]
+        assert [s["n_test"] for s in splits] == [3, 3]
     csv = (out / "results" / "metrics.csv").read_text().splitlines()
-    assert csv[0].startswith("task") and len(csv) == 2
+    assert csv[0].startswith("embedding,task") and [line.split(",")[0] for line in csv[1:]] == [
+        "trained",
+        "untrained",
+        "mean-pool",
+    ]
     rocs = list((out / "results").glob("roc_*.png"))
     assert len(rocs) == 1 and rocs[0].stat().st_size > 5000
 

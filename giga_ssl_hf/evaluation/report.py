@@ -17,11 +17,18 @@ def format_auc(result: ProbeResult) -> str:
     return f"{result.mean:.3f} ± {result.std:.3f}"
 
 
+def _has_baselines(results: list[ProbeResult]) -> bool:
+    return len({r.embedding for r in results}) > 1
+
+
 def summary_frame(results: list[ProbeResult]) -> pd.DataFrame:
-    """One row per task, split folder and training size (the content of ``metrics.csv``)."""
+    """One row per task, split folder and training size (the content of ``metrics.csv``); with baselines in
+    the results, an ``embedding`` column says which embeddings each row probed."""
+    with_embedding = _has_baselines(results)
     return pd.DataFrame(
         [
             {
+                **({"embedding": r.embedding} if with_embedding else {}),
                 "task": r.task,
                 "split_set": r.split_set,
                 "train_size": r.train_size,
@@ -46,6 +53,8 @@ def format_table(results: list[ProbeResult]) -> str:
     dropped = [c for c in frame.columns if c.startswith("n_dropped_")]
     frame["dropped"] = frame[dropped].sum(axis=1) if dropped else 0
     columns = ["task", "split_set", "train_size", "n_splits", "n_train", "n_test", "dropped", "AUC"]
+    if _has_baselines(results):
+        columns.insert(1, "embedding")
     return (
         frame[columns]
         .rename(columns={"split_set": "splits", "train_size": "train size"})
@@ -54,11 +63,15 @@ def format_table(results: list[ProbeResult]) -> str:
 
 
 def metrics_dict(results: list[ProbeResult], config: dict | None = None) -> dict:
-    """Nested ``{task: {split folder: {...dropped IDs, train sizes: {size: AUCs}}}}`` for ``metrics.json``."""
+    """Nested ``{task: {split folder: {...dropped IDs, train sizes: {size: AUCs}}}}`` for ``metrics.json``; a
+    baseline's results (e.g. mean pooling) go, nested the same way, under ``baselines: {name: {task: ...}}``."""
     tasks: dict = {}
+    baselines: dict = {}
+    main = results[0].embedding if results else None
     for r in results:
         entry = r.to_dict()
-        split_set = tasks.setdefault(r.task, {}).setdefault(
+        by_task = tasks if r.embedding == main else baselines.setdefault(r.embedding, {})
+        split_set = by_task.setdefault(r.task, {}).setdefault(
             r.split_set,
             {
                 "classes": r.classes,
@@ -68,7 +81,7 @@ def metrics_dict(results: list[ProbeResult], config: dict | None = None) -> dict
             },
         )
         split_set["train_sizes"][r.train_size] = {k: entry[k] for k in ("auc_mean", "auc_std", "splits")}
-    return {"config": config or {}, "tasks": tasks}
+    return {"config": config or {}, "tasks": tasks, **({"baselines": baselines} if baselines else {})}
 
 
 def write_outputs(
@@ -84,6 +97,7 @@ def write_outputs(
     if plots:
         from giga_ssl_hf.evaluation.plots import plot_all
 
-        written += plot_all(results, out_dir)
+        # Plots show the evaluated embeddings; baselines are in the table, metrics.json and metrics.csv.
+        written += plot_all([r for r in results if r.embedding == results[0].embedding], out_dir)
     logger.info("wrote %d files to %s", len(written), out_dir)
     return written

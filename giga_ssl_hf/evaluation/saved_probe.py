@@ -215,10 +215,12 @@ def fit_saved_probe(
     standardize: bool = False,
     embeddings_source: str | None = None,
     embeddings_metadata: dict | None = None,
+    C: float = PAPER_CLASSIFIER["C"],
 ) -> SavedProbe:
     """Fit the paper's classifier on every labelled slide that has an embedding; returns the probe.
 
-    ``standardize`` fits a per-dimension standardisation (mean, std over those slides) before the classifier.
+    ``standardize`` fits a per-dimension standardisation (mean, std over those slides) before the classifier;
+    ``C`` replaces the paper's inverse regularisation (10).
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
@@ -228,11 +230,12 @@ def fit_saved_probe(
     rows, y = aligned.select(list(aligned.class_of), dropped)
     x = aligned.embeddings[rows]  # float32, as the evaluation fits it
     scaler = StandardScaler().fit(x) if standardize else None
-    classifier = LogisticRegression(**PAPER_CLASSIFIER).fit(scaler.transform(x) if scaler else x, y)
+    settings = {**PAPER_CLASSIFIER, "C": C}
+    classifier = LogisticRegression(**settings).fit(scaler.transform(x) if scaler else x, y)
     counts = np.bincount(y, minlength=len(aligned.classes))
     info = {
         "task": task,
-        "classifier": {"type": "sklearn.linear_model.LogisticRegression", **PAPER_CLASSIFIER},
+        "classifier": {"type": "sklearn.linear_model.LogisticRegression", **settings},
         "n_train": int(len(y)),
         "class_counts": {c: int(n) for c, n in zip(aligned.classes, counts)},
         "n_labelled_without_embedding": len(dropped["missing_embeddings"]),

@@ -95,6 +95,7 @@ class ExtractionConfig:
     min_saturation: float = 0.05
     n_aug: int = 50
     n_tiles_per_aug: int = 256
+    aug_sampling: str = "random"  # random (the paper), window (contiguous tiles) or all (every tissue tile)
     seed: int = 0
     dtype: str = "float16"
     precision: str = "auto"
@@ -184,6 +185,33 @@ def _subset(grid: TileGrid, indices: np.ndarray) -> TileGrid:
     return dataclasses.replace(grid, coords=grid.coords[indices], tissue=grid.tissue[indices])
 
 
+AUG_SAMPLINGS = ("random", "window", "all")
+
+
+def augmented_tile_indices(
+    grid: TileGrid, config: ExtractionConfig, generator: torch.Generator
+) -> np.ndarray:
+    """Tiles of each shared augmentation ``(n_aug, k)``: ``n_tiles_per_aug`` drawn with replacement (``random``,
+    the paper's), the ``n_tiles_per_aug`` tiles nearest a random tile (``window``: contiguous, for window
+    views; ``k`` = min(n_tiles_per_aug, n)), or every tissue tile (``all``: ``k = n``)."""
+    import torch
+
+    from giga_ssl_hf.features.windows import window_indices
+
+    n = len(grid)
+    if config.aug_sampling == "random":
+        return torch.randint(n, (config.n_aug, config.n_tiles_per_aug), generator=generator).numpy()
+    if config.aug_sampling == "all":
+        return np.broadcast_to(np.arange(n), (config.n_aug, n))
+    if config.aug_sampling == "window":
+        rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
+        centres = rng.integers(0, n, size=config.n_aug)
+        return window_indices(
+            grid.coords // grid.patch_size_level0, centres, min(config.n_tiles_per_aug, n), rng
+        )
+    raise ValueError(f"aug_sampling must be one of {AUG_SAMPLINGS}, got {config.aug_sampling!r}")
+
+
 def encode_slide(
     slide,
     grid: TileGrid,
@@ -220,7 +248,7 @@ def encode_slide(
     if augmented:
         augmentation = SharedAugmentation(grid.tile_size)
         generator = torch.Generator().manual_seed(slide_seed(config.seed, slide_id))
-        sampled = torch.randint(n, (config.n_aug, config.n_tiles_per_aug), generator=generator).numpy()
+        sampled = augmented_tile_indices(grid, config, generator)
         params = [augmentation.sample(generator) for _ in range(config.n_aug)]
         # A tile drawn twice in a view gets the same augmentation, hence the same features: encode each
         # (tile, view) pair once. Pairs sorted by tile, so a block's pairs are one contiguous range.
@@ -258,7 +286,7 @@ def encode_slide(
         result["exhaustive_features"] = exhaustive_features.astype(config.dtype)
         result["exhaustive_coords"] = grid.coords.astype(np.int64)
     if augmented:
-        features = pair_features[inverse.reshape(-1)].reshape(config.n_aug, config.n_tiles_per_aug, dim)
+        features = pair_features[inverse.reshape(-1)].reshape(*sampled.shape, dim)
         result["augmented_features"] = features.astype(config.dtype)
         result["augmented_coords"] = grid.coords[sampled].astype(np.int64)
     return result
@@ -357,8 +385,10 @@ def _settings_change(out_dir: Path, config: ExtractionConfig, store: PartStore, 
     path = out_dir / CONFIG_FILENAME
     if not path.exists():
         return False
-    existing, wanted = json.loads(path.read_text()), dataclasses.asdict(config)
-    # A setting added since the folder was made compares as its default (None): not a change.
+    # A setting added since the folder was made compares as its default (None): not a change; folders from
+    # before --aug-sampling drew their augmentations at random.
+    existing = {"aug_sampling": "random", **json.loads(path.read_text())}
+    wanted = dataclasses.asdict(config)
     changed = sorted(k for k in set(existing) | set(wanted) if existing.get(k) != wanted.get(k))
     if not changed:
         return False
@@ -785,7 +815,11 @@ def _metadata(config: ExtractionConfig, which: str, feature_dim: int, encoder_re
     }
     if which == AUGMENTED:
         metadata.update(
-            augmentation=RECIPE, n_aug=config.n_aug, n_tiles_per_aug=config.n_tiles_per_aug, seed=config.seed
+            augmentation=RECIPE,
+            n_aug=config.n_aug,
+            n_tiles_per_aug=config.n_tiles_per_aug,
+            seed=config.seed,
+            aug_sampling=config.aug_sampling,
         )
     else:
         metadata["augmentation"] = None
@@ -993,6 +1027,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="tiles sampled with replacement per view (default: %(default)s)",
     )
     group.add_argument(
+        "--aug-sampling",
+        choices=AUG_SAMPLINGS,
+        default=defaults.aug_sampling,
+        help="tiles of each augmentation: random (drawn with replacement, the paper), window (the "
+        "--n-tiles-per-aug tiles nearest a random tile, contiguous, for train --view_sampling window) or all "
+        "(every tissue tile: n_aug x the exhaustive pass's storage) (default: %(default)s)",
+    )
+    group.add_argument(
         "--seed",
         type=int,
         default=defaults.seed,
@@ -1052,6 +1094,7 @@ def main(argv: list[str] | None = None) -> int:
         min_saturation=args.min_saturation,
         n_aug=args.n_aug,
         n_tiles_per_aug=args.n_tiles_per_aug,
+        aug_sampling=args.aug_sampling,
         seed=args.seed,
         dtype=args.dtype,
         precision=args.precision,

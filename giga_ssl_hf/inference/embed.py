@@ -5,7 +5,13 @@ Strategies:
 - ``random`` (the paper): ``n_views`` views of ``n_tiles`` tiles drawn with replacement from the slide's
   exhaustive (non-augmented) tiles;
 - ``chunks`` (the successor package): the tiles in their stored order cut into consecutive chunks of
-  ``n_tiles`` that cover every tile exactly once (the last chunk may be shorter).
+  ``n_tiles`` that cover every tile exactly once (the last chunk may be shorter);
+- ``window``: ``n_views`` spatially contiguous windows, the ``n_tiles`` tiles nearest a random tile (for
+  encoders trained with ``--view_sampling window``).
+
+With ``--concat-mean-pool`` the mean of each slide's tile features, standardised over the embedded slides
+(z-score per feature, then scaled by 1/sqrt(D) to unit norm on average), is appended to the L2-normalised
+embedding: the hybrid embedding, the better of both on composition tasks.
 
 A slide's embedding depends only on its own tiles, the model and the seed: its random stream is derived from
 ``(seed, slide_id)``, and views are batched so that the model never mixes slides within one sparse map size
@@ -34,7 +40,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-STRATEGIES = ("random", "chunks")
+STRATEGIES = ("random", "chunks", "window")
 
 
 def slide_seed(seed: int, slide_id: str) -> list[int]:
@@ -43,8 +49,23 @@ def slide_seed(seed: int, slide_id: str) -> list[int]:
     return [seed, int.from_bytes(digest[:8], "little")]
 
 
-def view_indices(n_available: int, strategy: str, n_views: int, n_tiles: int, rng: np.random.Generator):
-    """Tile indices of each view ``(V, n_tiles)`` and a validity mask ``(V, n_tiles)``."""
+def view_indices(
+    n_available: int,
+    strategy: str,
+    n_views: int,
+    n_tiles: int,
+    rng: np.random.Generator,
+    grid_xy: np.ndarray | None = None,
+):
+    """Tile indices of each view ``(V, n_tiles)`` and a validity mask ``(V, n_tiles)``.
+
+    ``grid_xy`` `(n_available, 2)`, the tiles' grid positions, is needed by the ``window`` strategy only.
+    """
+    if strategy == "window":
+        from ..features.windows import random_windows
+
+        index = random_windows(grid_xy, n_views, n_tiles, rng)
+        return index, np.ones_like(index, dtype=bool)
     if strategy == "random":
         index = rng.integers(0, n_available, size=(n_views, n_tiles))
         return index, np.ones_like(index, dtype=bool)
@@ -103,7 +124,8 @@ def embed_slide(
     if len(tile_features) == 0:
         raise ValueError(f"slide {slide_id!r} has no tiles to embed")
     rng = np.random.default_rng(slide_seed(seed, slide_id))
-    index, mask = view_indices(len(tile_features), strategy, n_views, n_tiles, rng)
+    grid_xy = np.asarray(tile_coords) // patch_size_level0
+    index, mask = view_indices(len(tile_features), strategy, n_views, n_tiles, rng, grid_xy)
     outputs = []
     for start in range(0, len(index), max_views_per_batch):
         part, part_mask = (
@@ -207,7 +229,9 @@ def embed_tile_dataset(
     for slide in tqdm(kept, desc="embedding slides", unit="slide", disable=not progress):
         features, coords = arrays.row(slide)
         rng = np.random.default_rng(slide_seed(seed, slide_ids[slide]))
-        index, mask = view_indices(len(features), strategy, n_views, n_tiles, rng)
+        index, mask = view_indices(
+            len(features), strategy, n_views, n_tiles, rng, coords // patch_sizes[slide]
+        )
         if len(index) > max_views_per_batch or not share_batches:
             flush()
             embeddings[slide] = embed_slide(
@@ -290,9 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", required=True, help="output folder of the embeddings Dataset")
     parser.add_argument(
-        "--strategy", choices=STRATEGIES, default="random", help="random views or tile chunks"
+        "--strategy",
+        choices=STRATEGIES,
+        default="random",
+        help="random views (the paper), tile chunks, or spatially contiguous windows (for encoders trained "
+        "with --view_sampling window)",
     )
-    parser.add_argument("--n-views", type=int, default=100, help="views per slide (random strategy)")
+    parser.add_argument("--n-views", type=int, default=100, help="views per slide (random and window)")
     parser.add_argument(
         "--n-tiles", type=int, default=None, help="tiles per view (default: the model's n_tiles)"
     )
@@ -301,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument(
         "--npy", action="store_true", help="also write embeddings.npy + ids.npy (paper format)"
+    )
+    parser.add_argument(
+        "--concat-mean-pool",
+        action="store_true",
+        help="append each slide's mean tile feature, standardised over the embedded slides, to its embedding "
+        "(the hybrid: better on composition tasks)",
     )
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="load Hub models with their own code"
@@ -352,6 +386,7 @@ def embed_to_folder(
     device: str = "auto",
     trust_remote_code: bool = False,
     allow_encoder_mismatch: bool = False,
+    concat_mean_pool: bool = False,
 ) -> Path:
     """Embed an exhaustive tile-feature Dataset (or an extraction folder) into an embeddings folder.
 
@@ -383,12 +418,19 @@ def embed_to_folder(
     ids, embeddings = embed_tile_dataset(
         model, dataset, strategy, n_views, n_tiles, seed, max_views_per_batch, exclude=set(skipped)
     )
+    if concat_mean_pool:
+        from ..features.pooling import mean_pool, standardise_over_slides
+
+        mean_ids, means = mean_pool(dataset, exclude=set(skipped))
+        assert mean_ids.tolist() == ids.tolist()  # both in the Dataset's row order, same slides left out
+        embeddings = np.concatenate([embeddings, standardise_over_slides(means)], axis=1)
     metadata = {
         **model_identity(model),
         "strategy": strategy,
-        "n_views": n_views if strategy == "random" else None,
+        "n_views": None if strategy == "chunks" else n_views,
         "n_tiles": n_tiles or model.config.n_tiles,
         "seed": seed,
+        "concat_mean_pool": concat_mean_pool,
         "n_slides": len(ids),
         "embedding_dim": int(embeddings.shape[1]),
         "features": str(features_dir),
@@ -410,7 +452,7 @@ def run(args: argparse.Namespace) -> Path:
     return embed_to_folder(
         args.model, args.features, args.out, args.strategy, args.n_views, args.n_tiles, args.seed,
         args.max_views_per_batch, args.npy, args.skip_bad_slides, args.device, args.trust_remote_code,
-        args.allow_encoder_mismatch,
+        args.allow_encoder_mismatch, args.concat_mean_pool,
     )  # fmt: skip
 
 

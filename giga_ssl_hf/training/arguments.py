@@ -23,6 +23,14 @@ class DataArguments:
     n_tiles: int = field(
         default=5, metadata={"help": "Tiles per view, drawn with replacement (released model: 5)."}
     )
+    view_sampling: str = field(
+        default="random",
+        metadata={
+            "help": "random: n_tiles tiles drawn at random from an augmentation row (the paper). window: the "
+            "n_tiles tiles nearest a random tile, a spatially contiguous patch, so the sparse CNN sees "
+            "neighbourhoods; needs augmentation rows of contiguous tiles (extract --aug-sampling window or all)."
+        },
+    )
     allow_no_augmentations: bool = field(
         default=False,
         metadata={

@@ -244,6 +244,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
         n_tiles=data_args.n_tiles,
         seed=train_args.seed,
         coordinate_augmentation=CoordinateAugmentation() if data_args.coordinate_augmentation else None,
+        view_sampling=data_args.view_sampling,
     )
     features_encoder = read_metadata(features_dir).get("tile_encoder")
     init_config = load_init_config(model_args.init_from) if model_args.init_from else None
@@ -255,6 +256,13 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
         model_args, views.arrays.feature_dim, data_args.n_tiles, features_encoder, init_config
     )
     validate_training_data(views, data_args, config, train_args.batch_size, accelerator.num_processes)
+    extraction = read_metadata(features_dir)
+    drawn_at_random = extraction.get("augmentation") and extraction.get("aug_sampling", "random") == "random"
+    if data_args.view_sampling == "window" and drawn_at_random:
+        logger.warning(
+            "window views from augmentation rows of tiles drawn at random: the windows are not contiguous; "
+            "extract with --aug-sampling window or all"
+        )
 
     model = GigaSSLForContrastivePretraining(config)
     if init_config is not None:

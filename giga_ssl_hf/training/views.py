@@ -1,8 +1,9 @@
 """Slide views for SimCLR: tiles of one shared augmentation, sampled with replacement, coordinates jittered.
 
-A view of a slide = one of its augmentations picked at random, ``n_tiles`` of that augmentation's tiles drawn
-with replacement, and a random transform of their grid positions (rotation, flip per axis, scale per axis in
-[0.7, 1.3]). Everything is vectorised over a batch of slides and read through zero-copy
+A view of a slide = one of its augmentations picked at random, ``n_tiles`` of that augmentation's tiles (drawn
+with replacement for ``random`` views, the paper's; the ``n_tiles`` tiles nearest a random tile of the row for
+``window`` views, so that the sparse CNN sees neighbourhoods), and a random transform of their grid positions
+(rotation, flip per axis, scale per axis in [0.7, 1.3]). Everything is vectorised over a batch of slides and read through zero-copy
 numpy views of the memory-mapped Arrow columns (:class:`~giga_ssl_hf.features.schema.TileArrays`).
 
 Randomness is a pure function of ``(seed, epoch, slide index)``: a batch's views do not depend on which
@@ -22,6 +23,7 @@ import torch
 
 from ..contracts import NO_AUGMENTATION
 from ..features.schema import TileArrays, without_indices_mapping
+from ..features.windows import VIEW_SAMPLINGS, window_indices
 
 
 @dataclass(frozen=True)
@@ -62,10 +64,13 @@ class SlideViews(torch.utils.data.Dataset):
 
     Args:
         dataset: augmented (one row per slide and augmentation) or exhaustive tile-feature Dataset.
-        n_tiles: tiles per view, drawn with replacement.
+        n_tiles: tiles per view.
         n_views: views per slide (2 for SimCLR).
         seed: base seed.
         coordinate_augmentation: None keeps the tiles' positions as they are.
+        view_sampling: ``random`` (tiles drawn with replacement from the row, the paper's) or ``window`` (the
+            ``n_tiles`` tiles nearest a random tile of the row: a spatially contiguous window; meaningful when
+            the augmentation rows hold contiguous tiles, e.g. ``extract --aug-sampling window`` or ``all``).
     """
 
     def __init__(
@@ -75,7 +80,11 @@ class SlideViews(torch.utils.data.Dataset):
         n_views: int = 2,
         seed: int = 0,
         coordinate_augmentation: CoordinateAugmentation | None = CoordinateAugmentation(),
+        view_sampling: str = "random",
     ):
+        if view_sampling not in VIEW_SAMPLINGS:
+            raise ValueError(f"view_sampling must be one of {VIEW_SAMPLINGS}, got {view_sampling!r}")
+        self.view_sampling = view_sampling
         dataset = without_indices_mapping(dataset)
         self.arrays = TileArrays.from_dataset(dataset)
         self.n_tiles, self.n_views, self.seed = n_tiles, n_views, seed
@@ -112,9 +121,12 @@ class SlideViews(torch.utils.data.Dataset):
         lengths = self.arrays.row_length[rows]  # (B, V)
         if (lengths == 0).any():
             raise ValueError("a slide row without tiles reached the view sampler")
-        tile_index = (rng.random((*shape, self.n_tiles)) * lengths[..., None]).astype(np.int64)
-        features, coords = self.arrays.gather(rows.reshape(-1), tile_index.reshape(-1, self.n_tiles))
         patch = self.patch_size_level0[slide_indices]  # (B,)
+        if self.view_sampling == "window":
+            tile_index = self._window_index(rows.reshape(-1), np.repeat(patch, self.n_views), rng)
+        else:
+            tile_index = (rng.random((*shape, self.n_tiles)) * lengths[..., None]).astype(np.int64)
+        features, coords = self.arrays.gather(rows.reshape(-1), tile_index.reshape(-1, self.n_tiles))
         coords = coords.astype(np.float32)
         if self.coordinate_augmentation is not None:
             cell = np.repeat(patch, self.n_views)[:, None, None]
@@ -125,6 +137,15 @@ class SlideViews(torch.utils.data.Dataset):
             "patch_size_level0": torch.from_numpy(patch),
             "slide_index": torch.from_numpy(slide_indices),
         }
+
+    def _window_index(self, rows: np.ndarray, patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``(len(rows), n_tiles)`` within-row indices: one window around a random tile of each row."""
+        index = np.empty((len(rows), self.n_tiles), dtype=np.int64)
+        for i, (row, cell) in enumerate(zip(rows, patch)):
+            _, coords = self.arrays.row(row)
+            centre = rng.integers(0, len(coords), size=1)
+            index[i] = window_indices(coords // cell, centre, self.n_tiles, rng)[0]
+        return index
 
     def __getitems__(self, keys: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
         epochs = {epoch for epoch, _ in keys}

@@ -27,7 +27,7 @@ def exhaustive():
     return dataset
 
 
-@pytest.mark.parametrize("strategy", ["random", "chunks"])
+@pytest.mark.parametrize("strategy", ["random", "chunks", "window"])
 def test_embeddings_are_deterministic_unit_norm_and_batch_independent(model, exhaustive, strategy):
     model, _ = model
     ids, together = embed_tile_dataset(
@@ -95,3 +95,33 @@ def test_augmented_dataset_is_refused(model, tmp_path, capsys):
     argv = ["--model", str(model_path), "--features", str(tmp_path / "aug"), "--out", str(tmp_path / "o")]
     assert main(argv) == 2
     assert "exhaustive" in capsys.readouterr().err
+
+
+def test_window_views_are_the_tiles_nearest_a_tile():
+    grid = np.stack(np.meshgrid(np.arange(30), np.arange(30)), axis=-1).reshape(-1, 2)  # solid 30x30 tissue
+    index, mask = view_indices(len(grid), "window", 20, 9, np.random.default_rng(0), grid)
+    assert index.shape == (20, 9) and mask.all()
+    for window in index:
+        assert len(set(window.tolist())) == 9  # distinct tiles, unlike random views
+        centre = grid[window[0]]
+        if centre.min() > 0 and centre.max() < 29:  # away from the border: the 3x3 block around it
+            assert np.abs(grid[window] - centre).max() <= 1
+        else:
+            assert np.abs(grid[window] - centre).max() <= 2
+    assert len({int(w[0]) for w in index}) > 10  # centres drawn over the slide
+
+
+def test_concat_mean_pool_appends_the_standardised_mean(model, exhaustive, tmp_path):
+    _, model_path = model
+    exhaustive.save_to_disk(str(tmp_path / "exhaustive"))
+    out = tmp_path / "hybrid"
+    argv = ["--model", str(model_path), "--features", str(tmp_path / "exhaustive"), "--out", str(out)]
+    assert main([*argv, "--n-views", "6", "--concat-mean-pool", "--device", "cpu"]) == 0
+    _, hybrid = load_embeddings(out)
+    assert hybrid.shape == (7, 24 + 16)
+    np.testing.assert_allclose(np.linalg.norm(hybrid[:, :24], axis=1), 1.0, rtol=1e-5)
+    means = np.stack([np.asarray(f, dtype=np.float64).mean(0) for f in exhaustive["features"]])
+    std = means.std(0)  # features 8-15 are constant in this cohort: kept at 0, not divided by 0
+    expected = (means - means.mean(0)) / np.where(std > 0, std, 1.0) / np.sqrt(16)
+    np.testing.assert_allclose(hybrid[:, 24:], expected, rtol=1e-3, atol=1e-4)
+    assert json.loads((out / "giga_ssl_metadata.json").read_text())["concat_mean_pool"] is True

@@ -252,3 +252,21 @@ def test_tensorboard_logs_loss_lr_and_embedding_std(synthetic_features, tmp_path
     assert {"loss", "lr", "embedding_std"} <= tags
     assert [event.step for event in accumulator.Scalars("loss")] == [2, 4]
     assert all(0 < event.value < 1 for event in accumulator.Scalars("embedding_std"))
+
+
+def test_window_views_train_and_are_recorded(synthetic_features, tmp_path):
+    features, _ = synthetic_features
+    summary = run_train(
+        features, tmp_path / "run", "--view_sampling", "window", "--batch_size", "8", "--max_steps", "3",
+        "--save_steps", "0",
+    )  # fmt: skip
+    assert summary["steps"] == 3 and np.isfinite(summary["final_loss"])
+    recorded = json.loads((tmp_path / "run" / "final" / "training_summary.json").read_text())
+    assert recorded["arguments"]["view_sampling"] == "window"
+
+
+def test_unknown_view_sampling_is_a_usage_error(synthetic_features, tmp_path, capsys):
+    features, _ = synthetic_features
+    argv = ["--features", str(features), "--output_dir", str(tmp_path / "run"), "--view_sampling", "grid"]
+    assert main([*argv, *TINY]) == 2
+    assert "view_sampling" in capsys.readouterr().err

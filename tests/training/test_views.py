@@ -89,3 +89,29 @@ def test_dataloader_workers_give_the_same_batches(augmented, tmp_path):
 
     for a, b in zip(batches(0), batches(2)):
         assert torch.equal(a, b)
+
+
+def test_window_views_hold_neighbouring_tiles_of_one_augmentation():
+    # Augmentation rows holding every tile of a 40-tile slide (extract --aug-sampling all).
+    dataset, _ = synthetic_tile_dataset(n_slides=6, feature_dim=8, n_aug=3, tiles_per_slide=40, seed=2)
+    window = SlideViews(dataset, n_tiles=6, seed=0, coordinate_augmentation=None, view_sampling="window")
+    scattered = SlideViews(dataset, n_tiles=6, seed=0, coordinate_augmentation=None)
+    spread = {}
+    for name, views in (("window", window), ("random", scattered)):
+        batch = views.sample(np.arange(6))
+        grid = batch["tile_coords"].numpy() / 448  # (B, V, n, 2)
+        spread[name] = np.linalg.norm(grid - grid.mean(axis=2, keepdims=True), axis=-1).mean()
+        assert batch["tile_features"].shape == (6, 2, 6, 8)
+    assert spread["window"] < 0.6 * spread["random"]
+    # Each window is the 6 tiles nearest its first tile within its augmentation row.
+    batch = window.sample(np.array([2]))
+    coords = batch["tile_coords"][0, 0].numpy() / 448
+    row = [i for i, s in enumerate(dataset["slide_id"]) if s == window.slide_ids[2]][0]
+    all_coords = np.asarray(dataset[row]["coords"]) / 448
+    distances = np.sort(np.linalg.norm(all_coords - coords[0], axis=1))
+    assert np.linalg.norm(coords - coords[0], axis=1).max() <= distances[5] + 1e-6
+
+
+def test_unknown_view_sampling_is_refused(augmented):
+    with pytest.raises(ValueError, match="view_sampling"):
+        SlideViews(augmented, n_tiles=5, view_sampling="grid")
