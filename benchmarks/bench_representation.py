@@ -52,6 +52,7 @@ from giga_ssl_hf.contracts import NO_AUGMENTATION
 from giga_ssl_hf.evaluation.probe import evaluate_embeddings
 from giga_ssl_hf.features.pooling import mean_pool, standardise_over_slides
 from giga_ssl_hf.features.schema import tile_features_schema
+from giga_ssl_hf.features.synthetic_features import append_tile_row
 from giga_ssl_hf.features.windows import window_indices
 from giga_ssl_hf.inference.embed import embed_tile_dataset
 from giga_ssl_hf.training.arguments import parse_arguments
@@ -151,13 +152,7 @@ def make_cohort(
             shift = (settings.augmentation_stain * rng.normal(size=STAIN_DIMS)) @ stain_basis
             rows.append((aug, tiles + shift + 0.2 * rng.normal(size=tiles.shape), augmented))
         for aug_id, features, columns in rows:
-            columns["slide_id"].append(slide_id)
-            columns["aug_id"].append(aug_id)
-            columns["features"].append(features.astype(np.float16))
-            columns["coords"].append(coords)
-            columns["patch_size_level0"].append(PATCH)
-            columns["mpp"].append(0.5)
-            columns["magnification"].append(20.0)
+            append_tile_row(columns, slide_id, aug_id, features, coords, PATCH)
     return (
         datasets.Dataset.from_dict(augmented, features=schema),
         datasets.Dataset.from_dict(exhaustive, features=schema),

@@ -19,6 +19,26 @@ from ..contracts import NO_AUGMENTATION
 from .schema import tile_features_schema
 
 
+def append_tile_row(
+    columns: dict[str, list],
+    slide_id: str,
+    aug_id: int,
+    features: np.ndarray,
+    coords: np.ndarray,
+    patch_size_level0: int,
+    mpp: float = 0.5,
+    magnification: float = 20.0,
+) -> None:
+    """Append one row of the tile-feature schema (features ``(n, D)`` stored float16) to column lists."""
+    columns["slide_id"].append(slide_id)
+    columns["aug_id"].append(aug_id)
+    columns["features"].append(np.asarray(features).astype(np.float16))
+    columns["coords"].append(np.asarray(coords).astype(np.int64))
+    columns["patch_size_level0"].append(patch_size_level0)
+    columns["mpp"].append(mpp)
+    columns["magnification"].append(magnification)
+
+
 def synthetic_tile_dataset(
     n_slides: int = 64,
     n_classes: int = 2,
@@ -61,13 +81,7 @@ def synthetic_tile_dataset(
             shift = np.zeros(feature_dim)
             if aug_id != NO_AUGMENTATION:
                 shift[signal_dim:] = nuisance * rng.normal(size=feature_dim - signal_dim)
-            columns["slide_id"].append(slide_id)
-            columns["aug_id"].append(aug_id)
-            columns["features"].append((tiles + shift).astype(np.float16))
-            columns["coords"].append(coords.astype(np.int64))
-            columns["patch_size_level0"].append(patch_size_level0)
-            columns["mpp"].append(0.5)
-            columns["magnification"].append(20.0)
+            append_tile_row(columns, slide_id, aug_id, tiles + shift, coords, patch_size_level0)
     return datasets.Dataset.from_dict(columns, features=tile_features_schema(feature_dim)), labels
 
 
@@ -143,13 +157,7 @@ def synthetic_region_cohort(
             for aug_id in range(n_aug)
         ]
         for columns, aug_id, shift in rows:
-            columns["slide_id"].append(slide_id)
-            columns["aug_id"].append(aug_id)
-            columns["features"].append((tiles + shift).astype(np.float16))
-            columns["coords"].append(coords)
-            columns["patch_size_level0"].append(patch_size_level0)
-            columns["mpp"].append(0.5)
-            columns["magnification"].append(20.0)
+            append_tile_row(columns, slide_id, aug_id, tiles + shift, coords, patch_size_level0)
     return (
         datasets.Dataset.from_dict(augmented, features=schema),
         datasets.Dataset.from_dict(exhaustive, features=schema),
