@@ -1,6 +1,6 @@
 """Slide-level SimCLR pretraining of Giga-SSL with Accelerate.
 
-    giga-ssl train --features out/augmented --output_dir runs/ssl --max_steps 1000
+    giga-ssl train --features out/augmented --output-dir runs/ssl --max-steps 1000
     accelerate launch -m giga_ssl_hf.training.train --config cfg.yaml
 
 Every input problem (empty or non-finite features, a feature dimension that does not match, no augmentations,
@@ -26,7 +26,8 @@ import numpy as np
 from ..checkpoints import load_state_dict_file
 from ..contracts import TRAINING_SUMMARY_FILENAME
 from ..files import replace_directory, write_json
-from .arguments import DataArguments, ModelArguments, TrainArguments, parse_arguments
+from ..settings import run_main
+from .arguments import DataArguments, ModelArguments, TrainArguments, build_parser
 
 if TYPE_CHECKING:
     import torch
@@ -145,16 +146,12 @@ def _earlier_run(output_dir: Path, train_args: TrainArguments) -> list[Path]:
     """What an earlier run left in ``output_dir`` that starting afresh would delete (raises without the flag)."""
     found = [p for p in (output_dir / "final", output_dir / "checkpoints") if p.exists()]
     if train_args.resume_from_checkpoint:
-        if train_args.overwrite_output_dir:
-            raise ValueError(
-                "--resume_from_checkpoint and --overwrite_output_dir exclude each other: choose one"
-            )
         return []
     if found and not train_args.overwrite_output_dir:
         raise ValueError(
             f"{output_dir} already holds a training run ({', '.join(p.name + '/' for p in found)}): pass "
-            "--resume_from_checkpoint latest to continue it, --overwrite_output_dir to start afresh there, "
-            "or choose another --output_dir"
+            "--resume-from-checkpoint latest to continue it, --overwrite-output-dir to start afresh there, "
+            "or choose another --output-dir"
         )
     return found
 
@@ -209,16 +206,6 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
     from .optim import build_optimizer, warmup_cosine
     from .views import CoordinateAugmentation, EpochBatchSampler, SlideViews, collate_batch
 
-    if not data_args.features:
-        raise ValueError("--features is required: an augmented tile-feature Dataset (giga-ssl extract --aug)")
-    if not train_args.output_dir:
-        raise ValueError("--output_dir is required")
-    if train_args.batch_size < 2:
-        raise ValueError(
-            "batch_size must be at least 2: each slide's negatives are the other slides of the batch"
-        )
-    if train_args.max_steps < 1:
-        raise ValueError(f"--max_steps must be at least 1, got {train_args.max_steps}")
     output_dir = Path(train_args.output_dir)
     earlier_run = _earlier_run(output_dir, train_args)
     features_dir = resolve_tile_dataset_dir(data_args.features, "augmented")
@@ -409,13 +396,7 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        data_args, model_args, train_args = parse_arguments(argv)
-        train(data_args, model_args, train_args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"giga-ssl train: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(build_parser(), lambda *arguments: train(*arguments) and 0, argv)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def test_a_finished_run_is_never_replaced_silently(features, tmp_path, capsys, s
     assert train_into(features, run, "--max_steps", "3") == 2
     err = one_line_error(capsys)
     assert "already holds a training run (final/, checkpoints/)" in err
-    assert "--resume_from_checkpoint latest" in err and "--overwrite_output_dir" in err
+    assert "--resume-from-checkpoint latest" in err and "--overwrite-output-dir" in err
     assert snapshot(run) == before
     assert train_into(features, run, "--max_steps", "3", "--overwrite_output_dir", "--save_steps", "0") == 0
     assert load_strict_json((run / "final" / "training_summary.json").read_text())["steps"] == 3
@@ -49,7 +49,7 @@ def test_a_finished_run_is_never_replaced_silently(features, tmp_path, capsys, s
 @pytest.mark.parametrize("steps", ["0", "-5"])
 def test_max_steps_below_one_is_refused(steps, features, tmp_path, capsys):
     assert train_into(features, tmp_path / "run", "--max_steps", steps) == 2
-    assert f"--max_steps must be at least 1, got {steps}" in one_line_error(capsys)
+    assert f"--max-steps must be at least 1, got {steps}" in one_line_error(capsys)
     assert not (tmp_path / "run").exists()
 
 

@@ -1,0 +1,206 @@
+"""One way to configure a stage: a dataclass of settings, from which the stage's command line is generated.
+
+Every stage (``extract``, ``train``, ``embed``, ...) declares its settings as dataclass fields made with
+:func:`option`. The field's name gives the flag (``output_dir`` -> ``--output-dir``; ``--output_dir`` is accepted
+too, and the help shows one), its annotation the conversion (``int``, ``float``, ``str``, ``Path``, ``X | None``,
+``tuple[str, ...]``, ``Literal[...]`` for choices), its default the default, and the dataclass's
+``__post_init__`` the validation, so that the command line and a library call (the pipeline composing stages)
+check the same things in one place. :class:`SettingsParser` turns the dataclasses into an argparse parser and
+the command line back into dataclass instances, the way ``transformers.HfArgumentParser`` does, with one-line
+errors and an optional ``--config`` YAML/JSON file of the same names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal, NoReturn
+
+_ARGPARSE_KEYS = ("metavar", "positional", "flag", "aliases", "exclusive", "nargs", "type")
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", **cli: Any) -> Any:
+    """A settings field. ``cli`` tunes its flag: ``metavar``; ``flag`` (the flag's name when the field's own
+    does not read well, e.g. ``"--no-pretrained"`` for ``pretrained=True``); ``aliases`` (more flags);
+    ``positional=True`` (a positional argument, ``nargs="*"`` for tuples); ``exclusive`` (a mapping flag ->
+    value: mutually exclusive switches that set this field, e.g. ``{"--aug": "augmented"}``)."""
+    unknown = set(cli) - set(_ARGPARSE_KEYS)
+    if unknown:
+        raise TypeError(f"option() got unknown keyword(s): {', '.join(sorted(unknown))}")
+    metadata = {"help": help, **cli}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use a tuple (immutable) for a sequence default")
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def flag_of(name: str) -> str:
+    """The flag users type for a settings field: ``max_steps`` -> ``--max-steps``."""
+    return "--" + name.replace("_", "-")
+
+
+def fail(prog: str, message: str, code: int = 2) -> int:
+    """Report a user error as one line (no traceback) and return the exit code."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return code
+
+
+def run_main(
+    parser: SettingsParser,
+    run: Callable[..., int | None],
+    argv: list[str] | None,
+    errors: tuple[type[BaseException], ...] = (ValueError, OSError),
+) -> int:
+    """A stage's ``main``: parse ``argv`` into its settings, call ``run(*settings)`` and turn a user error
+    (bad flag, failed validation, missing file) into one line on stderr and exit status 2."""
+    try:
+        return int(run(*parser.parse(argv)) or 0)
+    except errors as error:
+        return fail(parser.prog, str(error))
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.default not in (None, False, True, argparse.SUPPRESS, ())
+        if shown and action.option_strings and "%(default)" not in text and action.nargs != 0:
+            text += " (default: %(default)s)"
+        return text
+
+
+class SettingsParser(argparse.ArgumentParser):
+    """An argparse parser generated from settings dataclasses; :meth:`parse` returns one instance of each."""
+
+    def __init__(self, *settings: type, config_file: bool = False, **kwargs: Any):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.config_file = config_file
+        for cls in settings:
+            title = (cls.__doc__ or "").strip().splitlines()[0] if len(settings) > 1 and cls.__doc__ else None
+            target = self.add_argument_group(title) if title else self
+            for item in dataclasses.fields(cls):
+                if item.init:
+                    self._add_field(target, item, typing.get_type_hints(cls)[item.name])
+        if config_file:
+            self.add_argument(
+                "--config",
+                metavar="FILE",
+                help="YAML or JSON file of these options (their names with underscores); flags given on the "
+                "command line override it",
+            )
+
+    def error(self, message: str) -> NoReturn:
+        """A malformed command line raises ValueError, which :func:`run_main` reports as one line with exit
+        status 2 (argparse would print the usage and exit the interpreter, even when called in-process)."""
+        raise ValueError(f"{message} (see --help)")
+
+    def _add_field(self, target, item: dataclasses.Field, annotation) -> None:
+        meta = dict(item.metadata)
+        # argparse %-formats help strings; the default is appended by the formatter
+        kwargs: dict[str, Any] = {"help": meta.get("help", "").replace("%", "%%"), "dest": item.name}
+        if "metavar" in meta:
+            kwargs["metavar"] = meta["metavar"]
+        base, is_sequence, choices = _unwrap(annotation)
+        default = item.default if item.default is not dataclasses.MISSING else None
+        if meta.get("exclusive"):
+            group = target.add_mutually_exclusive_group()
+            for flag, value in meta["exclusive"].items():
+                help_text = meta["help"].replace("%", "%%") if value == default else ""
+                group.add_argument(flag, action="store_const", const=value, dest=item.name, help=help_text)
+            self.set_defaults(**{item.name: default})
+            return
+        if meta.get("positional"):
+            kwargs.pop("dest")
+            target.add_argument(
+                item.name, nargs="*" if is_sequence else None, type=base, default=default, **kwargs
+            )
+            return
+        flag = meta.get("flag", flag_of(item.name))
+        hidden = [f for f in {"--" + item.name, *meta.get("aliases", ())} if f != flag]
+        if base is bool:
+            if meta.get("flag") is None and default is True:
+                flag = "--no-" + item.name.replace("_", "-")
+                hidden = ["--no_" + item.name]
+                kwargs["help"] = "turn off (on by default): " + kwargs["help"]
+            kwargs["action"] = "store_false" if default is True else "store_true"
+        else:
+            kwargs["type"] = meta.get("type", base)
+            if is_sequence:
+                kwargs["nargs"] = meta.get("nargs", "+")
+            if choices:
+                kwargs["choices"] = choices
+        target.add_argument(flag, default=default, **kwargs)
+        if hidden:
+            target.add_argument(
+                *hidden, **{**kwargs, "help": argparse.SUPPRESS, "default": argparse.SUPPRESS}
+            )
+
+    def parse(self, argv: list[str] | None = None) -> tuple:
+        """The settings instances from ``argv`` (and ``--config``). A malformed command line exits with a
+        one-line error; a setting that fails validation raises ValueError (the stage's ``main`` reports it)."""
+        if self.config_file:
+            known, _ = self.parse_known_args(argv)
+            if known.config:
+                self.set_defaults(**read_config_file(known.config, self.settings))
+        namespace = vars(self.parse_args(argv))
+        return tuple(
+            cls(**{f.name: _immutable(namespace[f.name]) for f in dataclasses.fields(cls) if f.init})
+            for cls in self.settings
+        )
+
+
+def _immutable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _unwrap(annotation) -> tuple[Any, bool, tuple | None]:
+    """(element type, is a sequence, choices) of a field's annotation."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        return _unwrap(args[0])
+    if origin in (tuple, list):
+        element, _, choices = _unwrap(args[0])
+        return element, True, choices
+    if origin is Literal:
+        return type(args[0]), False, tuple(args)
+    if annotation in (int, float, str, bool, Path):
+        return annotation, False, None
+    raise TypeError(f"settings field type not supported on the command line: {annotation!r}")
+
+
+def read_config_file(path: str | Path, settings: tuple[type, ...]) -> dict:
+    """Option values from a YAML or JSON file; an unknown name is an error (a typo would otherwise be ignored)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file not found: {path}")
+    text = path.read_text()
+    if path.suffix == ".json":
+        values = json.loads(text)
+    else:
+        import yaml
+
+        values = yaml.safe_load(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of option names to values")
+    known = {f.name for cls in settings for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown option(s) in {path}: {', '.join(unknown)}")
+    return values
+
+
+def settings_dict(*settings: Any) -> dict:
+    """The settings as one flat, JSON-ready mapping (for run records and trackers)."""
+    merged: dict = {}
+    for instance in settings:
+        merged.update(
+            {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(instance).items()}
+        )
+    return merged
