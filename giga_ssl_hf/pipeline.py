@@ -93,7 +93,8 @@ def run_pipeline(
     slides: list[str | Path], out: str | Path, settings: PipelineSettings, labels: str | None = None
 ):
     """Run (or finish) every stage; returns the output paths by stage."""
-    from .inference.embed import embed_to_folder, load_model, resolve_device
+    from .inference.embed import embed_to_folder, load_model
+    from .runtime import resolve_device
     from .training.arguments import parse_arguments
     from .training.train import train
 

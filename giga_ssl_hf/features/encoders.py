@@ -24,6 +24,7 @@ from torch import nn
 
 from giga_ssl_hf.checkpoints import load_state_dict_file
 from giga_ssl_hf.features.encoder_presets import PRESETS, EncoderPreset, download_preset_weights, file_sha256
+from giga_ssl_hf.runtime import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -353,9 +354,7 @@ class EncoderRunner:
     """Runs a :class:`TileEncoder` batch by batch: inference mode, channels_last, optional bf16 autocast."""
 
     def __init__(self, encoder: TileEncoder, device: str | torch.device = "auto", precision: str = "auto"):
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = torch.device(resolve_device(str(device)))
         self.autocast_dtype = resolve_precision(precision, self.device)
         self.encoder = encoder.to(self.device).to(memory_format=torch.channels_last).eval()
 

@@ -233,7 +233,7 @@ def encode_slide(
     import torch
 
     from giga_ssl_hf.features.augment import SharedAugmentation
-    from giga_ssl_hf.features.store import slide_seed
+    from giga_ssl_hf.runtime import slide_seed
     from giga_ssl_hf.wsi import iter_tile_blocks
 
     n, dim = len(grid), runner.feature_dim
@@ -557,8 +557,6 @@ def extract_slides(
     if shard is not None and launched is not None:
         raise ValueError("--shard splits the slides by itself: run it without a multi-process launcher")
     share = shard or launched
-    if launched is not None:
-        device = sharding.launcher_device(device)
     job = slides
     if share is not None:
         # Every process computes the same split from the whole list, whatever is already done.

@@ -220,6 +220,21 @@ class TileArrays:
     def feature_dim(self) -> int:
         return int(self.features[0].shape[1]) if self.features else 0
 
+    def unusable_rows(self, block_rows: int = 1 << 16) -> dict[int, str]:
+        """``{row: reason}`` of the rows no model can use: no tiles, or NaN / inf tile features. Scanned in
+        blocks of ``block_rows`` tiles, so memory stays bounded on cohort-sized Datasets."""
+        found = {int(row): "no tiles" for row in np.flatnonzero(self.row_length == 0)}
+        for chunk_id, features in enumerate(self.features):
+            in_chunk = np.flatnonzero(self.row_chunk == chunk_id)
+            starts = self.row_start[in_chunk]
+            order = np.argsort(starts, kind="stable")
+            for block in range(0, len(features), block_rows):
+                bad_tiles = np.flatnonzero(~np.isfinite(features[block : block + block_rows]).all(axis=1))
+                owners = np.searchsorted(starts[order], bad_tiles + block, side="right") - 1
+                for row in in_chunk[order][np.unique(owners)]:
+                    found[int(row)] = "NaN or inf tile features"
+        return found
+
     def row(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(features (n, D), coords (n, 2)) of one row, as views."""
         chunk, start = self.row_chunk[index], self.row_start[index]

@@ -57,15 +57,6 @@ def launcher_share() -> tuple[int, int] | None:
     return int(os.environ.get("RANK", "0")), world_size
 
 
-def launcher_device(device: str) -> str:
-    """``cuda:LOCAL_RANK`` for ``device="auto"`` in a launched process on a CUDA machine, else ``device``."""
-    import torch
-
-    if device == "auto" and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
-        return f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
-    return device
-
-
 def assign_shares(sizes: Sequence[int], keys: Sequence[str], count: int) -> list[int]:
     """Share of each item: largest first, each to the least loaded share (ties: lower key, lower share)."""
     loads = [0] * count

@@ -8,7 +8,6 @@ every slide either fully committed or absent. Datasets are (re)built from the co
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Iterable
@@ -26,12 +25,6 @@ from giga_ssl_hf.files import (
     replace_directory,
     write_text_atomic,
 )
-
-
-def slide_seed(seed: int, slide_id: str) -> int:
-    """Seed of a slide's random draws: depends on the global seed and the slide only, not on run order."""
-    digest = hashlib.sha256(f"{seed}:{slide_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 class PartStore:

@@ -23,7 +23,6 @@ computation (``grid_size_mode="batch"`` models see one slide's views per forward
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import shutil
 import sys
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..files import write_json
+from ..runtime import resolve_device, slide_seed
 
 if TYPE_CHECKING:
     import torch
@@ -41,12 +41,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("random", "chunks", "window")
-
-
-def slide_seed(seed: int, slide_id: str) -> list[int]:
-    """Seed material of one slide's random stream, independent of the other slides processed with it."""
-    digest = hashlib.sha256(slide_id.encode()).digest()
-    return [seed, int.from_bytes(digest[:8], "little")]
 
 
 def view_indices(
@@ -142,16 +136,11 @@ def bad_slides(dataset) -> dict[str, str]:
     from ..features.schema import TileArrays, without_indices_mapping
 
     dataset = without_indices_mapping(dataset)
-    slide_ids = [str(s) for s in dataset.data.column("slide_id").to_pylist()]
-    arrays = TileArrays.from_dataset(dataset)
-    found = {}
-    for row, slide_id in enumerate(slide_ids):
-        features, _ = arrays.row(row)
-        if len(features) == 0:
-            found[slide_id] = "no tiles"
-        elif not np.isfinite(features).all():
-            found[slide_id] = "NaN or inf tile features"
-    return found
+    slide_ids = dataset.data.column("slide_id").to_pylist()
+    return {
+        str(slide_ids[row]): reason
+        for row, reason in TileArrays.from_dataset(dataset).unusable_rows().items()
+    }
 
 
 def _refuse_bad_slides(found: dict[str, str]) -> None:
@@ -290,12 +279,6 @@ def load_model(model_name_or_path: str, device: str, trust_remote_code: bool = F
 
     model = AutoModel.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
     return model.to(device).eval()
-
-
-def resolve_device(name: str) -> str:
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,7 +21,8 @@ import numpy as np
 
 from giga_ssl_hf.contracts import NO_AUGMENTATION, TILE_SCORES_FILENAME
 from giga_ssl_hf.files import atomic_file
-from giga_ssl_hf.inference.embed import load_model, model_identity, resolve_device
+from giga_ssl_hf.inference.embed import load_model, model_identity
+from giga_ssl_hf.runtime import resolve_device
 
 if TYPE_CHECKING:
     from giga_ssl_hf.evaluation.saved_probe import SavedProbe

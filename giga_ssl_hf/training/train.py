@@ -21,8 +21,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from ..checkpoints import load_state_dict_file
 from ..contracts import TRAINING_SUMMARY_FILENAME
 from ..files import replace_directory, write_json
@@ -38,16 +36,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
-FINITE_CHECK_ROWS = 1 << 16  # tiles per block when scanning for NaN / inf: bounded memory
-
-
-def check_finite(views: SlideViews) -> None:
-    for chunk in views.arrays.features:
-        for start in range(0, len(chunk), FINITE_CHECK_ROWS):
-            if not np.isfinite(chunk[start : start + FINITE_CHECK_ROWS]).all():
-                raise ValueError(
-                    "the tile features contain NaN or inf values: re-extract the affected slides"
-                )
 
 
 def validate_training_data(
@@ -72,7 +60,8 @@ def validate_training_data(
         raise ValueError(
             f"batch_size {batch_size} x {num_processes} process(es) is larger than the dataset's {len(views)} slides"
         )
-    check_finite(views)
+    if views.arrays.unusable_rows():
+        raise ValueError("the tile features contain NaN or inf values: re-extract the affected slides")
 
 
 def build_config(
