@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from giga_ssl_hf import GigaSSLConfig, GigaSSLModel
-from giga_ssl_hf.features.schema import tile_features_schema
+from giga_ssl_hf.contracts.tile_features import tile_features_schema
 from giga_ssl_hf.inference.embed import embed_tile_dataset
 
 

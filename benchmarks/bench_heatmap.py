@@ -26,9 +26,9 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from giga_ssl_hf import GigaSSLConfig, GigaSSLModel
+from giga_ssl_hf.contracts.tile_features import TileArrays
 from giga_ssl_hf.evaluation.probe import evaluate_embeddings
 from giga_ssl_hf.evaluation.saved_probe import fit_saved_probe
-from giga_ssl_hf.features.schema import TileArrays
 from giga_ssl_hf.features.synthetic_features import synthetic_region_cohort
 from giga_ssl_hf.inference.embed import embed_tile_dataset
 from giga_ssl_hf.inference.tile_scores import embedding_scores, occlusion_scores

@@ -49,9 +49,9 @@ import torch
 
 from giga_ssl_hf import GigaSSLModel
 from giga_ssl_hf.contracts import NO_AUGMENTATION
+from giga_ssl_hf.contracts.tile_features import tile_features_schema
 from giga_ssl_hf.evaluation.probe import evaluate_embeddings
 from giga_ssl_hf.features.pooling import mean_pool, standardise_over_slides
-from giga_ssl_hf.features.schema import tile_features_schema
 from giga_ssl_hf.features.synthetic_features import append_tile_row
 from giga_ssl_hf.features.windows import window_indices
 from giga_ssl_hf.inference.embed import embed_tile_dataset

@@ -32,8 +32,8 @@ import transformers
 from transformers import AutoModel
 
 import giga_ssl_hf  # registers GigaSSLConfig / GigaSSLModel with AutoConfig / AutoModel
+from giga_ssl_hf.contracts.tile_features import load_tile_dataset
 from giga_ssl_hf.features.extract import ExtractionConfig, extract_slides
-from giga_ssl_hf.features.schema import load_tile_dataset
 from giga_ssl_hf.inference.embed import embed_slide
 
 DEFAULT_OUT = Path("examples_output") / "01_embed_slides"

@@ -33,7 +33,7 @@ _LAZY_ATTRIBUTES = {
     "GigaSSLModel": ".models.gigassl",
     "GigaSSLModelOutput": ".models.gigassl",
     "GigaSSLPreTrainedModel": ".models.gigassl",
-    "load_embeddings": ".evaluation.data",
+    "load_embeddings": ".contracts.slide_embeddings",
 }
 _CONFIGURATION_AUTO = "transformers.models.auto.configuration_auto"
 _MODELING_AUTO = "transformers.models.auto.modeling_auto"

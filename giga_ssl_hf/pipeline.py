@@ -205,9 +205,9 @@ def _embeddings_and_baselines(paths: dict[str, Path], settings: PipelineSettings
     """The trained encoder's embeddings, the same encoder untrained, and mean pooling: ``{name: (ids, vectors)}``."""
     import torch
 
-    from .evaluation.data import load_embeddings
+    from .contracts.slide_embeddings import load_embeddings
+    from .contracts.tile_features import load_tile_dataset, resolve_tile_dataset_dir
     from .evaluation.linear_probe import mean_pool_baseline
-    from .features.schema import load_tile_dataset, resolve_tile_dataset_dir
     from .inference.embed import embed_tile_dataset, load_model
     from .models.gigassl import GigaSSLModel
 

@@ -37,14 +37,9 @@ import yaml
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, HfApi
 from huggingface_hub.repocard_data import eval_results_to_model_index
 
-from giga_ssl_hf.contracts import METADATA_FILENAME, NPY_EMBEDDINGS, NPY_IDS
-from giga_ssl_hf.evaluation.data import (
-    embeddings_dataset,
-    find_split_sets,
-    load_embeddings,
-    load_labels,
-)
-from giga_ssl_hf.features.schema import read_metadata
+from giga_ssl_hf.contracts import METADATA_FILENAME, NPY_EMBEDDINGS, NPY_IDS, read_metadata
+from giga_ssl_hf.contracts.slide_embeddings import embeddings_dataset, load_embeddings
+from giga_ssl_hf.evaluation.data import find_split_sets, load_labels
 from giga_ssl_hf.hub.cards import CITATION, DATASET_TAGS, PAPER_URL
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from giga_ssl_hf.contracts.slide_embeddings import resolve_embeddings_folder
 from giga_ssl_hf.evaluation import evaluate_embeddings, load_embeddings, write_outputs
-from giga_ssl_hf.evaluation.data import resolve_embeddings_folder
 from giga_ssl_hf.evaluation.report import format_auc
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import importlib
 # scikit-learn, pandas and datasets.
 _SUBMODULE_OF = {
     "find_split_sets": "data",
-    "load_embeddings": "data",
+    "load_embeddings": "giga_ssl_hf.contracts.slide_embeddings",
     "load_labels": "data",
     "read_split": "data",
     "ProbeResult": "probe",
@@ -31,7 +31,8 @@ _SUBMODULE_OF = {
 
 def __getattr__(name: str):
     if name in _SUBMODULE_OF:
-        return getattr(importlib.import_module(f"{__name__}.{_SUBMODULE_OF[name]}"), name)
+        module = _SUBMODULE_OF[name]
+        return getattr(importlib.import_module(module if "." in module else f"{__name__}.{module}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -42,7 +42,7 @@ examples:
 
 def task_inputs(embeddings: str, tasks: list[str]) -> tuple[list[str], list[str] | None]:
     """Label tables and split folders of ``tasks`` inside the embeddings folder or Hub repo (its snapshot)."""
-    from giga_ssl_hf.evaluation.data import resolve_embeddings_folder
+    from giga_ssl_hf.contracts.slide_embeddings import resolve_embeddings_folder
 
     folder = resolve_embeddings_folder(embeddings)
     labels, splits = [], []
@@ -162,10 +162,11 @@ def probe_folders(save_probe: Path, tasks: list[str]) -> list[Path]:
 
 def save_probes(args: argparse.Namespace, embeddings, tasks: list[str]) -> list[Path]:
     """Fit each task's probe on all its labelled slides and save it (see ``giga_ssl_hf.evaluation.saved_probe``)."""
-    from giga_ssl_hf.evaluation.data import load_labels, resolve_embeddings_folder
+    from giga_ssl_hf.contracts import read_metadata
+    from giga_ssl_hf.contracts.slide_embeddings import resolve_embeddings_folder
+    from giga_ssl_hf.evaluation.data import load_labels
     from giga_ssl_hf.evaluation.probe import parse_c
     from giga_ssl_hf.evaluation.saved_probe import fit_saved_probe
-    from giga_ssl_hf.features.schema import read_metadata
 
     metadata = read_metadata(resolve_embeddings_folder(args.embeddings))
     folders = probe_folders(args.save_probe, tasks)
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # After parsing: `giga-ssl evaluate --help` need not wait for scikit-learn and datasets.
-    from giga_ssl_hf.evaluation.data import load_embeddings
+    from giga_ssl_hf.contracts.slide_embeddings import load_embeddings
     from giga_ssl_hf.evaluation.probe import evaluate_embeddings, parse_c, parse_train_sizes
     from giga_ssl_hf.evaluation.report import format_table, write_outputs
 

@@ -26,13 +26,8 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from giga_ssl_hf.evaluation.data import (
-    find_split_sets,
-    load_embeddings,
-    load_labels,
-    read_split,
-    require_two_classes,
-)
+from giga_ssl_hf.contracts.slide_embeddings import load_embeddings
+from giga_ssl_hf.evaluation.data import find_split_sets, load_labels, read_split, require_two_classes
 
 logger = logging.getLogger(__name__)
 

@@ -739,7 +739,7 @@ def _write_datasets(
     runner: EncoderRunner | None,
     summary: ExtractionSummary,
 ) -> None:
-    from giga_ssl_hf.features.schema import read_metadata
+    from giga_ssl_hf.contracts import read_metadata
     from giga_ssl_hf.features.store import write_tile_dataset
 
     ok_records = [r for r in store.records() if r["status"] == "ok"]
@@ -759,7 +759,7 @@ def _write_datasets(
 
 def _encoder_record(config: ExtractionConfig, runner: EncoderRunner | None, out_dir: Path) -> dict | None:
     """The provenance record of the tile encoder: of ``runner``, else as saved by a process that built it."""
-    from giga_ssl_hf.features.schema import tile_encoder_record
+    from giga_ssl_hf.contracts.tile_features import tile_encoder_record
 
     if runner is not None:
         return tile_encoder_record(runner.encoder, config.tile_size, config.target_mpp)

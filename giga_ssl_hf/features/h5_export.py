@@ -103,11 +103,10 @@ def export_h5(
     features_dir: str | Path, out_dir: str | Path, layout: str, overwrite: bool = False
 ) -> list[Path]:
     """Write every slide of an exhaustive tile-feature Dataset as ``out_dir/<slide_id>.h5``; returns the files."""
-    from giga_ssl_hf.contracts import NO_AUGMENTATION
-    from giga_ssl_hf.features.schema import (
+    from giga_ssl_hf.contracts import NO_AUGMENTATION, read_metadata
+    from giga_ssl_hf.contracts.tile_features import (
         TileArrays,
         load_tile_dataset,
-        read_metadata,
         resolve_tile_dataset_dir,
         without_indices_mapping,
     )

@@ -171,8 +171,7 @@ def import_h5(
     dtype: str = "float16",
 ) -> Path:
     """Write the h5 files (or folders of ``*.h5``) as one tile-feature Dataset folder ``out_dir``."""
-    from giga_ssl_hf.contracts import NO_AUGMENTATION
-    from giga_ssl_hf.features.schema import write_metadata
+    from giga_ssl_hf.contracts import NO_AUGMENTATION, write_metadata
     from giga_ssl_hf.features.store import write_tile_dataset
 
     files: list[Path] = []

@@ -6,7 +6,7 @@ import datasets
 import numpy as np
 
 from ..contracts import NO_AUGMENTATION
-from .schema import (
+from ..contracts.tile_features import (
     TileArrays,
     load_tile_dataset,
     resolve_tile_dataset_dir,

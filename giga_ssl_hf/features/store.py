@@ -17,7 +17,8 @@ import datasets
 import numpy as np
 from datasets.arrow_writer import ArrowWriter
 
-from giga_ssl_hf.features.schema import tile_features_schema, write_metadata
+from giga_ssl_hf.contracts import write_metadata
+from giga_ssl_hf.contracts.tile_features import tile_features_schema
 from giga_ssl_hf.files import (
     atomic_file,
     dumps_strict,

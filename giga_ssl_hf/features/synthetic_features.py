@@ -16,7 +16,7 @@ import datasets
 import numpy as np
 
 from ..contracts import NO_AUGMENTATION
-from .schema import tile_features_schema
+from ..contracts.tile_features import tile_features_schema
 
 
 def append_tile_row(
@@ -51,7 +51,7 @@ def synthetic_tile_dataset(
     seed: int = 0,
     augmented: bool = True,
 ) -> tuple[datasets.Dataset, dict[str, int]]:
-    """A tile-feature Dataset (schema of :mod:`giga_ssl_hf.features.schema`) and each slide's class.
+    """A tile-feature Dataset (schema of :mod:`giga_ssl_hf.contracts.tile_features`) and each slide's class.
 
     With ``augmented`` the Dataset has ``n_aug`` rows per slide (``aug_id`` 0..n_aug-1), else one exhaustive
     row (``aug_id = -1``, no nuisance).

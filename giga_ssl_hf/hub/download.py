@@ -25,7 +25,7 @@ def download_embeddings(source: str | Path, out: str | Path | None = None, npy: 
     Returns ``out``, or without it the folder the embeddings were read from (the HF-cache snapshot of a Hub
     repo).
     """
-    from giga_ssl_hf.evaluation.data import load_embeddings, resolve_embeddings_folder
+    from giga_ssl_hf.contracts.slide_embeddings import load_embeddings, resolve_embeddings_folder
 
     folder = resolve_embeddings_folder(source)
     if out is None:

@@ -96,8 +96,8 @@ def push_model(
 def _embeddings_and_card(
     embeddings_dir: Path, repo_id: str, cohort: str | None, license: str
 ) -> tuple[datasets.Dataset, dict, str]:
-    from giga_ssl_hf.evaluation.data import load_embeddings
-    from giga_ssl_hf.features.schema import read_metadata
+    from giga_ssl_hf.contracts import read_metadata
+    from giga_ssl_hf.contracts.slide_embeddings import load_embeddings
     from giga_ssl_hf.hub.cards import dataset_card
 
     dataset = load_embeddings(embeddings_dir, as_dataset=True)

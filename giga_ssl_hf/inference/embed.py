@@ -133,7 +133,7 @@ def embed_slide(
 
 def bad_slides(dataset) -> dict[str, str]:
     """``{slide_id: reason}`` of the rows of a tile-feature Dataset that cannot be embedded (no tiles, NaN/inf)."""
-    from ..features.schema import TileArrays, without_indices_mapping
+    from ..contracts.tile_features import TileArrays, without_indices_mapping
 
     dataset = without_indices_mapping(dataset)
     slide_ids = dataset.data.column("slide_id").to_pylist()
@@ -175,7 +175,7 @@ def embed_tile_dataset(
     from tqdm.auto import tqdm
 
     from ..contracts import NO_AUGMENTATION
-    from ..features.schema import TileArrays, without_indices_mapping
+    from ..contracts.tile_features import TileArrays, without_indices_mapping
 
     if exclude is None:
         _refuse_bad_slides(bad_slides(dataset))
@@ -247,7 +247,7 @@ def save_embeddings(
 ) -> Path:
     """Write the slide-embeddings Dataset (+ metadata sidecar, + the paper's npy pair with ``npy``)."""
     from ..contracts import METADATA_FILENAME, NPY_EMBEDDINGS, NPY_IDS
-    from ..evaluation.data import embeddings_dataset
+    from ..contracts.slide_embeddings import embeddings_dataset
 
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
@@ -377,11 +377,11 @@ def embed_to_folder(
     their checks. Slides that cannot be embedded (no tiles, NaN / inf features) are refused before any work,
     or, with ``skip_bad_slides``, left out and listed in the metadata (``skipped_slides``). Features of
     another tile encoder than the model's (``config.tile_encoder``) are refused with an
-    :class:`~giga_ssl_hf.features.schema.EncoderMismatchError` unless ``allow_encoder_mismatch``.
+    :class:`~giga_ssl_hf.contracts.tile_features.EncoderMismatchError` unless ``allow_encoder_mismatch``.
     """
-    from ..features.schema import (
+    from ..contracts import read_metadata
+    from ..contracts.tile_features import (
         load_tile_dataset,
-        read_metadata,
         require_same_encoder,
         resolve_tile_dataset_dir,
     )

@@ -234,13 +234,13 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
 
 def run(args: argparse.Namespace) -> int:
     """Map the selected slides; returns the number of slides that failed."""
-    from giga_ssl_hf.evaluation.saved_probe import SavedProbe
-    from giga_ssl_hf.features.schema import (
+    from giga_ssl_hf.contracts.tile_features import (
         TileArrays,
         load_tile_dataset,
         resolve_tile_dataset_dir,
         without_indices_mapping,
     )
+    from giga_ssl_hf.evaluation.saved_probe import SavedProbe
 
     features_dir = resolve_tile_dataset_dir(args.features, "exhaustive")
     probe = SavedProbe.load(args.probe)

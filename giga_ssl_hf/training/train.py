@@ -184,9 +184,9 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
     from accelerate.utils import ProjectConfiguration, set_seed
     from tqdm.auto import tqdm
 
-    from ..features.schema import (
+    from ..contracts import read_metadata
+    from ..contracts.tile_features import (
         load_tile_dataset,
-        read_metadata,
         require_same_encoder,
         resolve_tile_dataset_dir,
     )

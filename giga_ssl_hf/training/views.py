@@ -4,7 +4,7 @@ A view of a slide = one of its augmentations picked at random, ``n_tiles`` of th
 with replacement for ``random`` views, the paper's; the ``n_tiles`` tiles nearest a random tile of the row for
 ``window`` views, so that the sparse CNN sees neighbourhoods), and a random transform of their grid positions
 (rotation, flip per axis, scale per axis in [0.7, 1.3]). Everything is vectorised over a batch of slides and read through zero-copy
-numpy views of the memory-mapped Arrow columns (:class:`~giga_ssl_hf.features.schema.TileArrays`).
+numpy views of the memory-mapped Arrow columns (:class:`~giga_ssl_hf.contracts.tile_features.TileArrays`).
 
 Randomness is a pure function of ``(seed, epoch, slide index)``: a batch's views do not depend on which
 process or DataLoader worker draws them, so resuming at step N replays exactly the views of an uninterrupted
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..contracts import NO_AUGMENTATION
-from ..features.schema import TileArrays, without_indices_mapping
+from ..contracts.tile_features import TileArrays, without_indices_mapping
 from ..features.windows import VIEW_SAMPLINGS, window_indices
 
 

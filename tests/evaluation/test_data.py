@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from giga_ssl_hf.evaluation.data import find_split_sets, load_embeddings, load_labels, read_split
+from giga_ssl_hf.contracts.slide_embeddings import load_embeddings
+from giga_ssl_hf.evaluation.data import find_split_sets, load_labels, read_split
 
 from .synthetic import planted, write_dataset, write_labels, write_npy, write_split
 

@@ -10,9 +10,9 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
 from giga_ssl_hf.contracts import NO_AUGMENTATION
+from giga_ssl_hf.contracts.tile_features import tile_features_schema
 from giga_ssl_hf.evaluation.linear_probe import main
 from giga_ssl_hf.evaluation.probe import evaluate_embeddings, fit_predict, parse_c
-from giga_ssl_hf.features.schema import tile_features_schema
 
 from .synthetic import write_labels, write_npy
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from giga_ssl_hf.contracts import read_metadata
 from giga_ssl_hf.features.encoders import EncoderRunner, build_tile_encoder
 from giga_ssl_hf.features.extract import ExtractionConfig, extract_slides, main
-from giga_ssl_hf.features.schema import read_metadata
 from giga_ssl_hf.wsi import iter_tile_blocks, open_slide, tile_grid, tissue_mask
 from giga_ssl_hf.wsi.synthetic import write_synthetic_slide
 

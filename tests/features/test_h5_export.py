@@ -8,10 +8,11 @@ import h5py
 import numpy as np
 import pytest
 
+from giga_ssl_hf.contracts import read_metadata
+from giga_ssl_hf.contracts.tile_features import load_tile_dataset
 from giga_ssl_hf.features import extract
 from giga_ssl_hf.features.h5_export import main as export_main
 from giga_ssl_hf.features.h5_import import main as import_main
-from giga_ssl_hf.features.schema import load_tile_dataset, read_metadata
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import h5py
 import numpy as np
 import pytest
 
+from giga_ssl_hf.contracts import read_metadata
 from giga_ssl_hf.features.h5_import import import_h5, main
-from giga_ssl_hf.features.schema import read_metadata
 
 CMU = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "wsi" / "CMU-1-Small-Region.svs"
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from giga_ssl_hf.contracts import read_metadata
 from giga_ssl_hf.features.extract import extract_slides, main
-from giga_ssl_hf.features.schema import read_metadata
 from giga_ssl_hf.features.sharding import (
     SlideLocks,
     assign_shares,

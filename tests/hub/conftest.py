@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from giga_ssl_hf import GigaSSLConfig, GigaSSLForContrastivePretraining
-from giga_ssl_hf.evaluation.data import embeddings_dataset
-from giga_ssl_hf.features.schema import write_metadata
+from giga_ssl_hf.contracts import write_metadata
+from giga_ssl_hf.contracts.slide_embeddings import embeddings_dataset
 from giga_ssl_hf.hub.push import push_embeddings, push_model
 
 MODEL_REPO = "gigassl-org/tiny-gigassl"

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from giga_ssl_hf import GigaSSLConfig, GigaSSLModel, load_embeddings
-from giga_ssl_hf.features.schema import TileArrays
+from giga_ssl_hf.contracts.tile_features import TileArrays
 from giga_ssl_hf.features.synthetic_features import synthetic_tile_dataset
 from giga_ssl_hf.inference.embed import embed_slide, embed_tile_dataset, main, view_indices
 

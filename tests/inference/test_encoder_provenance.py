@@ -8,14 +8,14 @@ import json
 import pytest
 from safetensors.torch import save_file
 
-from giga_ssl_hf.features import extract
-from giga_ssl_hf.features.encoders import build_tile_encoder
-from giga_ssl_hf.features.schema import (
+from giga_ssl_hf.contracts import read_metadata
+from giga_ssl_hf.contracts.tile_features import (
     EncoderMismatchError,
     encoder_mismatch,
-    read_metadata,
     require_same_encoder,
 )
+from giga_ssl_hf.features import extract
+from giga_ssl_hf.features.encoders import build_tile_encoder
 from giga_ssl_hf.inference import embed
 from giga_ssl_hf.training import train
 

@@ -10,8 +10,8 @@ from PIL import Image
 from giga_ssl_hf import GigaSSLConfig, GigaSSLModel
 from giga_ssl_hf.cli import main as cli_main
 from giga_ssl_hf.contracts import TILE_SCORES_FILENAME
+from giga_ssl_hf.contracts.tile_features import TileArrays, load_tile_dataset
 from giga_ssl_hf.evaluation.saved_probe import SavedProbe, fit_saved_probe
-from giga_ssl_hf.features.schema import TileArrays, load_tile_dataset
 from giga_ssl_hf.features.synthetic_features import synthetic_region_cohort, synthetic_tile_dataset
 from giga_ssl_hf.inference.embed import embed_to_folder
 from giga_ssl_hf.inference.tile_scores import embedding_scores, occlusion_scores, tile_cells, tile_embeddings

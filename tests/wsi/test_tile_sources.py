@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from giga_ssl_hf.contracts.tile_features import load_tile_dataset
 from giga_ssl_hf.features import extract
 from giga_ssl_hf.features.encoders import build_tile_encoder
-from giga_ssl_hf.features.schema import load_tile_dataset
 from giga_ssl_hf.wsi import open_slide
 from giga_ssl_hf.wsi.tile_sources import polygon_mask, read_patch_coords, read_tissue_geojson
 

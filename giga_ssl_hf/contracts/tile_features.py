@@ -30,9 +30,6 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
-from giga_ssl_hf.contracts import METADATA_FILENAME
-from giga_ssl_hf.files import write_json
-
 logger = logging.getLogger(__name__)
 
 
@@ -51,17 +48,6 @@ def tile_features_schema(feature_dim: int, dtype: str = "float16") -> datasets.F
             "magnification": datasets.Value("float32"),
         }
     )
-
-
-def write_metadata(dataset_dir: str | Path, metadata: dict) -> None:
-    """Write the dataset-level metadata sidecar (atomically: write, then rename)."""
-    write_json(Path(dataset_dir) / METADATA_FILENAME, metadata)
-
-
-def read_metadata(dataset_dir: str | Path) -> dict:
-    """The dataset-level metadata of a tile-feature Dataset folder ({} when it has none)."""
-    path = Path(dataset_dir) / METADATA_FILENAME
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 # Fields of a tile_encoder record that make two encoders' features incomparable when they differ.
