@@ -18,18 +18,19 @@ import json
 import sys
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
-_ARGPARSE_KEYS = ("metavar", "positional", "flag", "aliases", "exclusive", "nargs", "type")
+_ARGPARSE_KEYS = ("metavar", "positional", "flag", "aliases", "exclusive", "nargs", "type", "required")
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", **cli: Any) -> Any:
     """A settings field. ``cli`` tunes its flag: ``metavar``; ``flag`` (the flag's name when the field's own
     does not read well, e.g. ``"--no-pretrained"`` for ``pretrained=True``); ``aliases`` (more flags);
     ``positional=True`` (a positional argument, ``nargs="*"`` for tuples); ``exclusive`` (a mapping flag ->
-    value: mutually exclusive switches that set this field, e.g. ``{"--aug": "augmented"}``)."""
+    value: mutually exclusive switches that set this field, e.g. ``{"--aug": "augmented"}``); ``required=True``
+    (the command line must give it; a library caller may leave it for a composing stage to fill)."""
     unknown = set(cli) - set(_ARGPARSE_KEYS)
     if unknown:
         raise TypeError(f"option() got unknown keyword(s): {', '.join(sorted(unknown))}")
@@ -65,6 +66,16 @@ def run_main(
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The help shows an option's first flag only (``--max-steps``, not its alias ``--max_steps``) and its default."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings:
+            return super()._format_action_invocation(action)
+        flag = action.option_strings[0]
+        if action.nargs == 0:
+            return flag
+        return f"{flag} {self._format_args(action, self._get_default_metavar_for_optional(action))}"
+
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         shown = action.default not in (None, False, True, argparse.SUPPRESS, ())
@@ -76,17 +87,36 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 class SettingsParser(argparse.ArgumentParser):
     """An argparse parser generated from settings dataclasses; :meth:`parse` returns one instance of each."""
 
-    def __init__(self, *settings: type, config_file: bool = False, **kwargs: Any):
+    def __init__(
+        self,
+        *settings: type,
+        config_file: bool = False,
+        exclude: Collection[str] = (),
+        defaults: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ):
+        """``exclude``: fields left off the command line (a composing command sets them itself; they keep their
+        defaults in :meth:`parse`'s instances); ``defaults``: other defaults than the dataclasses' (the demo's)."""
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(**kwargs)
         self.settings = settings
         self.config_file = config_file
+        self.exclude = frozenset(exclude)
+        self.required: dict[str, argparse.Action] = {}
+        seen: dict[str, type] = {}
         for cls in settings:
             title = (cls.__doc__ or "").strip().splitlines()[0] if len(settings) > 1 and cls.__doc__ else None
             target = self.add_argument_group(title) if title else self
             for item in dataclasses.fields(cls):
-                if item.init:
-                    self._add_field(target, item, typing.get_type_hints(cls)[item.name])
+                if not item.init or item.name in self.exclude:
+                    continue
+                if item.name in seen:
+                    raise TypeError(
+                        f"{item.name!r} is a field of both {seen[item.name].__name__} and {cls.__name__}"
+                    )
+                seen[item.name] = cls
+                self._add_field(target, item, typing.get_type_hints(cls)[item.name])
+        self.set_defaults(**(defaults or {}))
         if config_file:
             self.add_argument(
                 "--config",
@@ -104,8 +134,9 @@ class SettingsParser(argparse.ArgumentParser):
         meta = dict(item.metadata)
         # argparse %-formats help strings; the default is appended by the formatter
         kwargs: dict[str, Any] = {"help": meta.get("help", "").replace("%", "%%"), "dest": item.name}
-        if "metavar" in meta:
-            kwargs["metavar"] = meta["metavar"]
+        for key in ("metavar", "required"):
+            if key in meta:
+                kwargs[key] = meta[key]
         base, is_sequence, choices = _unwrap(annotation)
         default = item.default if item.default is not dataclasses.MISSING else None
         if meta.get("exclusive"):
@@ -122,11 +153,11 @@ class SettingsParser(argparse.ArgumentParser):
             )
             return
         flag = meta.get("flag", flag_of(item.name))
-        hidden = [f for f in {"--" + item.name, *meta.get("aliases", ())} if f != flag]
+        aliases = [f for f in {"--" + item.name, *meta.get("aliases", ())} if f != flag]
         if base is bool:
             if meta.get("flag") is None and default is True:
                 flag = "--no-" + item.name.replace("_", "-")
-                hidden = ["--no_" + item.name]
+                aliases = ["--no_" + item.name]
                 kwargs["help"] = "turn off (on by default): " + kwargs["help"]
             kwargs["action"] = "store_false" if default is True else "store_true"
         else:
@@ -135,11 +166,9 @@ class SettingsParser(argparse.ArgumentParser):
                 kwargs["nargs"] = meta.get("nargs", "+")
             if choices:
                 kwargs["choices"] = choices
-        target.add_argument(flag, default=default, **kwargs)
-        if hidden:
-            target.add_argument(
-                *hidden, **{**kwargs, "help": argparse.SUPPRESS, "default": argparse.SUPPRESS}
-            )
+        action = target.add_argument(flag, *sorted(aliases), default=default, **kwargs)
+        if meta.get("required"):
+            self.required[item.name] = action
 
     def parse(self, argv: list[str] | None = None) -> tuple:
         """The settings instances from ``argv`` (and ``--config``). A malformed command line exits with a
@@ -147,10 +176,19 @@ class SettingsParser(argparse.ArgumentParser):
         if self.config_file:
             known, _ = self.parse_known_args(argv)
             if known.config:
-                self.set_defaults(**read_config_file(known.config, self.settings))
+                values = read_config_file(known.config, self.settings)
+                self.set_defaults(**values)
+                for name in set(values) & set(self.required):
+                    self.required[name].required = False  # given by the file
         namespace = vars(self.parse_args(argv))
         return tuple(
-            cls(**{f.name: _immutable(namespace[f.name]) for f in dataclasses.fields(cls) if f.init})
+            cls(
+                **{
+                    f.name: _immutable(namespace[f.name])
+                    for f in dataclasses.fields(cls)
+                    if f.name in namespace
+                }
+            )
             for cls in self.settings
         )
 

@@ -16,8 +16,9 @@ class DataArguments:
     features: str | None = option(
         None,
         "Tile-feature Dataset with shared augmentations (giga-ssl extract's DIR/augmented), or an "
-        "extraction folder holding augmented/. Required.",
+        "extraction folder holding augmented/.",
         metavar="DIR",
+        required=True,
     )
     n_tiles: int = option(5, "Tiles per view, drawn with replacement (released model: 5).")
     view_sampling: Literal["random", "window"] = option(
@@ -42,10 +43,6 @@ class DataArguments:
     )
 
     def __post_init__(self):
-        if not self.features:
-            raise ValueError(
-                f"{flag_of('features')} is required: an augmented tile-feature Dataset (giga-ssl extract --aug)"
-            )
         if self.n_tiles < 1:
             raise ValueError(f"{flag_of('n_tiles')} must be at least 1, got {self.n_tiles}")
 
@@ -59,7 +56,10 @@ class ModelArguments:
         None, "Tile feature dimension; defaults to the Dataset's. A mismatch is an error."
     )
     hidden_dim: int = option(512, "Slide embedding dimension.")
-    projection_dims: str = option("512,512,256", "Projection head sizes, comma separated.")
+    projection_dims: str | None = option(
+        None,
+        "Projection head sizes, comma separated; default: HIDDEN_DIM,HIDDEN_DIM,HIDDEN_DIM/2 (512,512,256).",
+    )
     temperature: float = option(0.05, "NT-Xent temperature.")
     init_from: str | None = option(
         None,
@@ -72,13 +72,33 @@ class ModelArguments:
         "resnet18 state_dict or its layer4), as the paper does from ImageNet.",
     )
 
+    def __post_init__(self):
+        try:
+            sizes = self.projection_sizes
+        except ValueError:
+            sizes = []
+        if not sizes or min(sizes) < 1:
+            raise ValueError(
+                f"{flag_of('projection_dims')} must be positive integers separated by commas, got "
+                f"{self.projection_dims!r}"
+            )
+
+    @property
+    def projection_sizes(self) -> list[int]:
+        """The projection head's layer sizes: ``--projection-dims``, or the hidden size twice and its half."""
+        if self.projection_dims is None:
+            return [self.hidden_dim, self.hidden_dim, max(2, self.hidden_dim // 2)]
+        return [int(size) for size in self.projection_dims.split(",")]
+
 
 @dataclass
 class TrainArguments:
     """optimisation, checkpoints and logging"""
 
     output_dir: str | None = option(
-        None, "Checkpoints go to OUTPUT_DIR/checkpoints/step_*, the exported encoder to OUTPUT_DIR/final."
+        None,
+        "Checkpoints go to OUTPUT_DIR/checkpoints/step_*, the exported encoder to OUTPUT_DIR/final.",
+        required=True,
     )
     batch_size: int = option(256, "Slides per batch per process (2 views each).")
     max_steps: int = option(1000, "Optimiser steps (at least 1).")
@@ -107,8 +127,6 @@ class TrainArguments:
     report_to: Literal["tensorboard", "none"] = option("tensorboard", "tensorboard or none.")
 
     def __post_init__(self):
-        if not self.output_dir:
-            raise ValueError(f"{flag_of('output_dir')} is required")
         if self.batch_size < 2:
             raise ValueError(
                 "batch_size must be at least 2: each slide's negatives are the other slides of the batch"

@@ -76,7 +76,7 @@ def build_config(
     from ..models.gigassl import GigaSSLConfig
 
     training = {
-        "projection_dims": [int(d) for d in model_args.projection_dims.split(",")],
+        "projection_dims": model_args.projection_sizes,
         "temperature": model_args.temperature,
         "n_tiles": n_tiles,
         "tile_encoder": tile_encoder,
