@@ -49,7 +49,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "convert an original trislaz/gigassl checkpoint to a Hugging Face folder",
     ),
     "pipeline": ("giga_ssl_hf.pipeline", "extract -> train -> embed -> evaluate in one resumable command"),
-    "demo": ("giga_ssl_hf.pipeline", "run the whole pipeline on bundled sample data"),
+    "demo": ("giga_ssl_hf.demo", "run the whole pipeline on bundled sample data"),
 }
 
 USAGE = """usage: giga-ssl COMMAND [options]

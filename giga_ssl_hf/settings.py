@@ -22,7 +22,17 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
-_ARGPARSE_KEYS = ("metavar", "positional", "flag", "aliases", "exclusive", "nargs", "type", "required")
+_ARGPARSE_KEYS = (
+    "metavar",
+    "positional",
+    "flag",
+    "aliases",
+    "exclusive",
+    "nargs",
+    "type",
+    "required",
+    "negatable",
+)
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", **cli: Any) -> Any:
@@ -30,7 +40,8 @@ def option(default: Any = dataclasses.MISSING, help: str = "", **cli: Any) -> An
     does not read well, e.g. ``"--no-pretrained"`` for ``pretrained=True``); ``aliases`` (more flags);
     ``positional=True`` (a positional argument, ``nargs="*"`` for tuples); ``exclusive`` (a mapping flag ->
     value: mutually exclusive switches that set this field, e.g. ``{"--aug": "augmented"}``); ``required=True``
-    (the command line must give it; a library caller may leave it for a composing stage to fill)."""
+    (the command line must give it; a library caller may leave it for a composing stage to fill); ``negatable=True``
+    (a bool with both ``--x`` and ``--no-x``, for a default that a composing command changes)."""
     unknown = set(cli) - set(_ARGPARSE_KEYS)
     if unknown:
         raise TypeError(f"option() got unknown keyword(s): {', '.join(sorted(unknown))}")
@@ -66,19 +77,22 @@ def run_main(
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """The help shows an option's first flag only (``--max-steps``, not its alias ``--max_steps``) and its default."""
+    """The help shows one spelling of each flag (``--max-steps``, not its alias ``--max_steps``) and its default."""
 
     def _format_action_invocation(self, action: argparse.Action) -> str:
         if not action.option_strings:
             return super()._format_action_invocation(action)
-        flag = action.option_strings[0]
+        flags = ", ".join(f for f in action.option_strings if "_" not in f) or action.option_strings[0]
         if action.nargs == 0:
-            return flag
-        return f"{flag} {self._format_args(action, self._get_default_metavar_for_optional(action))}"
+            return flags
+        return f"{flags} {self._format_args(action, self._get_default_metavar_for_optional(action))}"
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        shown = action.default not in (None, False, True, argparse.SUPPRESS, ())
+        shown = (
+            not any(action.default is empty for empty in (None, False, True, argparse.SUPPRESS))
+            and action.default != ()
+        )
         if shown and action.option_strings and "%(default)" not in text and action.nargs != 0:
             text += " (default: %(default)s)"
         return text
@@ -95,8 +109,9 @@ class SettingsParser(argparse.ArgumentParser):
         defaults: dict[str, Any] | None = None,
         **kwargs: Any,
     ):
-        """``exclude``: fields left off the command line (a composing command sets them itself; they keep their
-        defaults in :meth:`parse`'s instances); ``defaults``: other defaults than the dataclasses' (the demo's)."""
+        """``exclude``: fields left off the command line, ``"name"`` or ``"Class.name"`` (a composing command sets
+        them itself; they keep their defaults in :meth:`parse`'s instances); ``defaults``: other defaults than
+        the dataclasses' (the demo's)."""
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(**kwargs)
         self.settings = settings
@@ -108,7 +123,7 @@ class SettingsParser(argparse.ArgumentParser):
             title = (cls.__doc__ or "").strip().splitlines()[0] if len(settings) > 1 and cls.__doc__ else None
             target = self.add_argument_group(title) if title else self
             for item in dataclasses.fields(cls):
-                if not item.init or item.name in self.exclude:
+                if not item.init or self._excluded(cls, item.name):
                     continue
                 if item.name in seen:
                     raise TypeError(
@@ -124,6 +139,9 @@ class SettingsParser(argparse.ArgumentParser):
                 help="YAML or JSON file of these options (their names with underscores); flags given on the "
                 "command line override it",
             )
+
+    def _excluded(self, cls: type, name: str) -> bool:
+        return name in self.exclude or f"{cls.__name__}.{name}" in self.exclude
 
     def error(self, message: str) -> NoReturn:
         """A malformed command line raises ValueError, which :func:`run_main` reports as one line with exit
@@ -154,7 +172,9 @@ class SettingsParser(argparse.ArgumentParser):
             return
         flag = meta.get("flag", flag_of(item.name))
         aliases = [f for f in {"--" + item.name, *meta.get("aliases", ())} if f != flag]
-        if base is bool:
+        if base is bool and meta.get("negatable"):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif base is bool:
             if meta.get("flag") is None and default is True:
                 flag = "--no-" + item.name.replace("_", "-")
                 aliases = ["--no_" + item.name]
@@ -186,7 +206,7 @@ class SettingsParser(argparse.ArgumentParser):
                 **{
                     f.name: _immutable(namespace[f.name])
                     for f in dataclasses.fields(cls)
-                    if f.name in namespace
+                    if f.name in namespace and not self._excluded(cls, f.name)
                 }
             )
             for cls in self.settings

@@ -10,7 +10,7 @@ from transformers import AutoModel
 
 import giga_ssl_hf
 from giga_ssl_hf.cli import main as cli_main
-from giga_ssl_hf.pipeline import SAMPLE_SLIDE
+from giga_ssl_hf.demo import SAMPLE_SLIDE
 from giga_ssl_hf.wsi.synthetic import write_synthetic_slide
 
 pytestmark = pytest.mark.slow
