@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import torch
+from table import text_table
 
 from giga_ssl_hf import GigaSSLConfig, GigaSSLModel
 from giga_ssl_hf.contracts.tile_features import tile_features_schema
@@ -63,9 +64,7 @@ def main(argv: list[str] | None = None) -> str:
     rows = run(args.slides, args.tiles)
     lines = [
         f"giga-ssl embed on CPU ({torch.get_num_threads()} threads), {args.tiles:,} tiles/slide, 5 tiles/view, 256 -> 512",
-        f"{'strategy':<8} | {'views/slide':>11} | {'slides/s':>8}",
-        "-" * 34,
-        *(f"{r['strategy']:<8} | {r['views/slide']:>11,} | {r['slides/s']:>8.2f}" for r in rows),
+        text_table(rows, [("strategy", "<8"), ("views/slide", ">11,"), ("slides/s", ">8.2f")]),
     ]
     table = "\n".join(lines)
     print(table)

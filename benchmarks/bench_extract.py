@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from table import text_table
+
 VARIANTS = ("naive", "naive-reader", "pipeline")
 
 
@@ -146,15 +148,16 @@ def run(
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [
-        f"{'slide px':>9} {'variant':>13} {'tiles':>6} {'seconds':>8} {'tiles/s':>8} {'vs naive':>9} {'peak RSS MiB':>13}"
+    columns = [
+        ("size", ">9"),
+        ("variant", ">13"),
+        ("tiles", ">6"),
+        ("seconds", ">8.2f"),
+        ("tiles_per_s", ">8.1f"),
+        ("speedup", ">8.2fx"),
+        ("peak_rss_mib", ">13.0f"),
     ]
-    for r in rows:
-        lines.append(
-            f"{r['size']:>9} {r['variant']:>13} {r['tiles']:>6} {r['seconds']:>8.2f} {r['tiles_per_s']:>8.1f} "
-            f"{r['speedup']:>8.2f}x {r['peak_rss_mib']:>13.0f}"
-        )
-    return "\n".join(lines)
+    return text_table(rows, columns)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -26,6 +26,7 @@ import sys
 import time
 
 import torch
+from table import text_table
 
 from giga_ssl_hf import GigaSSLConfig, GigaSSLForContrastivePretraining
 from giga_ssl_hf.models.gigassl.sparse_ops import SparseGrid, StridedConv2d, SubmanifoldConv2d
@@ -242,31 +243,27 @@ def contended_table(n_tiles: int, steps: int, n_slides: int, repeats: int) -> tu
         )
         for row in json.loads(result.stdout.strip().splitlines()[-1]):
             rows.append({"wait policy": policy, **row})
-    header = (
-        f"{'wait policy':<11} | {'variant':<17} | {'quiet ms':>9} | {'contended ms':>12} | "
-        f"{'cont./quiet':>11} | {'vs gather-9 (quiet / contended)':>31}"
-    )
-    lines = [header, "-" * len(header)]
-    for row in rows:
-        lines.append(
-            f"{row['wait policy']:<11} | {row['variant']:<17} | {row['quiet ms']:>9.1f} | "
-            f"{row['contended ms']:>12.1f} | {row['contended/quiet']:>10.2f}x | "
-            f"{row['vs gather-9 quiet']:>14.2f}x / {row['vs gather-9 contended']:.2f}x"
-        )
-    return "\n".join(lines), rows
+    columns = [
+        ("wait policy", "<11"),
+        ("variant", "<17"),
+        ("quiet ms", ">9.1f"),
+        ("contended ms", ">12.1f"),
+        ("contended/quiet", ">10.2fx"),
+        ("vs gather-9 quiet", ">10.2fx"),
+        ("vs gather-9 contended", ">10.2fx"),
+    ]
+    return text_table(rows, columns), rows
 
 
 def format_table(rows: list[dict]) -> str:
-    header = (
-        f"{'tiles/view':>10} | {'variant':<17} | {'ms/step':>9} | {'neighbour pairs':>15} | {'GFLOP/s':>8}"
-    )
-    lines = [header, "-" * len(header)]
-    for row in rows:
-        lines.append(
-            f"{row['tiles/view']:>10} | {row['variant']:<17} | {row['ms/step']:>9.1f} | "
-            f"{row['neighbour pairs']:>15,} | {row['GFLOP/s']:>8.1f}"
-        )
-    return "\n".join(lines)
+    columns = [
+        ("tiles/view", ">10"),
+        ("variant", "<17"),
+        ("ms/step", ">9.1f"),
+        ("neighbour pairs", ">15,"),
+        ("GFLOP/s", ">8.1f"),
+    ]
+    return text_table(rows, columns)
 
 
 def main(argv: list[str] | None = None) -> str:

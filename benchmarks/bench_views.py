@@ -18,6 +18,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
+from table import text_table
 
 from giga_ssl_hf.features.synthetic_features import synthetic_tile_dataset
 from giga_ssl_hf.training.arguments import parse_arguments
@@ -106,15 +107,11 @@ def main(argv: list[str] | None = None) -> str:
 
     lines = [
         f"View sampling, 2 views x 5 tiles, 256-d float16, {args.slides} slides x {args.n_aug} augmentations, 1 core",
-        f"{'sampler':<28} | {'views/s':>12}",
-        "-" * 43,
-        *(f"{row['sampler']:<28} | {row['views/s']:>12,.0f}" for row in sampler_rows),
+        text_table(sampler_rows, [("sampler", "<28"), ("views/s", ">12,.0f")]),
         f"ratio: {ratio:,.0f}x",
         "",
         f"Training end to end on CPU ({torch.get_num_threads()} threads), 5 tiles per view",
-        f"{'batch':>6} | {'hidden_dim':>10} | {'steps/s':>8}",
-        "-" * 31,
-        *(f"{row['batch']:>6} | {row['hidden_dim']:>10} | {row['steps/s']:>8.2f}" for row in training_rows),
+        text_table(training_rows, [("batch", ">6"), ("hidden_dim", ">10"), ("steps/s", ">8.2f")]),
     ]
     table = "\n".join(lines)
     print(table)

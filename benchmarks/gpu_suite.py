@@ -38,6 +38,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_embed import make_exhaustive  # noqa: E402
 from bench_ssl_step import make_batch  # noqa: E402
+from table import text_table  # noqa: E402
 
 from giga_ssl_hf import GigaSSLConfig, GigaSSLForContrastivePretraining, GigaSSLModel  # noqa: E402
 from giga_ssl_hf.features.extract import ExtractionConfig, extract_slides  # noqa: E402
@@ -263,13 +264,15 @@ def _short(error: Exception) -> str:
 
 
 def format_table(rows: list[dict], results: list[dict]) -> str:
-    header = f"{'section':<10} | {'setting':<55} | {'value':>10} | {'unit':<8} | target / note"
-    lines = [header, "-" * len(header)]
-    for row in rows:
-        value = "FAILED" if row["value"] is None else f"{row['value']:,}"
-        note = row.get("error") or row.get("target", "")
-        lines.append(f"{row['section']:<10} | {row['setting']:<55} | {value:>10} | {row['unit']:<8} | {note}")
-    lines.append("")
+    shown = [{**row, "target / note": row.get("error") or row.get("target", "")} for row in rows]
+    columns = [
+        ("section", "<10"),
+        ("setting", "<55"),
+        ("value", ">10,"),
+        ("unit", "<8"),
+        ("target / note", ""),
+    ]
+    lines = [text_table(shown, columns), ""]
     for result in results:
         lines.append(f"check {'PASS' if result['passed'] else 'FAIL'}: {result['check']}: {result['detail']}")
     return "\n".join(lines)
