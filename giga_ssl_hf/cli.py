@@ -1,7 +1,8 @@
 """`giga-ssl` command line: one subcommand per pipeline stage.
 
-Each stage lives in its own module and exposes ``main(argv) -> int`` with its own argparse parser, so
-that ``giga-ssl STAGE --help`` documents the stage and tests can call the stage in-process.
+Each stage lives in its own module and exposes ``main(argv) -> int``, whose parser is generated from the
+stage's settings dataclasses (:mod:`giga_ssl_hf.settings`), so that ``giga-ssl STAGE --help`` documents the
+stage and tests can call the stage in-process.
 """
 
 from __future__ import annotations
