@@ -194,7 +194,10 @@ class SettingsParser(argparse.ArgumentParser):
         """The settings instances from ``argv`` (and ``--config``). A malformed command line exits with a
         one-line error; a setting that fails validation raises ValueError (the stage's ``main`` reports it)."""
         if self.config_file:
-            known, _ = self.parse_known_args(argv)
+            # --config alone first: the full parse would refuse required options that the file gives
+            config_only = argparse.ArgumentParser(add_help=False)
+            config_only.add_argument("--config")
+            known, _ = config_only.parse_known_args(argv)
             if known.config:
                 values = read_config_file(known.config, self.settings)
                 self.set_defaults(**values)

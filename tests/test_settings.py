@@ -1,0 +1,112 @@
+"""The settings -> command line generator every stage uses (giga_ssl_hf/settings.py)."""
+
+from dataclasses import dataclass
+from typing import Literal
+
+import pytest
+
+from giga_ssl_hf.settings import SettingsParser, flag_of, option, run_main
+
+
+@dataclass
+class Inputs:
+    """inputs"""
+
+    paths: tuple[str, ...] = option((), "files", positional=True)
+    out: str | None = option(None, "output folder", required=True)
+
+
+@dataclass
+class Knobs:
+    """knobs"""
+
+    max_steps: int = option(10, "steps")
+    rate: float | None = option(None, "rate; default: derived")
+    mode: Literal["fast", "slow"] = option("fast", "how")
+    pretrained: bool = option(True, "use weights")
+    verbose: bool = option(False, "say more")
+    standardize: bool = option(False, "standardise", negatable=True)
+    passes: str = option("both", "which passes", exclusive={"--both": "both", "--aug": "augmented"})
+    seed: int = option(0, "seed")
+
+    def __post_init__(self):
+        if self.max_steps < 1:
+            raise ValueError(f"{flag_of('max_steps')} must be at least 1, got {self.max_steps}")
+
+
+def parser(**kwargs) -> SettingsParser:
+    return SettingsParser(Inputs, Knobs, prog="giga-ssl test", **kwargs)
+
+
+def test_flags_types_and_defaults():
+    inputs, knobs = parser().parse(["a.svs", "b.svs", "--out", "o", "--max-steps", "3", "--rate", "0.5"])
+    assert inputs == Inputs(paths=("a.svs", "b.svs"), out="o")
+    assert (knobs.max_steps, knobs.rate, knobs.mode, knobs.pretrained, knobs.passes) == (
+        3,
+        0.5,
+        "fast",
+        True,
+        "both",
+    )
+    _, knobs = parser().parse(["--out", "o", "--mode", "slow", "--no-pretrained", "--verbose", "--aug"])
+    assert (knobs.mode, knobs.pretrained, knobs.verbose, knobs.passes) == ("slow", False, True, "augmented")
+    _, knobs = parser().parse(["--out", "o", "--standardize"])
+    assert (
+        knobs.standardize is True
+        and parser().parse(["--out", "o", "--no-standardize"])[1].standardize is False
+    )
+
+
+def test_underscore_spelling_is_accepted_but_the_help_shows_dashes():
+    _, knobs = parser().parse(["--out", "o", "--max_steps", "4", "--no_pretrained"])
+    assert (knobs.max_steps, knobs.pretrained) == (4, False)
+    text = parser().format_help()
+    assert "--max-steps MAX_STEPS" in text and "--max_steps" not in text and "--no_pretrained" not in text
+    assert "(default: 10)" in text and "(default: 0)" in text  # a zero default is shown too
+    assert "--standardize, --no-standardize" in text
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--out", "o", "--max-steps", "0"], "--max-steps must be at least 1, got 0"),
+        (["--out", "o", "--mode", "medium"], "invalid choice: 'medium'"),
+        (["--out", "o", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["--out", "o", "--both", "--aug"], "not allowed with argument"),
+        ([], "the following arguments are required: --out"),
+    ],
+)
+def test_every_user_error_is_one_line_with_exit_status_2(argv, message, capsys):
+    assert run_main(parser(), lambda *settings: 0, argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("giga-ssl test: error: ") and message in err
+
+
+def test_config_file_gives_required_values_and_the_command_line_wins(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("out: from-file\nmax_steps: 7\nrate: 0.1\n")
+    inputs, knobs = parser(config_file=True).parse(["--config", str(config), "--rate", "0.2"])
+    assert (inputs.out, knobs.max_steps, knobs.rate) == ("from-file", 7, 0.2)
+    config.write_text("max_stepz: 7\n")
+    with pytest.raises(ValueError, match="unknown option.*max_stepz"):
+        parser(config_file=True).parse(["--config", str(config)])
+
+
+def test_a_composing_command_excludes_fields_and_changes_defaults():
+    composed = parser(exclude=("Knobs.seed", "passes"), defaults={"max_steps": 99, "standardize": True})
+    text = composed.format_help()
+    assert "--seed" not in text and "--aug" not in text and "(default: 99)" in text
+    _, knobs = composed.parse(["--out", "o"])
+    assert (knobs.max_steps, knobs.seed, knobs.passes, knobs.standardize) == (99, 0, "both", True)
+    with pytest.raises(ValueError, match="unrecognized arguments: --seed"):
+        composed.parse(["--out", "o", "--seed", "3"])
+
+
+def test_a_field_in_two_dataclasses_must_be_excluded_from_one():
+    @dataclass
+    class Other:
+        seed: int = option(1, "another seed")
+
+    with pytest.raises(TypeError, match="'seed' is a field of both Knobs and Other"):
+        SettingsParser(Knobs, Other, prog="x")
+    assert SettingsParser(Knobs, Other, prog="x", exclude=("Other.seed",)).parse([])[1] == Other()
