@@ -7,7 +7,7 @@ What it shows:
    (``synthetic_tile_dataset``: 64 slides x 4 augmentations, 16 features per tile), so no slide is needed;
 2. training from a config file (``examples/train_tiny.yaml``, the same file ``giga-ssl train --config``
    reads) plus command-line overrides: any ``giga-ssl train`` option given here wins over the file, e.g.
-   ``--max_steps 10``; the run is one process or several, whatever ``accelerate launch`` set up;
+   ``--max-steps 10``; the run is one process or several, whatever ``accelerate launch`` set up;
 3. the export: ``OUT/run/final`` (config.json + model.safetensors + training_summary.json), loaded back with
    ``AutoModel.from_pretrained`` and used to embed a slide.
 
@@ -17,7 +17,7 @@ Run (about 20 s on 2 CPU cores):
     accelerate launch --config_file examples/accelerate_config.yaml examples/03_train_giga_ssl.py
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 --num_machines 1 \
         --mixed_precision no --dynamo_backend no examples/03_train_giga_ssl.py      # 2 CPU processes
-    python examples/03_train_giga_ssl.py --out runs/tiny --max_steps 100 --batch_size 32
+    python examples/03_train_giga_ssl.py --out runs/tiny --max-steps 100 --batch-size 32
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Other options are passed to the trainer (see `giga-ssl train --help`), e.g. --max_steps 10.",
+        epilog="Other options are passed to the trainer (see `giga-ssl train --help`), e.g. --max-steps 10.",
     )
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (features/, run/)")
     parser.add_argument("--config", default=str(HERE / "train_tiny.yaml"), help="training config file")
@@ -95,9 +95,9 @@ def main(argv: list[str] | None = None) -> dict:
             write_features(features, args.data_seed)
 
     # The config file, then the example's paths, then whatever the command line overrides. Rerunning the
-    # example starts its run afresh (--overwrite_output_dir): it is a demo, not a run to resume.
-    train_argv = ["--config", args.config, "--features", str(features), "--output_dir", str(out / "run")]
-    train_argv.append("--overwrite_output_dir")
+    # example starts its run afresh (--overwrite-output-dir): it is a demo, not a run to resume.
+    train_argv = ["--config", args.config, "--features", str(features), "--output-dir", str(out / "run")]
+    train_argv.append("--overwrite-output-dir")
     summary = train(*parse_arguments(train_argv + train_overrides))
 
     final = out / "run" / "final"

@@ -66,10 +66,10 @@ def planted_region_cohort(out: Path, n_slides: int, steps: int, seed: int) -> di
         augmented.save_to_disk(str(features / "augmented"))
         exhaustive.save_to_disk(str(features / "exhaustive"))
     train(*parse_arguments([
-        "--features", str(features / "augmented"), "--output_dir", str(out / "run"), "--hidden_dim", "64",
-        "--projection_dims", "64,64,32", "--batch_size", "16", "--max_steps", str(steps), "--learning_rate", "0.01",
-        "--temperature", "0.1", "--save_steps", "0", "--report_to", "none", "--seed", str(seed),
-        "--overwrite_output_dir",  # a demo: a rerun trains afresh instead of refusing the earlier run's folder
+        "--features", str(features / "augmented"), "--output-dir", str(out / "run"), "--hidden-dim", "64",
+        "--projection-dims", "64,64,32", "--batch-size", "16", "--max-steps", str(steps), "--learning-rate", "0.01",
+        "--temperature", "0.1", "--save-steps", "0", "--report-to", "none", "--seed", str(seed),
+        "--overwrite-output-dir",  # a demo: a rerun trains afresh instead of refusing the earlier run's folder
     ]))  # fmt: skip
     model_dir = out / "run" / "final"
     model = giga_ssl_hf.GigaSSLModel.from_pretrained(model_dir).eval()
