@@ -228,9 +228,11 @@ def setup_training(
         **asdict(train_args),
         "learning_rate": learning_rate,
     }
+    model = build_model(config, model_args)
     run = TrainingRun(
-        accelerator, *_prepare(accelerator, views, config, build_model(config, model_args), data_args, train_args,
-        learning_rate), views, TrainingProgress(), learning_rate, total_batch, features_dir, output_dir, run_config,
+        accelerator=accelerator, views=views, progress=TrainingProgress(), learning_rate=learning_rate,
+        total_batch_size=total_batch, features_dir=features_dir, output_dir=output_dir, run_config=run_config,
+        **_prepare(accelerator, views, config, model, data_args, train_args, learning_rate),
     )  # fmt: skip
     accelerator.register_for_checkpointing(run.scheduler, run.progress)
     if train_args.resume_from_checkpoint:
@@ -248,7 +250,7 @@ def setup_training(
 def _prepare(
     accelerator, views, config, model, data_args: DataArguments, train_args: TrainArguments, lr: float
 ):
-    """The prepared model, optimiser and DataLoader, the schedule, the batch sampler and the loss."""
+    """The prepared model, optimiser and DataLoader, the schedule, the batch sampler and the loss (by field)."""
     import torch
 
     from .losses import NTXentLoss
@@ -266,7 +268,14 @@ def _prepare(
     # Negatives from every process: the contrastive batch is the global batch the learning rate is scaled for.
     contrastive_loss = NTXentLoss(config.temperature, gather_across_processes=accelerator.num_processes > 1)
     model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
-    return model, optimizer, scheduler, dataloader, batch_sampler, contrastive_loss
+    return {
+        "model": model,
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "dataloader": dataloader,
+        "batch_sampler": batch_sampler,
+        "contrastive_loss": contrastive_loss,
+    }
 
 
 def _resume(run: TrainingRun, resume: str) -> None:
