@@ -36,6 +36,7 @@ from .features.extract import ExtractionConfig, extract_slides
 from .files import write_json
 from .settings import SettingsParser, option, run_main
 from .training.arguments import DataArguments, ModelArguments, TrainArguments
+from .training.checkpointing import latest_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,6 @@ class PipelineState:
 def _stage_settings(settings: PipelineSettings, paths: dict[str, Path]) -> PipelineSettings:
     """The stages' settings with what the pipeline manages filled in."""
     seed, training = settings.options.seed, settings.training
-    checkpoints = paths["model"].parent / "checkpoints"
     return replace(
         settings,
         extraction=replace(settings.extraction, seed=seed),
@@ -133,7 +133,7 @@ def _stage_settings(settings: PipelineSettings, paths: dict[str, Path]) -> Pipel
             output_dir=str(paths["model"].parent),
             seed=seed,
             save_steps=max(1, training.max_steps // 4),
-            resume_from_checkpoint="latest" if any(checkpoints.glob("*_*")) else None,
+            resume_from_checkpoint="latest" if latest_checkpoint(paths["model"].parent) else None,
             overwrite_output_dir=False,
         ),
     )

@@ -37,3 +37,15 @@ def strict_json(text: str):
 @pytest.fixture
 def load_strict_json():
     return strict_json
+
+
+def _tiny_config(**overrides):
+    from giga_ssl_hf import GigaSSLConfig
+
+    return GigaSSLConfig(**{"feature_dim": 8, "hidden_dim": 16, "projection_dims": (16, 16, 8), **overrides})
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """A factory of tiny GigaSSLConfigs (8 features -> 16 -> projection 16, 16, 8); keywords override."""
+    return _tiny_config

@@ -97,7 +97,7 @@ class TrainArguments:
 
     output_dir: str | None = option(
         None,
-        "Checkpoints go to OUTPUT_DIR/checkpoints/step_*, the exported encoder to OUTPUT_DIR/final.",
+        "Checkpoints go to OUTPUT_DIR/checkpoints/checkpoint_<step>, the exported encoder to OUTPUT_DIR/final.",
         required=True,
     )
     batch_size: int = option(256, "Slides per batch per process (2 views each).")
@@ -115,13 +115,15 @@ class TrainArguments:
     mixed_precision: Literal["no", "fp16", "bf16"] = option("no", "no, fp16 or bf16 (through Accelerate).")
     seed: int = option(0, "Seed of the data order, the views and the initialisation.")
     save_steps: int = option(500, "Save a resumable checkpoint every N steps (0: never).")
-    save_total_limit: int | None = option(3, "Keep at most this many checkpoints.")
+    save_total_limit: int | None = option(3, "Keep at most this many checkpoints, the newest (0: all).")
     overwrite_output_dir: bool = option(
         False,
         "Start afresh in an OUTPUT_DIR that holds an earlier run (its model and checkpoints are deleted).",
     )
     resume_from_checkpoint: str | None = option(
-        None, "'latest' (newest OUTPUT_DIR/checkpoints/step_*) or a checkpoint path."
+        None,
+        "'latest' (OUTPUT_DIR/checkpoints/checkpoint_<step> of the highest step; step_<step> folders of earlier "
+        "versions count too) or a checkpoint path.",
     )
     logging_steps: int = option(10, "Log loss, lr and embedding std every N steps.")
     report_to: Literal["tensorboard", "none"] = option("tensorboard", "tensorboard or none.")
@@ -146,7 +148,7 @@ DESCRIPTION = """Slide-level SimCLR pretraining of the Giga-SSL encoder on a til
 augmentations (giga-ssl extract --both). Each step draws two views per slide (one augmentation, --n-tiles
 tiles, a random rotation / flip / scale of their grid), encodes them with SparseConvMIL and minimises
 NT-Xent. Runs on one CPU or GPU, or under `accelerate launch` / torchrun on many. Checkpoints go to
-OUTPUT_DIR/checkpoints/step_*, the exported encoder (AutoModel.from_pretrained) to OUTPUT_DIR/final.
+OUTPUT_DIR/checkpoints/checkpoint_<step>, the exported encoder (AutoModel.from_pretrained) to OUTPUT_DIR/final.
 
 Options come from --config (YAML or JSON, same names with underscores) and the command line, which wins."""
 

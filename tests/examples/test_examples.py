@@ -114,7 +114,7 @@ def test_03_train_in_process_and_yaml_with_cli(tmp_path, monkeypatch, capsys):
     assert summary["steps"] == 8 and np.isfinite(summary["final_loss"])
     assert summary["arguments"]["temperature"] == 0.1 and summary["arguments"]["batch_size"] == 16
     assert result["embedding_shape"] == [64]
-    assert (out / "run" / "checkpoints" / "step_8").is_dir()
+    assert (out / "run" / "checkpoints" / "checkpoint_8").is_dir()
 
     # examples/train_tiny.yaml as `giga-ssl train --config` reads it, from the folder holding examples_output/.
     monkeypatch.chdir(tmp_path)

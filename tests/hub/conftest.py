@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from giga_ssl_hf import GigaSSLConfig, GigaSSLForContrastivePretraining
+from giga_ssl_hf import GigaSSLForContrastivePretraining
 from giga_ssl_hf.contracts import write_metadata
 from giga_ssl_hf.contracts.slide_embeddings import embeddings_dataset
 from giga_ssl_hf.hub.push import push_embeddings, push_model
@@ -35,10 +35,6 @@ METADATA = {
     "seed": 0,
     "tile_encoder": "resnet18-layer3",
 }
-
-
-def tiny_config(**overrides) -> GigaSSLConfig:
-    return GigaSSLConfig(**{"feature_dim": 8, "hidden_dim": 16, "projection_dims": (16, 16, 8), **overrides})
 
 
 def trained_like(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -77,7 +73,7 @@ def _no_network(monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory) -> Path:
+def model_dir(tmp_path_factory, tiny_config) -> Path:
     """A pretraining checkpoint folder (encoder + SimCLR head) with a training summary, as training writes it."""
     folder = tmp_path_factory.mktemp("trained")
     trained_like(GigaSSLForContrastivePretraining(tiny_config())).save_pretrained(folder)

@@ -9,7 +9,7 @@ from huggingface_hub import DatasetCard, ModelCard
 
 from giga_ssl_hf.hub.cards import dataset_card, model_card
 
-from .conftest import DATASET_REPO, METADATA, MODEL_REPO, tiny_config
+from .conftest import DATASET_REPO, METADATA, MODEL_REPO
 
 
 def test_model_card_metadata_and_sections(dry_runs):
@@ -41,7 +41,7 @@ def test_the_model_cards_snippet_runs(dry_runs):
     assert namespace["embedding"].shape == (1, 16) and torch.isfinite(namespace["embedding"]).all()
 
 
-def test_a_training_summary_with_history_and_nested_arguments():
+def test_a_training_summary_with_history_and_nested_arguments(tiny_config):
     summary = {
         "steps": 120,
         "final_loss": 2.5,
@@ -55,14 +55,14 @@ def test_a_training_summary_with_history_and_nested_arguments():
     assert '"n_tiles": 5' in text and '"encoder": "resnet18"' in text  # nested records in a details block
 
 
-def test_model_card_without_summary_describes_the_method():
+def test_model_card_without_summary_describes_the_method(tiny_config):
     text = str(model_card(tiny_config(fixed_grid_cell_size=True, grid_size_mode="batch"), "org/name"))
     assert "No training summary" in text and "temperature 0.05" in text
     assert "level-0 coordinates / 224 px" in text and "over the whole batch" in text
     assert "patch_size_level0" not in text.split("## How to use")[1].split("```")[1]
 
 
-def test_model_card_documents_tile_embeddings():
+def test_model_card_documents_tile_embeddings(tiny_config):
     text = str(model_card(tiny_config(), "org/name"))
     usage = text.split("## How to use")[1].split("## Reference results")[0]
     assert "output_tile_embeddings=True" in usage and "`(batch, n_tiles, 16)`" in usage
@@ -115,7 +115,7 @@ def test_cards_do_not_publish_local_paths():
     assert "/home/alice" not in card and "(local) final" in card
 
 
-def test_model_card_names_the_tile_encoder_and_its_intended_use():
+def test_model_card_names_the_tile_encoder_and_its_intended_use(tiny_config):
     record = {
         "name": "uni",
         "source": "MahmoodLab/UNI",

@@ -16,7 +16,7 @@ from giga_ssl_hf import GigaSSLForContrastivePretraining, GigaSSLModel, load_emb
 from giga_ssl_hf.cli import main as cli_main
 from giga_ssl_hf.hub import push
 
-from .conftest import DATASET_REPO, METADATA, MODEL_REPO, tiny_config, trained_like
+from .conftest import DATASET_REPO, METADATA, MODEL_REPO, trained_like
 
 MODEL_FILES = {
     "README.md",
@@ -41,7 +41,7 @@ def test_model_dry_run_holds_the_encoder_with_remote_code(dry_runs, model_dir):
     assert all(torch.equal(weights[key], value) for key, value in expected.items())
 
 
-def test_model_dry_run_from_an_encoder_folder(tmp_path):
+def test_model_dry_run_from_an_encoder_folder(tmp_path, tiny_config):
     trained_like(GigaSSLModel(tiny_config())).save_pretrained(tmp_path / "encoder")
     assert (
         cli_main(

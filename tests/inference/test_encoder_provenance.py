@@ -101,7 +101,7 @@ def test_train_init_from_refuses_features_of_another_encoder_unless_allowed(two_
     ]
     assert train.main([*args, "--output_dir", str(two_encoders / "continued")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "train --init_from: the tile features come from" in err
+    assert len(err.splitlines()) == 1 and "train --init-from: the tile features come from" in err
     assert train.main([*args, "--output_dir", str(two_encoders / "allowed"), "--allow_encoder_mismatch"]) == 0
     # Continued on the other features: the new model records the encoder it was trained on last.
     config = json.loads((two_encoders / "allowed" / "final" / "config.json").read_text())

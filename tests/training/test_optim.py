@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from giga_ssl_hf.training.losses import NTXentLoss
-from giga_ssl_hf.training.optim import LARS, build_optimizer, warmup_cosine
+from giga_ssl_hf.training.optim import LARS, build_optimizer, follow_resumed_schedule, warmup_cosine
 
 
 def test_warmup_then_cosine_to_zero():
@@ -45,6 +45,51 @@ def test_lars_trains_a_linear_model():
     assert isinstance(build_optimizer(model, "lars", lr=0.1, weight_decay=5e-4), LARS)
     with pytest.raises(ValueError, match="optimizer"):
         build_optimizer(model, "sgd", lr=1.0, weight_decay=0.0)
+
+
+def _model_with_norms():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 2)
+    )
+
+
+def test_adam_leaves_biases_and_normalisation_parameters_without_weight_decay():
+    model = _model_with_norms()
+    optimizer = build_optimizer(model, "adam", lr=0.1, weight_decay=0.5)
+    decay = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    assert [decay[id(p)] for p in model.parameters()] == [
+        0.5 if p.ndim > 1 else 0.0 for p in model.parameters()
+    ]
+    before = [p.detach().clone() for p in model.parameters()]
+    for parameter in model.parameters():
+        parameter.grad = torch.zeros_like(parameter)
+    optimizer.step()  # zero gradients: only weight decay moves a parameter
+    for old, new in zip(before, model.parameters()):
+        assert torch.equal(old, new) == (new.ndim == 1), new.shape
+
+
+def test_a_one_group_adam_state_of_earlier_versions_resumes_in_the_weight_decay_groups():
+    model = _model_with_norms()
+    earlier = torch.optim.Adam(model.parameters(), lr=0.1, weight_decay=0.5)  # what earlier versions built
+    earlier_schedule = torch.optim.lr_scheduler.LambdaLR(earlier, warmup_cosine(2, 10))
+    for _ in range(3):
+        for parameter in model.parameters():
+            parameter.grad = torch.randn_like(parameter)
+        earlier.step()
+        earlier_schedule.step()
+    optimizer = build_optimizer(model, "adam", lr=0.1, weight_decay=0.5)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(2, 10))
+    optimizer.load_state_dict(earlier.state_dict())
+    schedule.load_state_dict(earlier_schedule.state_dict())
+    follow_resumed_schedule(schedule)
+    for parameter in model.parameters():
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(optimizer.state[parameter][name], earlier.state[parameter][name]), name
+    assert sorted(group["weight_decay"] for group in optimizer.param_groups) == [0.0, 0.5]
+    schedule.step()
+    earlier_schedule.step()
+    assert {group["lr"] for group in optimizer.param_groups} == {earlier.param_groups[0]["lr"]}
 
 
 def test_nt_xent_module_prefers_aligned_views():

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -80,7 +81,7 @@ def test_resume_reproduces_an_uninterrupted_run(synthetic_features, tmp_path, ac
     features, _ = synthetic_features
     common = ("--max_steps", "8", *accumulation, "--save_steps", "4", "--learning_rate", "0.01")
     run_train(features, tmp_path / "straight", *common)
-    checkpoint = tmp_path / "straight" / "checkpoints" / "step_4"
+    checkpoint = tmp_path / "straight" / "checkpoints" / "checkpoint_4"
     run_train(features, tmp_path / "resumed", *common, "--resume_from_checkpoint", str(checkpoint))
 
     straight = load_file(tmp_path / "straight" / "final" / "model.safetensors")
@@ -89,10 +90,10 @@ def test_resume_reproduces_an_uninterrupted_run(synthetic_features, tmp_path, ac
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
     optimizer_a = torch.load(
-        tmp_path / "straight" / "checkpoints" / "step_8" / "optimizer.bin", weights_only=True
+        tmp_path / "straight" / "checkpoints" / "checkpoint_8" / "optimizer.bin", weights_only=True
     )
     optimizer_b = torch.load(
-        tmp_path / "resumed" / "checkpoints" / "step_8" / "optimizer.bin", weights_only=True
+        tmp_path / "resumed" / "checkpoints" / "checkpoint_8" / "optimizer.bin", weights_only=True
     )
     for index, state in optimizer_a["state"].items():
         for name, value in state.items():
@@ -220,21 +221,57 @@ def test_layer4_initialised_from_a_resnet18_weights_file(tmp_path):
 
 
 def test_bf16_mixed_precision_trains(synthetic_features, tmp_path):
+    """In a process of its own: Accelerate fixes the mixed precision once per process."""
     features, _ = synthetic_features
-    summary = run_train(
-        features,
-        tmp_path / "run",
-        "--mixed_precision",
-        "bf16",
-        "--batch_size",
-        "8",
-        "--max_steps",
-        "3",
-        "--save_steps",
-        "0",
-    )
+    command = [
+        sys.executable, "-m", "giga_ssl_hf.training.train",
+        "--features", str(features), "--output_dir", str(tmp_path / "run"), *TINY,
+        "--mixed_precision", "bf16", "--batch_size", "8", "--max_steps", "3", "--save_steps", "0",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "final" / "training_summary.json").read_text())
     assert summary["steps"] == 3 and np.isfinite(summary["final_loss"])
     assert GigaSSLModel.from_pretrained(tmp_path / "run" / "final").dtype == torch.float32
+
+
+def test_another_mixed_precision_in_the_same_process_is_refused(synthetic_features, tmp_path, capsys):
+    features, _ = synthetic_features
+    run_train(features, tmp_path / "first", "--batch_size", "8", "--max_steps", "1", "--save_steps", "0")
+    argv = ["--features", str(features), "--output_dir", str(tmp_path / "second"), *TINY, "--batch_size", "8"]
+    assert main([*argv, "--max_steps", "1", "--mixed_precision", "bf16"]) == 2
+    err = capsys.readouterr().err
+    assert "--mixed-precision bf16: this process already trained with mixed precision 'no'" in err
+    assert "train in a new process" in err and not (tmp_path / "second" / "final").exists()
+
+
+@pytest.mark.slow
+def test_checkpoints_named_before_the_switch_resume_with_latest(synthetic_features, tmp_path):
+    """Earlier versions saved OUTPUT_DIR/checkpoints/step_<step> (save_state at that path): `latest` resumes
+    them, and Accelerate's pruning orders both namings by step."""
+    features, _ = synthetic_features
+    # Weight decay 0: one Adam parameter group, as earlier versions saved (the upgrade of their one-group
+    # state to the weight-decay groups is test_optim's).
+    common = ("--max_steps", "8", "--batch_size", "16", "--save_steps", "4", "--weight_decay", "0")
+    run_train(features, tmp_path / "straight", *common)
+    legacy = tmp_path / "legacy" / "checkpoints"
+    legacy.mkdir(parents=True)
+    shutil.copytree(tmp_path / "straight" / "checkpoints" / "checkpoint_4", legacy / "step_4")
+    summary = run_train(
+        features,
+        tmp_path / "legacy",
+        *common,
+        "--save_total_limit",
+        "1",
+        "--resume_from_checkpoint",
+        "latest",
+    )
+    assert summary["steps"] == 8 and [step for step, _ in summary["loss_history"]] == [5, 6, 7, 8]
+    assert sorted(path.name for path in legacy.iterdir()) == ["checkpoint_8"]  # step_4 pruned first
+    straight = load_file(tmp_path / "straight" / "final" / "model.safetensors")
+    resumed = load_file(tmp_path / "legacy" / "final" / "model.safetensors")
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
 
 
 def test_tensorboard_logs_loss_lr_and_embedding_std(synthetic_features, tmp_path):

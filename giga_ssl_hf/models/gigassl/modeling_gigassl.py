@@ -363,7 +363,6 @@ class GigaSSLModel(GigaSSLPreTrainedModel):
         patch_size_level0: int | torch.Tensor | None = None,
         output_tile_embeddings: bool = False,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> GigaSSLModelOutput | tuple:
         r"""
         Args:
@@ -418,6 +417,23 @@ class GigaSSLForContrastivePretraining(GigaSSLPreTrainedModel):
         self.projection_head = GigaSSLProjectionHead(config)
         self.post_init()
 
+    @staticmethod
+    def _check_views(
+        tile_coords: torch.Tensor, shape: tuple[int, int, int], return_loss: bool | None
+    ) -> bool:
+        """Whether to compute the loss (by default: with two views); raises on shapes that do not fit."""
+        batch, n_views, n_tiles = shape
+        if return_loss is None:
+            return_loss = n_views == 2
+        if return_loss and n_views != 2:
+            raise ValueError(f"the contrastive loss needs exactly 2 views per slide, got {n_views}")
+        if tile_coords.shape[:3] != shape:
+            raise ValueError(
+                f"tile_coords must be (batch, n_views, n_tiles, 2) = {(batch, n_views, n_tiles, 2)}, "
+                f"got {tuple(tile_coords.shape)}"
+            )
+        return return_loss
+
     def forward(
         self,
         tile_features: torch.Tensor,
@@ -426,7 +442,6 @@ class GigaSSLForContrastivePretraining(GigaSSLPreTrainedModel):
         patch_size_level0: int | torch.Tensor | None = None,
         return_loss: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> GigaSSLContrastiveOutput | tuple:
         r"""
         Args:
@@ -447,15 +462,7 @@ class GigaSSLForContrastivePretraining(GigaSSLPreTrainedModel):
             tile_features, tile_coords = tile_features[:, None], tile_coords[:, None]
             tile_mask = None if tile_mask is None else tile_mask[:, None]
         batch, n_views, n_tiles = tile_features.shape[:3]
-        if return_loss is None:
-            return_loss = n_views == 2
-        if return_loss and n_views != 2:
-            raise ValueError(f"the contrastive loss needs exactly 2 views per slide, got {n_views}")
-        if tile_coords.shape[:3] != (batch, n_views, n_tiles):
-            raise ValueError(
-                f"tile_coords must be (batch, n_views, n_tiles, 2) = {(batch, n_views, n_tiles, 2)}, "
-                f"got {tuple(tile_coords.shape)}"
-            )
+        return_loss = self._check_views(tile_coords, (batch, n_views, n_tiles), return_loss)
         if patch_size_level0 is not None:
             patch_size_level0 = torch.as_tensor(patch_size_level0, device=tile_features.device).reshape(-1)
             patch_size_level0 = patch_size_level0.expand(batch).repeat_interleave(n_views)

@@ -8,9 +8,8 @@ exist (an isolated tile costs one row, never nine): the centre offset as one mat
 together as one gather -> batched matmul -> scatter-add over a padded :class:`PairTable`.
 
 Within one kernel offset every output site receives at most one input row and every input row feeds at
-most one output site; on CUDA the scatter-add runs offset by offset, so each ``index_add_`` writes distinct
-rows and the result does not depend on the order of atomic additions (forward and backward alike); the
-CPU's ``index_add_`` is sequential, hence deterministic in one call.
+most one output site, so the scatter-adds are deterministic on CPU and CUDA, forward and backward alike
+(:func:`_scatter_rows` says how).
 
 Semantics follow facebookresearch/SparseConvNet as used by the original Giga-SSL (2-D, no bias):
 
@@ -178,16 +177,10 @@ class SparseGrid:
         candidates_t = torch.cat(candidates)
         sources_t, offsets_t = torch.cat(sources), torch.cat(offsets)
         out_spatial = (self.spatial_size - 3) // 2 + 1
-        unique_keys, output_rows, first = _unique_sites(
-            _pack_keys(candidates_t[:, 0], candidates_t[:, 1:], out_spatial)
-        )
+        out_keys = _pack_keys(candidates_t[:, 0], candidates_t[:, 1:], out_spatial)
+        unique_keys, output_rows, first = _unique_sites(out_keys)
         sites = candidates_t[first]
-        out_grid = SparseGrid(
-            batch=sites[:, 0],
-            xy=sites[:, 1:],
-            features=self.features.new_empty((0,)),
-            spatial_size=out_spatial,
-        )
+        out_grid = SparseGrid(sites[:, 0], sites[:, 1:], self.features.new_empty((0,)), out_spatial)
         out_grid._cache["keys"] = unique_keys
         order = torch.argsort(offsets_t, stable=True)
         counts = torch.bincount(offsets_t, minlength=9).tolist()
@@ -297,10 +290,8 @@ class _PairwiseConv(torch.autograd.Function):
         device_type = features.device.type
         # Under autocast every product runs in the autocast dtype; the output buffer must match it, and the
         # backward (which autocast does not cover) reuses the same dtype.
-        if torch.is_autocast_enabled(device_type):
-            compute_dtype = torch.get_autocast_dtype(device_type)
-        else:
-            compute_dtype = features.dtype
+        autocast = torch.is_autocast_enabled(device_type)
+        compute_dtype = torch.get_autocast_dtype(device_type) if autocast else features.dtype
         ctx.dtypes = (features.dtype, None if weights is None else weights.dtype)
         features = features.to(compute_dtype)
         weights = None if weights is None else weights.to(compute_dtype)
@@ -331,10 +322,9 @@ class _PairwiseConv(torch.autograd.Function):
         grad_output = grad_output.to(features.dtype)
         grad_features = grad_weights = None
         if need_features:
-            if centre is None:
-                grad_features = features.new_zeros(features.shape)
-            else:
-                grad_features = grad_output @ weights[centre].T
+            grad_features = (
+                features.new_zeros(features.shape) if centre is None else grad_output @ weights[centre].T
+            )
         if need_weights:
             grad_weights = weights.new_zeros(weights.shape)
             if centre is not None:
@@ -374,12 +364,8 @@ class SubmanifoldConv2d(_SparseConvBase):
     def forward(self, grid: SparseGrid) -> SparseGrid:
         weights = _offset_weights(self.weight)  # (k*k, C_in, C_out)
         centre = (self.kernel_size * self.kernel_size) // 2
-        n = grid.batch.numel()
-        if self.kernel_size > 1:
-            table = grid.submanifold_table(self.kernel_size)
-        else:
-            table = PairTable.from_pairs([None], n, grid.batch.device)
-        output = _PairwiseConv.apply(grid.features, weights, table, n, centre)
+        table = grid.submanifold_table(self.kernel_size)  # 1x1: the centre alone, an empty table
+        output = _PairwiseConv.apply(grid.features, weights, table, grid.batch.numel(), centre)
         return grid.with_features(output)
 
 

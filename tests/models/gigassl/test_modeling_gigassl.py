@@ -13,12 +13,6 @@ from giga_ssl_hf.models.gigassl import nt_xent_loss
 PATCH = 448  # level-0 px per tile, as for 224 px tiles at level 1 of a 20x-per-level pyramid
 
 
-def tiny_config(**overrides):
-    values = dict(feature_dim=8, hidden_dim=16, projection_dims=(16, 16, 8))
-    values.update(overrides)
-    return GigaSSLConfig(**values)
-
-
 def random_slide(n_tiles, generator, grid=12, dim=8):
     """Tiles on a grid (level-0 px, multiples of PATCH) with random features."""
     cells = torch.randint(0, grid, (n_tiles, 2), generator=generator)
@@ -26,7 +20,7 @@ def random_slide(n_tiles, generator, grid=12, dim=8):
 
 
 @pytest.fixture(params=["sparse_conv", "mlp"])
-def eval_model(request):
+def eval_model(request, tiny_config):
     torch.manual_seed(0)
     model = GigaSSLModel(tiny_config(encoder_type=request.param))
     # Non-trivial running statistics, as after training.
@@ -157,7 +151,7 @@ def test_distinct_tile_embeddings_average_to_the_slide_embedding(eval_model, sha
     torch.testing.assert_close(distinct.mean(dim=0), out.slide_embedding[0], rtol=1e-5, atol=1e-6)
 
 
-def test_a_site_reached_only_through_its_window_edge_belongs_to_no_tile():
+def test_a_site_reached_only_through_its_window_edge_belongs_to_no_tile(tiny_config):
     """Tiles at cells (0, 0) and (2, 2): the stride-2 windows of sites (0, 1), (1, 0) hold no tile's own cell."""
     model = _trained_like(GigaSSLModel(tiny_config()))
     features, coords = torch.randn(2, 8), torch.tensor([[0, 0], [2, 2]]) * PATCH
@@ -169,7 +163,7 @@ def test_a_site_reached_only_through_its_window_edge_belongs_to_no_tile():
     torch.testing.assert_close(grid.features.mean(dim=0), out.slide_embedding[0])
 
 
-def test_patch_size_sets_the_grid_cell():
+def test_patch_size_sets_the_grid_cell(tiny_config):
     model = GigaSSLModel(tiny_config()).eval()
     generator = torch.Generator().manual_seed(4)
     features, cells = (
@@ -189,7 +183,7 @@ def test_patch_size_sets_the_grid_cell():
     assert not torch.allclose(spaced, at_224)
 
 
-def test_batch_grid_mode_couples_slides_but_matches_per_slide_alone():
+def test_batch_grid_mode_couples_slides_but_matches_per_slide_alone(tiny_config):
     per_slide = GigaSSLModel(tiny_config()).eval()
     batch_mode = GigaSSLModel(tiny_config(grid_size_mode="batch")).eval()
     batch_mode.load_state_dict(per_slide.state_dict())
@@ -199,7 +193,7 @@ def test_batch_grid_mode_couples_slides_but_matches_per_slide_alone():
     assert embed(batch_mode, [small, large]).shape == (2, 16)
 
 
-def test_padding_has_no_effect_on_gradients_or_training_statistics():
+def test_padding_has_no_effect_on_gradients_or_training_statistics(tiny_config):
     torch.manual_seed(0)
     model = GigaSSLModel(tiny_config()).train()
     twin = GigaSSLModel(tiny_config()).train()
@@ -228,7 +222,7 @@ def test_padding_has_no_effect_on_gradients_or_training_statistics():
         (torch.randn(2, 5, 8), torch.zeros(2, 5, 2), torch.tensor([[True] * 5, [False] * 5]), "masked"),
     ],
 )
-def test_bad_inputs_raise_clear_errors(features, coords, mask, message):
+def test_bad_inputs_raise_clear_errors(features, coords, mask, message, tiny_config):
     model = GigaSSLModel(tiny_config())
     with pytest.raises(ValueError, match=message):
         model(features, coords, tile_mask=mask)
@@ -254,7 +248,7 @@ def test_invalid_config_values_name_the_field(field, value):
         GigaSSLConfig(**{field: value})
 
 
-def test_load_layer4_weights_from_torchvision_resnet18():
+def test_load_layer4_weights_from_torchvision_resnet18(tiny_config):
     import torchvision
 
     resnet = torchvision.models.resnet18(weights=None)
@@ -285,7 +279,7 @@ def test_nt_xent_loss_matches_its_definition():
 
 
 @pytest.mark.parametrize("encoder_type", ["sparse_conv", "mlp"])
-def test_contrastive_model_returns_loss_and_learns(encoder_type):
+def test_contrastive_model_returns_loss_and_learns(encoder_type, tiny_config):
     torch.manual_seed(0)
     model = GigaSSLForContrastivePretraining(tiny_config(encoder_type=encoder_type, temperature=0.1))
     generator = torch.Generator().manual_seed(8)
@@ -319,7 +313,7 @@ def _trained_like(model):
     return model.eval()
 
 
-def test_save_pretrained_and_auto_model_round_trip(tmp_path):
+def test_save_pretrained_and_auto_model_round_trip(tmp_path, tiny_config):
     model = _trained_like(GigaSSLModel(tiny_config()))
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists()
@@ -341,7 +335,7 @@ def test_save_pretrained_and_auto_model_round_trip(tmp_path):
         )
 
 
-def test_encoder_loads_from_a_pretraining_checkpoint(tmp_path):
+def test_encoder_loads_from_a_pretraining_checkpoint(tmp_path, tiny_config):
     pretraining = _trained_like(GigaSSLForContrastivePretraining(tiny_config()))
     pretraining.save_pretrained(tmp_path)
     encoder = GigaSSLModel.from_pretrained(tmp_path).eval()
@@ -349,7 +343,7 @@ def test_encoder_loads_from_a_pretraining_checkpoint(tmp_path):
         assert torch.equal(a, b), name
 
 
-def test_remote_code_loads_without_the_package(tmp_path):
+def test_remote_code_loads_without_the_package(tmp_path, tiny_config):
     model = _trained_like(GigaSSLModel(tiny_config()))
     model.save_pretrained(tmp_path / "model")
     generator = torch.Generator().manual_seed(11)
@@ -383,7 +377,7 @@ def test_remote_code_loads_without_the_package(tmp_path):
 
 
 @pytest.mark.parametrize("encoder_type", ["sparse_conv", "mlp"])
-def test_bf16_autocast_training_step(encoder_type):
+def test_bf16_autocast_training_step(encoder_type, tiny_config):
     """Mixed precision (accelerate --mixed_precision bf16) trains: fp32 gradients, a loss close to fp32's."""
     torch.manual_seed(0)
     model = GigaSSLForContrastivePretraining(tiny_config(encoder_type=encoder_type, temperature=0.5))
@@ -413,3 +407,12 @@ def test_saved_weights_get_the_umask_mode_like_the_other_files(tmp_path):
         os.umask(umask)
     modes = {path.name: path.stat().st_mode & 0o777 for path in tmp_path.iterdir()}
     assert modes["model.safetensors"] == 0o644 and set(modes.values()) == {0o644}, modes
+
+
+@pytest.mark.parametrize("model_class", [GigaSSLModel, GigaSSLForContrastivePretraining])
+def test_a_misspelt_argument_is_refused(model_class, tiny_config):
+    """`tile_masks=` for `tile_mask=` would leave the padding unmasked if it were ignored."""
+    model = model_class(tiny_config()).eval()
+    features, coords = torch.randn(1, 3, 8), torch.tensor([[[0, 0], [448, 0], [0, 448]]])
+    with pytest.raises(TypeError, match="tile_masks"):
+        model(features, coords, tile_masks=torch.tensor([[True, True, False]]))
