@@ -79,7 +79,9 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         text = action.help or ""
         default = action.default
         # isinstance, not `in (False, True)`: 0 == False, and a default of 0 is worth showing
-        shown = not (default is None or isinstance(default, bool) or default == argparse.SUPPRESS or default == ())
+        shown = not (
+            default is None or isinstance(default, bool) or default == argparse.SUPPRESS or default == ()
+        )
         if shown and action.option_strings and "%(default)" not in text and action.nargs != 0:
             text += " (default: %(default)s)"
         return text

@@ -154,7 +154,9 @@ def evaluate_fixed_splits(
     return _probe(task, split_set, splits, dropped, train_sizes, seed)
 
 
-def evaluate_kfold(task: AlignedTask, folds: int, train_sizes: list[TrainSize], seed: int) -> list[ProbeResult]:
+def evaluate_kfold(
+    task: AlignedTask, folds: int, train_sizes: list[TrainSize], seed: int
+) -> list[ProbeResult]:
     """Probe with a seeded stratified k-fold over the labelled slides that have an embedding."""
     dropped = no_drops()
     rows, y = task.select(list(task.class_of), dropped)

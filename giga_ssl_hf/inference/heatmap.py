@@ -22,7 +22,12 @@ import numpy as np
 
 from giga_ssl_hf.contracts import NO_AUGMENTATION, TILE_SCORES_FILENAME
 from giga_ssl_hf.inference.embed_folder import load_model, model_identity
-from giga_ssl_hf.inference.heatmap_plot import render_tile_scores, save_figure, score_label, write_scores_table
+from giga_ssl_hf.inference.heatmap_plot import (
+    render_tile_scores,
+    save_figure,
+    score_label,
+    write_scores_table,
+)
 from giga_ssl_hf.runtime import resolve_device
 from giga_ssl_hf.settings import SettingsParser, flag_of, option, run_main
 
@@ -226,7 +231,9 @@ def build_parser() -> SettingsParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(build_parser(), lambda settings: 1 if write_heatmaps(settings) else 0, argv, usage_exit=True)
+    return run_main(
+        build_parser(), lambda settings: 1 if write_heatmaps(settings) else 0, argv, usage_exit=True
+    )
 
 
 if __name__ == "__main__":

@@ -42,8 +42,15 @@ class _SharedPasses:
     """Views of several slides gathered into one forward pass, each slide's embedding written when it runs."""
 
     def __init__(self, model, embeddings: np.ndarray, patch_sizes: np.ndarray, max_views: int):
-        self.model, self.embeddings, self.patch_sizes, self.max_views = model, embeddings, patch_sizes, max_views
-        self.pending: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []  # (slide, features, coords, mask)
+        self.model, self.embeddings, self.patch_sizes, self.max_views = (
+            model,
+            embeddings,
+            patch_sizes,
+            max_views,
+        )
+        self.pending: list[
+            tuple[int, np.ndarray, np.ndarray, np.ndarray]
+        ] = []  # (slide, features, coords, mask)
 
     def add(self, slide: int, features: np.ndarray, coords: np.ndarray, mask: np.ndarray) -> None:
         if sum(len(p[1]) for p in self.pending) + len(features) > self.max_views:
