@@ -44,6 +44,13 @@ def flag_of(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def require(settings: Any, *names: str) -> None:
+    """In a ``__post_init__``: a ValueError naming the flag of the first field of ``names`` left unset."""
+    for name in names:
+        if not getattr(settings, name):
+            raise ValueError(f"{flag_of(name)} is required")
+
+
 def fail(prog: str, message: str, code: int = 2) -> int:
     """Report a user error as one line (no traceback) and return the exit code."""
     print(f"{prog}: error: {message}", file=sys.stderr)

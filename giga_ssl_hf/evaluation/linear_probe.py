@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from giga_ssl_hf.settings import SettingsParser, flag_of, option, run_main
+from giga_ssl_hf.settings import SettingsParser, option, require, run_main
 
 DEFAULT_FOLDS = 5
 
@@ -90,8 +90,7 @@ class EvaluateSettings:
     )
 
     def __post_init__(self):
-        if not self.embeddings:
-            raise ValueError(f"{flag_of('embeddings')} is required")
+        require(self, "embeddings")
         if (self.labels is None) == (self.task is None):
             raise ValueError(
                 "give --labels CSV... or --task NAME... (labels and splits inside the embeddings repo)"

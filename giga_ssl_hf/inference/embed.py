@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..settings import SettingsParser, flag_of, option, run_main
+from ..settings import SettingsParser, flag_of, option, require, run_main
 from .embed_folder import embed_to_folder, load_model, save_embeddings
 from .slides import embed_tile_dataset
 from .views import Strategy, embed_slide, view_indices
@@ -33,14 +33,17 @@ __all__ = [
 ]
 
 
+# The inputs of embed and heatmap.
+MODEL_HELP = "Trained model folder or Hub repo id. Required."
+FEATURES_HELP = "Exhaustive tile-feature Dataset, or a giga-ssl extract folder. Required."
+
+
 @dataclass
 class EmbedSettings:
     """giga-ssl embed's settings: the arguments of :func:`embed_to_folder`, and whether to replace ``out``."""
 
-    model: str | None = option(None, "Trained model folder or Hub repo id. Required.")
-    features: str | None = option(
-        None, "Exhaustive tile-feature Dataset, or a giga-ssl extract folder. Required."
-    )
+    model: str | None = option(None, MODEL_HELP)
+    features: str | None = option(None, FEATURES_HELP)
     out: str | None = option(None, "Output folder of the embeddings Dataset. Required.")
     strategy: Strategy = option(
         "random",
@@ -72,9 +75,7 @@ class EmbedSettings:
     )
 
     def __post_init__(self):
-        for name in ("model", "features", "out"):
-            if not getattr(self, name):
-                raise ValueError(f"{flag_of(name)} is required")
+        require(self, "model", "features", "out")
         if self.n_views < 1 or (self.n_tiles is not None and self.n_tiles < 1):
             raise ValueError(f"{flag_of('n_views')} and {flag_of('n_tiles')} must be positive")
 

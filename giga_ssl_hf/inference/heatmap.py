@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from giga_ssl_hf.contracts import NO_AUGMENTATION, TILE_SCORES_FILENAME
+from giga_ssl_hf.inference.embed import FEATURES_HELP, MODEL_HELP
 from giga_ssl_hf.inference.embed_folder import load_model, model_identity
 from giga_ssl_hf.inference.heatmap_plot import (
     render_tile_scores,
@@ -29,7 +30,7 @@ from giga_ssl_hf.inference.heatmap_plot import (
     write_scores_table,
 )
 from giga_ssl_hf.runtime import resolve_device
-from giga_ssl_hf.settings import SettingsParser, flag_of, option, run_main
+from giga_ssl_hf.settings import SettingsParser, option, require, run_main
 
 if TYPE_CHECKING:
     from giga_ssl_hf.evaluation.saved_probe import SavedProbe
@@ -43,10 +44,8 @@ logger = logging.getLogger(__name__)
 class HeatmapSettings:
     """giga-ssl heatmap's settings."""
 
-    model: str | None = option(None, "Trained model folder or Hub repo id. Required.")
-    features: str | None = option(
-        None, "Exhaustive tile-feature Dataset, or a giga-ssl extract folder. Required."
-    )
+    model: str | None = option(None, MODEL_HELP)
+    features: str | None = option(None, FEATURES_HELP)
     probe: Path | None = option(None, "Saved probe folder (evaluate --save-probe). Required.")
     out: Path | None = option(None, "Output folder. Required.")
     slides_dir: Path | None = option(None, "Folder of the slide files (file stem = slide_id).")
@@ -65,9 +64,7 @@ class HeatmapSettings:
     overwrite: bool = option(False, "Replace heatmaps already in --out.")
 
     def __post_init__(self):
-        for name in ("model", "features", "probe", "out"):
-            if not getattr(self, name):
-                raise ValueError(f"{flag_of(name)} is required")
+        require(self, "model", "features", "probe", "out")
         self.probe, self.out = Path(self.probe), Path(self.out)
         if self.max_tiles_per_pass < 1 or self.thumbnail_size < 64:
             raise ValueError("--max-tiles-per-pass must be positive and --thumbnail-size at least 64")
