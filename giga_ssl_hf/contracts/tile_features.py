@@ -153,8 +153,21 @@ def _flat_values(chunk: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 def without_indices_mapping(dataset: datasets.Dataset) -> datasets.Dataset:
-    """The Dataset with any ``select`` / ``shuffle`` mapping applied, so that ``dataset.data`` holds its rows."""
-    return dataset.flatten_indices() if dataset._indices is not None else dataset
+    """The Dataset with any ``select`` / ``shuffle`` / ``sort`` mapping applied, so that ``dataset.data`` holds its
+    rows in order.
+
+    ``datasets`` has no public "has an indices mapping" flag, and ``flatten_indices`` rewrites the whole table,
+    so it runs only when the table's rows are not the Dataset's: fewer of them, or the row keys
+    ``(slide_id, aug_id)``, read through the mapping, in another order (or not unique, so order cannot be told).
+    """
+    if len(dataset) == dataset.data.num_rows:
+        keys = ["slide_id", "aug_id"]
+        mapped = dataset.select_columns(keys).with_format("arrow")[:]
+        table = dataset.data.table.select(keys)
+        unique = len(set(zip(*(table.column(key).to_pylist() for key in keys)))) == len(dataset)
+        if unique and mapped.equals(table):
+            return dataset
+    return dataset.flatten_indices()
 
 
 @dataclass

@@ -1,10 +1,135 @@
-"""``giga-ssl evaluate``: the paper's linear-probe AUC on slide embeddings, from the command line."""
+"""``giga-ssl evaluate``: the paper's linear-probe AUC on slide embeddings, from the command line.
+
+Its settings are :class:`EvaluateSettings`, from which the command line is generated; the protocol is
+:func:`~giga_ssl_hf.evaluation.probe.evaluate_embeddings`, which the pipeline calls directly.
+"""
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from giga_ssl_hf.settings import SettingsParser, option, run_main
+
+DEFAULT_FOLDS = 5
+
+
+@dataclass
+class EvaluateSettings:
+    """giga-ssl evaluate's settings."""
+
+    embeddings: str | None = option(
+        None,
+        "Slide embeddings: a saved Dataset folder (slide_id, embedding), a folder with embeddings.npy + ids.npy, "
+        "or a Hub dataset repo id (read from the HF cache when HF_HUB_OFFLINE=1).",
+        metavar="SOURCE",
+        required=True,
+    )
+    task: tuple[str, ...] | None = option(
+        None,
+        "Task(s) whose labels (tables/NAME.csv) and split folders (splitdirs/NAME/, unless --splits or --folds "
+        "is given) are in the embeddings folder or Hub repo itself, as scripts/publish_tcga.py lays them out; "
+        "instead of --labels.",
+        metavar="NAME",
+    )
+    labels: tuple[str, ...] | None = option(
+        None,
+        "Labels CSV(s) with columns ID (slide ID) and label; other columns are ignored; each file is one task, "
+        "named after its file stem (this or --task is required).",
+        metavar="CSV",
+    )
+    splits: tuple[str, ...] | None = option(
+        None,
+        "Folder of split_k.csv files (columns train, test), or a folder of such folders (each is evaluated, "
+        "e.g. splitdirs/lung with full, 25p, 50, 100); one for all labels files or one per labels file. "
+        "Default: stratified k-fold (--folds).",
+        metavar="DIR",
+    )
+    # None: not given (with --task, the repo's split folders are then used); the k-fold's k is DEFAULT_FOLDS.
+    folds: int | None = option(
+        None, f"k of the stratified k-fold without --splits (default: {DEFAULT_FOLDS})."
+    )
+    train_sizes: str | None = option(
+        None,
+        "Comma-separated training-set sizes for few-shot curves: slides (50), percentages (25%) or 'full'; each "
+        "split's training set is subsampled, stratified and seeded, every class kept (default: full only).",
+        metavar="LIST",
+    )
+    seed: int = option(0, "Seed of the k-fold and of the subsampling.")
+    out: Path | None = option(None, "Write metrics.json, metrics.csv and PNG plots there.", metavar="DIR")
+    no_plots: bool = option(False, "With --out, skip the PNG plots.")
+    save_probe: Path | None = option(
+        None,
+        "After the evaluation, fit the probe on every labelled slide with an embedding and save it there "
+        "(probe.safetensors + probe.json: coefficients, intercept, classes, standardisation, the embedding "
+        "model; no pickle), for giga-ssl heatmap; with several labels files, one sub-folder per task.",
+        metavar="DIR",
+    )
+    overwrite_probe: bool = option(False, "Replace a probe already saved in --save-probe.")
+    standardize: bool = option(
+        False,
+        "Z-score each feature, scaler fit on each training split only (default: off, the paper's probe).",
+    )
+    C: str | None = option(
+        None,
+        "Inverse regularisation of the logistic regression (default: 10, the paper's); several values, "
+        "comma-separated: one chosen per split by inner cross-validation on its training slides.",
+        metavar="C[,C...]",
+    )
+    baseline: Literal["mean-pool"] | None = option(
+        None,
+        "Also probe a baseline on the same splits with the same probe: mean-pool, the mean of each slide's "
+        "exhaustive tile features (needs --features).",
+    )
+    features: str | None = option(
+        None,
+        "Exhaustive tile-feature Dataset (or giga-ssl extract folder) of the slides, for --baseline.",
+        metavar="DIR",
+    )
+
+    def __post_init__(self):
+        if (self.labels is None) == (self.task is None):
+            raise ValueError(
+                "give --labels CSV... or --task NAME... (labels and splits inside the embeddings repo)"
+            )
+        n_tasks = len(self.task_names)
+        if self.splits and len(self.splits) not in (1, n_tasks):
+            raise ValueError(
+                f"--splits: give one folder or one per labels file ({n_tasks}), not {len(self.splits)}"
+            )
+        if len(set(self.task_names)) != n_tasks:
+            raise ValueError(f"labels files must have distinct names (the task names), got {self.task_names}")
+        if self.folds is not None and self.folds < 2:
+            raise ValueError("--folds must be at least 2")
+        if self.baseline and not self.features:
+            raise ValueError(
+                "--baseline mean-pool needs --features DIR (the slides' exhaustive tile features)"
+            )
+        if self.features and not self.baseline:
+            raise ValueError("--features is only used by --baseline; add --baseline mean-pool")
+        if self.save_probe and self.C and "," in self.C:
+            raise ValueError(
+                "--save-probe saves one probe: give a single --C value (pick it with an evaluation first)"
+            )
+
+    @property
+    def task_names(self) -> list[str]:
+        """The tasks' names: the labels files' stems, or the --task names (their tables/NAME.csv)."""
+        return [Path(labels).stem for labels in self.labels] if self.labels else list(self.task)
+
+
+@dataclass
+class _Inputs:
+    """The labels files, and the split folder (or None: k-fold) of each, with the k-fold's k."""
+
+    labels: list[str]
+    splits: list[str | None]
+    folds: int
+    recorded_splits: list[str] | None  # as the run's config records them
+
 
 EPILOG = """\
 protocol (Giga-SSL paper): LogisticRegression(C=10, max_iter=1000, class_weight="balanced") on the slide
@@ -60,99 +185,16 @@ def task_inputs(embeddings: str, tasks: list[str]) -> tuple[list[str], list[str]
     return labels, splits
 
 
-def _given(argv: list[str] | None, flag: str) -> bool:
-    return any(arg == flag or arg.startswith(flag + "=") for arg in (sys.argv[1:] if argv is None else argv))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="giga-ssl evaluate",
-        description="Linear-probe AUC of slide embeddings on labelled tasks (the Giga-SSL paper's protocol).",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--embeddings",
-        required=True,
-        metavar="SOURCE",
-        help="slide embeddings: a saved Dataset folder (slide_id, embedding), a folder with embeddings.npy + "
-        "ids.npy, or a Hub dataset repo id (read from the HF cache when HF_HUB_OFFLINE=1)",
-    )
-    parser.add_argument(
-        "--task",
-        nargs="+",
-        metavar="NAME",
-        help="task(s) whose labels (tables/NAME.csv) and split folders (splitdirs/NAME/, unless --splits or "
-        "--folds is given) are in the embeddings folder or Hub repo itself, as scripts/publish_tcga.py lays "
-        "them out; instead of --labels",
-    )
-    parser.add_argument(
-        "--labels",
-        nargs="+",
-        metavar="CSV",
-        help="labels CSV(s) with columns ID (slide ID) and label; other columns are ignored; "
-        "each file is one task, named after its file stem (this or --task is required)",
-    )
-    parser.add_argument(
-        "--splits",
-        nargs="+",
-        metavar="DIR",
-        help="folder of split_k.csv files (columns train, test), or a folder of such folders (each is "
-        "evaluated, e.g. splitdirs/lung with full, 25p, 50, 100); one for all labels files or one per "
-        "labels file. Default: stratified k-fold (--folds)",
-    )
-    parser.add_argument(
-        "--folds", type=int, default=5, help="k of the stratified k-fold without --splits (default: 5)"
-    )
-    parser.add_argument(
-        "--train-sizes",
-        metavar="LIST",
-        help="comma-separated training-set sizes for few-shot curves: slides (50), percentages (25%%) or "
-        "'full'; each split's training set is subsampled, stratified and seeded, every class kept "
-        "(default: full only)",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the k-fold and of the subsampling (default: 0)"
-    )
-    parser.add_argument(
-        "--out", type=Path, metavar="DIR", help="write metrics.json, metrics.csv and PNG plots there"
-    )
-    parser.add_argument("--no-plots", action="store_true", help="with --out, skip the PNG plots")
-    parser.add_argument(
-        "--save-probe",
-        type=Path,
-        metavar="DIR",
-        help="after the evaluation, fit the probe on every labelled slide with an embedding and save it there "
-        "(probe.safetensors + probe.json: coefficients, intercept, classes, standardisation, the embedding "
-        "model; no pickle), for giga-ssl heatmap; with several labels files, one sub-folder per task",
-    )
-    parser.add_argument(
-        "--overwrite-probe", action="store_true", help="replace a probe already saved in --save-probe"
-    )
-    parser.add_argument(
-        "--standardize",
-        action="store_true",
-        help="z-score each feature, scaler fit on each training split only (default: off, the paper's probe)",
-    )
-    parser.add_argument(
-        "--C",
-        dest="C",
-        metavar="C[,C...]",
-        help="inverse regularisation of the logistic regression (default: 10, the paper's); several values, "
-        "comma-separated: one chosen per split by inner cross-validation on its training slides",
-    )
-    parser.add_argument(
-        "--baseline",
-        choices=["mean-pool"],
-        help="also probe a baseline on the same splits with the same probe: mean-pool, the mean of each "
-        "slide's exhaustive tile features (needs --features)",
-    )
-    parser.add_argument(
-        "--features",
-        metavar="DIR",
-        help="exhaustive tile-feature Dataset (or giga-ssl extract folder) of the slides, for --baseline",
-    )
-    return parser
+def resolve_inputs(settings: EvaluateSettings) -> _Inputs:
+    """The labels and splits of the run: --labels and --splits, or those of the --task names inside the
+    embeddings folder or repo (its split folders unless --splits or --folds is given)."""
+    labels, splits = list(settings.labels or ()), list(settings.splits) if settings.splits else None
+    if settings.task:
+        labels, task_splits = task_inputs(settings.embeddings, list(settings.task))
+        if splits is None and settings.folds is None:
+            splits = task_splits
+    per_labels = splits if splits and len(splits) > 1 else (splits or [None]) * len(labels)
+    return _Inputs(labels, per_labels, settings.folds or DEFAULT_FOLDS, splits)
 
 
 def probe_folders(save_probe: Path, tasks: list[str]) -> list[Path]:
@@ -160,27 +202,28 @@ def probe_folders(save_probe: Path, tasks: list[str]) -> list[Path]:
     return [save_probe] if len(tasks) == 1 else [save_probe / task for task in tasks]
 
 
-def save_probes(args: argparse.Namespace, embeddings, tasks: list[str]) -> list[Path]:
+def save_probes(settings: EvaluateSettings, labels: list[str], embeddings) -> list[Path]:
     """Fit each task's probe on all its labelled slides and save it (see ``giga_ssl_hf.evaluation.saved_probe``)."""
     from giga_ssl_hf.contracts import read_metadata
     from giga_ssl_hf.contracts.slide_embeddings import resolve_embeddings_folder
+    from giga_ssl_hf.evaluation.classifier import parse_c
     from giga_ssl_hf.evaluation.data import load_labels
-    from giga_ssl_hf.evaluation.probe import parse_c
     from giga_ssl_hf.evaluation.saved_probe import fit_saved_probe
 
-    metadata = read_metadata(resolve_embeddings_folder(args.embeddings))
-    folders = probe_folders(args.save_probe, tasks)
-    for labels, task, folder in zip(args.labels, tasks, folders):
+    metadata = read_metadata(resolve_embeddings_folder(settings.embeddings))
+    tasks = settings.task_names
+    folders = probe_folders(settings.save_probe, tasks)
+    for labels_file, task, folder in zip(labels, tasks, folders):
         probe = fit_saved_probe(
             *embeddings,
-            load_labels(labels),
+            load_labels(labels_file),
             task,
-            standardize=args.standardize,
-            C=parse_c(args.C)[0],
-            embeddings_source=args.embeddings,
+            standardize=settings.standardize,
+            C=parse_c(settings.C)[0],
+            embeddings_source=settings.embeddings,
             embeddings_metadata=metadata,
         )
-        probe.save(folder, overwrite=args.overwrite_probe)
+        probe.save(folder, overwrite=settings.overwrite_probe)
         print(f"saved the {task} probe ({probe.info['n_train']} slides, classes {probe.classes}) to {folder}")
     return folders
 
@@ -196,83 +239,72 @@ def mean_pool_baseline(features: str) -> tuple:
     return ids, means / np.where(norms > 0, norms, 1.0)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    # After parsing: `giga-ssl evaluate --help` need not wait for scikit-learn and datasets.
+def _probe_all(settings: EvaluateSettings, inputs: _Inputs) -> tuple[dict, list]:
+    """The embeddings (and baseline) probed on every task: ``({name: (ids, vectors)}, results)``."""
     from giga_ssl_hf.contracts.slide_embeddings import load_embeddings
-    from giga_ssl_hf.evaluation.probe import evaluate_embeddings, parse_c, parse_train_sizes
+    from giga_ssl_hf.evaluation.classifier import parse_c
+    from giga_ssl_hf.evaluation.probe import evaluate_embeddings
+    from giga_ssl_hf.evaluation.train_sizes import parse_train_sizes
+
+    train_sizes = parse_train_sizes(settings.train_sizes)
+    probe = {"standardize": settings.standardize, "C": parse_c(settings.C)}
+    sources = {"embeddings": load_embeddings(settings.embeddings)}
+    if settings.baseline:
+        sources[settings.baseline] = mean_pool_baseline(settings.features)
+    results = [
+        result
+        for name, embeddings in sources.items()
+        for labels, split in zip(inputs.labels, inputs.splits)
+        for result in evaluate_embeddings(
+            embeddings, labels, split, inputs.folds, train_sizes, settings.seed, embedding=name, **probe
+        )
+    ]
+    return sources, results
+
+
+def evaluate(settings: EvaluateSettings) -> int:
+    """Run ``giga-ssl evaluate``: print the AUC table, write the outputs and the probes asked for."""
+    from giga_ssl_hf.evaluation.classifier import parse_c
     from giga_ssl_hf.evaluation.report import format_table, write_outputs
+    from giga_ssl_hf.evaluation.saved_probe import check_probe_target
 
-    if (args.labels is None) == (args.task is None):
-        parser.error("give --labels CSV... or --task NAME... (labels and splits inside the embeddings repo)")
-    if args.task:
-        try:
-            args.labels, task_splits = task_inputs(args.embeddings, args.task)
-        except ValueError as error:
-            print(f"giga-ssl evaluate: error: {error}", file=sys.stderr)
-            return 2
-        if args.splits is None and not _given(argv, "--folds"):
-            args.splits = task_splits
-    if args.splits and len(args.splits) not in (1, len(args.labels)):
-        parser.error(
-            f"--splits: give one folder or one per labels file ({len(args.labels)}), not {len(args.splits)}"
-        )
-    tasks = [Path(labels).stem for labels in args.labels]
-    if len(set(tasks)) != len(tasks):
-        parser.error(f"labels files must have distinct names (the task names), got {tasks}")
-    if args.folds < 2:
-        parser.error("--folds must be at least 2")
-    if args.baseline and not args.features:
-        parser.error("--baseline mean-pool needs --features DIR (the slides' exhaustive tile features)")
-    if args.features and not args.baseline:
-        parser.error("--features is only used by --baseline; add --baseline mean-pool")
-    if args.save_probe and args.C and "," in args.C:
-        parser.error(
-            "--save-probe saves one probe: give a single --C value (pick it with an evaluation first)"
-        )
-    splits = (
-        args.splits if args.splits and len(args.splits) > 1 else (args.splits or [None]) * len(args.labels)
-    )
-    try:
-        if args.save_probe:  # before the evaluation: a refused target should not cost a whole run
-            from giga_ssl_hf.evaluation.saved_probe import check_probe_target
-
-            for folder in probe_folders(args.save_probe, tasks):
-                check_probe_target(folder, args.overwrite_probe)
-        train_sizes = parse_train_sizes(args.train_sizes)
-        probe = {"standardize": args.standardize, "C": parse_c(args.C)}
-        sources = {"embeddings": load_embeddings(args.embeddings)}
-        if args.baseline:
-            sources[args.baseline] = mean_pool_baseline(args.features)
-        results = [
-            result
-            for name, embeddings in sources.items()
-            for labels, split in zip(args.labels, splits)
-            for result in evaluate_embeddings(
-                embeddings, labels, split, args.folds, train_sizes, args.seed, embedding=name, **probe
-            )
-        ]
-    except (ValueError, OSError) as error:
-        # Bad inputs are the user's to fix: a one-line message, not a traceback.
-        print(f"giga-ssl evaluate: error: {error}", file=sys.stderr)
-        return 2
-    if args.standardize or args.C or args.baseline:
-        c_text = ",".join(f"{c:g}" for c in probe["C"])
+    inputs = resolve_inputs(settings)
+    if settings.save_probe:  # before the evaluation: a refused target should not cost a whole run
+        for folder in probe_folders(settings.save_probe, settings.task_names):
+            check_probe_target(folder, settings.overwrite_probe)
+    sources, results = _probe_all(settings, inputs)
+    if settings.standardize or settings.C or settings.baseline:
+        c_text = ",".join(f"{c:g}" for c in parse_c(settings.C))
         print(
-            f"probe: logistic regression, C={c_text}, standardised features: {'yes' if args.standardize else 'no'}"
+            f"probe: logistic regression, C={c_text}, standardised features: {'yes' if settings.standardize else 'no'}"
         )
     print(format_table(results))
-    if args.out:
-        config = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
-        write_outputs(results, args.out, config, plots=not args.no_plots)
-    if args.save_probe:
-        try:
-            save_probes(args, sources["embeddings"], tasks)
-        except (ValueError, OSError) as error:
-            print(f"giga-ssl evaluate: error: {error}", file=sys.stderr)
-            return 2
+    if settings.out:
+        config = {
+            **dataclasses.asdict(settings),
+            "labels": inputs.labels,
+            "splits": inputs.recorded_splits,
+            "folds": inputs.folds,
+        }
+        config = {key: str(value) if isinstance(value, Path) else value for key, value in config.items()}
+        write_outputs(results, settings.out, config, plots=not settings.no_plots)
+    if settings.save_probe:
+        save_probes(settings, inputs.labels, sources["embeddings"])
     return 0
+
+
+def build_parser() -> SettingsParser:
+    return SettingsParser(
+        EvaluateSettings,
+        prog="giga-ssl evaluate",
+        description="Linear-probe AUC of slide embeddings on labelled tasks (the Giga-SSL paper's protocol).",
+        epilog=EPILOG,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Usage errors end with SystemExit(2), as argparse's did; bad inputs (files, labels) return 2.
+    return run_main(build_parser(), evaluate, argv, usage_exit=True)
 
 
 if __name__ == "__main__":

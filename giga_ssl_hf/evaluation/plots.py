@@ -15,7 +15,8 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from giga_ssl_hf.evaluation.probe import FULL, ProbeResult  # noqa: E402
+from giga_ssl_hf.evaluation.results import ProbeResult  # noqa: E402
+from giga_ssl_hf.evaluation.train_sizes import FULL  # noqa: E402
 
 FPR_GRID = np.linspace(0, 1, 501)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from giga_ssl_hf.evaluation.probe import ProbeResult
+from giga_ssl_hf.evaluation.results import ProbeResult
 from giga_ssl_hf.files import write_json
 
 logger = logging.getLogger(__name__)

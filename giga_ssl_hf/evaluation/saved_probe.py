@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 from giga_ssl_hf.contracts import PROBE_CONFIG, PROBE_WEIGHTS
-from giga_ssl_hf.evaluation.probe import PAPER_CLASSIFIER, _Task
+from giga_ssl_hf.evaluation.classifier import PAPER_CLASSIFIER
+from giga_ssl_hf.evaluation.probe import AlignedTask, no_drops
 from giga_ssl_hf.files import replace_directory
 
 PROBE_FORMAT = "giga-ssl-linear-probe"
@@ -225,8 +226,8 @@ def fit_saved_probe(
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    aligned = _Task(task, np.asarray(ids).astype(str), np.asarray(embeddings, dtype=np.float32), labels)
-    dropped = {"missing_embeddings": set(), "missing_labels": set()}
+    aligned = AlignedTask(task, np.asarray(ids).astype(str), np.asarray(embeddings, dtype=np.float32), labels)
+    dropped = no_drops()
     rows, y = aligned.select(list(aligned.class_of), dropped)
     x = aligned.embeddings[rows]  # float32, as the evaluation fits it
     scaler = StandardScaler().fit(x) if standardize else None

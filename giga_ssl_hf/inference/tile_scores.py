@@ -16,13 +16,16 @@ Two methods:
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from giga_ssl_hf.evaluation.saved_probe import SavedProbe
 from giga_ssl_hf.models.gigassl.modeling_gigassl import SparseConvMILEncoder
+
+if TYPE_CHECKING:
+    from giga_ssl_hf.evaluation.saved_probe import SavedProbe
 
 logger = logging.getLogger(__name__)
 
