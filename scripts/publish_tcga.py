@@ -211,7 +211,9 @@ class ReleaseSettings:
     """The embeddings to release, the repo to write and what its card says."""
 
     embeddings: str | None = option(
-        None, "embeddings.npy + ids.npy folder, or a slide-embeddings Dataset folder; required", metavar="DIR"
+        None,
+        f"{NPY_EMBEDDINGS} + {NPY_IDS} folder, or a slide-embeddings Dataset folder; required",
+        metavar="DIR",
     )
     repo_id: str | None = option(None, "Hub dataset repo to create or update; required", metavar="ORG/NAME")
     dry_run: Path | None = option(None, "write the repo's folder to OUT, upload nothing", metavar="OUT")
@@ -233,7 +235,7 @@ def build_parser() -> SettingsParser:
     return SettingsParser(
         ReleaseSettings,
         prog="publish_tcga.py",
-        description="""Build one Hub dataset repo with TCGA slide embeddings (embeddings.npy + ids.npy and parquet), the paper's
+        description=f"""Build one Hub dataset repo with TCGA slide embeddings ({NPY_EMBEDDINGS} + {NPY_IDS} and parquet), the paper's
 six label tables and all split folders as named dataset configs, and a card with the reference AUCs; push
 it, or write it to --dry-run OUT. Pushing needs network access and a token.""",
         epilog="then: giga-ssl evaluate --embeddings ORG/NAME --task lung",

@@ -10,13 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from giga_ssl_hf.contracts import TRAINING_SUMMARY_FILENAME
 from giga_ssl_hf.settings import SettingsParser, flag_of, option, run_main
 
-DESCRIPTION = """Convert an original Giga-SSL checkpoint (trislaz/gigassl SimCLRMIL .pth, or a SparseConvMIL 'scm' or
+DESCRIPTION = f"""Convert an original Giga-SSL checkpoint (trislaz/gigassl SimCLRMIL .pth, or a SparseConvMIL 'scm' or
 ResidualMLP 'mlp' checkpoint of its successor trislaz/Democratizing_WSI) into a Hugging Face model folder
-(config.json, model.safetensors, training_summary.json). The converted model reproduces the original: fixed
+(config.json, model.safetensors, {TRAINING_SUMMARY_FILENAME}). The converted model reproduces the original: fixed
 224-px grid cells and a batch-wide sparse map size (see GigaSSLConfig). The checkpoint is read with
 torch.load(weights_only=True): no pickled code runs."""
+EPILOG = "Then publish it: giga-ssl push-model OUT --repo-id ORG/NAME [--dry-run DIR]"
 
 
 @dataclass
@@ -32,12 +34,7 @@ class ConvertSettings:
 
 
 def build_parser() -> SettingsParser:
-    return SettingsParser(
-        ConvertSettings,
-        prog="giga-ssl convert",
-        description=DESCRIPTION,
-        epilog="Then publish it: giga-ssl push-model OUT --repo-id ORG/NAME [--dry-run DIR]",
-    )
+    return SettingsParser(ConvertSettings, prog="giga-ssl convert", description=DESCRIPTION, epilog=EPILOG)
 
 
 def convert(settings: ConvertSettings) -> int:

@@ -49,9 +49,9 @@ DESCRIPTION = """Download slide embeddings from a Hub dataset repo (or read a lo
 by huggingface_hub (HF_HOME); with HF_HUB_OFFLINE=1 they are read from the cache; HF_ENDPOINT selects another
 Hub-API server (a mirror)."""
 
-EPILOG = """examples:
+EPILOG = f"""examples:
   giga-ssl download me/tcga-gigassl                  # cache only, prints the folder
-  giga-ssl download me/tcga-gigassl --out tcga --npy  # embeddings.npy + ids.npy
+  giga-ssl download me/tcga-gigassl --out tcga --npy  # {NPY_EMBEDDINGS} + {NPY_IDS}
 In Python: ids, embeddings = giga_ssl_hf.load_embeddings('me/tcga-gigassl')"""
 
 

@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING
 from huggingface_hub import HfApi  # light; the tests put a stand-in for the Hub in its place
 from huggingface_hub.constants import REPOCARD_NAME
 
-from giga_ssl_hf.contracts import DEFAULT_LICENSE, METADATA_FILENAME, TRAINING_SUMMARY_FILENAME
+from giga_ssl_hf.contracts import (
+    DEFAULT_LICENSE,
+    METADATA_FILENAME,
+    NPY_EMBEDDINGS,
+    NPY_IDS,
+    TRAINING_SUMMARY_FILENAME,
+)
 from giga_ssl_hf.files import dumps_strict, write_json, write_text_atomic
 from giga_ssl_hf.settings import SettingsParser, flag_of, option, run_main
 
@@ -51,7 +57,7 @@ def write_model_folder(
     if not (model_dir / CONFIG_NAME).is_file():
         # Checked here: from_pretrained would take a missing folder for a Hub repo id and go online.
         raise ValueError(
-            f"{model_dir}: not a saved model folder (no config.json); expected save_pretrained output"
+            f"{model_dir}: not a saved model folder (no {CONFIG_NAME}); expected save_pretrained output"
         )
     config = GigaSSLConfig.from_pretrained(model_dir)
     if GigaSSLForContrastivePretraining.__name__ in (config.architectures or []):
@@ -198,7 +204,7 @@ class PushEmbeddingsSettings(HubRepoSettings):
 
     embeddings_dir: Path = option(
         help=f"slide embeddings: a saved Dataset (slide_id, embedding) with its {METADATA_FILENAME} "
-        "(giga-ssl embed), or a folder with embeddings.npy + ids.npy",
+        f"(giga-ssl embed), or a folder with {NPY_EMBEDDINGS} + {NPY_IDS}",
         metavar="DIR",
         positional=True,
     )
@@ -219,24 +225,6 @@ card (cohort, model and revision, strategy, number of slides, dimension, how to 
 {UPLOAD_NOTE}"""
 
 
-def build_push_model_parser() -> SettingsParser:
-    return SettingsParser(
-        PushModelSettings,
-        prog="giga-ssl push-model",
-        description=PUSH_MODEL_DESCRIPTION,
-        epilog="example: giga-ssl push-model runs/tcga --repo-id me/gigassl-tcga --dry-run hub/gigassl-tcga",
-    )
-
-
-def build_push_embeddings_parser() -> SettingsParser:
-    return SettingsParser(
-        PushEmbeddingsSettings,
-        prog="giga-ssl push-embeddings",
-        description=PUSH_EMBEDDINGS_DESCRIPTION,
-        epilog="example: giga-ssl push-embeddings emb/tcga --repo-id me/tcga-gigassl --cohort TCGA --dry-run hub/tcga",
-    )
-
-
 def _report(result: Path | str) -> int:
     print(f"dry run: wrote {result}" if isinstance(result, Path) else f"pushed: {result}")
     return 0
@@ -254,9 +242,31 @@ def publish_embeddings(settings: PushEmbeddingsSettings) -> int:
     return _report(push_embeddings(s.embeddings_dir, s.repo_id, s.private, s.dry_run, s.cohort, s.license))
 
 
+# command -> (its settings, description, example)
+COMMANDS = {
+    "push-model": (
+        PushModelSettings,
+        PUSH_MODEL_DESCRIPTION,
+        "giga-ssl push-model runs/tcga --repo-id me/gigassl-tcga --dry-run hub/gigassl-tcga",
+    ),
+    "push-embeddings": (
+        PushEmbeddingsSettings,
+        PUSH_EMBEDDINGS_DESCRIPTION,
+        "giga-ssl push-embeddings emb/tcga --repo-id me/tcga-gigassl --cohort TCGA --dry-run hub/tcga",
+    ),
+}
+
+
+def build_parser(command: str) -> SettingsParser:
+    settings, description, example = COMMANDS[command]
+    return SettingsParser(
+        settings, prog=f"giga-ssl {command}", description=description, epilog=f"example: {example}"
+    )
+
+
 def main_push_model(argv: list[str] | None = None) -> int:
-    return run_main(build_push_model_parser(), publish_model, argv, usage_exit=True)
+    return run_main(build_parser("push-model"), publish_model, argv, usage_exit=True)
 
 
 def main_push_embeddings(argv: list[str] | None = None) -> int:
-    return run_main(build_push_embeddings_parser(), publish_embeddings, argv, usage_exit=True)
+    return run_main(build_parser("push-embeddings"), publish_embeddings, argv, usage_exit=True)
