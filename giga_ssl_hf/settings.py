@@ -44,6 +44,13 @@ def flag_of(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def require(settings: Any, *names: str) -> None:
+    """In a ``__post_init__``: a ValueError naming the flag of the first field of ``names`` left unset."""
+    for name in names:
+        if not getattr(settings, name):
+            raise ValueError(f"{flag_of(name)} is required")
+
+
 def fail(prog: str, message: str, code: int = 2) -> int:
     """Report a user error as one line (no traceback) and return the exit code."""
     print(f"{prog}: error: {message}", file=sys.stderr)
@@ -77,7 +84,11 @@ def run_main(
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        shown = action.default not in (None, False, True, argparse.SUPPRESS, ())
+        default = action.default
+        # isinstance, not `in (False, True)`: 0 == False, and a default of 0 is worth showing
+        shown = not (
+            default is None or isinstance(default, bool) or default == argparse.SUPPRESS or default == ()
+        )
         if shown and action.option_strings and "%(default)" not in text and action.nargs != 0:
             text += " (default: %(default)s)"
         return text

@@ -42,7 +42,7 @@ from giga_ssl_hf.contracts.slide_embeddings import embeddings_dataset, load_embe
 from giga_ssl_hf.evaluation.data import find_split_sets, load_labels
 from giga_ssl_hf.files import write_json
 from giga_ssl_hf.hub.cards import DATASET_TAGS, fill_template, size_category
-from giga_ssl_hf.settings import SettingsParser, flag_of, option, run_main
+from giga_ssl_hf.settings import SettingsParser, flag_of, option, require, run_main
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_REFERENCE = REPO.parent / "shared" / "reference" / "gigassl-tcga"
@@ -226,9 +226,7 @@ class ReleaseSettings:
     private: bool = option(False, "create the repo private")
 
     def __post_init__(self):
-        for name in ("embeddings", "repo_id"):
-            if not getattr(self, name):
-                raise ValueError(f"{flag_of(name)} is required")
+        require(self, "embeddings", "repo_id")
 
 
 def build_parser() -> SettingsParser:

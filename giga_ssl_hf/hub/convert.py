@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from giga_ssl_hf.contracts import TRAINING_SUMMARY_FILENAME
-from giga_ssl_hf.settings import SettingsParser, flag_of, option, run_main
+from giga_ssl_hf.settings import SettingsParser, option, require, run_main
 
 DESCRIPTION = f"""Convert an original Giga-SSL checkpoint (trislaz/gigassl SimCLRMIL .pth, or a SparseConvMIL 'scm' or
 ResidualMLP 'mlp' checkpoint of its successor trislaz/Democratizing_WSI) into a Hugging Face model folder
@@ -29,8 +29,7 @@ class ConvertSettings:
     out: Path | None = option(None, "output folder (created); required", metavar="OUT")
 
     def __post_init__(self):
-        if self.out is None:
-            raise ValueError(f"{flag_of('out')} is required: the output folder")
+        require(self, "out")
 
 
 def build_parser() -> SettingsParser:

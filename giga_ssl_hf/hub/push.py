@@ -27,7 +27,7 @@ from giga_ssl_hf.contracts import (
     TRAINING_SUMMARY_FILENAME,
 )
 from giga_ssl_hf.files import dumps_strict, write_json, write_text_atomic
-from giga_ssl_hf.settings import SettingsParser, flag_of, option, run_main
+from giga_ssl_hf.settings import SettingsParser, option, require, run_main
 
 if TYPE_CHECKING:
     import datasets
@@ -182,8 +182,7 @@ class HubRepoSettings:
     license: str = option(DEFAULT_LICENSE, "license in the card")
 
     def __post_init__(self):
-        if not self.repo_id:
-            raise ValueError(f"{flag_of('repo_id')} is required: the Hub repo (ORG/NAME) to create or update")
+        require(self, "repo_id")
 
 
 @dataclass(kw_only=True)
