@@ -21,26 +21,28 @@ Then, from the repo id alone::
     python scripts/publish_tcga.py --embeddings TCGA_encoded_t5e1000/ --repo-id ORG/NAME --dry-run hub/tcga
 """
 
-from __future__ import annotations
-
-import argparse
-import json
+# No `from __future__ import annotations`: the tests load this script without registering it in sys.modules,
+# where dataclasses and SettingsParser would have to resolve string annotations.
 import logging
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, HfApi
+from huggingface_hub.constants import REPOCARD_NAME
 from huggingface_hub.repocard_data import eval_results_to_model_index
 
-from giga_ssl_hf.contracts import METADATA_FILENAME, NPY_EMBEDDINGS, NPY_IDS, read_metadata
+from giga_ssl_hf.contracts import DEFAULT_LICENSE, METADATA_FILENAME, NPY_EMBEDDINGS, NPY_IDS, read_metadata
 from giga_ssl_hf.contracts.slide_embeddings import embeddings_dataset, load_embeddings
 from giga_ssl_hf.evaluation.data import find_split_sets, load_labels
-from giga_ssl_hf.hub.cards import CITATION, DATASET_TAGS, PAPER_URL
+from giga_ssl_hf.files import write_json
+from giga_ssl_hf.hub.cards import DATASET_TAGS, fill_template, size_category
+from giga_ssl_hf.settings import SettingsParser, flag_of, option, run_main
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_REFERENCE = REPO.parent / "shared" / "reference" / "gigassl-tcga"
@@ -57,6 +59,7 @@ TASKS = {
 REFERENCE_AUC = {"lung": 0.960, "kidney": 0.983, "brca": 0.924, "tnbc": 0.933}
 PAPER_ENCODER = "ResNet18 (MoCo v2 on TCGA tiles) cut after layer3, spatial mean: 256-d tile features"
 EMBEDDINGS_PARQUET = "data/embeddings/train-00000-of-00001.parquet"
+CARD_TEMPLATE = Path(__file__).with_name("publish_tcga_card.md")
 
 
 def dataset_configs(reference: Path, tasks: list[str]) -> list[dict]:
@@ -123,73 +126,30 @@ def eval_results(repo_id: str) -> list[EvalResult]:
 def release_card(repo_id: str, metadata: dict, configs: list[dict], n_slides: int, dim: int) -> DatasetCard:
     model_index = eval_results_to_model_index(metadata.get("model") or "Giga-SSL", eval_results(repo_id))
     data = DatasetCardData(
-        license="mit",
+        license=DEFAULT_LICENSE,
         pretty_name=f"Giga-SSL slide embeddings: {metadata['cohort']}",
         tags=[*DATASET_TAGS, "tcga"],
         task_categories=["feature-extraction", "image-classification"],
-        size_categories=["1K<n<10K" if n_slides >= 1000 else "n<1K"],
+        size_categories=[size_category(n_slides)],
         configs=configs,
         **{"model-index": model_index},
     )
-    name = repo_id.split("/")[-1]
-    rows = "\n".join(
-        f"| `{task}` | {TASKS[task]} | {REFERENCE_AUC.get(task, '-')} |" for task in metadata["tasks"]
+    rows = [f"| `{task}` | {TASKS[task]} | {REFERENCE_AUC.get(task, '-')} |" for task in metadata["tasks"]]
+    content = fill_template(
+        CARD_TEMPLATE,
+        card_data=data.to_yaml(),
+        name=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        cohort=metadata["cohort"],
+        model=metadata.get("model") or "unknown",
+        tile_encoder=metadata.get("tile_encoder_description") or "unknown",
+        n_slides=n_slides,
+        dim=dim,
+        npy_embeddings=NPY_EMBEDDINGS,
+        npy_ids=NPY_IDS,
+        task_rows="\n".join(rows),
     )
-    return DatasetCard(
-        f"""---
-{data.to_yaml()}
----
-
-# {name}
-
-Slide embeddings of the **{metadata["cohort"]}** cohort from a [Giga-SSL][paper] slide encoder, with the
-paper's label tables and fixed train/test splits, so that its linear-probe results reproduce from this
-repository alone: {n_slides} slides, {dim}-d float32 embeddings.
-
-| Field | Value |
-|---|---|
-| Cohort | {metadata["cohort"]} |
-| Slide encoder | {metadata.get("model") or "unknown"} |
-| Tile encoder | {metadata.get("tile_encoder_description") or "unknown"} |
-| Embeddings | `embeddings.npy` ({n_slides}, {dim}) + `ids.npy` (original Giga-SSL format); config `embeddings` |
-
-## Tasks, labels and splits
-
-| task | labels | reference AUC |
-|---|---|---|
-{rows}
-
-Each task has a label table (`tables/<task>.csv`, columns `ID`, `label`; config `labels-<task>`) and
-split folders `splitdirs/<task>/<size>/split_<k>.csv` (columns `train`, `test` of slide IDs; config
-`splits-<task>-<size>`, one split per `split_<k>`) for training sizes `full`, `25p`, `50`, `100` (and `250`
-for `tnbc`). The reference AUCs are the original authors' 10-fold cross-validation figures (SparseConvMIL
-on MoCo tile features); they also report 0.793 for HRD without saying which HRD table. The fixed splits
-differ from that cross-validation: compare your numbers with a baseline run under the same splits.
-
-## How to reproduce
-
-```bash
-pip install giga-ssl-hf
-giga-ssl evaluate --embeddings {repo_id} --task lung          # labels and splits from this repo
-python scripts/reproduce_tcga_linear_probe.py --embeddings {repo_id}   # the six tasks, every split folder
-```
-
-The protocol is the paper's: `LogisticRegression(C=10, max_iter=1000, class_weight="balanced")`, AUC of
-`predict_proba[:, 1]` (macro one-vs-rest for `kidney`), mean and standard deviation over the splits.
-Loading with `datasets`: `datasets.load_dataset("{repo_id}", "labels-lung")`,
-`datasets.load_dataset("{repo_id}", "splits-lung-full")`.
-
-## Citation
-
-```bibtex
-{CITATION}
-```
-
-Label tables and splits: trislaz/gigassl (MIT licence).
-
-[paper]: {PAPER_URL}
-"""
-    )
+    return DatasetCard(content)
 
 
 def write_release_folder(
@@ -238,83 +198,71 @@ def write_release_folder(
         "embedding_dim": int(vectors.shape[1]),
         "labels_and_splits": "trislaz/gigassl (MIT)",
     }
-    (out / METADATA_FILENAME).write_text(
-        json.dumps(metadata, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    )
+    write_json(out / METADATA_FILENAME, metadata)
     configs = dataset_configs(reference, tasks)
     write_config_files(reference, out, tasks)
-    release_card(repo_id, metadata, configs, len(ids), int(vectors.shape[1])).save(out / "README.md")
-    yaml.safe_load((out / "README.md").read_text().split("---")[1])  # the card's metadata must parse
+    release_card(repo_id, metadata, configs, len(ids), int(vectors.shape[1])).save(out / REPOCARD_NAME)
+    yaml.safe_load((out / REPOCARD_NAME).read_text().split("---")[1])  # the card's metadata must parse
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+@dataclass
+class ReleaseSettings:
+    """The embeddings to release, the repo to write and what its card says."""
+
+    embeddings: str | None = option(
+        None,
+        f"{NPY_EMBEDDINGS} + {NPY_IDS} folder, or a slide-embeddings Dataset folder",
+        metavar="DIR",
+        required=True,
+    )
+    repo_id: str | None = option(
+        None, "Hub dataset repo to create or update", metavar="ORG/NAME", required=True
+    )
+    dry_run: Path | None = option(None, "write the repo's folder to OUT, upload nothing", metavar="OUT")
+    reference_dir: Path = option(DEFAULT_REFERENCE, "the paper's tables/ and splitdirs/")
+    cohort: str = option("TCGA", "cohort named in the card")
+    model: str | None = option(None, "slide encoder that made the embeddings (Hub id or description)")
+    tile_encoder: str = option(
+        PAPER_ENCODER, "tile encoder description (by default the paper's MoCo ResNet18)"
+    )
+    private: bool = option(False, "create the repo private")
+
+
+def build_parser() -> SettingsParser:
+    return SettingsParser(
+        ReleaseSettings,
         prog="publish_tcga.py",
-        description="Build one Hub dataset repo with TCGA slide embeddings (embeddings.npy + ids.npy and parquet), "
-        "the paper's six label tables and all split folders as named dataset configs, and a card with the "
-        "reference AUCs; push it, or write it to --dry-run OUT. Pushing needs network access and a token.",
+        description=f"""Build one Hub dataset repo with TCGA slide embeddings ({NPY_EMBEDDINGS} + {NPY_IDS} and parquet), the paper's
+six label tables and all split folders as named dataset configs, and a card with the reference AUCs; push
+it, or write it to --dry-run OUT. Pushing needs network access and a token.""",
         epilog="then: giga-ssl evaluate --embeddings ORG/NAME --task lung",
     )
-    parser.add_argument(
-        "--embeddings",
-        required=True,
-        help="embeddings.npy + ids.npy folder, or a slide-embeddings Dataset folder",
-    )
-    parser.add_argument(
-        "--repo-id", required=True, metavar="ORG/NAME", help="Hub dataset repo to create or update"
-    )
-    parser.add_argument(
-        "--dry-run", type=Path, metavar="OUT", help="write the repo's folder to OUT, upload nothing"
-    )
-    parser.add_argument(
-        "--reference-dir",
-        type=Path,
-        default=DEFAULT_REFERENCE,
-        help=f"the paper's tables/ and splitdirs/ (default: {DEFAULT_REFERENCE})",
-    )
-    parser.add_argument("--cohort", default="TCGA", help="cohort named in the card (default: %(default)s)")
-    parser.add_argument("--model", help="slide encoder that made the embeddings (Hub id or description)")
-    parser.add_argument(
-        "--tile-encoder",
-        default=PAPER_ENCODER,
-        help="tile encoder description (default: the paper's MoCo ResNet18)",
-    )
-    parser.add_argument("--private", action="store_true", help="create the repo private")
-    return parser
+
+
+def publish(settings: ReleaseSettings) -> int:
+    """Write the release folder to ``--dry-run``, or into a temporary folder uploaded to the repo."""
+    s = settings
+    options = dict(repo_id=s.repo_id, reference=s.reference_dir, cohort=s.cohort, model=s.model)
+    options["tile_encoder"] = s.tile_encoder
+    if s.dry_run is not None:
+        if s.dry_run.exists() and any(s.dry_run.iterdir()):
+            raise ValueError(f"{flag_of('dry_run')} {s.dry_run} is not empty; choose an empty or new folder")
+        print(f"dry run: wrote {write_release_folder(s.embeddings, s.dry_run, **options)}")
+        return 0
+    with tempfile.TemporaryDirectory() as staging:
+        folder = write_release_folder(s.embeddings, staging, **options)
+        api = HfApi()
+        api.create_repo(s.repo_id, repo_type="dataset", private=s.private, exist_ok=True)
+        commit = api.upload_folder(
+            repo_id=s.repo_id, repo_type="dataset", folder_path=folder, commit_message="Giga-SSL TCGA release"
+        )
+    print(f"pushed: {commit.commit_url}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        options = dict(
-            repo_id=args.repo_id,
-            reference=args.reference_dir,
-            cohort=args.cohort,
-            model=args.model,
-            tile_encoder=args.tile_encoder,
-        )
-        if args.dry_run is not None:
-            if args.dry_run.exists() and any(args.dry_run.iterdir()):
-                raise ValueError(f"--dry-run {args.dry_run} is not empty; choose an empty or new folder")
-            folder = write_release_folder(args.embeddings, args.dry_run, **options)
-            print(f"dry run: wrote {folder}")
-            return 0
-        with tempfile.TemporaryDirectory() as staging:
-            folder = write_release_folder(args.embeddings, staging, **options)
-            api = HfApi()
-            api.create_repo(args.repo_id, repo_type="dataset", private=args.private, exist_ok=True)
-            commit = api.upload_folder(
-                repo_id=args.repo_id,
-                repo_type="dataset",
-                folder_path=folder,
-                commit_message="Giga-SSL TCGA release",
-            )
-        print(f"pushed: {commit.commit_url}")
-    except (ValueError, OSError) as error:
-        print(f"publish_tcga: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(build_parser(), publish, argv, usage_exit=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """Model and dataset cards (README.md with YAML metadata) for Giga-SSL models and slide embeddings.
 
+The cards' text lives in ``templates/`` (package data, ``${name}`` fields of :class:`string.Template`); the
+functions here compute the fields: the YAML metadata, the tables and the values of the model or dataset.
+
 ``library_name: transformers``: the models load with ``transformers.AutoModel`` (remote code with
 ``trust_remote_code=True``, or this package's registered classes), which is what the Hub's "Use this model"
 snippet and download counting (on ``config.json``) key on; ``giga-ssl-hf`` is not a Hub-known library.
@@ -8,12 +11,24 @@ snippet and download counting (on ``config.json``) key on; ``giga-ssl-hf`` is no
 from __future__ import annotations
 
 import json
+import string
+from importlib import resources
 from pathlib import PurePath
+from typing import TYPE_CHECKING
 
 from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
 
-from giga_ssl_hf.contracts import DEFAULT_LICENSE
+from giga_ssl_hf.contracts import (
+    DEFAULT_LICENSE,
+    METADATA_FILENAME,
+    NPY_EMBEDDINGS,
+    NPY_IDS,
+    TRAINING_SUMMARY_FILENAME,
+)
 from giga_ssl_hf.models.gigassl import GigaSSLConfig
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 MODEL_TAGS = ["pathology", "whole-slide-image", "self-supervised", "multiple-instance-learning", "giga-ssl"]
 DATASET_TAGS = ["pathology", "whole-slide-image", "slide-embeddings", "giga-ssl"]
@@ -27,19 +42,39 @@ REFERENCE_RESULTS = (
     ("Breast: homologous recombination deficiency", "thrd / mhrd", 0.793),
 )
 
-CITATION = """@inproceedings{lazard2023gigassl,
-  title     = {Giga-SSL: Self-Supervised Learning for Gigapixel Images},
-  author    = {Lazard, Tristan and Lerousseau, Marvin and Decenci{\\`e}re, Etienne and Walter, Thomas},
-  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR) Workshops},
-  year      = {2023}
-}"""
-
-_SHORT_LIST = 8
-
 PAPER_URL = (
     "https://openaccess.thecvf.com/content/CVPR2023W/CVMI/papers/"
     "Lazard_Giga-SSL_Self-Supervised_Learning_for_Gigapixel_Images_CVPRW_2023_paper.pdf"
 )
+TEMPLATES = resources.files(f"{__package__}.templates")
+
+_SHORT_LIST = 8
+# Metadata keys that the dataset card's first rows show; the other top-level scalars follow them.
+_DATASET_KEYS = {
+    "cohort",
+    "model_id",
+    "model",
+    "model_revision",
+    "revision",
+    "strategy",
+    "n_views",
+    "n_tiles",
+    "seed",
+}
+
+
+def fill_template(template: str | Traversable, **fields: object) -> str:
+    """A card template (a file of ``templates/``, or another file) with its ``${name}`` fields filled.
+
+    ``citation`` (the paper's BibTeX) and ``paper_url`` are always available; a field the template names
+    but the caller does not give is a KeyError, never a silently empty hole in a published card.
+    """
+    path = TEMPLATES / template if isinstance(template, str) else template
+    common = {
+        "citation": (TEMPLATES / "citation.bib").read_text(encoding="utf-8").strip(),
+        "paper_url": PAPER_URL,
+    }
+    return string.Template(path.read_text(encoding="utf-8")).substitute(common, **fields)
 
 
 def _without_local_paths(value: object) -> object:
@@ -94,17 +129,7 @@ def _details(mapping: dict, title: str) -> str:
     nested = {key: value for key, value in mapping.items() if isinstance(value, dict) and value}
     if not nested:
         return ""
-    return f"""
-
-<details>
-<summary>{title}</summary>
-
-```json
-{json.dumps(nested, indent=2, default=str)}
-```
-
-</details>
-"""
+    return fill_template("details.md", title=title, json=json.dumps(nested, indent=2, default=str))
 
 
 def _encoder_rows(config: GigaSSLConfig) -> list[tuple[str, object]]:
@@ -153,20 +178,19 @@ def _tile_encoder_rows(record: dict | None) -> list[tuple[str, object]]:
     return rows
 
 
-INTENDED_USE = """## Intended use and limitations
-
-- **Intended use**: research. A frozen slide-level feature extractor: slide embeddings for linear probes,
-  retrieval, clustering or as inputs to other slide-level models, on H&E whole-slide images like those it
-  was pretrained on.
-- **Not for clinical use**: it has not been validated for diagnosis, prognosis or treatment decisions, and
-  its embeddings carry no calibrated meaning by themselves.
-- **Tile features must match**: the slide encoder only understands features of the tile encoder listed
-  above, computed on tiles of the same size and resolution with the same normalisation. `giga-ssl embed`
-  refuses features recorded with another encoder; features from other tools must come from the same model.
-- **Domain shift**: stains, scanners, tissue types and magnifications far from the pretraining cohort can
-  degrade the embeddings; check a linear probe on your own labelled slides before relying on them.
-- **Licences**: the tile encoder's own licence (some pathology foundation models are gated and
-  non-commercial) applies to any use of features computed with it."""
+def _training_section(config: GigaSSLConfig, summary: dict) -> str:
+    """The model card's "How it was trained": the shipped training summary, or the method in one paragraph."""
+    if summary:
+        return (
+            f"From `{TRAINING_SUMMARY_FILENAME}` in this repository:\n\n"
+            + _table(_summary_rows(summary))
+            + _details(summary, "Run settings")
+        )
+    return (
+        "No training summary was shipped with this model. Giga-SSL trains the slide encoder with SimCLR: "
+        f"two views per slide, each {config.n_tiles} tiles drawn from one shared tile augmentation and "
+        f"moved by a random rotation, flips and scaling; NT-Xent loss at temperature {config.temperature}."
+    )
 
 
 def model_card(
@@ -177,106 +201,46 @@ def model_card(
 ) -> ModelCard:
     """The README.md of a Giga-SSL model repo: metadata, architecture, training, usage, results, citation."""
     data = ModelCardData(
-        library_name="transformers",
-        license=license,
-        pipeline_tag="feature-extraction",
-        tags=MODEL_TAGS,
+        library_name="transformers", license=license, pipeline_tag="feature-extraction", tags=MODEL_TAGS
     )
-    summary = _without_local_paths(training_summary or {})
-    if summary:
-        trained = (
-            "From `training_summary.json` in this repository:\n\n"
-            + _table(_summary_rows(summary))
-            + _details(summary, "Run settings")
-        )
-    else:
-        trained = (
-            "No training summary was shipped with this model. Giga-SSL trains the slide encoder with SimCLR: "
-            f"two views per slide, each {config.n_tiles} tiles drawn from one shared tile augmentation and "
-            f"moved by a random rotation, flips and scaling; NT-Xent loss at temperature "
-            f"{config.temperature}."
-        )
-    shape = f"(1, {config.n_tiles}, {config.feature_dim})"
-    coords_note = (
-        f"# level-0 pixel (x, y) of each tile's top-left corner; cells of {config.grid_cell_size} px"
-        if config.fixed_grid_cell_size
-        else "# level-0 pixel (x, y) of each tile's top-left corner"
+    coords_note = "# level-0 pixel (x, y) of each tile's top-left corner"
+    if config.fixed_grid_cell_size:
+        coords_note += f"; cells of {config.grid_cell_size} px"
+    results = [(f"{task} (`{table}`)", f"{auc:.3f}") for task, table, auc in REFERENCE_RESULTS]
+    content = fill_template(
+        "model_card.md",
+        card_data=data.to_yaml(),
+        name=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        hidden_dim=config.hidden_dim,
+        n_tiles=config.n_tiles,
+        encoder_table=_table(_encoder_rows(config)),
+        tile_encoder_table=_table(_tile_encoder_rows(getattr(config, "tile_encoder", None))),
+        trained=_training_section(config, _without_local_paths(training_summary or {})),
+        shape=f"(1, {config.n_tiles}, {config.feature_dim})",
+        coords_note=coords_note,
+        # Without a fixed cell, the tile side in level-0 px makes adjacent tiles one cell apart.
+        patch_arg="" if config.fixed_grid_cell_size else ", patch_size_level0=448",
+        results=_table(results, ("Task", "AUC")),
     )
-    # Without a fixed cell, the tile side in level-0 px makes adjacent tiles one cell apart.
-    patch_arg = "" if config.fixed_grid_cell_size else ", patch_size_level0=448"
-    results = _table(
-        [(f"{task} (`{table}`)", f"{auc:.3f}") for task, table, auc in REFERENCE_RESULTS], ("Task", "AUC")
-    )
-    content = f"""---
-{data.to_yaml()}
----
-
-# {repo_id.split("/")[-1]}
-
-A [Giga-SSL][paper] slide encoder (Lazard et al., CVPR Workshops 2023): a bag of tile features of a
-whole-slide image, with the tiles' positions on the slide, in; one {config.hidden_dim}-d slide embedding out.
-It was pretrained without labels (SimCLR at the slide level) and is meant as a frozen feature extractor
-for linear probes and other slide-level models.
-
-## Model
-
-{_table(_encoder_rows(config))}
-
-### Tile encoder
-
-{_table(_tile_encoder_rows(getattr(config, "tile_encoder", None)))}
-
-The SimCLR projection head is used only by the pretraining loss and is not part of this repository.
-
-## How it was trained
-
-{trained}
-
-## How to use
-
-The tile features must come from the tile encoder this model was trained on (see above), computed on the
-same kind of tiles.
-
-```python
-import torch
-from transformers import AutoModel
-
-model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True).eval()
-tile_features = torch.randn{shape}  # from the tile encoder
-tile_coords = torch.randint(0, 20_000, (1, {config.n_tiles}, 2))  {coords_note}
-with torch.no_grad():
-    embedding = model(tile_features=tile_features, tile_coords=tile_coords{patch_arg}).slide_embedding
-```
-
-With `pip install giga-ssl-hf`, `import giga_ssl_hf` registers the model classes and `trust_remote_code` is
-not needed; `giga-ssl embed` computes whole-cohort embeddings as in the paper (mean over many views, then
-L2 normalisation).
-
-**Tile-level outputs.** `model(..., output_tile_embeddings=True).tile_embeddings` has shape
-`(batch, n_tiles, {config.hidden_dim})`: for each tile, the embedding of the output site its grid cell falls in
-after `layer4`'s stride 2 (tiles sharing a site share a row; for the `mlp` encoder, the tile's own row before the
-mean), zeros for padded tiles. The slide embedding is unchanged: the mean over the output sites. Scored by a
-linear probe, they give per-tile heatmaps (`giga-ssl heatmap`).
-
-{INTENDED_USE}
-
-## Reference results
-
-Linear-probe AUC on TCGA reported by the original authors for their released SparseConvMIL model on MoCo
-tile features (10-fold cross-validation; tables and splits of trislaz/gigassl). They are the paper's
-numbers, not a measurement of this checkpoint: check yours with `giga-ssl evaluate`.
-
-{results}
-
-## Citation
-
-```bibtex
-{CITATION}
-```
-
-[paper]: {PAPER_URL}
-"""
     return ModelCard(content)
+
+
+def _dataset_rows(metadata: dict, cohort: str, n_slides: int, dim: int) -> list[tuple[str, object]]:
+    """The dataset card's table: provenance first, then the metadata's other top-level scalars."""
+    model_id = metadata.get("model_id") or metadata.get("model") or "unknown"
+    rows = [
+        ("Cohort", cohort),
+        ("Model", f"[{model_id}](https://huggingface.co/{model_id})" if _is_repo_id(model_id) else model_id),
+        ("Model revision", metadata.get("model_revision") or metadata.get("revision") or "unknown"),
+        ("Strategy", metadata.get("strategy", "unknown")),
+        ("Views per slide", metadata.get("n_views", "unknown")),
+        ("Tiles per view", metadata.get("n_tiles", "unknown")),
+        ("Seed", metadata.get("seed", "unknown")),
+        ("Number of slides", n_slides),
+        ("Embedding dimension", dim),
+    ]
+    return rows + _summary_rows(metadata, skip=_DATASET_KEYS)
 
 
 def dataset_card(
@@ -290,104 +254,28 @@ def dataset_card(
     """The README.md of a slide-embeddings dataset repo: provenance, shape and how to load it."""
     metadata = _without_local_paths(metadata)
     cohort = cohort or metadata.get("cohort") or "unspecified cohort"
-    model_id = metadata.get("model_id") or metadata.get("model") or "unknown"
-    revision = metadata.get("model_revision") or metadata.get("revision") or "unknown"
     data = DatasetCardData(
         license=license,
         pretty_name=f"Giga-SSL slide embeddings: {cohort}",
         tags=DATASET_TAGS,
         task_categories=["feature-extraction"],
-        size_categories=[_size_category(n_slides)],
+        size_categories=[size_category(n_slides)],
         configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
     )
-    rows = [
-        ("Cohort", cohort),
-        (
-            "Model",
-            f"[{model_id}](https://huggingface.co/{model_id})" if _is_repo_id(model_id) else model_id,
-        ),
-        ("Model revision", revision),
-        ("Strategy", metadata.get("strategy", "unknown")),
-        ("Views per slide", metadata.get("n_views", "unknown")),
-        ("Tiles per view", metadata.get("n_tiles", "unknown")),
-        ("Seed", metadata.get("seed", "unknown")),
-        ("Number of slides", n_slides),
-        ("Embedding dimension", dim),
-    ]
-    shown = {
-        "cohort",
-        "model_id",
-        "model",
-        "model_revision",
-        "revision",
-        "strategy",
-        "n_views",
-        "n_tiles",
-        "seed",
-    }
-    rows += _summary_rows(metadata, skip=shown)
-    name = repo_id.split("/")[-1]
-    content = f"""---
-{data.to_yaml()}
----
-
-# {name}
-
-Slide embeddings of the {cohort} cohort computed with a [Giga-SSL][paper] slide encoder: one
-{dim}-d float32 vector per whole-slide image, {n_slides} slides.
-
-{_table(rows)}
-
-## Columns
-
-- `slide_id` (string): the slide's file stem.
-- `embedding` (float32, length {dim}): the slide embedding.
-
-The full provenance record is `giga_ssl_metadata.json` in this repository.
-
-## How to load
-
-```python
-import giga_ssl_hf
-
-ids, embeddings = giga_ssl_hf.load_embeddings("{repo_id}")  # numpy: (N,), (N, {dim})
-dataset = giga_ssl_hf.load_embeddings("{repo_id}", as_dataset=True)  # datasets.Dataset
-```
-
-or with `datasets` alone:
-
-```python
-import datasets
-
-dataset = datasets.load_dataset("{repo_id}", split="train")
-```
-
-or from the command line (writes `embeddings.npy` and `ids.npy`, the format of the original Giga-SSL code):
-
-```bash
-giga-ssl download {repo_id} --out {name} --npy
-```
-
-Downloads are cached by `huggingface_hub` and work offline with `HF_HUB_OFFLINE=1`. A linear probe with the
-paper's protocol: `giga-ssl evaluate --embeddings {repo_id} --labels labels.csv` (columns `ID`, `label`).
-
-## Citation
-
-```bibtex
-{CITATION}
-```
-
-<details>
-<summary>giga_ssl_metadata.json</summary>
-
-```json
-{json.dumps(metadata, indent=2, sort_keys=True)}
-```
-
-</details>
-
-[paper]: {PAPER_URL}
-"""
+    content = fill_template(
+        "dataset_card.md",
+        card_data=data.to_yaml(),
+        name=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        cohort=cohort,
+        n_slides=n_slides,
+        dim=dim,
+        table=_table(_dataset_rows(metadata, cohort, n_slides, dim)),
+        metadata_file=METADATA_FILENAME,
+        metadata_json=json.dumps(metadata, indent=2, sort_keys=True),
+        npy_embeddings=NPY_EMBEDDINGS,
+        npy_ids=NPY_IDS,
+    )
     return DatasetCard(content)
 
 
@@ -395,7 +283,8 @@ def _is_repo_id(name: str) -> bool:
     return name.count("/") == 1 and not name.startswith((".", "/", "~"))
 
 
-def _size_category(n: int) -> str:
+def size_category(n: int) -> str:
+    """The Hub's ``size_categories`` value of a dataset of ``n`` rows."""
     for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K")):
         if n < limit:
             return label

@@ -1,371 +1,44 @@
-"""Conversion of the original Giga-SSL checkpoints (trislaz/gigassl and its successor) to Hugging Face folders.
+"""``giga-ssl convert``: an original Giga-SSL checkpoint -> a Hugging Face model folder, ready for push-model.
 
-The original code trains a ``SimCLRMIL`` whose SparseConvMIL encoder is a SparseConvNet copy of ResNet18's
-``layer4``; its successor (trislaz/Democratizing_WSI) wraps the same encoder under ``backbone.mil.``. The
-key layouts below were read from those repositories' ``networks.py`` / ``simclr.py``:
-
-- sparse convolutions: SparseConvNet weights ``(k*k, 1, C_in, C_out)`` with
-  ``W_sparse[a*k + b, 0] == W_dense[:, :, a, b].T``; 3x3 for ``conv1``/``conv2``, 1x1 for ``convd``;
-- SparseConvNet ``BatchNormalization``: ``weight``, ``bias``, ``running_mean``, ``running_var`` (its
-  ``momentum=0.9`` is torch's 0.1; no ``num_batches_tracked``);
-- ``SimCLRMIL.projector`` (``projection_MLP``): ``layer1``/``layer2`` = (Linear, ReLU, BatchNorm1d) and
-  ``layer3`` = Linear; ``SimCLRMIL.encoder = Sequential(backbone, projector)`` registers the same modules
-  a second time, so every tensor also appears under ``encoder.0.`` / ``encoder.1.``.
-
-The successor's light ResidualMLP ('mlp') has the module names of this package's ``encoder_type="mlp"``
-(``tile_encoder.{i}.block.{j}.block.0`` Linear, ``...norm`` BatchNorm1d, ``residual_lin`` shortcut), so its
-tensors are copied as they are.
-
-The converted config sets ``grid_size_mode="batch"``, ``fixed_grid_cell_size=True`` and ``grid_cell_size``
-= the original ``downmap`` (224 by default): level-0 pixel coordinates divided by a fixed cell size and one
-sparse map size per batch, as the original trained. (The original ``inference.py`` also divided coordinates
-by 4 before the model; pass ``tile_coords / 4`` to reproduce its released embeddings exactly.)
-
-Loading never runs arbitrary pickle code: ``torch.load(weights_only=True)`` with an allow-list of the two
-namespace classes the original configs are made of.
+The converter lives beside the model (:mod:`giga_ssl_hf.models.gigassl.convert_gigassl_original_to_hf`); this
+module is its command line, apart from it because importing anything under the model package imports
+transformers and torch, which ``giga-ssl convert --help`` must not wait for.
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from giga_ssl_hf.checkpoints import safe_torch_load
 from giga_ssl_hf.contracts import TRAINING_SUMMARY_FILENAME
-from giga_ssl_hf.files import write_json
-from giga_ssl_hf.hub._cli import run_command
+from giga_ssl_hf.settings import SettingsParser, option, run_main
 
-if TYPE_CHECKING:
-    import torch
-
-    from giga_ssl_hf.models.gigassl import GigaSSLForContrastivePretraining, GigaSSLModel
-
-logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class OriginalLayout:
-    """Where one family of original checkpoints keeps its tensors (all prefixes are state_dict key prefixes)."""
-
-    name: str
-    source: str
-    encoder_type: str  # this package's encoder_type
-    encoder_prefix: str
-    projector_prefix: str
-    dropped_prefixes: tuple[str, ...] = ()  # known tensors that are not part of the slide encoder
+DESCRIPTION = f"""Convert an original Giga-SSL checkpoint (trislaz/gigassl SimCLRMIL .pth, or a SparseConvMIL 'scm' or
+ResidualMLP 'mlp' checkpoint of its successor trislaz/Democratizing_WSI) into a Hugging Face model folder
+(config.json, model.safetensors, {TRAINING_SUMMARY_FILENAME}). The converted model reproduces the original: fixed
+224-px grid cells and a batch-wide sparse map size (see GigaSSLConfig). The checkpoint is read with
+torch.load(weights_only=True): no pickled code runs."""
+EPILOG = "Then publish it: giga-ssl push-model OUT --repo-id ORG/NAME [--dry-run DIR]"
 
 
-# The one table of supported layouts; the first whose signature key is present wins.
-LAYOUTS: tuple[OriginalLayout, ...] = (
-    OriginalLayout(
-        name="gigassl",
-        source="trislaz/gigassl SimCLRMIL (argparse Namespace config)",
-        encoder_type="sparse_conv",
-        encoder_prefix="backbone.net.mil_model.sparse_pooling.0.",
-        projector_prefix="projector.",
-    ),
-    OriginalLayout(
-        name="successor-scm",
-        source="trislaz/Democratizing_WSI SparseConvMIL 'scm' (dict config)",
-        encoder_type="sparse_conv",
-        encoder_prefix="backbone.mil.net.mil_model.sparse_pooling.0.",
-        # Assumed like the original: the successor's loader only shows the backbone.mil. keys.
-        projector_prefix="projector.",
-        dropped_prefixes=("backbone.mil.net.linear_classifier.",),
-    ),
-    OriginalLayout(
-        name="successor-mlp",
-        source="trislaz/Democratizing_WSI ResidualMLP 'mlp' (dict config)",
-        encoder_type="mlp",
-        encoder_prefix="backbone.mil.tile_encoder.",
-        projector_prefix="projector.",
-        dropped_prefixes=("backbone.mil.classifier.",),
-    ),
-)
-# Signature key of each encoder type, relative to ``encoder_prefix``.
-_SIGNATURES = {"sparse_conv": "0.conv1.weight", "mlp": "0.block.0.block.0.weight"}
-# SimCLRMIL.encoder = Sequential(backbone, projector): these prefixes repeat tensors stored elsewhere.
-_ALIASES = {"encoder.0.": "backbone.", "encoder.1.": "projector."}
+@dataclass
+class ConvertSettings:
+    """What to convert and where to write it."""
 
-# Original sparse layer4 module -> this package's ``encoder.layer4`` module.
-SPARSE_CONVS = {
-    "0.conv1": "0.conv1",
-    "0.conv2": "0.conv2",
-    "0.convd": "0.downsample.0",
-    "1.conv1": "1.conv1",
-    "1.conv2": "1.conv2",
-}
-SPARSE_NORMS = {
-    "0.norm1": "0.bn1",
-    "0.norm2": "0.bn2",
-    "0.normd": "0.downsample.1",
-    "1.norm1": "1.bn1",
-    "1.norm2": "1.bn2",
-}
-# Original projection_MLP module -> index in this package's ``projection_head`` Sequential.
-PROJECTOR_LINEARS = {"layer1.0": "0", "layer2.0": "3", "layer3": "6"}
-PROJECTOR_NORMS = {"layer1.2": "2", "layer2.2": "5"}
-_NORM_PARAMS = ("weight", "bias", "running_mean", "running_var")
+    checkpoint: Path = option(help="original checkpoint (.pth / .pth.tar)", positional=True)
+    out: Path | None = option(None, "output folder (created)", metavar="OUT", required=True)
 
 
-class OriginalNamespace:
-    """Attribute bag standing in for trislaz/gigassl's ``arguments.Namespace`` (the nested config sections).
-
-    Allow-listed under that name for ``weights_only`` loading, so an original config unpickles into plain
-    attributes without importing (or running) the original code.
-    """
+def build_parser() -> SettingsParser:
+    return SettingsParser(ConvertSettings, prog="giga-ssl convert", description=DESCRIPTION, epilog=EPILOG)
 
 
-SAFE_GLOBALS = [argparse.Namespace, (OriginalNamespace, "arguments.Namespace")]
+def convert(settings: ConvertSettings) -> int:
+    from giga_ssl_hf.models.gigassl.convert_gigassl_original_to_hf import write_converted
 
-
-def load_original_checkpoint(path: str | Path) -> dict:
-    """The checkpoint dict (``state_dict``, ``config``, ...), refusing any pickled object off the allow-list."""
-    import torch
-
-    path = Path(path)
-    checkpoint = safe_torch_load(path, SAFE_GLOBALS)
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path}: expected a checkpoint dict, got {type(checkpoint).__name__}")
-    if "state_dict" not in checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        checkpoint = {"state_dict": checkpoint}
-    if not isinstance(checkpoint.get("state_dict"), dict):
-        raise ValueError(f"{path}: no 'state_dict' in the checkpoint (keys: {sorted(checkpoint)})")
-    return checkpoint
-
-
-def flatten_config(config: object, prefix: str = "") -> dict[str, object]:
-    """``{"model.downmap": 224, ...}`` from an original config (Namespaces and dicts, nested or flat)."""
-    if isinstance(config, (argparse.Namespace, OriginalNamespace)):
-        config = vars(config)
-    if isinstance(config, dict):
-        flat: dict[str, object] = {}
-        for key, value in config.items():
-            flat.update(flatten_config(value, f"{prefix}{key}."))
-        return flat
-    return {prefix[:-1]: config} if prefix else {}
-
-
-def _setting(flat: dict[str, object], *names: str, default: object = None) -> object:
-    """The value of the first of ``names`` (dotted keys) present: the original nests its sections
-    (``model.downmap``), the successor's dict config may not (``downmap``)."""
-    return next((flat[name] for name in names if name in flat), default)
-
-
-def detect_layout(state_dict: dict[str, torch.Tensor]) -> OriginalLayout:
-    for layout in LAYOUTS:
-        if layout.encoder_prefix + _SIGNATURES[layout.encoder_type] in state_dict:
-            return layout
-    expected = "\n".join(
-        f"  {layout.name} ({layout.source}): {layout.encoder_prefix}{_SIGNATURES[layout.encoder_type]}"
-        for layout in LAYOUTS
-    )
-    raise ValueError(
-        "unknown checkpoint layout: none of the known signature keys is present.\n"
-        f"expected one of:\n{expected}\nfound keys: {_preview(sorted(state_dict))}"
-    )
-
-
-def _preview(keys: list[str], limit: int = 20) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-
-def sparse_to_dense(weight: torch.Tensor) -> torch.Tensor:
-    """SparseConvNet ``(k*k, 1, C_in, C_out)`` -> torch ``(C_out, C_in, k, k)``, first kernel axis along x."""
-    if weight.dim() != 4 or weight.shape[1] != 1:
-        raise ValueError(f"expected a SparseConvNet weight (k*k, 1, C_in, C_out), got {tuple(weight.shape)}")
-    k = round(weight.shape[0] ** 0.5)
-    if k * k != weight.shape[0]:
-        raise ValueError(f"SparseConvNet weight with {weight.shape[0]} offsets is not a square kernel")
-    return weight[:, 0].reshape(k, k, *weight.shape[2:]).permute(3, 2, 0, 1).contiguous()
-
-
-def convert_state_dict(
-    state_dict: dict[str, torch.Tensor],
-) -> tuple[OriginalLayout, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(layout, ``encoder.layer4.*`` tensors, ``projection_head.*`` tensors, empty without a projector)."""
-    import torch
-
-    layout = detect_layout(state_dict)
-    used: set[str] = set()
-
-    def take(key: str) -> torch.Tensor:
-        if key not in state_dict:
-            raise ValueError(f"{layout.name} checkpoint lacks {key!r}")
-        used.add(key)
-        return state_dict[key]
-
-    encoder = {}
-    if layout.encoder_type == "mlp":
-        # The successor's ResidualMLP and this package's mlp encoder share module names under tile_encoder.
-        for key in [k for k in state_dict if k.startswith(layout.encoder_prefix)]:
-            encoder[f"encoder.tile_encoder.{key[len(layout.encoder_prefix) :]}"] = take(key)
-    for original, ours in SPARSE_CONVS.items() if layout.encoder_type == "sparse_conv" else ():
-        encoder[f"encoder.layer4.{ours}.weight"] = sparse_to_dense(
-            take(f"{layout.encoder_prefix}{original}.weight")
-        )
-    for original, ours in SPARSE_NORMS.items() if layout.encoder_type == "sparse_conv" else ():
-        for param in _NORM_PARAMS:
-            encoder[f"encoder.layer4.{ours}.{param}"] = take(f"{layout.encoder_prefix}{original}.{param}")
-
-    projector = {}
-    if any(key.startswith(layout.projector_prefix) for key in state_dict):
-        for original, ours in PROJECTOR_LINEARS.items():
-            for param in ("weight", "bias"):
-                projector[f"projection_head.{ours}.{param}"] = take(
-                    f"{layout.projector_prefix}{original}.{param}"
-                )
-        for original, ours in PROJECTOR_NORMS.items():
-            for param in (*_NORM_PARAMS, "num_batches_tracked"):
-                key = f"{layout.projector_prefix}{original}.{param}"
-                if param != "num_batches_tracked" or key in state_dict:
-                    projector[f"projection_head.{ours}.{param}"] = take(key)
-
-    def known(key: str) -> bool:
-        return key in used or key.startswith(layout.dropped_prefixes)
-
-    unexpected = []
-    for key, value in state_dict.items():
-        alias = next((key.replace(a, t, 1) for a, t in _ALIASES.items() if key.startswith(a)), None)
-        if known(key) or (alias in state_dict and known(alias) and torch.equal(value, state_dict[alias])):
-            continue
-        unexpected.append(key)
-    if unexpected:
-        raise ValueError(
-            f"{layout.name} checkpoint ({layout.source}) has {len(unexpected)} unexpected key(s) that "
-            f"the conversion table does not map: {_preview(sorted(unexpected))}"
-        )
-    return layout, encoder, projector
-
-
-def convert_checkpoint(path: str | Path) -> tuple[GigaSSLModel | GigaSSLForContrastivePretraining, dict]:
-    """The converted model (with the SimCLR head when the checkpoint has one) and its training summary."""
-    import torch
-
-    from giga_ssl_hf.models.gigassl import GigaSSLConfig, GigaSSLForContrastivePretraining, GigaSSLModel
-
-    path = Path(path)
-    checkpoint = load_original_checkpoint(path)
-    layout, encoder, projector = convert_state_dict(checkpoint["state_dict"])
-    flat = flatten_config(checkpoint.get("config"))
-    if layout.encoder_type == "mlp":
-        first = encoder["encoder.tile_encoder.0.block.0.block.0.weight"]
-        n_blocks = len({key.split(".")[2] for key in encoder})
-        architecture = {
-            "mlp_num_blocks": n_blocks,
-            "mlp_dropout": float(_setting(flat, "dropout", default=0.0)),
-        }
-    else:
-        first = encoder["encoder.layer4.0.conv1.weight"]
-        architecture = {}
-    config = GigaSSLConfig(
-        feature_dim=first.shape[1],
-        hidden_dim=first.shape[0],
-        encoder_type=layout.encoder_type,
-        **architecture,
-        grid_cell_size=int(_setting(flat, "model.downmap", "downmap", default=224)),
-        fixed_grid_cell_size=True,
-        grid_size_mode="batch",
-        projection_dims=[
-            projector[f"projection_head.{i}.weight"].shape[0] for i in PROJECTOR_LINEARS.values()
-        ]
-        if projector
-        else GigaSSLConfig().projection_dims,
-        temperature=float(_setting(flat, "model.temperature_xent", "temperature_xent", default=0.05)),
-        n_tiles=int(_setting(flat, "dataset.nb_tiles", "nb_tiles", default=5)),
-    )
-    if projector:
-        model = GigaSSLForContrastivePretraining(config)
-        weights = {f"gigassl.{key}": value for key, value in encoder.items()} | projector
-    else:
-        model = GigaSSLModel(config)
-        weights = encoder
-    # SparseConvNet's BatchNormalization keeps no update count: start it at 0 (anything else missing is an error).
-    counts = {
-        key: torch.zeros_like(v)
-        for key, v in model.state_dict().items()
-        if key.endswith("num_batches_tracked")
-    }
-    weights = counts | weights
-    model.load_state_dict(weights, strict=True)
-    model.eval()
-    summary = training_summary(path, layout, checkpoint, flat)
-    logger.info(
-        "converted %s (%s): %d -> %d, grid cell %d px, projection head %s",
-        path,
-        layout.name,
-        config.feature_dim,
-        config.hidden_dim,
-        config.grid_cell_size,
-        "kept" if projector else "absent",
-    )
-    return model, summary
-
-
-def training_summary(path: Path, layout: OriginalLayout, checkpoint: dict, flat: dict[str, object]) -> dict:
-    """What the model card shows under "how it was trained", from the original config and checkpoint."""
-    # Summary label -> the setting in the original's nested config, then in the successor's flat one.
-    known = {
-        "run_name": ("name",),
-        "tile_feature_dim": ("dataset.feature_depth", "feature_depth"),
-        "tiles_per_view": ("dataset.nb_tiles", "nb_tiles"),
-        "augmentations_per_slide": ("dataset.Naug", "Naug"),
-        "batch_size": ("train.batch_size", "batch_size"),
-        "epochs_planned": ("train.num_epochs", "num_epochs", "epochs"),
-        "optimizer": ("train.optimizer.name", "optimizer"),
-        "base_learning_rate": ("train.base_lr", "base_lr", "lr"),
-        "weight_decay": ("train.optimizer.weight_decay", "weight_decay"),
-        "warmup_epochs": ("train.warmup_epochs", "warmup_epochs"),
-        "temperature": ("model.temperature_xent", "temperature_xent"),
-        "grid_cell_size": ("model.downmap", "downmap"),
-    }
-    summary = {"converted_from": path.name, "original_layout": f"{layout.name}: {layout.source}"}
-    summary["checkpoint_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    if isinstance(checkpoint.get("epoch"), int):
-        summary["epoch_saved"] = checkpoint["epoch"]
-    summary |= {
-        label: value for label, names in known.items() if (value := _setting(flat, *names)) is not None
-    }
-    summary["original_config"] = {
-        key: value
-        for key, value in flat.items()
-        if isinstance(value, (str, int, float, bool)) or value is None
-    }
-    return summary
-
-
-def write_converted(path: str | Path, out: str | Path) -> Path:
-    """Convert ``path`` and save the model (``save_pretrained``) and its training summary into ``out``."""
-    model, summary = convert_checkpoint(path)
-    out = Path(out)
-    model.save_pretrained(out)
-    write_json(out / TRAINING_SUMMARY_FILENAME, summary, sort_keys=False)
-    logger.info("wrote %s", out)
-    return out
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="giga-ssl convert",
-        description=(
-            "Convert an original Giga-SSL checkpoint (trislaz/gigassl SimCLRMIL .pth, or a SparseConvMIL "
-            "'scm' or ResidualMLP 'mlp' checkpoint of its successor trislaz/Democratizing_WSI) into a Hugging "
-            "Face model folder (config.json, model.safetensors, training_summary.json). The converted model "
-            "reproduces the original: fixed 224-px grid cells and a batch-wide sparse map size (see "
-            "GigaSSLConfig). The checkpoint is read with torch.load(weights_only=True): no pickled code runs."
-        ),
-        epilog="Then publish it: giga-ssl push-model OUT --repo-id ORG/NAME [--dry-run DIR]",
-    )
-    parser.add_argument("checkpoint", type=Path, help="original checkpoint (.pth / .pth.tar)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
-    return parser
+    print(f"wrote {write_converted(settings.checkpoint, settings.out)}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command("giga-ssl convert", lambda: f"wrote {write_converted(args.checkpoint, args.out)}")
+    return run_main(build_parser(), convert, argv, usage_exit=True)

@@ -6,15 +6,15 @@ it with ``HF_HUB_OFFLINE=1``, and from any Hub-API server named by ``HF_ENDPOINT
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from giga_ssl_hf.contracts import METADATA_FILENAME, NPY_EMBEDDINGS, NPY_IDS
-from giga_ssl_hf.hub._cli import run_command
+from giga_ssl_hf.settings import SettingsParser, flag_of, option, run_main
 
 logger = logging.getLogger(__name__)
 
@@ -45,46 +45,48 @@ def download_embeddings(source: str | Path, out: str | Path | None = None, npy: 
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="giga-ssl download",
-        description=(
-            "Download slide embeddings from a Hub dataset repo (or read a local folder) and check them. "
-            "Files are cached by huggingface_hub (HF_HOME); with HF_HUB_OFFLINE=1 they are read from the "
-            "cache; HF_ENDPOINT selects another Hub-API server (a mirror)."
-        ),
-        epilog=(
-            "examples:\n  giga-ssl download me/tcga-gigassl                  # cache only, prints the folder\n"
-            "  giga-ssl download me/tcga-gigassl --out tcga --npy  # embeddings.npy + ids.npy\n"
-            "In Python: ids, embeddings = giga_ssl_hf.load_embeddings('me/tcga-gigassl')"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "source",
-        metavar="REPO_OR_PATH",
+DESCRIPTION = """Download slide embeddings from a Hub dataset repo (or read a local folder) and check them. Files are cached
+by huggingface_hub (HF_HOME); with HF_HUB_OFFLINE=1 they are read from the cache; HF_ENDPOINT selects another
+Hub-API server (a mirror)."""
+
+EPILOG = f"""examples:
+  giga-ssl download me/tcga-gigassl                  # cache only, prints the folder
+  giga-ssl download me/tcga-gigassl --out tcga --npy  # {NPY_EMBEDDINGS} + {NPY_IDS}
+In Python: ids, embeddings = giga_ssl_hf.load_embeddings('me/tcga-gigassl')"""
+
+
+@dataclass
+class DownloadSettings:
+    """Which slide embeddings to fetch and how to write them."""
+
+    source: str = option(
         help="Hub dataset repo id (owner/name), or a local embeddings folder (saved Dataset or npy pair)",
+        metavar="REPO_OR_PATH",
+        positional=True,
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        metavar="DIR",
-        help="write the embeddings there (a saved Dataset with columns slide_id, embedding, plus "
+    out: Path | None = option(
+        None,
+        "write the embeddings there (a saved Dataset with columns slide_id, embedding, plus "
         f"{METADATA_FILENAME}); default: only download into the cache",
+        metavar="DIR",
     )
-    parser.add_argument(
-        "--npy",
-        action="store_true",
-        help=f"with --out, write {NPY_EMBEDDINGS} (N, E) and {NPY_IDS} (N,), the original Giga-SSL format",
+    npy: bool = option(
+        False, f"with --out, write {NPY_EMBEDDINGS} (N, E) and {NPY_IDS} (N,), the original Giga-SSL format"
     )
-    return parser
+
+    def __post_init__(self):
+        if self.npy and self.out is None:
+            raise ValueError(f"{flag_of('npy')} needs {flag_of('out')} DIR")
+
+
+def build_parser() -> SettingsParser:
+    return SettingsParser(DownloadSettings, prog="giga-ssl download", description=DESCRIPTION, epilog=EPILOG)
+
+
+def download(settings: DownloadSettings) -> int:
+    print(download_embeddings(settings.source, settings.out, npy=settings.npy))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.npy and args.out is None:
-        parser.error("--npy needs --out DIR")
-    return run_command(
-        "giga-ssl download", lambda: str(download_embeddings(args.source, args.out, npy=args.npy))
-    )
+    return run_main(build_parser(), download, argv, usage_exit=True)

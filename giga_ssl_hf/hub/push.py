@@ -8,19 +8,26 @@ not exercised by this package's tests, which run offline.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from huggingface_hub import HfApi  # light; the tests put a stand-in for the Hub in its place
+from huggingface_hub.constants import REPOCARD_NAME
 
-from giga_ssl_hf.contracts import DEFAULT_LICENSE, METADATA_FILENAME, TRAINING_SUMMARY_FILENAME
-from giga_ssl_hf.files import dumps_strict, write_json
-from giga_ssl_hf.hub._cli import run_command
+from giga_ssl_hf.contracts import (
+    DEFAULT_LICENSE,
+    METADATA_FILENAME,
+    NPY_EMBEDDINGS,
+    NPY_IDS,
+    TRAINING_SUMMARY_FILENAME,
+)
+from giga_ssl_hf.files import dumps_strict, write_json, write_text_atomic
+from giga_ssl_hf.settings import SettingsParser, option, run_main
 
 if TYPE_CHECKING:
     import datasets
@@ -28,11 +35,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PARQUET_PATH = "data/train-00000-of-00001.parquet"
-UPLOAD_NOTE = (
-    "Uploading needs network access and a Hub token (hf auth login, or HF_TOKEN). Uploads to the real Hub "
-    "are not exercised by this package's tests, which run offline; --dry-run writes the exact folder "
-    "that would be uploaded, to review first."
-)
+UPLOAD_NOTE = """Uploading needs network access and a Hub token (hf auth login, or HF_TOKEN). Uploads to the real Hub are not
+exercised by this package's tests, which run offline; --dry-run writes the exact folder that would be
+uploaded, to review first."""
 
 
 def write_model_folder(
@@ -43,14 +48,16 @@ def write_model_folder(
     Only the slide encoder (:class:`GigaSSLModel`) is published, also from a pretraining checkpoint: it is what
     ``AutoModel`` loads, and without the SimCLR head it loads without unexpected-weight reports.
     """
+    from transformers.utils import CONFIG_NAME
+
     from giga_ssl_hf.hub.cards import model_card
     from giga_ssl_hf.models.gigassl import GigaSSLConfig, GigaSSLForContrastivePretraining, GigaSSLModel
 
     model_dir, out = Path(model_dir), Path(out)
-    if not (model_dir / "config.json").is_file():
+    if not (model_dir / CONFIG_NAME).is_file():
         # Checked here: from_pretrained would take a missing folder for a Hub repo id and go online.
         raise ValueError(
-            f"{model_dir}: not a saved model folder (no config.json); expected save_pretrained output"
+            f"{model_dir}: not a saved model folder (no {CONFIG_NAME}); expected save_pretrained output"
         )
     config = GigaSSLConfig.from_pretrained(model_dir)
     if GigaSSLForContrastivePretraining.__name__ in (config.architectures or []):
@@ -64,7 +71,7 @@ def write_model_folder(
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     if summary is not None:
         shutil.copy2(summary_path, out / TRAINING_SUMMARY_FILENAME)
-    model_card(encoder.config, repo_id, summary, license).save(out / "README.md")
+    model_card(encoder.config, repo_id, summary, license).save(out / REPOCARD_NAME)
     logger.info("wrote the Hub folder of %s to %s", repo_id, out)
     return out
 
@@ -122,7 +129,7 @@ def write_embeddings_folder(
     dataset, metadata, card = _embeddings_and_card(embeddings_dir, repo_id, cohort, license)
     (out / PARQUET_PATH).parent.mkdir(parents=True, exist_ok=True)
     dataset.to_parquet(str(out / PARQUET_PATH))
-    (out / "README.md").write_text(card)
+    write_text_atomic(out / REPOCARD_NAME, card)
     write_json(out / METADATA_FILENAME, metadata)
     logger.info("wrote the Hub folder of %s (%d slides) to %s", repo_id, len(dataset), out)
     return out
@@ -148,7 +155,7 @@ def push_embeddings(
     # push_to_hub writes its own README; the card replaces it and keeps the same `configs` data files.
     api = HfApi()
     api.upload_file(
-        path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id=repo_id, repo_type="dataset"
+        path_or_fileobj=card.encode(), path_in_repo=REPOCARD_NAME, repo_id=repo_id, repo_type="dataset"
     )
     commit = api.upload_file(
         path_or_fileobj=(dumps_strict(metadata, indent=2, sort_keys=True) + "\n").encode(),
@@ -161,86 +168,101 @@ def push_embeddings(
     return commit.commit_url
 
 
-def _common_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
-    parser.add_argument(
-        "--repo-id", required=True, metavar="ORG/NAME", help=f"Hub {kind} repo to create or update"
-    )
-    parser.add_argument("--private", action="store_true", help="create the repo private")
-    parser.add_argument(
-        "--dry-run",
-        type=Path,
+@dataclass(kw_only=True)
+class HubRepoSettings:
+    """The Hub repo to write, and whether to upload at all (both push commands)."""
+
+    repo_id: str | None = option(None, "Hub repo to create or update", metavar="ORG/NAME", required=True)
+    private: bool = option(False, "create the repo private")
+    dry_run: Path | None = option(
+        None,
+        "write the folder that would be uploaded to OUT (card included) and upload nothing",
         metavar="OUT",
-        help="write the folder that would be uploaded to OUT (card included) and upload nothing",
     )
-    parser.add_argument(
-        "--license", default=DEFAULT_LICENSE, help=f"license in the card (default: {DEFAULT_LICENSE})"
-    )
+    license: str = option(DEFAULT_LICENSE, "license in the card")
 
 
-def build_push_model_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="giga-ssl push-model",
-        description=(
-            "Publish a trained (or converted) Giga-SSL model on the Hub: a model card (README.md with YAML "
-            "metadata, training summary, usage, the paper's reference results), config.json with auto_map, "
-            "model.safetensors and the model code, so that AutoModel.from_pretrained(REPO, "
-            "trust_remote_code=True) works without this package. Only the slide encoder is published. "
-            + UPLOAD_NOTE
-        ),
-        epilog="example: giga-ssl push-model runs/tcga --repo-id me/gigassl-tcga --dry-run hub/gigassl-tcga",
-    )
-    parser.add_argument(
-        "model_dir",
-        type=Path,
-        metavar="DIR",
+@dataclass(kw_only=True)
+class PushModelSettings(HubRepoSettings):
+    """A saved model to publish as a Hub model repo."""
+
+    model_dir: Path = option(
         help=f"folder written by save_pretrained (giga-ssl train / convert); its {TRAINING_SUMMARY_FILENAME}, "
         "if any, fills the card's training section",
-    )
-    _common_arguments(parser, "model")
-    return parser
-
-
-def build_push_embeddings_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="giga-ssl push-embeddings",
-        description=(
-            "Publish slide embeddings on the Hub as a dataset (Dataset.push_to_hub, parquet under data/) "
-            f"with a dataset card (cohort, model and revision, strategy, number of slides, dimension, how to "
-            f"load) and the {METADATA_FILENAME} provenance record. " + UPLOAD_NOTE
-        ),
-        epilog="example: giga-ssl push-embeddings emb/tcga --repo-id me/tcga-gigassl --cohort TCGA --dry-run hub/tcga",
-    )
-    parser.add_argument(
-        "embeddings_dir",
-        type=Path,
         metavar="DIR",
-        help=f"slide embeddings: a saved Dataset (slide_id, embedding) with its {METADATA_FILENAME} "
-        "(giga-ssl embed), or a folder with embeddings.npy + ids.npy",
+        positional=True,
     )
-    parser.add_argument("--cohort", help="cohort named in the card (default: the metadata's 'cohort')")
-    _common_arguments(parser, "dataset")
-    return parser
 
 
-def _outcome(result: Path | str) -> str:
-    return f"dry run: wrote {result}" if isinstance(result, Path) else f"pushed: {result}"
+@dataclass(kw_only=True)
+class PushEmbeddingsSettings(HubRepoSettings):
+    """Slide embeddings to publish as a Hub dataset repo."""
+
+    embeddings_dir: Path = option(
+        help=f"slide embeddings: a saved Dataset (slide_id, embedding) with its {METADATA_FILENAME} "
+        f"(giga-ssl embed), or a folder with {NPY_EMBEDDINGS} + {NPY_IDS}",
+        metavar="DIR",
+        positional=True,
+    )
+    cohort: str | None = option(None, "cohort named in the card (default: the metadata's 'cohort')")
+
+
+PUSH_MODEL_DESCRIPTION = f"""Publish a trained (or converted) Giga-SSL model on the Hub: a model card (README.md with YAML metadata,
+training summary, usage, the paper's reference results), config.json with auto_map, model.safetensors and
+the model code, so that AutoModel.from_pretrained(REPO, trust_remote_code=True) works without this package.
+Only the slide encoder is published.
+
+{UPLOAD_NOTE}"""
+
+PUSH_EMBEDDINGS_DESCRIPTION = f"""Publish slide embeddings on the Hub as a dataset (Dataset.push_to_hub, parquet under data/) with a dataset
+card (cohort, model and revision, strategy, number of slides, dimension, how to load) and the
+{METADATA_FILENAME} provenance record.
+
+{UPLOAD_NOTE}"""
+
+
+def _report(result: Path | str) -> int:
+    print(f"dry run: wrote {result}" if isinstance(result, Path) else f"pushed: {result}")
+    return 0
+
+
+def publish_model(settings: PushModelSettings) -> int:
+    """``giga-ssl push-model``: :func:`push_model` with the command line's settings."""
+    s = settings
+    return _report(push_model(s.model_dir, s.repo_id, s.private, s.dry_run, s.license))
+
+
+def publish_embeddings(settings: PushEmbeddingsSettings) -> int:
+    """``giga-ssl push-embeddings``: :func:`push_embeddings` with the command line's settings."""
+    s = settings
+    return _report(push_embeddings(s.embeddings_dir, s.repo_id, s.private, s.dry_run, s.cohort, s.license))
+
+
+# command -> (its settings, description, example)
+COMMANDS = {
+    "push-model": (
+        PushModelSettings,
+        PUSH_MODEL_DESCRIPTION,
+        "giga-ssl push-model runs/tcga --repo-id me/gigassl-tcga --dry-run hub/gigassl-tcga",
+    ),
+    "push-embeddings": (
+        PushEmbeddingsSettings,
+        PUSH_EMBEDDINGS_DESCRIPTION,
+        "giga-ssl push-embeddings emb/tcga --repo-id me/tcga-gigassl --cohort TCGA --dry-run hub/tcga",
+    ),
+}
+
+
+def build_parser(command: str) -> SettingsParser:
+    settings, description, example = COMMANDS[command]
+    return SettingsParser(
+        settings, prog=f"giga-ssl {command}", description=description, epilog=f"example: {example}"
+    )
 
 
 def main_push_model(argv: list[str] | None = None) -> int:
-    args = build_push_model_parser().parse_args(argv)
-    return run_command(
-        "giga-ssl push-model",
-        lambda: _outcome(push_model(args.model_dir, args.repo_id, args.private, args.dry_run, args.license)),
-    )
+    return run_main(build_parser("push-model"), publish_model, argv, usage_exit=True)
 
 
 def main_push_embeddings(argv: list[str] | None = None) -> int:
-    args = build_push_embeddings_parser().parse_args(argv)
-    return run_command(
-        "giga-ssl push-embeddings",
-        lambda: _outcome(
-            push_embeddings(
-                args.embeddings_dir, args.repo_id, args.private, args.dry_run, args.cohort, args.license
-            )
-        ),
-    )
+    return run_main(build_parser("push-embeddings"), publish_embeddings, argv, usage_exit=True)
