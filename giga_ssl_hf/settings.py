@@ -22,14 +22,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
-_ARGPARSE_KEYS = ("metavar", "positional", "flag", "aliases", "exclusive", "nargs", "type")
+_ARGPARSE_KEYS = ("metavar", "positional", "flag", "aliases", "exclusive", "nargs", "type", "choices")
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", **cli: Any) -> Any:
     """A settings field. ``cli`` tunes its flag: ``metavar``; ``flag`` (the flag's name when the field's own
     does not read well, e.g. ``"--no-pretrained"`` for ``pretrained=True``); ``aliases`` (more flags);
     ``positional=True`` (a positional argument, ``nargs="*"`` for tuples); ``exclusive`` (a mapping flag ->
-    value: mutually exclusive switches that set this field, e.g. ``{"--aug": "augmented"}``)."""
+    value: mutually exclusive switches that set this field, e.g. ``{"--aug": "augmented"}``); ``choices`` (the
+    allowed values when they live in a constant rather than a ``Literal`` annotation)."""
     unknown = set(cli) - set(_ARGPARSE_KEYS)
     if unknown:
         raise TypeError(f"option() got unknown keyword(s): {', '.join(sorted(unknown))}")
@@ -67,7 +68,8 @@ def run_main(
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        shown = action.default not in (None, False, True, argparse.SUPPRESS, ())
+        # identity, not equality: a default of 0 or 1 is shown (0 == False, 1 == True)
+        shown = not any(action.default is hidden for hidden in (None, False, True, argparse.SUPPRESS, ()))
         if shown and action.option_strings and "%(default)" not in text and action.nargs != 0:
             text += " (default: %(default)s)"
         return text
@@ -107,6 +109,7 @@ class SettingsParser(argparse.ArgumentParser):
         if "metavar" in meta:
             kwargs["metavar"] = meta["metavar"]
         base, is_sequence, choices = _unwrap(annotation)
+        choices = meta.get("choices", choices)
         default = item.default if item.default is not dataclasses.MISSING else None
         if meta.get("exclusive"):
             group = target.add_mutually_exclusive_group()
