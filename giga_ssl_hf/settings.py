@@ -120,9 +120,8 @@ class SettingsParser(argparse.ArgumentParser):
             return
         if meta.get("positional"):
             kwargs.pop("dest")
-            target.add_argument(
-                item.name, nargs="*" if is_sequence else None, type=base, default=default, **kwargs
-            )
+            nargs = meta.get("nargs", "*" if is_sequence else None)
+            target.add_argument(item.name, nargs=nargs, type=base, default=default, **kwargs)
             return
         flag = meta.get("flag", flag_of(item.name))
         hidden = [f for f in {"--" + item.name, *meta.get("aliases", ())} if f != flag]
@@ -138,7 +137,8 @@ class SettingsParser(argparse.ArgumentParser):
                 kwargs["nargs"] = meta.get("nargs", "+")
             if choices:
                 kwargs["choices"] = choices
-        target.add_argument(flag, default=default, **kwargs)
+        # a field without a default is a required option
+        target.add_argument(flag, default=default, required=item.default is dataclasses.MISSING, **kwargs)
         if hidden:
             target.add_argument(
                 *hidden, **{**kwargs, "help": argparse.SUPPRESS, "default": argparse.SUPPRESS}

@@ -289,6 +289,15 @@ def _others_done(summary: ExtractionSummary, key: str, job, store, wait_for_shar
     return False
 
 
+def _check(config: ExtractionConfig, passes: Sequence[str]) -> tuple[str, ...]:
+    """The passes, in order; raises on nothing to do or missing tile-source folders."""
+    config.check_tile_sources()
+    passes = tuple(p for p in BOTH_PASSES if p in passes)
+    if not passes:
+        raise ValueError("nothing to do: passes must include 'exhaustive' and/or 'augmented'")
+    return passes
+
+
 def _log_plan(summary: ExtractionSummary) -> None:
     if summary.unsupported_files:
         names = ", ".join(p.name for p in summary.unsupported_files)
@@ -323,30 +332,20 @@ def extract_slides(
 ) -> ExtractionSummary:
     """Tile, encode and store ``paths`` (slide files, folders of slides, :class:`SlideEntry`) into ``out_dir``.
 
-    Slides already committed by an earlier run (status ok or empty, with the passes asked for) are
-    skipped unless ``overwrite``; failed ones are retried. A failing slide is recorded and the others go
-    on. The Datasets are rebuilt at the end from every committed slide of ``out_dir``. The keyword
-    arguments are :class:`~giga_ssl_hf.features.extraction_settings.ExtractionRun`'s
-    (``run.extract_options()``).
-
-    Every check that can fail on the inputs (slides, settings, encoder weights) runs before anything is
-    written. A full disk raises :class:`~giga_ssl_hf.features.store.DiskFullError` after removing what was
-    half-written; the rerun resumes.
-
-    ``shard=(I, N)`` (or a launcher's ``RANK`` / ``WORLD_SIZE``) runs share I of N of the slides; the last
-    share to finish builds the Datasets. ``mpp`` is the fallback pixel size; a slide's own (from
-    ``slides_csv``) wins over it. ``decode`` picks the tile reader (:mod:`giga_ssl_hf.wsi.raw_tiles`).
-    With ``wait_for_shares`` a share that is not the last waits for the others and returns with the
-    Datasets too (for callers that go on with them, such as the pipeline under a launcher).
+    Slides already committed (status ok or empty, with the passes asked for) are skipped unless
+    ``overwrite``; failed ones are retried; a failing slide is recorded and the others go on. Every check
+    on the inputs (slides, settings, encoder weights) runs before anything is written; a full disk raises
+    :class:`~giga_ssl_hf.features.store.DiskFullError` after removing what was half-written. The keyword
+    arguments are :class:`~giga_ssl_hf.features.extraction_settings.ExtractionRun`'s (its
+    ``extract_options()``): ``shard=(I, N)`` (or a launcher's ``RANK`` / ``WORLD_SIZE``) runs share I of N,
+    and the last share to finish builds the Datasets; with ``wait_for_shares`` every share waits for the
+    others and returns with the Datasets (for callers that go on with them, such as the pipeline).
     """
     from giga_ssl_hf.features.runner import build_runner
     from giga_ssl_hf.features.store import PartStore
 
     config = config or ExtractionConfig()
-    passes = tuple(p for p in BOTH_PASSES if p in passes)
-    if not passes:
-        raise ValueError("nothing to do: passes must include 'exhaustive' and/or 'augmented'")
-    config.check_tile_sources()
+    passes = _check(config, passes)
     out_dir = Path(out_dir)
     slides, unsupported = _find_inputs(paths, recursive, slides_csv)
     share, job = _share_of(slides, shard)
@@ -357,15 +356,8 @@ def extract_slides(
     _log_plan(summary)
     runner = build_runner(config, device) if todo else None
     _prepare_folder(out_dir, config, store, discard, runner)
-    options = SlideOptions(
-        passes,
-        mpp,
-        override_mpp,
-        batch_size,
-        num_readers,
-        decode,
-        out_dir / "thumbnails" if thumbnails else None,
-    )
+    thumbnails_dir = out_dir / "thumbnails" if thumbnails else None
+    options = SlideOptions(passes, mpp, override_mpp, batch_size, num_readers, decode, thumbnails_dir)
     start = time.perf_counter()
     _extract_todo(todo, runner, config, options, store, summary, overwrite or discard, progress)
     summary.seconds = time.perf_counter() - start
