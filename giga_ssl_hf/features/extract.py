@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 import sys
 
-from giga_ssl_hf.features.extraction import ExtractionSummary, assemble_datasets, extract_slides
+from giga_ssl_hf.features.assemble import assemble_datasets
+from giga_ssl_hf.features.extraction import ExtractionSummary, extract_slides
 from giga_ssl_hf.features.extraction_settings import ExtractionConfig, ExtractionRun
 from giga_ssl_hf.settings import SettingsParser, fail, run_main
 
