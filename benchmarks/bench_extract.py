@@ -39,7 +39,8 @@ def _child(
     import torch
 
     from giga_ssl_hf.features.encoders import EncoderRunner, build_tile_encoder
-    from giga_ssl_hf.features.extract import ExtractionConfig, encode_slide
+    from giga_ssl_hf.features.extract import ExtractionConfig
+    from giga_ssl_hf.features.slide_encoding import encode_slide
     from giga_ssl_hf.wsi import open_slide, tile_grid, tissue_mask
 
     encoder = build_tile_encoder("resnet18-layer3", pretrained=False)

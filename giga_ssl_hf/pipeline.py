@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from .contracts import TRAINING_SUMMARY_FILENAME
-from .features.extract import ExtractionConfig, extract_slides
+from .features.extraction import extract_slides
+from .features.extraction_settings import ExtractionConfig
 from .files import write_json
 from .settings import SettingsParser, option, run_main
 from .training.arguments import DataArguments, ModelArguments, TrainArguments

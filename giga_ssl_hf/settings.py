@@ -32,6 +32,7 @@ _ARGPARSE_KEYS = (
     "type",
     "required",
     "negatable",
+    "choices",
 )
 
 
@@ -40,8 +41,10 @@ def option(default: Any = dataclasses.MISSING, help: str = "", **cli: Any) -> An
     does not read well, e.g. ``"--no-pretrained"`` for ``pretrained=True``); ``aliases`` (more flags);
     ``positional=True`` (a positional argument, ``nargs="*"`` for tuples); ``exclusive`` (a mapping flag ->
     value: mutually exclusive switches that set this field, e.g. ``{"--aug": "augmented"}``); ``required=True``
-    (the command line must give it; a library caller may leave it for a composing stage to fill); ``negatable=True``
-    (a bool with both ``--x`` and ``--no-x``, for a default that a composing command changes)."""
+    (the command line must give it; a library caller may leave it for a composing stage to fill; a field without
+    a default is required too); ``negatable=True`` (a bool with both ``--x`` and ``--no-x``, for a default that a
+    composing command changes); ``choices`` (the allowed values when they live in a constant rather than a
+    ``Literal`` annotation)."""
     unknown = set(cli) - set(_ARGPARSE_KEYS)
     if unknown:
         raise TypeError(f"option() got unknown keyword(s): {', '.join(sorted(unknown))}")
@@ -162,10 +165,10 @@ class SettingsParser(argparse.ArgumentParser):
         meta = dict(item.metadata)
         # argparse %-formats help strings; the default is appended by the formatter
         kwargs: dict[str, Any] = {"help": meta.get("help", "").replace("%", "%%"), "dest": item.name}
-        for key in ("metavar", "required"):
-            if key in meta:
-                kwargs[key] = meta[key]
+        if "metavar" in meta:
+            kwargs["metavar"] = meta["metavar"]
         base, is_sequence, choices = _unwrap(annotation)
+        choices = meta.get("choices", choices)
         default = item.default if item.default is not dataclasses.MISSING else None
         if meta.get("exclusive"):
             group = target.add_mutually_exclusive_group()
@@ -176,9 +179,8 @@ class SettingsParser(argparse.ArgumentParser):
             return
         if meta.get("positional"):
             kwargs.pop("dest")
-            target.add_argument(
-                item.name, nargs="*" if is_sequence else None, type=base, default=default, **kwargs
-            )
+            nargs = meta.get("nargs", "*" if is_sequence else None)
+            target.add_argument(item.name, nargs=nargs, type=base, default=default, **kwargs)
             return
         flag = meta.get("flag", flag_of(item.name))
         aliases = [f for f in {"--" + item.name, *meta.get("aliases", ())} if f != flag]
@@ -196,8 +198,9 @@ class SettingsParser(argparse.ArgumentParser):
                 kwargs["nargs"] = meta.get("nargs", "+")
             if choices:
                 kwargs["choices"] = choices
-        action = target.add_argument(flag, *sorted(aliases), default=default, **kwargs)
-        if meta.get("required"):
+        required = bool(meta.get("required")) or item.default is dataclasses.MISSING
+        action = target.add_argument(flag, *sorted(aliases), default=default, required=required, **kwargs)
+        if required:
             self.required[item.name] = action
 
     def parse(self, argv: list[str] | None = None) -> tuple:

@@ -8,7 +8,7 @@ the same images as applying it to the whole view at once.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torchvision.transforms.v2 import functional as TF
@@ -35,9 +35,6 @@ class AugmentationParams:
     hue: float
     grayscale: bool
     blur_sigma: float | None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:

@@ -17,11 +17,12 @@ its published size).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from giga_ssl_hf.settings import SettingsParser, run_main
 
 logger = logging.getLogger(__name__)
 
@@ -217,18 +218,24 @@ def presets_table() -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+def build_parser() -> SettingsParser:
+    return SettingsParser(
         prog="giga-ssl encoders",
         description="List the tile-encoder presets that `giga-ssl extract --encoder NAME` accepts: Hub source, "
         "feature dimension, input size, the resolution (µm/px) they were trained at, input normalisation, "
         "output pooling and licence. Any other timm model name or hf-hub: id works too (timm defaults). "
         "Pooling: " + "; ".join(f"{k}: {v}" for k, v in POOLINGS.items()) + ".",
     )
-    parser.parse_args(argv)
+
+
+def run() -> int:
     print(presets_table())
     print(
         "\nWeights: the HF cache (gated models: accept the terms on the Hub, then `hf auth login`; offline: "
         "HF_HUB_OFFLINE=1 with the cache filled) or --weights FILE."
     )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(build_parser(), run, argv)

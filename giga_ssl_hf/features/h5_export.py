@@ -18,15 +18,17 @@ importing gives the same Dataset. A magnification this package does not know (Na
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import math
 import os
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from giga_ssl_hf.settings import SettingsParser, option, run_main
 
 if TYPE_CHECKING:
     import h5py
@@ -153,8 +155,21 @@ def export_h5(
     return targets
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+@dataclass
+class H5ExportSettings:
+    """`giga-ssl export-h5`'s settings: :func:`export_h5`'s arguments."""
+
+    features_dir: str = option(
+        help="exhaustive tile-feature Dataset or extract folder", positional=True, metavar="FEATURES_DIR"
+    )
+    out_dir: Path = option(help="output folder of <slide_id>.h5 files", flag="--out", metavar="OUT")
+    layout: str = option("trident", "h5 layout", choices=LAYOUTS)
+    overwrite: bool = option(False, "replace h5 files already in --out")
+
+
+def build_parser() -> SettingsParser:
+    return SettingsParser(
+        H5ExportSettings,
         prog="giga-ssl export-h5",
         description="Write the exhaustive tile features of a Dataset (or a giga-ssl extract folder) as one h5 file "
         "per slide in TRIDENT's or CLAM's patch-feature layout (features (n, D) float32, coords (n, 2) int64 "
@@ -163,25 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  giga-ssl export-h5 feats/ --out trident_features/ --layout trident\n"
         "  giga-ssl export-h5 feats/exhaustive --out clam/h5_files --layout clam",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "features", metavar="FEATURES_DIR", help="exhaustive tile-feature Dataset or extract folder"
-    )
-    parser.add_argument("--out", required=True, type=Path, help="output folder of <slide_id>.h5 files")
-    parser.add_argument(
-        "--layout", choices=LAYOUTS, default="trident", help="h5 layout (default: %(default)s)"
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace h5 files already in --out")
-    return parser
+
+
+def run(settings: H5ExportSettings) -> int:
+    files = export_h5(**dataclasses.asdict(settings))
+    print(f"wrote {len(files)} {settings.layout} h5 file(s) to {settings.out_dir}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        files = export_h5(args.features, args.out, args.layout, args.overwrite)
-    except (ValueError, FileNotFoundError, OSError) as error:
-        print(f"giga-ssl export-h5: error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(files)} {args.layout} h5 file(s) to {args.out}")
-    return 0
+    return run_main(build_parser(), run, argv)

@@ -11,17 +11,19 @@ the file, then on ``features``; CLAM's feature files carry none, so ``--patches-
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 import giga_ssl_hf
+from giga_ssl_hf.settings import SettingsParser, option, run_main
 
 if TYPE_CHECKING:
     import h5py
@@ -66,21 +68,13 @@ def _find_slide(slides_dir: Path | None, slide_id: str) -> Path | None:
     return None
 
 
-def read_h5(
-    path: str | Path,
-    *,
-    patch_size_level0: int | None = None,
-    patches_dir: str | Path | None = None,
-    slides_dir: str | Path | None = None,
-    mpp: float | None = None,
-) -> H5Slide:
-    """One slide's features, coords and tile geometry from a TRIDENT or CLAM h5 file."""
+def _read_arrays(
+    path: Path, patches_dir: str | Path | None
+) -> tuple[np.ndarray, np.ndarray, dict, dict | None]:
+    """(features (n, D), coords (n, 2), attributes, encoder record) of one h5 file (attributes completed from
+    CLAM's patch h5 of the same name in ``patches_dir``)."""
     import h5py
 
-    from giga_ssl_hf.wsi.slide import open_slide
-
-    path = Path(path)
-    slide_id = path.stem
     with h5py.File(path, "r") as handle:
         if "features" not in handle or "coords" not in handle:
             raise ValueError(
@@ -98,69 +92,137 @@ def read_h5(
     coords = coords.reshape(-1, 2).astype(np.int64)
     if features.ndim != 2 or len(features) != len(coords):
         raise ValueError(f"{path}: features {features.shape} and coords {coords.shape} disagree")
+    return features, coords, attrs, tile_encoder
 
-    slide_path = _find_slide(Path(slides_dir) if slides_dir else None, slide_id)
+
+def _patch_size_level0(path: Path, attrs: dict, slide) -> int:
+    """The tile side in level-0 px from TRIDENT's ``patch_size_level0`` or CLAM's ``patch_size`` x the
+    downsample of ``patch_level``."""
+    if "patch_size_level0" in attrs:
+        return int(round(_scalar(attrs["patch_size_level0"])))
+    if "patch_size" not in attrs or "patch_level" not in attrs:
+        raise ValueError(
+            f"{path}: no patch_size_level0 nor patch_size + patch_level attributes; pass --patch-size-level0 "
+            "(or --patches-dir with CLAM's patch h5 files)"
+        )
+    level = int(_scalar(attrs["patch_level"]))
+    if "downsample" in attrs:
+        downsample = _scalar(attrs["downsample"])
+    elif level == 0:
+        downsample = 1.0
+    elif slide is not None:
+        downsample = slide.level_downsamples[level]
+    else:
+        raise ValueError(
+            f"{path}: patch_level {level} without its downsample; pass --slides-dir (the slides) "
+            "or --patch-size-level0"
+        )
+    return int(round(_scalar(attrs["patch_size"]) * downsample))
+
+
+def _resolution(path: Path, attrs: dict, slide, mpp: float | None) -> tuple[float, float]:
+    """(level-0 µm/px, magnification): ``mpp``, else the slide's, else the attributes' (NaN when unknown)."""
+    magnification = float("nan")
+    for key in ("level0_magnification", "magnification"):
+        if key in attrs and not bool(attrs.get("level0_magnification_estimated", False)):
+            magnification = _scalar(attrs[key])
+            break
+    resolved_mpp = mpp
+    if resolved_mpp is None and slide is not None:
+        resolved_mpp = slide.mpp
+        if math.isnan(magnification):
+            magnification = slide.magnification
+    for key in ("mpp", "level0_mpp"):
+        if resolved_mpp is None and key in attrs:
+            resolved_mpp = _scalar(attrs[key])
+    if resolved_mpp is None and not math.isnan(magnification):
+        resolved_mpp = 10.0 / magnification
+    if resolved_mpp is None:
+        logger.warning("%s: unknown mpp (pass --mpp or --slides-dir); stored as NaN", path.name)
+        resolved_mpp = float("nan")
+    return float(resolved_mpp), float(magnification)
+
+
+def read_h5(
+    path: str | Path,
+    *,
+    patch_size_level0: int | None = None,
+    patches_dir: str | Path | None = None,
+    slides_dir: str | Path | None = None,
+    mpp: float | None = None,
+) -> H5Slide:
+    """One slide's features, coords and tile geometry from a TRIDENT or CLAM h5 file."""
+    from giga_ssl_hf.wsi.slide import open_slide
+
+    path = Path(path)
+    features, coords, attrs, tile_encoder = _read_arrays(path, patches_dir)
+    slide_path = _find_slide(Path(slides_dir) if slides_dir else None, path.stem)
     slide = open_slide(slide_path, mpp) if slide_path is not None else None
     try:
         layout = (
             "trident" if "patch_size_level0" in attrs else "clam" if "patch_level" in attrs else "unknown"
         )
-        if patch_size_level0 is None and "patch_size_level0" in attrs:
-            patch_size_level0 = int(round(_scalar(attrs["patch_size_level0"])))
-        if patch_size_level0 is None and "patch_size" in attrs and "patch_level" in attrs:
-            level = int(_scalar(attrs["patch_level"]))
-            if "downsample" in attrs:
-                downsample = _scalar(attrs["downsample"])
-            elif level == 0:
-                downsample = 1.0
-            elif slide is not None:
-                downsample = slide.level_downsamples[level]
-            else:
-                raise ValueError(
-                    f"{path}: patch_level {level} without its downsample; pass --slides-dir (the slides) "
-                    "or --patch-size-level0"
-                )
-            patch_size_level0 = int(round(_scalar(attrs["patch_size"]) * downsample))
         if patch_size_level0 is None:
-            raise ValueError(
-                f"{path}: no patch_size_level0 nor patch_size + patch_level attributes; pass --patch-size-level0 "
-                "(or --patches-dir with CLAM's patch h5 files)"
-            )
-        magnification = float("nan")
-        for key in ("level0_magnification", "magnification"):
-            if key in attrs and not bool(attrs.get("level0_magnification_estimated", False)):
-                magnification = _scalar(attrs[key])
-                break
-        resolved_mpp = mpp
-        if resolved_mpp is None and slide is not None:
-            resolved_mpp = slide.mpp
-            if math.isnan(magnification):
-                magnification = slide.magnification
-        for key in ("mpp", "level0_mpp"):
-            if resolved_mpp is None and key in attrs:
-                resolved_mpp = _scalar(attrs[key])
-        if resolved_mpp is None and not math.isnan(magnification):
-            resolved_mpp = 10.0 / magnification
-        if resolved_mpp is None:
-            logger.warning("%s: unknown mpp (pass --mpp or --slides-dir); stored as NaN", path.name)
-            resolved_mpp = float("nan")
+            patch_size_level0 = _patch_size_level0(path, attrs, slide)
+        resolved_mpp, magnification = _resolution(path, attrs, slide, mpp)
     finally:
         if slide is not None:
             slide.close()
     return H5Slide(
-        slide_id,
-        features,
-        coords,
-        patch_size_level0,
-        float(resolved_mpp),
-        float(magnification),
-        layout,
-        tile_encoder,
+        path.stem, features, coords, patch_size_level0, resolved_mpp, magnification, layout, tile_encoder
     )
 
 
+def _h5_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The h5 files of ``paths`` (files, or folders of ``*.h5``) in slide-id order; slide ids must be unique."""
+    files: list[Path] = []
+    for item in map(Path, paths):
+        files.extend(sorted(item.glob("*.h5")) if item.is_dir() else [item])
+    files = sorted(files, key=lambda p: p.stem)
+    if not files:
+        raise ValueError("no h5 file given")
+    stems = [p.stem for p in files]
+    if len(set(stems)) != len(stems):
+        raise ValueError("several h5 files share a slide id (file stem)")
+    return files
+
+
+def _name_encoder(metadata: dict, encoder: str | None, encoders: list[dict | None], feature_dim: int) -> None:
+    """Record the tile encoder: files written by giga-ssl export-h5 carry its record; else --encoder names it."""
+    recorded = {json.dumps(record, sort_keys=True) for record in encoders}
+    if len(recorded) == 1 and encoders[0] is not None and encoder in (None, encoders[0].get("name")):
+        metadata["tile_encoder"] = encoders[0]
+        metadata["encoder"] = encoder or encoders[0].get("name")
+    elif encoder is not None:
+        metadata["tile_encoder"] = {"name": encoder, "feature_dim": int(feature_dim)}
+
+
+def _rows(files: list[Path], first: H5Slide, options: dict, dtype: str, layouts: set, encoders: list):
+    """The Dataset rows of ``files`` (``first`` already read), noting each file's layout and encoder record."""
+    from giga_ssl_hf.contracts import NO_AUGMENTATION
+
+    feature_dim = first.features.shape[1]
+    for path in files:
+        slide = first if path == files[0] else read_h5(path, **options)
+        if slide.features.shape[1] != feature_dim:
+            raise ValueError(
+                f"{path}: {slide.features.shape[1]} features per tile, {files[0]} has {feature_dim}"
+            )
+        layouts.add(slide.layout)
+        encoders.append(slide.tile_encoder)
+        yield {
+            "slide_id": slide.slide_id,
+            "aug_id": NO_AUGMENTATION,
+            "features": slide.features.astype(dtype),
+            "coords": slide.coords,
+            "patch_size_level0": slide.patch_size_level0,
+            "mpp": slide.mpp,
+            "magnification": slide.magnification,
+        }
+
+
 def import_h5(
-    paths: list[str | Path],
+    paths: Sequence[str | Path],
     out_dir: str | Path,
     *,
     patch_size_level0: int | None = None,
@@ -171,18 +233,10 @@ def import_h5(
     dtype: str = "float16",
 ) -> Path:
     """Write the h5 files (or folders of ``*.h5``) as one tile-feature Dataset folder ``out_dir``."""
-    from giga_ssl_hf.contracts import NO_AUGMENTATION, write_metadata
+    from giga_ssl_hf.contracts import write_metadata
     from giga_ssl_hf.features.store import write_tile_dataset
 
-    files: list[Path] = []
-    for item in map(Path, paths):
-        files.extend(sorted(item.glob("*.h5")) if item.is_dir() else [item])
-    files = sorted(files, key=lambda p: p.stem)
-    if not files:
-        raise ValueError("no h5 file given")
-    stems = [p.stem for p in files]
-    if len(set(stems)) != len(stems):
-        raise ValueError("several h5 files share a slide id (file stem)")
+    files = _h5_files(paths)
     options = {
         "patch_size_level0": patch_size_level0,
         "patches_dir": patches_dir,
@@ -191,28 +245,9 @@ def import_h5(
     }
     first = read_h5(files[0], **options)
     feature_dim = first.features.shape[1]
-    layouts = set()
-    encoders = []
-
-    def rows():
-        for path in files:
-            slide = first if path == files[0] else read_h5(path, **options)
-            if slide.features.shape[1] != feature_dim:
-                raise ValueError(
-                    f"{path}: {slide.features.shape[1]} features per tile, {files[0]} has {feature_dim}"
-                )
-            layouts.add(slide.layout)
-            encoders.append(slide.tile_encoder)
-            yield {
-                "slide_id": slide.slide_id,
-                "aug_id": NO_AUGMENTATION,
-                "features": slide.features.astype(dtype),
-                "coords": slide.coords,
-                "patch_size_level0": slide.patch_size_level0,
-                "mpp": slide.mpp,
-                "magnification": slide.magnification,
-            }
-
+    layouts: set[str] = set()
+    encoders: list[dict | None] = []
+    rows = _rows(files, first, options, dtype, layouts, encoders)
     metadata = {
         "source": "giga-ssl import-h5",
         "pass": "exhaustive",
@@ -224,15 +259,9 @@ def import_h5(
         "coords": "level-0 (x, y) of the top-left corner; grid index = coords // patch_size_level0",
         "package_version": giga_ssl_hf.__version__,
     }
-    out = write_tile_dataset(rows(), out_dir, feature_dim, dtype, metadata)
+    out = write_tile_dataset(rows, out_dir, feature_dim, dtype, metadata)
     metadata["h5_layouts"] = sorted(layouts)
-    # Files written by giga-ssl export-h5 carry the encoder record; else --encoder names the encoder.
-    recorded = {json.dumps(record, sort_keys=True) for record in encoders}
-    if len(recorded) == 1 and encoders[0] is not None and encoder in (None, encoders[0].get("name")):
-        metadata["tile_encoder"] = encoders[0]
-        metadata["encoder"] = encoder or encoders[0].get("name")
-    elif encoder is not None:
-        metadata["tile_encoder"] = {"name": encoder, "feature_dim": int(feature_dim)}
+    _name_encoder(metadata, encoder, encoders, feature_dim)
     write_metadata(out, metadata)
     return out
 
@@ -246,67 +275,42 @@ The output folder opens with datasets.load_from_disk; one row per slide (aug_id 
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+@dataclass
+class H5ImportSettings:
+    """`giga-ssl import-h5`'s settings: :func:`import_h5`'s arguments."""
+
+    paths: tuple[str, ...] = option(
+        help="h5 files, or folders of *.h5", positional=True, nargs="+", metavar="H5_OR_DIR"
+    )
+    out_dir: Path = option(help="output Dataset folder (replaced if it exists)", flag="--out", metavar="OUT")
+    patch_size_level0: int | None = option(None, "tile side in level-0 px (overrides the attributes)")
+    patches_dir: Path | None = option(None, "CLAM patches/ folder whose h5 files hold the patch attributes")
+    slides_dir: Path | None = option(
+        None, "folder of the slides (<slide_id>.svs, ...) for level downsamples and mpp"
+    )
+    mpp: float | None = option(
+        None, "level-0 µm per px of every slide (default: from the slides or attributes)"
+    )
+    encoder: str | None = option(
+        None, "name of the encoder that produced the features (recorded in the metadata)"
+    )
+    dtype: Literal["float16", "float32"] = option("float16", "stored feature dtype")
+
+
+def build_parser() -> SettingsParser:
+    return SettingsParser(
+        H5ImportSettings,
         prog="giga-ssl import-h5",
         description="Convert TRIDENT / CLAM patch-feature h5 files (features, coords + attributes) into a "
         "tile-feature Dataset (the exhaustive pass of `giga-ssl extract`).",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("inputs", nargs="+", metavar="H5_OR_DIR", help="h5 files, or folders of *.h5")
-    parser.add_argument(
-        "--out", required=True, type=Path, help="output Dataset folder (replaced if it exists)"
-    )
-    parser.add_argument(
-        "--patch-size-level0",
-        type=int,
-        default=None,
-        help="tile side in level-0 px (overrides the attributes)",
-    )
-    parser.add_argument(
-        "--patches-dir",
-        type=Path,
-        default=None,
-        help="CLAM patches/ folder whose h5 files hold the patch attributes",
-    )
-    parser.add_argument(
-        "--slides-dir",
-        type=Path,
-        default=None,
-        help="folder of the slides (<slide_id>.svs, ...) for level downsamples and mpp",
-    )
-    parser.add_argument(
-        "--mpp",
-        type=float,
-        default=None,
-        help="level-0 µm per px of every slide (default: from the slides or attributes)",
-    )
-    parser.add_argument(
-        "--encoder",
-        default=None,
-        help="name of the encoder that produced the features (recorded in the metadata)",
-    )
-    parser.add_argument(
-        "--dtype",
-        choices=("float16", "float32"),
-        default="float16",
-        help="stored feature dtype (default: %(default)s)",
-    )
-    return parser
+
+
+def run(settings: H5ImportSettings) -> int:
+    print(f"wrote {import_h5(**dataclasses.asdict(settings))}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    out = import_h5(
-        args.inputs,
-        args.out,
-        patch_size_level0=args.patch_size_level0,
-        patches_dir=args.patches_dir,
-        slides_dir=args.slides_dir,
-        mpp=args.mpp,
-        encoder=args.encoder,
-        dtype=args.dtype,
-    )
-    print(f"wrote {out}")
-    return 0
+    return run_main(build_parser(), run, argv)

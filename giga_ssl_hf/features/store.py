@@ -8,9 +8,11 @@ every slide either fully committed or absent. Datasets are (re)built from the co
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
@@ -28,6 +30,10 @@ from giga_ssl_hf.files import (
 )
 
 
+class DiskFullError(OSError):
+    """The output's file system ran out of space; what was being written has been removed."""
+
+
 class PartStore:
     """The committed per-slide results of an output folder (``DIR/parts``)."""
 
@@ -37,6 +43,17 @@ class PartStore:
     def remove_temporaries(self) -> None:
         """Delete what a killed run left half-written (never a committed part, nor a live writer's file)."""
         remove_stale_temporaries(self.directory)
+
+    @contextmanager
+    def disk_full_names(self, what: str) -> Iterator[None]:
+        """Turn a full disk while writing ``what`` into a :class:`DiskFullError`, temporaries removed."""
+        try:
+            yield
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self.remove_temporaries()
+            raise DiskFullError(error.errno, f"no space left on device while writing {what}") from error
 
     def clear(self) -> None:
         for path in self.directory.glob("*"):

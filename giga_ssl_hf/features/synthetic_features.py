@@ -94,6 +94,15 @@ def _tile_disc(cells: np.ndarray, radius: float, exclude: np.ndarray, rng: np.ra
             return inside
 
 
+def _tissue_cells(side: int, tissue_radius: float, rng: np.random.Generator) -> np.ndarray:
+    """Tissue of a ``side`` x ``side`` grid: the cells within a wobbly radius of the centre."""
+    grid = np.stack(np.meshgrid(np.arange(side), np.arange(side), indexing="ij"), axis=-1).reshape(-1, 2)
+    centre = np.array([side / 2, side / 2])
+    angle = np.arctan2(*(grid - centre).T)
+    wobble = 1 + 0.15 * np.sin(3 * angle + rng.uniform(0, 2 * np.pi))
+    return grid[np.linalg.norm(grid - centre, axis=1) <= tissue_radius * wobble]
+
+
 def synthetic_region_cohort(
     n_slides: int = 40,
     feature_dim: int = 32,
@@ -109,8 +118,8 @@ def synthetic_region_cohort(
     """Slides whose class is decided by a planted, spatially contiguous region: a known tile mask per slide.
 
     Each slide is a roughly round patch of tissue (radius ``tissue_radius`` cells) with a slide signature (std
-    ``slide_variation``) and tile noise (std 0.5). Every slide holds a *decoy* disc (radius ``region_radius``, its own feature direction, in both
-    classes); slides of class 1 also hold a *discriminative* disc (another direction, away from the decoy). A
+    ``slide_variation``) and tile noise (std 0.5). Every slide holds a *decoy* disc (radius ``region_radius``,
+    its own feature direction, in both classes); slides of class 1 also hold a *discriminative* disc (another direction, away from the decoy). A
     tile map must therefore single out the discriminative region, not any region that stands out.
 
     Returns the augmented Dataset (``n_aug`` rows per slide, with a strong nuisance per augmentation in the
@@ -128,15 +137,10 @@ def synthetic_region_cohort(
     exhaustive: dict[str, list] = {name: [] for name in schema}
     labels, masks = {}, {}
     side = int(2 * tissue_radius + 3)
-    grid = np.stack(np.meshgrid(np.arange(side), np.arange(side), indexing="ij"), axis=-1).reshape(-1, 2)
     for slide in range(n_slides):
         slide_id = f"region_{slide:04d}"
         label = slide % 2
-        # Tissue: cells within a wobbly radius of the centre.
-        centre = np.array([side / 2, side / 2])
-        angle = np.arctan2(*(grid - centre).T)
-        wobble = 1 + 0.15 * np.sin(3 * angle + rng.uniform(0, 2 * np.pi))
-        cells = grid[np.linalg.norm(grid - centre, axis=1) <= tissue_radius * wobble]
+        cells = _tissue_cells(side, tissue_radius, rng)
         n = len(cells)
 
         decoy_mask = _tile_disc(cells, region_radius, np.zeros(n, dtype=bool), rng)
@@ -148,16 +152,10 @@ def synthetic_region_cohort(
         tiles += signal * (decoy_mask[:, None] * decoy + mask[:, None] * discriminative)
         coords = ((cells + rng.integers(0, 50, size=2)) * patch_size_level0).astype(np.int64)
         labels[slide_id], masks[slide_id] = label, mask
-        rows = [(exhaustive, NO_AUGMENTATION, np.zeros(feature_dim))] + [
-            (
-                augmented,
-                aug_id,
-                np.r_[np.zeros(signal_dim), nuisance * rng.normal(size=feature_dim - signal_dim)],
-            )
-            for aug_id in range(n_aug)
-        ]
-        for columns, aug_id, shift in rows:
-            append_tile_row(columns, slide_id, aug_id, tiles + shift, coords, patch_size_level0)
+        append_tile_row(exhaustive, slide_id, NO_AUGMENTATION, tiles, coords, patch_size_level0)
+        for aug_id in range(n_aug):
+            shift = np.r_[np.zeros(signal_dim), nuisance * rng.normal(size=feature_dim - signal_dim)]
+            append_tile_row(augmented, slide_id, aug_id, tiles + shift, coords, patch_size_level0)
     return (
         datasets.Dataset.from_dict(augmented, features=schema),
         datasets.Dataset.from_dict(exhaustive, features=schema),

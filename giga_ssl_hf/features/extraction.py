@@ -1,0 +1,369 @@
+"""Resumable extraction of a cohort into an output folder (:func:`extract_slides`): which slides to do (resume,
+settings check, shares of several processes), each slide processed under its lock and committed, and the
+Datasets assembled at the end by the last process to finish.
+
+Output folder (a contract later stages rely on)::
+
+    OUT/exhaustive/       every kept tile once per slide (aug_id = -1); datasets.load_from_disk
+    OUT/augmented/        n_aug rows per slide of n_tiles_per_aug sampled tiles, one augmentation per row
+    OUT/manifest.jsonl    one JSON object per slide: slide_id, path, status (ok|failed|empty), n_tiles,
+                          seconds, error (+ patch_size_level0, mpp, level, ...)
+    OUT/parts/            committed per-slide results (what makes reruns resume)
+    OUT/thumbnails/       with --thumbnails: <slide_id>.png, tissue outline (green) and kept tiles (blue)
+    OUT/extract_config.json  the settings that determine the features (a rerun must use the same)
+    OUT/tile_encoder.json the tile encoder's provenance record
+    OUT/locks/            a lock per slide being processed (several processes can share OUT)
+    OUT/shares/           with --shard or a launcher: I-of-N.json once share I of N is done
+
+Several processes (``accelerate launch``, ``torchrun``, ``--shard I/N``) split the slides between them and the
+last to finish assembles the Datasets; :mod:`giga_ssl_hf.features.sharding` tells how. A run killed at any
+point then rerun gives the same Datasets as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from giga_ssl_hf.features import sharding
+from giga_ssl_hf.features.assemble import (
+    ENCODER_FILENAME,
+    assemble_datasets,
+    tile_encoder_record,
+    write_manifest,
+)
+from giga_ssl_hf.features.cohort import SlideEntry, collect_slides
+from giga_ssl_hf.features.extraction_settings import (
+    AUGMENTED,
+    BOTH_PASSES,
+    CONFIG_FILENAME,
+    ExtractionConfig,
+)
+from giga_ssl_hf.features.slide_encoding import PassProgress, SlideOptions, process_slide
+from giga_ssl_hf.files import dumps_strict, remove_stale_temporaries, write_text_atomic
+
+if TYPE_CHECKING:
+    from giga_ssl_hf.features.encoders import EncoderRunner
+    from giga_ssl_hf.features.store import PartStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ExtractionSummary:
+    """What :func:`extract_slides` did; ``failed`` lists ``(slide_id, error)``."""
+
+    out_dir: Path
+    ok: list[str] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)  # being extracted by another live process: left to it
+    share: tuple[int, int] | None = None  # (I, N) when this process ran share I of N
+    waiting_for: list[int] = field(default_factory=list)  # shares not done yet: the last one assembles
+    unsupported_files: list[Path] = field(default_factory=list)  # in the input folders, not slide formats
+    n_tiles: int = 0  # tissue tiles of the slides done by this run
+    n_views: int = 0  # augmented views written by this run
+    n_encoded: dict[str, int] = field(default_factory=dict)  # images encoded per pass
+    seconds: float = 0.0
+    datasets: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def tiles_per_second(self) -> float:
+        """Encoded images per second, both passes together."""
+        return sum(self.n_encoded.values()) / self.seconds if self.seconds > 0 else 0.0
+
+
+def _settings_change(out_dir: Path, config: ExtractionConfig, store: PartStore, overwrite: bool) -> bool:
+    """Whether ``out_dir``'s committed slides must be discarded because the settings changed.
+
+    Raises when they differ from the settings of finished slides and ``overwrite`` is not set. A folder where
+    no slide finished (a first run that failed early) takes the new settings.
+    """
+    path = out_dir / CONFIG_FILENAME
+    if not path.exists():
+        return False
+    # A setting added since the folder was made compares as its default (None): not a change; folders from
+    # before --aug-sampling drew their augmentations at random.
+    existing = {"aug_sampling": "random", **json.loads(path.read_text())}
+    wanted = dataclasses.asdict(config)
+    changed = sorted(k for k in set(existing) | set(wanted) if existing.get(k) != wanted.get(k))
+    if not changed:
+        return False
+    finished = [r for r in store.records() if r["status"] in ("ok", "empty")]
+    if finished and not overwrite:
+        detail = ", ".join(f"{k}: {existing.get(k)!r} there, {wanted.get(k)!r} now" for k in changed)
+        raise ValueError(
+            f"{out_dir} holds {len(finished)} slide(s) extracted with other settings ({detail}); "
+            "use another --out, or --overwrite to discard them"
+        )
+    if finished:
+        logger.warning(
+            "settings changed (%s): discarding every committed slide of %s", ", ".join(changed), out_dir
+        )
+    return True
+
+
+def _find_inputs(
+    paths: Sequence[str | Path | SlideEntry], recursive: bool = False, slides_csv: str | Path | None = None
+) -> tuple[list[SlideEntry], list[Path]]:
+    """(slides, unsupported files of the input folders); raises when there is no slide, or on clashing ids."""
+    from giga_ssl_hf.wsi.slide import SLIDE_EXTENSIONS
+
+    unsupported: list[Path] = []
+    slides = collect_slides(paths, recursive=recursive, slides_csv=slides_csv, skipped=unsupported)
+    if not slides:
+        where = ", ".join(str(p) for p in paths)
+        listed = f" (skipped: {', '.join(p.name for p in unsupported[:10])}" + (
+            f" and {len(unsupported) - 10} more)" if len(unsupported) > 10 else ")"
+        )
+        raise ValueError(
+            f"no slides found in {where}{listed if unsupported else ''}; slide files end in "
+            + " ".join(SLIDE_EXTENSIONS)
+        )
+    return slides, unsupported
+
+
+def _share_of(
+    slides: list[SlideEntry], shard: tuple[int, int] | None
+) -> tuple[tuple[int, int] | None, list[SlideEntry]]:
+    """(share I of N this process runs, or None; its slides)."""
+    launched = sharding.launcher_share()
+    if shard is not None and launched is not None:
+        raise ValueError("--shard splits the slides by itself: run it without a multi-process launcher")
+    share = shard or launched
+    if share is None:
+        return None, slides
+    # Every process computes the same split from the whole list, whatever is already done.
+    owners = sharding.assign_shares(
+        [e.path.stat().st_size for e in slides], [e.slide_id for e in slides], share[1]
+    )
+    return share, [e for e, owner in zip(slides, owners) if owner == share[0]]
+
+
+def _finished(previous: dict | None, passes) -> bool:
+    """Whether a committed record already holds ``passes`` (an empty slide holds every pass)."""
+    return (
+        previous is not None
+        and previous["status"] in ("ok", "empty")
+        and (previous["status"] == "empty" or set(passes) <= set(previous.get("passes", [])))
+    )
+
+
+def _plan(
+    slides: list[SlideEntry], store: PartStore, passes: tuple[str, ...], redo_all: bool
+) -> tuple[list[tuple[SlideEntry, tuple[str, ...]]], list[str]]:
+    """(slides to do with the passes to compute for each, ids of the slides already done)."""
+    todo, done = [], []
+    for entry in slides:
+        previous = None if redo_all else store.record(entry.slide_id)
+        if _finished(previous, passes):
+            done.append(entry.slide_id)
+            continue
+        # Redoing a slide for one pass keeps the other pass it already has (one part file per slide).
+        kept = (
+            set(previous.get("passes", [])) if previous is not None and previous["status"] == "ok" else set()
+        )
+        todo.append((entry, tuple(p for p in BOTH_PASSES if p in set(passes) | kept)))
+    return todo, done
+
+
+def _prepare_folder(
+    out_dir: Path, config: ExtractionConfig, store: PartStore, discard: bool, runner: EncoderRunner | None
+) -> None:
+    """Create ``out_dir``, clear what a killed run left, record the settings and the tile encoder."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # One process at a time: another process of the job may have written the settings (and, when they
+    # changed, cleared the folder) since this one looked.
+    with sharding.SlideLocks(out_dir / "locks").hold(".setup"):
+        store.remove_temporaries()
+        remove_stale_temporaries(out_dir)
+        config_path = out_dir / CONFIG_FILENAME
+        if discard and config_path.exists() and _settings_change(out_dir, config, store, True):
+            store.clear()
+            (out_dir / ENCODER_FILENAME).unlink(missing_ok=True)
+        if discard or not config_path.exists():
+            with store.disk_full_names(f"the settings of {out_dir}"):
+                write_text_atomic(
+                    config_path, dumps_strict(dataclasses.asdict(config), indent=1, sort_keys=True)
+                )
+    if runner is not None:
+        text = dumps_strict(
+            tile_encoder_record(config, runner, out_dir), indent=1, sort_keys=True, default=str
+        )
+        path = out_dir / ENCODER_FILENAME
+        if not path.is_file() or path.read_text() != text:  # reruns write nothing (a full disk stays usable)
+            with store.disk_full_names(f"the tile encoder record of {out_dir}"):
+                write_text_atomic(path, text)
+
+
+def _run_slide(
+    entry: SlideEntry, runner, config, options: SlideOptions, progress, store: PartStore, out_dir: Path
+) -> dict:
+    """Process one slide and commit its result (a failure of the slide is recorded, not raised)."""
+    slide_id = entry.slide_id
+    if entry.mpp is not None:
+        options = dataclasses.replace(options, mpp=entry.mpp)
+    began = time.perf_counter()
+    try:
+        record, arrays = process_slide(entry.path, slide_id, runner, config, options, progress)
+    except Exception as error:  # any failure of one slide is recorded; the job goes on
+        logger.warning("%s failed: %s: %s", slide_id, type(error).__name__, error)
+        record, arrays = {"status": "failed", "n_tiles": 0, "error": f"{type(error).__name__}: {error}"}, None
+    record.update(slide_id=slide_id, path=str(entry.path), seconds=round(time.perf_counter() - began, 3))
+    record["passes"] = list(options.passes) if record["status"] == "ok" else []
+    with store.disk_full_names(f"slide {slide_id} into {out_dir}"):
+        store.commit(record, arrays)
+        write_manifest(store, out_dir)
+    return record
+
+
+def _extract_todo(todo, runner, config, options: SlideOptions, store, summary, redo: bool, progress: bool):
+    """Process the planned slides, each under its lock, counting results into ``summary``."""
+    from tqdm.auto import tqdm
+
+    locks = sharding.SlideLocks(summary.out_dir / "locks")
+    locks.start()  # heartbeat of the slide locks this process will hold
+    slide_bar = tqdm(todo, desc="slides", unit="slide", disable=not progress)
+    pass_progress = PassProgress(enabled=progress)
+    try:
+        for entry, slide_passes in slide_bar:
+            slide_id = entry.slide_id
+            slide_bar.set_postfix_str(slide_id)
+            with store.disk_full_names(f"slide {slide_id} into {summary.out_dir}"):
+                acquired = locks.acquire(slide_id)
+            if not acquired:
+                logger.info("%s: another process is working on it, left to it", slide_id)
+                summary.busy.append(slide_id)
+                continue
+            try:
+                if not redo and _finished(store.record(slide_id), options.passes):
+                    summary.skipped.append(slide_id)  # committed by another process since the plan was made
+                    continue
+                slide_options = dataclasses.replace(options, passes=slide_passes)
+                record = _run_slide(
+                    entry, runner, config, slide_options, pass_progress, store, summary.out_dir
+                )
+            finally:
+                locks.release(slide_id)
+            if record["status"] == "ok":
+                summary.ok.append(slide_id)
+                summary.n_tiles += record["n_tiles"]
+                summary.n_views += config.n_aug if AUGMENTED in slide_passes else 0
+            elif record["status"] == "empty":
+                summary.empty.append(slide_id)
+            else:
+                summary.failed.append((slide_id, record["error"]))
+    finally:
+        pass_progress.close()
+        slide_bar.close()
+        locks.close()
+    summary.n_encoded = dict(pass_progress.encoded)
+
+
+def _others_done(summary: ExtractionSummary, key: str, job, store, wait_for_shares: bool) -> bool:
+    """Mark this share done; whether every share is (this process then assembles the Datasets)."""
+    out_dir, share = summary.out_dir, summary.share
+    sharding.mark_share_done(out_dir, *share, key, [e.slide_id for e in job])
+    summary.waiting_for = sharding.unfinished_shares(out_dir, share[1], key)
+    if summary.waiting_for and wait_for_shares:
+        logger.info("share %d/%d done; waiting for shares %s", *share, summary.waiting_for)
+        while summary.waiting_for:
+            time.sleep(2.0)
+            summary.waiting_for = sharding.unfinished_shares(out_dir, share[1], key)
+    if not summary.waiting_for:
+        return True
+    logger.info(
+        "share %d/%d done; the last share to finish assembles the Datasets (still running: %s)",
+        *share,
+        ", ".join(f"{i}/{share[1]}" for i in summary.waiting_for),
+    )
+    with store.disk_full_names("the manifest of " + str(out_dir)):
+        write_manifest(store, out_dir)
+    return False
+
+
+def _check(config: ExtractionConfig, passes: Sequence[str]) -> tuple[str, ...]:
+    """The passes, in order; raises on nothing to do or missing tile-source folders."""
+    config.check_tile_sources()
+    passes = tuple(p for p in BOTH_PASSES if p in passes)
+    if not passes:
+        raise ValueError("nothing to do: passes must include 'exhaustive' and/or 'augmented'")
+    return passes
+
+
+def _log_plan(summary: ExtractionSummary) -> None:
+    if summary.unsupported_files:
+        names = ", ".join(p.name for p in summary.unsupported_files)
+        logger.warning("skipped %d file(s) of unknown type: %s", len(summary.unsupported_files), names)
+    if summary.skipped:
+        logger.info(
+            "%d slide(s) already extracted in %s, skipped (--overwrite redoes them)",
+            len(summary.skipped),
+            summary.out_dir,
+        )
+
+
+def extract_slides(
+    paths: Sequence[str | Path | SlideEntry],
+    out_dir: str | Path,
+    config: ExtractionConfig | None = None,
+    *,
+    passes: Sequence[str] = BOTH_PASSES,
+    mpp: float | None = None,
+    override_mpp: bool = False,
+    batch_size: int = 64,
+    num_readers: int = 1,
+    device: str = "auto",
+    decode: str = "auto",
+    thumbnails: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    recursive: bool = False,
+    slides_csv: str | Path | None = None,
+    shard: tuple[int, int] | None = None,
+    wait_for_shares: bool = False,
+) -> ExtractionSummary:
+    """Tile, encode and store ``paths`` (slide files, folders of slides, :class:`SlideEntry`) into ``out_dir``.
+
+    Slides already committed (status ok or empty, with the passes asked for) are skipped unless
+    ``overwrite``; failed ones are retried; a failing slide is recorded and the others go on. Every check
+    on the inputs (slides, settings, encoder weights) runs before anything is written; a full disk raises
+    :class:`~giga_ssl_hf.features.store.DiskFullError` after removing what was half-written. The keyword
+    arguments are :class:`~giga_ssl_hf.features.extraction_settings.ExtractionRun`'s (its
+    ``extract_options()``): ``shard=(I, N)`` (or a launcher's ``RANK`` / ``WORLD_SIZE``) runs share I of N,
+    and the last share to finish builds the Datasets; with ``wait_for_shares`` every share waits for the
+    others and returns with the Datasets (for callers that go on with them, such as the pipeline).
+    """
+    from giga_ssl_hf.features.runner import build_runner
+    from giga_ssl_hf.features.store import PartStore
+
+    config = config or ExtractionConfig()
+    passes = _check(config, passes)
+    out_dir = Path(out_dir)
+    slides, unsupported = _find_inputs(paths, recursive, slides_csv)
+    share, job = _share_of(slides, shard)
+    store = PartStore(out_dir / "parts")
+    discard = _settings_change(out_dir, config, store, overwrite)
+    todo, done = _plan(job, store, passes, redo_all=discard or overwrite)
+    summary = ExtractionSummary(out_dir=out_dir, skipped=done, unsupported_files=unsupported, share=share)
+    _log_plan(summary)
+    runner = build_runner(config, device) if todo else None
+    _prepare_folder(out_dir, config, store, discard, runner)
+    thumbnails_dir = out_dir / "thumbnails" if thumbnails else None
+    options = SlideOptions(passes, mpp, override_mpp, batch_size, num_readers, decode, thumbnails_dir)
+    start = time.perf_counter()
+    _extract_todo(todo, runner, config, options, store, summary, overwrite or discard, progress)
+    summary.seconds = time.perf_counter() - start
+    if share is not None:
+        key = sharding.run_key([e.slide_id for e in slides], passes)
+        if not _others_done(summary, key, job, store, wait_for_shares):
+            return summary
+    summary.datasets = assemble_datasets(out_dir, config, passes, runner)
+    return summary
