@@ -44,12 +44,6 @@ def bundled_slide() -> Path:
     return Path(str(resources.files("giga_ssl_hf.data") / "CMU-1-Small-Region.svs"))
 
 
-def quiet_progress_bars() -> None:
-    """No per-file progress bars from datasets / transformers: the example prints its own results."""
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -72,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    quiet_progress_bars()
+    # no per-file progress bars from datasets / transformers: the example prints its own results
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
     out = Path(args.out)
     slide = Path(args.slide) if args.slide else bundled_slide()
 

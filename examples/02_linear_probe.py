@@ -57,12 +57,6 @@ def make_synthetic_embeddings(out: Path, n_slides: int, n_views: int, seed: int)
     return folder, labels
 
 
-def quiet_progress_bars() -> None:
-    """No per-file progress bars from datasets / transformers: the example prints its own results."""
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -85,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
-    quiet_progress_bars()
+    # no per-file progress bars from datasets / transformers: the example prints its own results
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
     if args.embeddings and not args.labels:
         parser.error("--labels is required with --embeddings")
     out = Path(args.out)

@@ -56,12 +56,6 @@ def write_features(folder: Path, seed: int) -> None:
     tmp.rename(folder)
 
 
-def quiet_progress_bars() -> None:
-    """No per-file progress bars from datasets / transformers: the example prints its own results."""
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__,
@@ -76,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args, train_overrides = build_parser().parse_known_args(argv)
-    quiet_progress_bars()
+    # no per-file progress bars from datasets / transformers: the example prints its own results
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
     out = Path(args.out)
     features = out / "features" / "augmented"
 

@@ -278,13 +278,19 @@ def test_nt_xent_loss_matches_its_definition():
     assert nt_xent_loss(10 * torch.eye(4), 10 * torch.eye(4), 0.05) < nt_xent_loss(a, b, 0.05)
 
 
+def random_view_pairs(seed: int, batch: int, n_tiles: int, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two views per slide of 8-d tile features ``(batch, 2, n_tiles, 8)`` on a ``grid`` x ``grid`` tile grid."""
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(batch, 2, n_tiles, 8, generator=generator)
+    coords = torch.randint(0, grid, (batch, 2, n_tiles, 2), generator=generator) * 224
+    return features, coords
+
+
 @pytest.mark.parametrize("encoder_type", ["sparse_conv", "mlp"])
 def test_contrastive_model_returns_loss_and_learns(encoder_type, tiny_config):
     torch.manual_seed(0)
     model = GigaSSLForContrastivePretraining(tiny_config(encoder_type=encoder_type, temperature=0.1))
-    generator = torch.Generator().manual_seed(8)
-    features = torch.randn(8, 2, 5, 8, generator=generator)
-    coords = torch.randint(0, 20, (8, 2, 5, 2), generator=generator) * 224
+    features, coords = random_view_pairs(seed=8, batch=8, n_tiles=5, grid=20)
     out = model(features, coords)
     assert (
         out.loss.ndim == 0 and out.slide_embedding.shape == (8, 2, 16) and out.projection.shape == (8, 2, 8)
@@ -381,9 +387,7 @@ def test_bf16_autocast_training_step(encoder_type, tiny_config):
     """Mixed precision (accelerate --mixed_precision bf16) trains: fp32 gradients, a loss close to fp32's."""
     torch.manual_seed(0)
     model = GigaSSLForContrastivePretraining(tiny_config(encoder_type=encoder_type, temperature=0.5))
-    generator = torch.Generator().manual_seed(12)
-    features = torch.randn(6, 2, 7, 8, generator=generator)
-    coords = torch.randint(0, 9, (6, 2, 7, 2), generator=generator) * 224
+    features, coords = random_view_pairs(seed=12, batch=6, n_tiles=7, grid=9)
     reference = model(features, coords)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         output = model(features, coords)
