@@ -70,21 +70,11 @@ def run_main(
     run: Callable[..., int | None],
     argv: list[str] | None,
     errors: tuple[type[BaseException], ...] = (ValueError, OSError),
-    usage_exit: bool = False,
 ) -> int:
     """A stage's ``main``: parse ``argv`` into its settings, call ``run(*settings)`` and turn a user error
-    (bad flag, failed validation, missing file) into one line on stderr and exit status 2. With ``usage_exit``,
-    a command line that fails to parse or validate raises ``SystemExit(2)`` after that line instead, the way
-    argparse ends on a usage error, for stages whose in-process callers tell usage errors apart that way."""
+    (bad flag, failed validation, missing file) into one line on stderr and exit status 2."""
     try:
-        settings = parser.parse(argv)
-    except errors as error:
-        code = fail(parser.prog, str(error))
-        if usage_exit:
-            raise SystemExit(code) from None
-        return code
-    try:
-        return int(run(*settings) or 0)
+        return int(run(*parser.parse(argv)) or 0)
     except errors as error:
         return fail(parser.prog, str(error))
 

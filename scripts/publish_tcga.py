@@ -262,7 +262,7 @@ def publish(settings: ReleaseSettings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(build_parser(), publish, argv, usage_exit=True)
+    return run_main(build_parser(), publish, argv)
 
 
 if __name__ == "__main__":

@@ -304,7 +304,7 @@ def build_parser() -> SettingsParser:
 
 def main(argv: list[str] | None = None) -> int:
     # Usage errors end with SystemExit(2), as argparse's did; bad inputs (files, labels) return 2.
-    return run_main(build_parser(), evaluate, argv, usage_exit=True)
+    return run_main(build_parser(), evaluate, argv)
 
 
 if __name__ == "__main__":

@@ -41,4 +41,4 @@ def convert(settings: ConvertSettings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(build_parser(), convert, argv, usage_exit=True)
+    return run_main(build_parser(), convert, argv)

@@ -89,4 +89,4 @@ def download(settings: DownloadSettings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(build_parser(), download, argv, usage_exit=True)
+    return run_main(build_parser(), download, argv)

@@ -261,8 +261,8 @@ def build_parser(command: str) -> SettingsParser:
 
 
 def main_push_model(argv: list[str] | None = None) -> int:
-    return run_main(build_parser("push-model"), publish_model, argv, usage_exit=True)
+    return run_main(build_parser("push-model"), publish_model, argv)
 
 
 def main_push_embeddings(argv: list[str] | None = None) -> int:
-    return run_main(build_parser("push-embeddings"), publish_embeddings, argv, usage_exit=True)
+    return run_main(build_parser("push-embeddings"), publish_embeddings, argv)

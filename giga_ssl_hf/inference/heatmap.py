@@ -227,9 +227,7 @@ def build_parser() -> SettingsParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(
-        build_parser(), lambda settings: 1 if write_heatmaps(settings) else 0, argv, usage_exit=True
-    )
+    return run_main(build_parser(), lambda settings: 1 if write_heatmaps(settings) else 0, argv)
 
 
 if __name__ == "__main__":

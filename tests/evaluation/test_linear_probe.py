@@ -135,9 +135,8 @@ def test_usage_errors(binary_task, tmp_path, capsys):
         (["--splits", "a", "b"], "one folder or one per labels file"),
         (["--folds", "1"], "at least 2"),
     ):
-        with pytest.raises(SystemExit) as exit_info:
-            main(["--embeddings", str(folder), "--labels", str(labels_csv), *args])
-        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+        assert main(["--embeddings", str(folder), "--labels", str(labels_csv), *args]) == 2
+        assert message in capsys.readouterr().err
     assert main(["--embeddings", str(tmp_path / "nothing"), "--labels", str(labels_csv)]) == 2
     assert "not a slide-embeddings folder" in capsys.readouterr().err
     assert main(["--embeddings", str(folder), "--labels", str(labels_csv), "--train-sizes", "ten"]) == 2
