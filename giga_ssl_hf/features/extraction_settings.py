@@ -34,7 +34,7 @@ class ExtractionConfig:
         "'virchow2', 'h-optimus-0', ...), any other timm model name, or an hf-hub: id",
     )
     pretrained: bool = option(
-        True, "pretrained weights (--no-pretrained: random initialisation, no download; for tests)"
+        True, "the pretrained weights; off: random initialisation, no download (for tests)"
     )
     weights: str | None = option(
         None,
