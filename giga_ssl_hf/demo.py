@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .pipeline import pipeline_parser, run_and_report
+from .pipeline import PipelineSettings, pipeline_parser, run_and_report
 from .settings import option, run_main
 
 SAMPLE_SLIDE = "CMU-1-Small-Region.svs"
@@ -91,8 +91,11 @@ class DemoData:
 def main(argv: list[str] | None = None) -> int:
     parser = pipeline_parser(DemoData, prog="giga-ssl demo", description=__doc__, defaults=DEMO_DEFAULTS)
 
-    def run(data: DemoData, *settings) -> int:
-        slides, labels = write_demo_slides(Path(data.out) / "slides", data.slides_per_class, settings[0].seed)
-        return run_and_report(slides, data.out, str(labels), *settings)
+    def run(data: DemoData, *stage_settings) -> int:
+        settings = PipelineSettings.from_parsed(stage_settings)
+        slides, labels = write_demo_slides(
+            Path(data.out) / "slides", data.slides_per_class, settings.options.seed
+        )
+        return run_and_report(slides, data.out, str(labels), settings)
 
     return run_main(parser, run, argv)

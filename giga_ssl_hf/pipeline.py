@@ -26,15 +26,18 @@ import hashlib
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import get_type_hints
 
 import numpy as np
 
 from .contracts import TRAINING_SUMMARY_FILENAME
+from .evaluation.linear_probe import DEFAULT_FOLDS, EvaluateSettings
 from .features.extraction import extract_slides
 from .features.extraction_settings import ExtractionConfig
 from .files import write_json
+from .inference.embed import EmbedSettings
 from .settings import SettingsParser, option, run_main
 from .training.arguments import DataArguments, ModelArguments, TrainArguments
 from .training.checkpointing import latest_checkpoint
@@ -44,13 +47,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class PipelineOptions:
-    """embedding, evaluation and the whole run"""
+    """the whole run"""
 
-    n_views: int = option(100, "views averaged per slide embedding")
-    folds: int = option(5, "stratified folds of the linear probe")
-    standardize: bool = option(
-        False, "standardise the probe's features (scaler fit on each training split)", negatable=True
-    )
     device: str = option("auto", "auto, cpu, cuda, ...")
     seed: int = option(0, "seed of every random draw: extraction, training, embedding views and folds")
 
@@ -71,12 +69,22 @@ class PipelineSettings:
     options: PipelineOptions = field(default_factory=PipelineOptions)
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
     data: DataArguments = field(default_factory=DataArguments)
-    model: ModelArguments = field(default_factory=ModelArguments)
+    model: ModelArguments = field(default_factory=lambda: ModelArguments(projection_dims=None))
     training: TrainArguments = field(default_factory=TrainArguments)
+    embedding: EmbedSettings = field(default_factory=EmbedSettings)
+    evaluation: EvaluateSettings = field(default_factory=EvaluateSettings)
+
+    @classmethod
+    def from_parsed(cls, parsed: tuple) -> PipelineSettings:
+        """The settings from :func:`pipeline_parser`'s instances, in the order of :data:`STAGE_SETTINGS`."""
+        return cls(**{item.name: value for item, value in zip(fields(cls), parsed, strict=True)})
 
 
-# Set by the pipeline between stages, so not options of its own: the paths, resuming, checkpoint spacing and
-# the stages' seeds (one --seed for all).
+STAGE_SETTINGS = tuple(get_type_hints(PipelineSettings)[item.name] for item in fields(PipelineSettings))
+
+# Set by the pipeline between stages, so not options of its own: the paths, resuming, checkpoint spacing, the
+# stages' seeds and devices (one --seed, one --device), the embedding strategy (the training views'), and
+# what the pipeline always does (npy embeddings, every baseline, no saved probe).
 MANAGED_FIELDS = (
     "features",
     "output_dir",
@@ -85,8 +93,17 @@ MANAGED_FIELDS = (
     "save_steps",
     "ExtractionConfig.seed",
     "TrainArguments.seed",
+    *(f"EmbedSettings.{name}" for name in ("model", "out", "strategy", "n_tiles", "seed", "device", "npy")),
+    *(f"EmbedSettings.{name}" for name in ("trust_remote_code", "overwrite", "allow_encoder_mismatch")),
+    *(f"EvaluateSettings.{name}" for name in ("embeddings", "task", "labels", "splits", "seed", "out")),
+    *(f"EvaluateSettings.{name}" for name in ("no_plots", "save_probe", "overwrite_probe", "baseline")),
 )
-STAGE_SETTINGS = (PipelineOptions, ExtractionConfig, DataArguments, ModelArguments, TrainArguments)
+# The pipeline's defaults where they are not the stages': the projection head follows --hidden-dim.
+PIPELINE_DEFAULTS = {"projection_dims": None}
+# Settings that do not change what a stage makes, left out of its fingerprint.
+UNFINGERPRINTED = {"logging_steps", "report_to", "save_total_limit", "max_views_per_batch"}
+# The training settings the previous release fingerprinted (in this order), kept so that its folders are reused.
+TRAIN_FINGERPRINT = ("max_steps", "batch_size", "hidden_dim", "n_tiles", "learning_rate", "view_sampling")
 
 
 class PipelineState:
@@ -137,27 +154,60 @@ def _stage_settings(settings: PipelineSettings, paths: dict[str, Path]) -> Pipel
             resume_from_checkpoint="latest" if latest_checkpoint(paths["model"].parent) else None,
             overwrite_output_dir=False,
         ),
+        embedding=replace(
+            settings.embedding,
+            model=str(paths["model"]),
+            features=str(paths["features"]),
+            out=str(paths["embeddings"]),
+            strategy="window" if settings.data.view_sampling == "window" else "random",
+            seed=seed,
+            device=settings.options.device,
+            npy=True,
+        ),
     )
+
+
+def _changed(before: tuple[str, ...], *settings) -> list[dict]:
+    """The settings that change what a stage makes, beyond those its fingerprint held before, that are not at
+    their defaults (``[]`` when there are none, so that the fingerprint stays the previous release's)."""
+    managed = {name.rsplit(".", 1)[-1] for name in MANAGED_FIELDS}
+    changed = {}
+    for instance in settings:
+        defaults = asdict(type(instance)())
+        for name, value in asdict(instance).items():
+            default = PIPELINE_DEFAULTS.get(name, defaults[name])
+            if name not in (*before, *managed, *UNFINGERPRINTED, "seed") and value != default:
+                changed[name] = value
+    return [changed] if changed else []
 
 
 def _fingerprints(
     state: PipelineState, settings: PipelineSettings, extracted: list, labels: str | None
 ) -> dict:
-    """Per stage, a fingerprint of its inputs and settings (paths and resuming left out: they do not change
-    what a stage makes)."""
-    options = settings.options
-    training = {k: v for k, v in asdict(settings.training).items() if k not in MANAGED_FIELDS}
-    data = {k: v for k, v in asdict(settings.data).items() if k != "features"}
+    """Per stage, a fingerprint of its inputs and the settings that change what it makes (paths, resuming and
+    logging left out)."""
+    seed, data, training = settings.options.seed, settings.data, settings.training
+    embedding, evaluation = settings.embedding, settings.evaluation
     fingerprints = {"features": state.fingerprint(extracted, asdict(settings.extraction))}
+    trained_before = [training.max_steps, training.batch_size, settings.model.hidden_dim, data.n_tiles]
+    trained_before += [training.learning_rate, data.view_sampling]
     fingerprints["train"] = state.fingerprint(
-        fingerprints["features"], data, asdict(settings.model), training
+        fingerprints["features"], trained_before, seed,
+        *_changed(TRAIN_FINGERPRINT, data, settings.model, training),
+    )  # fmt: skip
+    fingerprints["embed"] = state.fingerprint(
+        fingerprints["train"], embedding.n_views, seed, *_changed(("n_views",), embedding)
     )
-    fingerprints["embed"] = state.fingerprint(fingerprints["train"], options.n_views, options.seed)
     if labels is not None:
         fingerprints["evaluate"] = state.fingerprint(
-            fingerprints["embed"], Path(labels).read_text(), options.folds, options.seed, options.standardize
-        )
+            fingerprints["embed"], Path(labels).read_text(), _folds(settings), seed, evaluation.standardize,
+            *_changed(("folds", "standardize"), evaluation),
+        )  # fmt: skip
     return fingerprints
+
+
+def _folds(settings: PipelineSettings) -> int:
+    return settings.evaluation.folds or DEFAULT_FOLDS
 
 
 def _extract(slides: list, paths: dict[str, Path], settings: PipelineSettings) -> list:
@@ -200,23 +250,13 @@ def _train(
 def _embed(
     paths: dict[str, Path], settings: PipelineSettings, state: PipelineState, fingerprint: str
 ) -> None:
-    from .inference.embed import embed_to_folder, load_model
-    from .runtime import resolve_device
+    from .inference.embed import embed_to_folder
 
     if state.status("embed", fingerprint, paths["embeddings"]) == "done":
         return
-    options = settings.options
-    logger.info("stage embed: %d views per slide -> %s", options.n_views, paths["embeddings"])
-    model = load_model(str(paths["model"]), resolve_device(options.device))
-    embed_to_folder(
-        model,
-        paths["features"],
-        paths["embeddings"],
-        strategy=_embedding_strategy(settings),
-        n_views=options.n_views,
-        seed=options.seed,
-        npy=True,
-    )
+    embedding = settings.embedding
+    logger.info("stage embed: %d views per slide -> %s", embedding.n_views, paths["embeddings"])
+    embed_to_folder(**{k: v for k, v in asdict(embedding).items() if k != "overwrite"})
     state.record("embed", fingerprint, complete=True)
 
 
@@ -227,26 +267,21 @@ def _evaluate(
 
     if state.status("evaluate", fingerprint, paths["results"]) == "done":
         return
-    options = settings.options
+    evaluation, folds = settings.evaluation, _folds(settings)
     shutil.rmtree(paths["results"], ignore_errors=True)
-    logger.info("stage evaluate: %d-fold linear probe -> %s", options.folds, paths["results"])
+    logger.info("stage evaluate: %d-fold linear probe -> %s", folds, paths["results"])
     results = [
         result
         for name, embeddings in _embeddings_and_baselines(paths, settings).items()
         for result in evaluate_embeddings(
-            embeddings, labels, folds=options.folds, seed=options.seed, embedding=name,
-            standardize=options.standardize,
+            embeddings, labels, folds=folds, train_sizes=evaluation.train_sizes, seed=settings.options.seed,
+            standardize=evaluation.standardize, C=evaluation.C, embedding=name,
         )
     ]  # fmt: skip
-    config = {"labels": str(labels), "folds": options.folds, "standardize": options.standardize}
+    config = {"labels": str(labels), "folds": folds, "standardize": evaluation.standardize}
     write_outputs(results, paths["results"], config=config)
     state.record("evaluate", fingerprint, complete=True)
     logger.info("linear probe:\n%s", format_table(results))
-
-
-def _embedding_strategy(settings: PipelineSettings) -> str:
-    """Slides are embedded with views like the training ones: contiguous windows, or tiles at random."""
-    return "window" if settings.data.view_sampling == "window" else "random"
 
 
 def run_pipeline(
@@ -291,8 +326,8 @@ def _embeddings_and_baselines(paths: dict[str, Path], settings: PipelineSettings
         "untrained": embed_tile_dataset(
             untrained,
             exhaustive,
-            _embedding_strategy(settings),
-            settings.options.n_views,
+            settings.embedding.strategy,
+            settings.embedding.n_views,
             seed=settings.options.seed,
             progress=False,
         ),
@@ -307,8 +342,9 @@ def pipeline_parser(
     """The command line of ``giga-ssl pipeline`` (``inputs`` = :class:`PipelineInputs`) and ``giga-ssl demo``:
     the stages' settings dataclasses, less what the pipeline manages."""
     return SettingsParser(
-        inputs, *STAGE_SETTINGS, prog=prog, description=description, exclude=MANAGED_FIELDS, defaults=defaults
-    )
+        inputs, *STAGE_SETTINGS, prog=prog, description=description, exclude=MANAGED_FIELDS,
+        defaults={**PIPELINE_DEFAULTS, **(defaults or {})},
+    )  # fmt: skip
 
 
 def _report(paths: dict[str, Path], labels: str | None) -> None:
@@ -336,10 +372,8 @@ def _report(paths: dict[str, Path], labels: str | None) -> None:
     print("\n".join(lines))
 
 
-def run_and_report(slides: list, out: str, labels: str | None, *stage_settings) -> int:
-    """Run the pipeline on the settings a :func:`pipeline_parser` returned, then print where everything is."""
-    options, extraction, data, model, training = stage_settings
-    settings = PipelineSettings(options, extraction, data, model, training)
+def run_and_report(slides: list, out: str, labels: str | None, settings: PipelineSettings) -> int:
+    """Run the pipeline, then print where everything is."""
     paths = run_pipeline(slides, out, settings, labels)
     _report(paths, labels)
     return 0
@@ -351,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     def run(inputs: PipelineInputs, *stage_settings) -> int:
         if not inputs.slides:
             raise ValueError("give the slides: files or folders of slides")
-        return run_and_report(list(inputs.slides), inputs.out, inputs.labels, *stage_settings)
+        settings = PipelineSettings.from_parsed(stage_settings)
+        return run_and_report(list(inputs.slides), inputs.out, inputs.labels, settings)
 
     return run_main(parser, run, argv)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 import types
 import typing
@@ -33,6 +34,7 @@ _ARGPARSE_KEYS = (
     "required",
     "negatable",
     "choices",
+    "switch_help",
 )
 
 
@@ -44,7 +46,8 @@ def option(default: Any = dataclasses.MISSING, help: str = "", **cli: Any) -> An
     (the command line must give it; a library caller may leave it for a composing stage to fill; a field without
     a default is required too); ``negatable=True`` (a bool with both ``--x`` and ``--no-x``, for a default that a
     composing command changes); ``choices`` (the allowed values when they live in a constant rather than a
-    ``Literal`` annotation)."""
+    ``Literal`` annotation); ``switch_help`` (with ``exclusive``: the help of each switch but the default one,
+    which gets ``help``)."""
     unknown = set(cli) - set(_ARGPARSE_KEYS)
     if unknown:
         raise TypeError(f"option() got unknown keyword(s): {', '.join(sorted(unknown))}")
@@ -95,8 +98,12 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         shown = (
             not any(action.default is empty for empty in (None, False, True, argparse.SUPPRESS))
             and action.default != ()
+            and action.option_strings
+            and action.nargs != 0
         )
-        if shown and action.option_strings and "%(default)" not in text and action.nargs != 0:
+        if shown and "(default: " in text:  # a default the help words itself, changed by a composing command
+            return re.sub(r"\(default: [^)]*\)", "(default: %(default)s)", text)
+        if shown and "%(default)" not in text:
             text += " (default: %(default)s)"
         return text
 
@@ -120,7 +127,7 @@ class SettingsParser(argparse.ArgumentParser):
         self.settings = settings
         self.config_file = config_file
         self.exclude = frozenset(exclude)
-        self.required: dict[str, argparse.Action] = {}
+        self.field_actions: dict[str, argparse.Action] = {}
         seen: dict[str, type] = {}
         for cls in settings:
             title = (cls.__doc__ or "").strip().splitlines()[0] if len(settings) > 1 and cls.__doc__ else None
@@ -163,8 +170,10 @@ class SettingsParser(argparse.ArgumentParser):
         if meta.get("exclusive"):
             group = target.add_mutually_exclusive_group()
             for flag, value in meta["exclusive"].items():
-                help_text = meta["help"].replace("%", "%%") if value == default else ""
-                group.add_argument(flag, action="store_const", const=value, dest=item.name, help=help_text)
+                help_text = meta["help"] if value == default else meta.get("switch_help", {}).get(flag, "")
+                group.add_argument(
+                    flag, action="store_const", const=value, dest=item.name, help=help_text.replace("%", "%%")
+                )
             self.set_defaults(**{item.name: default})
             return
         if meta.get("positional"):
@@ -179,8 +188,15 @@ class SettingsParser(argparse.ArgumentParser):
         elif base is bool:
             if meta.get("flag") is None and default is True:
                 flag = "--no-" + item.name.replace("_", "-")
-                aliases = ["--no_" + item.name]
                 kwargs["help"] = "turn off (on by default): " + kwargs["help"]
+            aliases = [*meta.get("aliases", ()), *(["--no_" + item.name] if default is True else [])]
+            aliases = [alias for alias in aliases if alias != flag]
+            if "--" + item.name not in (flag, *aliases):
+                # transformers' HfArgumentParser spelling, which train took before: --name [true|false]
+                target.add_argument(
+                    "--" + item.name, type=_as_bool, nargs="?", const=True, dest=item.name,
+                    default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+                )  # fmt: skip
             kwargs["action"] = "store_false" if default is True else "store_true"
         else:
             kwargs["type"] = meta.get("type", base)
@@ -189,23 +205,30 @@ class SettingsParser(argparse.ArgumentParser):
             if choices:
                 kwargs["choices"] = choices
         required = bool(meta.get("required")) or item.default is dataclasses.MISSING
-        action = target.add_argument(flag, *sorted(aliases), default=default, required=required, **kwargs)
-        if required:
-            self.required[item.name] = action
+        self.field_actions[item.name] = target.add_argument(
+            flag, *sorted(aliases), default=default, required=required, **kwargs
+        )
 
     def parse(self, argv: list[str] | None = None) -> tuple:
         """The settings instances from ``argv`` (and ``--config``). A malformed command line exits with a
         one-line error; a setting that fails validation raises ValueError (the stage's ``main`` reports it)."""
         if self.config_file:
             # --config alone first: the full parse would refuse required options that the file gives
-            config_only = argparse.ArgumentParser(add_help=False)
+            config_only = argparse.ArgumentParser(prog=self.prog, add_help=False, exit_on_error=False)
             config_only.add_argument("--config")
-            known, _ = config_only.parse_known_args(argv)
+            try:
+                known, _ = config_only.parse_known_args(argv)
+            except argparse.ArgumentError as error:
+                raise ValueError(f"{error} (see --help)") from None
             if known.config:
-                values = read_config_file(known.config, self.settings)
+                values = {
+                    name: self._checked(name, value)
+                    for name, value in read_config_file(known.config, self.settings).items()
+                }
                 self.set_defaults(**values)
-                for name in set(values) & set(self.required):
-                    self.required[name].required = False  # given by the file
+                for name in values:
+                    if name in self.field_actions:
+                        self.field_actions[name].required = False  # given by the file
         namespace = vars(self.parse_args(argv))
         return tuple(
             cls(
@@ -217,6 +240,32 @@ class SettingsParser(argparse.ArgumentParser):
             )
             for cls in self.settings
         )
+
+    def _checked(self, name: str, value: Any) -> Any:
+        """A value from the config file, converted and checked as the same value on the command line would be."""
+        action = self.field_actions.get(name)
+        if action is None or value is None:
+            return value
+        if isinstance(value, str) and callable(action.type):
+            try:
+                value = action.type(value)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"{name}: {value!r} in the config file: {error}") from None
+        if action.choices is not None and value not in action.choices:
+            raise ValueError(
+                f"{name}: {value!r} in the config file is not one of {', '.join(map(str, action.choices))}"
+            )
+        return value
+
+
+def _as_bool(text: str) -> bool:
+    """``true`` / ``false`` (and yes/no, 1/0) as HfArgumentParser reads them."""
+    lowered = text.lower()
+    if lowered in ("true", "yes", "y", "1"):
+        return True
+    if lowered in ("false", "no", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _immutable(value: Any) -> Any:
@@ -258,13 +307,3 @@ def read_config_file(path: str | Path, settings: tuple[type, ...]) -> dict:
     if unknown:
         raise ValueError(f"unknown option(s) in {path}: {', '.join(unknown)}")
     return values
-
-
-def settings_dict(*settings: Any) -> dict:
-    """The settings as one flat, JSON-ready mapping (for run records and trackers)."""
-    merged: dict = {}
-    for instance in settings:
-        merged.update(
-            {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(instance).items()}
-        )
-    return merged

@@ -1,5 +1,6 @@
 """`giga-ssl demo` / `giga-ssl pipeline` end to end, with stage skipping and a broken slide in the input."""
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -153,3 +154,31 @@ def test_pipeline_with_a_broken_slide(tmp_path, shared_dir, caplog):
     assert ids == {"CMU-1-Small-Region", "synthetic_0", "synthetic_1"}
     assert AutoModel.from_pretrained(out / "model" / "final").config.hidden_dim == 32
     assert not (out / "results").exists()  # no --labels: evaluation skipped
+
+
+def test_fingerprints_keep_the_previous_release_folders_and_follow_what_changes_the_output(tmp_path):
+    """The previous release fingerprinted a few settings per stage; with every other setting at its default the
+    fingerprints are the same (its output folders are reused), logging options never count, others do."""
+    from dataclasses import replace
+
+    from giga_ssl_hf.pipeline import PipelineSettings, PipelineState, _fingerprints
+
+    state, extracted = PipelineState(tmp_path), [("a", 3), ("b", 4)]
+    labels = tmp_path / "labels.csv"
+    labels.write_text("ID,label\na,x\nb,y\n")
+    settings = PipelineSettings()
+    fingerprints = _fingerprints(state, settings, extracted, str(labels))
+    features = state.fingerprint(extracted, dataclasses.asdict(settings.extraction))
+    train = state.fingerprint(features, [1000, 256, 512, 5, None, "random"], 0)  # the previous release's form
+    embed = state.fingerprint(train, 100, 0)
+    evaluate = state.fingerprint(embed, labels.read_text(), 5, 0, False)
+    assert fingerprints == {"features": features, "train": train, "embed": embed, "evaluate": evaluate}
+
+    quiet = replace(settings, training=replace(settings.training, report_to="none", logging_steps=1))
+    assert _fingerprints(state, quiet, extracted, str(labels)) == fingerprints
+    warmer = replace(settings, model=replace(settings.model, temperature=0.1))
+    changed = _fingerprints(state, warmer, extracted, str(labels))
+    assert changed["features"] == features and changed["train"] != train and changed["evaluate"] != evaluate
+    hybrid = replace(settings, embedding=replace(settings.embedding, concat_mean_pool=True))
+    changed = _fingerprints(state, hybrid, extracted, str(labels))
+    assert changed["train"] == train and changed["embed"] != embed

@@ -17,9 +17,13 @@ from giga_ssl_hf.settings import SettingsParser, option, run_main
 DEFAULT_FOLDS = 5
 
 
+# Checked when the evaluation runs, not in the settings: the pipeline composes these settings and gives the labels.
+TASK_OR_LABELS = "give --labels CSV... or --task NAME... (labels and splits inside the embeddings repo)"
+
+
 @dataclass
 class EvaluateSettings:
-    """giga-ssl evaluate's settings."""
+    """evaluation: the linear probe, its tasks and splits, and what to write"""
 
     embeddings: str | None = option(
         None,
@@ -72,6 +76,7 @@ class EvaluateSettings:
     standardize: bool = option(
         False,
         "Z-score each feature, scaler fit on each training split only (default: off, the paper's probe).",
+        negatable=True,
     )
     C: str | None = option(
         None,
@@ -91,10 +96,8 @@ class EvaluateSettings:
     )
 
     def __post_init__(self):
-        if (self.labels is None) == (self.task is None):
-            raise ValueError(
-                "give --labels CSV... or --task NAME... (labels and splits inside the embeddings repo)"
-            )
+        if self.labels is not None and self.task is not None:
+            raise ValueError(TASK_OR_LABELS)
         n_tasks = len(self.task_names)
         if self.splits and len(self.splits) not in (1, n_tasks):
             raise ValueError(
@@ -118,7 +121,7 @@ class EvaluateSettings:
     @property
     def task_names(self) -> list[str]:
         """The tasks' names: the labels files' stems, or the --task names (their tables/NAME.csv)."""
-        return [Path(labels).stem for labels in self.labels] if self.labels else list(self.task)
+        return [Path(labels).stem for labels in self.labels] if self.labels else list(self.task or ())
 
 
 @dataclass
@@ -188,6 +191,8 @@ def task_inputs(embeddings: str, tasks: list[str]) -> tuple[list[str], list[str]
 def resolve_inputs(settings: EvaluateSettings) -> _Inputs:
     """The labels and splits of the run: --labels and --splits, or those of the --task names inside the
     embeddings folder or repo (its split folders unless --splits or --folds is given)."""
+    if not settings.labels and not settings.task:
+        raise ValueError(TASK_OR_LABELS)
     labels, splits = list(settings.labels or ()), list(settings.splits) if settings.splits else None
     if settings.task:
         labels, task_splits = task_inputs(settings.embeddings, list(settings.task))

@@ -138,8 +138,9 @@ class ExtractionRun:
     )
     passes: tuple[str, ...] = option(
         BOTH_PASSES,
-        "run both passes (default); --no-aug: the exhaustive pass only; --aug: the augmented pass only",
+        "run both passes: exhaustive (every tissue tile once) and augmented (default)",
         exclusive={"--both": BOTH_PASSES, "--no-aug": (EXHAUSTIVE,), "--aug": (AUGMENTED,)},
+        switch_help={"--no-aug": "the exhaustive pass only", "--aug": "the augmented pass only"},
     )
     mpp: float | None = option(None, "level-0 µm per px for slides whose metadata has no pixel size")
     override_mpp: bool = option(False, "use --mpp for every slide, even those that record a pixel size")

@@ -40,7 +40,8 @@ FEATURES_HELP = "Exhaustive tile-feature Dataset, or a giga-ssl extract folder. 
 
 @dataclass
 class EmbedSettings:
-    """giga-ssl embed's settings: the arguments of :func:`embed_to_folder`, and whether to replace ``out``."""
+    """embedding: the views of each slide and their mean (the arguments of :func:`embed_to_folder`, and
+    whether to replace ``out``)"""
 
     model: str | None = option(None, MODEL_HELP, required=True)
     features: str | None = option(None, FEATURES_HELP, required=True)

@@ -57,8 +57,8 @@ class ModelArguments:
     )
     hidden_dim: int = option(512, "Slide embedding dimension.")
     projection_dims: str | None = option(
-        None,
-        "Projection head sizes, comma separated; default: HIDDEN_DIM,HIDDEN_DIM,HIDDEN_DIM/2 (512,512,256).",
+        "512,512,256",
+        "Projection head sizes, comma separated (a library caller's None: HIDDEN_DIM,HIDDEN_DIM,HIDDEN_DIM/2).",
     )
     temperature: float = option(0.05, "NT-Xent temperature.")
     init_from: str | None = option(
@@ -112,7 +112,9 @@ class TrainArguments:
     )
     gradient_accumulation_steps: int = option(1, "Batches per optimiser step.")
     max_grad_norm: float | None = option(None, "Clip gradients to this norm.")
-    mixed_precision: Literal["no", "fp16", "bf16"] = option("no", "no, fp16 or bf16 (through Accelerate).")
+    mixed_precision: Literal["no", "fp16", "bf16", "fp8"] = option(
+        "no", "no, fp16, bf16 or fp8 (through Accelerate)."
+    )
     seed: int = option(0, "Seed of the data order, the views and the initialisation.")
     save_steps: int = option(500, "Save a resumable checkpoint every N steps (0: never).")
     save_total_limit: int | None = option(3, "Keep at most this many checkpoints, the newest (0: all).")
@@ -126,7 +128,9 @@ class TrainArguments:
         "versions count too) or a checkpoint path.",
     )
     logging_steps: int = option(10, "Log loss, lr and embedding std every N steps.")
-    report_to: Literal["tensorboard", "none"] = option("tensorboard", "tensorboard or none.")
+    report_to: str = option(
+        "tensorboard", "Tracker of Accelerate's log_with (tensorboard, wandb, mlflow, all, ...) or none."
+    )
 
     def __post_init__(self):
         if self.batch_size < 2:
