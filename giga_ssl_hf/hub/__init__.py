@@ -5,7 +5,8 @@ conversion of the original Giga-SSL checkpoints.
   a dry run that writes the exact folder the Hub repo would hold;
 - :mod:`.download`: ``download_embeddings`` (``giga-ssl download``); ``giga_ssl_hf.load_embeddings`` reads a
   Hub dataset repo directly;
-- :mod:`.convert`: ``giga-ssl convert``, the command line of the converter that lives beside the model
-  (``giga_ssl_hf.models.gigassl.convert_gigassl_original_to_hf``: ``convert_checkpoint``, ``write_converted``);
+- :mod:`.convert`: ``convert_checkpoint`` / ``write_converted`` (``giga-ssl convert``): the safe load, summary
+  and output folder around the conversion that lives beside the model
+  (``giga_ssl_hf.models.gigassl.convert_gigassl_original_to_hf``);
 - :mod:`.cards`: ``model_card`` / ``dataset_card``, filled from the text in ``templates/``.
 """

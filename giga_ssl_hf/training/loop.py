@@ -79,7 +79,7 @@ def after_optimizer_step(
     if step % train_args.logging_steps == 0 or step == train_args.max_steps:
         log_metrics(run, record.final_loss, slide_embedding)
     if train_args.save_steps and step % train_args.save_steps == 0:
-        save_checkpoint(run.accelerator, step)
+        save_checkpoint(run.accelerator, step, train_args.save_total_limit)
 
 
 def train_loop(run: TrainingRun, train_args: TrainArguments) -> LoopRecord:

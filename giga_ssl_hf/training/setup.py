@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ..checkpoints import load_state_dict_file
 from ..settings import flag_of
 from .arguments import DataArguments, ModelArguments, TrainArguments
-from .checkpointing import TrainingProgress, find_checkpoint
+from .checkpointing import CHECKPOINTS_DIRNAME, TrainingProgress, find_checkpoint, refuse_foreign_entries
 
 if TYPE_CHECKING:
     import torch
@@ -102,7 +102,7 @@ def load_init_model(name_or_path: str):
 
 def earlier_run(output_dir: Path, train_args: TrainArguments) -> list[Path]:
     """What an earlier run left in ``output_dir`` that starting afresh would delete (raises without the flag)."""
-    found = [p for p in (output_dir / "final", output_dir / "checkpoints") if p.exists()]
+    found = [p for p in (output_dir / "final", output_dir / CHECKPOINTS_DIRNAME) if p.exists()]
     if train_args.resume_from_checkpoint:
         return []
     if found and not train_args.overwrite_output_dir:
@@ -135,7 +135,7 @@ def make_accelerator(train_args: TrainArguments, output_dir: Path):
         mixed_precision=train_args.mixed_precision,
         gradient_accumulation_steps=train_args.gradient_accumulation_steps,
         log_with=None if train_args.report_to == "none" else train_args.report_to,
-        project_config=project_configuration(output_dir, train_args.save_total_limit),
+        project_config=project_configuration(output_dir),
     )
 
 
@@ -218,6 +218,8 @@ def setup_training(
         raise ValueError(f"{flag_of('features')} and {flag_of('output_dir')} are required")
     output_dir = Path(train_args.output_dir)
     replaced = earlier_run(output_dir, train_args)
+    if output_dir / CHECKPOINTS_DIRNAME not in replaced:  # checkpoints kept: later saves go among them
+        refuse_foreign_entries(output_dir)
     features_dir = resolve_tile_dataset_dir(data_args.features, "augmented")
     accelerator = make_accelerator(train_args, output_dir)
     set_seed(train_args.seed)

@@ -17,7 +17,7 @@ from torch import nn
 
 from giga_ssl_hf import GigaSSLForContrastivePretraining, GigaSSLModel
 from giga_ssl_hf.cli import main as cli_main
-from giga_ssl_hf.models.gigassl.convert_gigassl_original_to_hf import convert_checkpoint, write_converted
+from giga_ssl_hf.hub.convert import convert_checkpoint, write_converted
 
 OUTPUT_ATOL = 1e-5
 

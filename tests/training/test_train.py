@@ -248,7 +248,7 @@ def test_another_mixed_precision_in_the_same_process_is_refused(synthetic_featur
 @pytest.mark.slow
 def test_checkpoints_named_before_the_switch_resume_with_latest(synthetic_features, tmp_path):
     """Earlier versions saved OUTPUT_DIR/checkpoints/step_<step> (save_state at that path): `latest` resumes
-    them, and Accelerate's pruning orders both namings by step."""
+    them, and the pruning orders both namings by step."""
     features, _ = synthetic_features
     # Weight decay 0: one Adam parameter group, as earlier versions saved (the upgrade of their one-group
     # state to the weight-decay groups is test_optim's).
@@ -267,7 +267,7 @@ def test_checkpoints_named_before_the_switch_resume_with_latest(synthetic_featur
         "latest",
     )
     assert summary["steps"] == 8 and [step for step, _ in summary["loss_history"]] == [5, 6, 7, 8]
-    assert sorted(path.name for path in legacy.iterdir()) == ["checkpoint_8"]  # step_4 pruned first
+    assert sorted(path.name for path in legacy.iterdir()) == ["checkpoint_8"]  # step_4 pruned after the save
     straight = load_file(tmp_path / "straight" / "final" / "model.safetensors")
     resumed = load_file(tmp_path / "legacy" / "final" / "model.safetensors")
     for key in straight:

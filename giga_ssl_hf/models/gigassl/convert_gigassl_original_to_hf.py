@@ -21,27 +21,20 @@ The converted config sets ``grid_size_mode="batch"``, ``fixed_grid_cell_size=Tru
 sparse map size per batch, as the original trained. (The original ``inference.py`` also divided coordinates
 by 4 before the model; pass ``tile_coords / 4`` to reproduce its released embeddings exactly.)
 
-Loading never runs arbitrary pickle code: ``torch.load(weights_only=True)`` with an allow-list of the two
-namespace classes the original configs are made of.
+``SAFE_GLOBALS`` lists the two namespace classes the original configs are made of, so that the checkpoint
+can be read with ``torch.load(weights_only=True)`` and never runs arbitrary pickle code.
 
-This converter sits beside the model, like transformers' ``convert_*_to_hf.py``, but is not part of the code
-shipped to the Hub with a saved model: ``save_pretrained`` copies the configuration and modeling files and
-their relative imports only, and neither imports this file. Unlike them it may use the package's helpers
-(safe loading, atomic JSON). ``giga-ssl convert`` (:mod:`giga_ssl_hf.hub.convert`) is its command line.
+This converter sits beside the model, like transformers' ``convert_*_to_hf.py``, and like everything in this
+folder imports only torch, transformers and its neighbours (relative imports): it maps an already loaded
+checkpoint dict to a model. Reading the file safely, the training summary and the output folder are the
+package's (:mod:`giga_ssl_hf.hub.convert`, the ``giga-ssl convert`` command line).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
-
-from giga_ssl_hf.checkpoints import safe_torch_load
-from giga_ssl_hf.contracts import TRAINING_SUMMARY_FILENAME
-from giga_ssl_hf.files import write_json
 
 from .configuration_gigassl import GigaSSLConfig
 
@@ -49,8 +42,6 @@ if TYPE_CHECKING:
     import torch
 
     from .modeling_gigassl import GigaSSLForContrastivePretraining, GigaSSLModel
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -129,21 +120,6 @@ class OriginalNamespace:
 SAFE_GLOBALS = [argparse.Namespace, (OriginalNamespace, "arguments.Namespace")]
 
 
-def load_original_checkpoint(path: str | Path) -> dict:
-    """The checkpoint dict (``state_dict``, ``config``, ...), refusing any pickled object off the allow-list."""
-    import torch
-
-    path = Path(path)
-    checkpoint = safe_torch_load(path, SAFE_GLOBALS)
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path}: expected a checkpoint dict, got {type(checkpoint).__name__}")
-    if "state_dict" not in checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        checkpoint = {"state_dict": checkpoint}
-    if not isinstance(checkpoint.get("state_dict"), dict):
-        raise ValueError(f"{path}: no 'state_dict' in the checkpoint (keys: {sorted(checkpoint)})")
-    return checkpoint
-
-
 def flatten_config(config: object, prefix: str = "") -> dict[str, object]:
     """``{"model.downmap": 224, ...}`` from an original config (Namespaces and dicts, nested or flat)."""
     if isinstance(config, (argparse.Namespace, OriginalNamespace)):
@@ -156,7 +132,7 @@ def flatten_config(config: object, prefix: str = "") -> dict[str, object]:
     return {prefix[:-1]: config} if prefix else {}
 
 
-def _setting(flat: dict[str, object], *names: str, default: object = None) -> object:
+def setting(flat: dict[str, object], *names: str, default: object = None) -> object:
     """The value of the first of ``names`` (dotted keys) present: the original nests its sections
     (``model.downmap``), the successor's dict config may not (``downmap``)."""
     return next((flat[name] for name in names if name in flat), default)
@@ -260,7 +236,7 @@ def converted_config(
         first = encoder["encoder.tile_encoder.0.block.0.block.0.weight"]
         architecture = {
             "mlp_num_blocks": len({key.split(".")[2] for key in encoder}),
-            "mlp_dropout": float(_setting(flat, "dropout", default=0.0)),
+            "mlp_dropout": float(setting(flat, "dropout", default=0.0)),
         }
     else:
         first = encoder["encoder.layer4.0.conv1.weight"]
@@ -276,23 +252,24 @@ def converted_config(
         hidden_dim=first.shape[0],
         encoder_type=layout.encoder_type,
         **architecture,
-        grid_cell_size=int(_setting(flat, "model.downmap", "downmap", default=224)),
+        grid_cell_size=int(setting(flat, "model.downmap", "downmap", default=224)),
         fixed_grid_cell_size=True,
         grid_size_mode="batch",
         projection_dims=projection_dims,
-        temperature=float(_setting(flat, "model.temperature_xent", "temperature_xent", default=0.05)),
-        n_tiles=int(_setting(flat, "dataset.nb_tiles", "nb_tiles", default=5)),
+        temperature=float(setting(flat, "model.temperature_xent", "temperature_xent", default=0.05)),
+        n_tiles=int(setting(flat, "dataset.nb_tiles", "nb_tiles", default=5)),
     )
 
 
-def convert_checkpoint(path: str | Path) -> tuple[GigaSSLModel | GigaSSLForContrastivePretraining, dict]:
-    """The converted model (with the SimCLR head when the checkpoint has one) and its training summary."""
+def convert_original_checkpoint(
+    checkpoint: dict,
+) -> tuple[GigaSSLModel | GigaSSLForContrastivePretraining, OriginalLayout, dict[str, object]]:
+    """The converted model (with the SimCLR head when the checkpoint has one), the detected layout and the
+    flattened original config, from a loaded checkpoint dict (``state_dict``, optional ``config``)."""
     import torch
 
     from .modeling_gigassl import GigaSSLForContrastivePretraining, GigaSSLModel
 
-    path = Path(path)
-    checkpoint = load_original_checkpoint(path)
     layout, encoder, projector = convert_state_dict(checkpoint["state_dict"])
     flat = flatten_config(checkpoint.get("config"))
     config = converted_config(layout, encoder, projector, flat)
@@ -310,56 +287,4 @@ def convert_checkpoint(path: str | Path) -> tuple[GigaSSLModel | GigaSSLForContr
     }
     model.load_state_dict(counts | weights, strict=True)
     model.eval()
-    summary = training_summary(path, layout, checkpoint, flat)
-    logger.info(
-        "converted %s (%s): %d -> %d, grid cell %d px, projection head %s",
-        path,
-        layout.name,
-        config.feature_dim,
-        config.hidden_dim,
-        config.grid_cell_size,
-        "kept" if projector else "absent",
-    )
-    return model, summary
-
-
-def training_summary(path: Path, layout: OriginalLayout, checkpoint: dict, flat: dict[str, object]) -> dict:
-    """What the model card shows under "how it was trained", from the original config and checkpoint."""
-    # Summary label -> the setting in the original's nested config, then in the successor's flat one.
-    known = {
-        "run_name": ("name",),
-        "tile_feature_dim": ("dataset.feature_depth", "feature_depth"),
-        "tiles_per_view": ("dataset.nb_tiles", "nb_tiles"),
-        "augmentations_per_slide": ("dataset.Naug", "Naug"),
-        "batch_size": ("train.batch_size", "batch_size"),
-        "epochs_planned": ("train.num_epochs", "num_epochs", "epochs"),
-        "optimizer": ("train.optimizer.name", "optimizer"),
-        "base_learning_rate": ("train.base_lr", "base_lr", "lr"),
-        "weight_decay": ("train.optimizer.weight_decay", "weight_decay"),
-        "warmup_epochs": ("train.warmup_epochs", "warmup_epochs"),
-        "temperature": ("model.temperature_xent", "temperature_xent"),
-        "grid_cell_size": ("model.downmap", "downmap"),
-    }
-    summary = {"converted_from": path.name, "original_layout": f"{layout.name}: {layout.source}"}
-    summary["checkpoint_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    if isinstance(checkpoint.get("epoch"), int):
-        summary["epoch_saved"] = checkpoint["epoch"]
-    summary |= {
-        label: value for label, names in known.items() if (value := _setting(flat, *names)) is not None
-    }
-    summary["original_config"] = {
-        key: value
-        for key, value in flat.items()
-        if isinstance(value, (str, int, float, bool)) or value is None
-    }
-    return summary
-
-
-def write_converted(path: str | Path, out: str | Path) -> Path:
-    """Convert ``path`` and save the model (``save_pretrained``) and its training summary into ``out``."""
-    model, summary = convert_checkpoint(path)
-    out = Path(out)
-    model.save_pretrained(out)
-    write_json(out / TRAINING_SUMMARY_FILENAME, summary, sort_keys=False)
-    logger.info("wrote %s", out)
-    return out
+    return model, layout, flat
