@@ -110,3 +110,47 @@ def test_a_field_in_two_dataclasses_must_be_excluded_from_one():
     with pytest.raises(TypeError, match="'seed' is a field of both Knobs and Other"):
         SettingsParser(Knobs, Other, prog="x")
     assert SettingsParser(Knobs, Other, prog="x", exclude=("Other.seed",)).parse([])[1] == Other()
+
+
+def test_hfargumentparser_bool_spellings_still_work():
+    """train took transformers' HfArgumentParser flags before: --name [true|false] and --no_name."""
+    _, knobs = parser().parse(["--out", "o", "--pretrained", "false", "--verbose", "true"])
+    assert (knobs.pretrained, knobs.verbose) == (False, True)
+    _, knobs = parser().parse(["--out", "o", "--verbose", "--no_pretrained"])
+    assert (knobs.pretrained, knobs.verbose) == (False, True)
+
+    @dataclass
+    class Run:
+        overwrite_output_dir: bool = option(False, "start afresh")
+
+    assert SettingsParser(Run, prog="x").parse(["--overwrite_output_dir", "true"])[0].overwrite_output_dir
+    assert SettingsParser(Run, prog="x").parse(["--overwrite_output_dir"])[0].overwrite_output_dir
+    with pytest.raises(ValueError, match="expected true or false, got 'maybe'"):
+        SettingsParser(Run, prog="x").parse(["--overwrite_output_dir", "maybe"])
+
+
+def test_config_file_values_are_converted_and_checked_like_flags(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("out: o\nrate: 1e-3\n")  # YAML 1.1 reads 1e-3 as a string
+    assert parser(config_file=True).parse(["--config", str(config)])[1].rate == 0.001
+    config.write_text("out: o\nmode: medium\n")
+    with pytest.raises(ValueError, match="mode: 'medium' in the config file is not one of fast, slow"):
+        parser(config_file=True).parse(["--config", str(config)])
+    with pytest.raises(ValueError, match="--config: expected one argument"):
+        parser(config_file=True).parse(["--config"])
+
+
+def test_help_words_each_switch_and_the_composed_default():
+    @dataclass
+    class Passes:
+        passes: str = option(
+            "both",
+            "both passes",
+            exclusive={"--both": "both", "--aug": "aug"},
+            switch_help={"--aug": "augmented only"},
+        )
+        folds: int | None = option(None, "k of the k-fold (default: 5).")
+
+    assert "augmented only" in SettingsParser(Passes, prog="x").format_help()
+    text = " ".join(SettingsParser(Passes, prog="x", defaults={"folds": 3}).format_help().split())
+    assert "k of the k-fold (default: 3)." in text and "(default: 5)" not in text
