@@ -17,12 +17,22 @@ import logging
 import sys
 
 from giga_ssl_hf.features.assemble import assemble_datasets
-from giga_ssl_hf.features.extraction import ExtractionSummary, extract_slides
+from giga_ssl_hf.features.extraction import ExtractionSummary, extract_slides, run_extraction
 from giga_ssl_hf.features.extraction_settings import ExtractionConfig, ExtractionRun
 from giga_ssl_hf.settings import SettingsParser, fail, run_main
 
 # torch, timm, datasets and OpenSlide are imported where they are used, so that `giga-ssl extract --help`
 # prints at once.
+
+# The library's extraction API, importable from the command's module as before the split.
+__all__ = [
+    "ExtractionConfig",
+    "ExtractionRun",
+    "ExtractionSummary",
+    "extract_slides",
+    "format_summary",
+    "main",
+]
 
 PROG = "giga-ssl extract"
 
@@ -65,7 +75,7 @@ def run(options: ExtractionRun, config: ExtractionConfig) -> int:
         print(f"assembled {', '.join(str(p) for p in built.values()) or 'nothing (no extracted slide)'}")
         return 0
     try:
-        summary = extract_slides(options.inputs, options.out, config, **options.extract_options())
+        summary = run_extraction(options, config)
     except DiskFullError as error:
         return fail(PROG, f"{error.strerror}; free space and rerun to resume", 1)
     print(format_summary(summary))

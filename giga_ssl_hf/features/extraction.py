@@ -44,6 +44,7 @@ from giga_ssl_hf.features.extraction_settings import (
     BOTH_PASSES,
     CONFIG_FILENAME,
     ExtractionConfig,
+    ExtractionRun,
 )
 from giga_ssl_hf.features.slide_encoding import PassProgress, SlideOptions, process_slide
 from giga_ssl_hf.files import dumps_strict, remove_stale_temporaries, write_text_atomic
@@ -315,20 +316,8 @@ def extract_slides(
     out_dir: str | Path,
     config: ExtractionConfig | None = None,
     *,
-    passes: Sequence[str] = BOTH_PASSES,
-    mpp: float | None = None,
-    override_mpp: bool = False,
-    batch_size: int = 64,
-    num_readers: int = 1,
-    device: str = "auto",
-    decode: str = "auto",
-    thumbnails: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
-    recursive: bool = False,
-    slides_csv: str | Path | None = None,
-    shard: tuple[int, int] | None = None,
     wait_for_shares: bool = False,
+    **options,
 ) -> ExtractionSummary:
     """Tile, encode and store ``paths`` (slide files, folders of slides, :class:`SlideEntry`) into ``out_dir``.
 
@@ -336,30 +325,40 @@ def extract_slides(
     ``overwrite``; failed ones are retried; a failing slide is recorded and the others go on. Every check
     on the inputs (slides, settings, encoder weights) runs before anything is written; a full disk raises
     :class:`~giga_ssl_hf.features.store.DiskFullError` after removing what was half-written. The keyword
-    arguments are :class:`~giga_ssl_hf.features.extraction_settings.ExtractionRun`'s (its
-    ``extract_options()``): ``shard=(I, N)`` (or a launcher's ``RANK`` / ``WORLD_SIZE``) runs share I of N,
+    arguments are :class:`~giga_ssl_hf.features.extraction_settings.ExtractionRun`'s fields, checked by it as
+    the command line's are: ``shard=(I, N)`` (or a launcher's ``RANK`` / ``WORLD_SIZE``) runs share I of N,
     and the last share to finish builds the Datasets; with ``wait_for_shares`` every share waits for the
     others and returns with the Datasets (for callers that go on with them, such as the pipeline).
     """
+    return run_extraction(
+        ExtractionRun(inputs=tuple(paths), out=Path(out_dir), **options), config, wait_for_shares
+    )
+
+
+def run_extraction(
+    run: ExtractionRun, config: ExtractionConfig | None = None, wait_for_shares: bool = False
+) -> ExtractionSummary:
+    """:func:`extract_slides` with its run's settings already checked (the command line's path)."""
     from giga_ssl_hf.features.runner import build_runner
     from giga_ssl_hf.features.store import PartStore
 
-    config = config or ExtractionConfig()
-    passes = _check(config, passes)
-    out_dir = Path(out_dir)
-    slides, unsupported = _find_inputs(paths, recursive, slides_csv)
-    share, job = _share_of(slides, shard)
+    config, out_dir = config or ExtractionConfig(), run.out
+    passes = _check(config, run.passes)
+    slides, unsupported = _find_inputs(run.inputs, run.recursive, run.slides_csv)
+    share, job = _share_of(slides, run.share)
     store = PartStore(out_dir / "parts")
-    discard = _settings_change(out_dir, config, store, overwrite)
-    todo, done = _plan(job, store, passes, redo_all=discard or overwrite)
+    discard = _settings_change(out_dir, config, store, run.overwrite)
+    todo, done = _plan(job, store, passes, redo_all=discard or run.overwrite)
     summary = ExtractionSummary(out_dir=out_dir, skipped=done, unsupported_files=unsupported, share=share)
     _log_plan(summary)
-    runner = build_runner(config, device) if todo else None
+    runner = build_runner(config, run.device) if todo else None
     _prepare_folder(out_dir, config, store, discard, runner)
-    thumbnails_dir = out_dir / "thumbnails" if thumbnails else None
-    options = SlideOptions(passes, mpp, override_mpp, batch_size, num_readers, decode, thumbnails_dir)
+    thumbnails_dir = out_dir / "thumbnails" if run.thumbnails else None
+    slide_options = SlideOptions(
+        passes, run.mpp, run.override_mpp, run.batch_size, run.num_readers, run.decode, thumbnails_dir
+    )
     start = time.perf_counter()
-    _extract_todo(todo, runner, config, options, store, summary, overwrite or discard, progress)
+    _extract_todo(todo, runner, config, slide_options, store, summary, run.overwrite or discard, run.progress)
     summary.seconds = time.perf_counter() - start
     if share is not None:
         key = sharding.run_key([e.slide_id for e in slides], passes)

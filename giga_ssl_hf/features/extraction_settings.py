@@ -6,7 +6,7 @@ them (:mod:`giga_ssl_hf.features.extract`); their validation serves the command 
 from __future__ import annotations
 
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -159,22 +159,15 @@ class ExtractionRun:
     thumbnails: bool = option(False, "write OUT/thumbnails/<slide_id>.png (tissue outline + kept tiles)")
     overwrite: bool = option(False, "redo slides already extracted in --out")
     progress: bool = option(True, "progress bars")
+    share: tuple[int, int] | None = field(init=False, default=None)  # --shard, parsed
 
     def __post_init__(self):
         self.inputs = tuple(self.inputs)
+        # the command line's "I/N", or (I, N) from a library caller
+        self.share = parse_shard(self.shard) if isinstance(self.shard, str) else self.shard
         if self.assemble is not None:
             return
         if self.out is None or not (self.inputs or self.slides_csv):
             raise ValueError("give slides (SLIDE_OR_DIR or --slides-csv) and --out, or --assemble DIR")
         if self.override_mpp and self.mpp is None and self.slides_csv is None:
             raise ValueError("--override-mpp needs --mpp (or a --slides-csv with an mpp column)")
-        if self.shard is not None:
-            parse_shard(self.shard)
-
-    def extract_options(self) -> dict:
-        """The keyword arguments of :func:`~giga_ssl_hf.features.extraction.extract_slides` for this run."""
-        options = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name in ("inputs", "out", "assemble"):
-            del options[name]
-        options["shard"] = None if self.shard is None else parse_shard(self.shard)
-        return options

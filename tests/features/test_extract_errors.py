@@ -180,3 +180,17 @@ def test_a_full_disk_is_one_line_leaves_no_temporaries_and_the_rerun_resumes(tmp
     finally:
         subprocess.run(["umount", str(disk)])
         shutil.rmtree(disk, ignore_errors=True)
+
+
+def test_a_library_call_is_checked_like_the_command_line(tmp_path, capsys):
+    """extract_slides' keyword arguments are ExtractionRun's fields: the same checks, the same message."""
+    assert run_extract(CMU, "--out", tmp_path / "cli", "--override-mpp", *FAST) == 2
+    message = one_line_error(capsys).removeprefix("giga-ssl extract: error: ")
+    with pytest.raises(ValueError) as refused:
+        extract_slides([CMU], tmp_path / "lib", ExtractionConfig(pretrained=False), override_mpp=True)
+    assert (
+        str(refused.value) == message == "--override-mpp needs --mpp (or a --slides-csv with an mpp column)"
+    )
+    with pytest.raises(TypeError, match="unexpected keyword argument 'n_readers'"):
+        extract_slides([CMU], tmp_path / "lib", n_readers=2)
+    assert not (tmp_path / "cli").exists() and not (tmp_path / "lib").exists()
