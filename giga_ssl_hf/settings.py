@@ -188,7 +188,7 @@ class SettingsParser(argparse.ArgumentParser):
         elif base is bool:
             if meta.get("flag") is None and default is True:
                 flag = "--no-" + item.name.replace("_", "-")
-                kwargs["help"] = "turn off (on by default): " + kwargs["help"]
+                kwargs["help"] = "turn off: " + kwargs["help"]
             aliases = [*meta.get("aliases", ()), *(["--no_" + item.name] if default is True else [])]
             aliases = [alias for alias in aliases if alias != flag]
             if "--" + item.name not in (flag, *aliases):

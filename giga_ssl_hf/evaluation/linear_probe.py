@@ -308,7 +308,6 @@ def build_parser() -> SettingsParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Usage errors end with SystemExit(2), as argparse's did; bad inputs (files, labels) return 2.
     return run_main(build_parser(), evaluate, argv)
 
 

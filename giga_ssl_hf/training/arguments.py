@@ -25,7 +25,8 @@ class DataArguments:
         "random",
         "random: n_tiles tiles drawn at random from an augmentation row (the paper). window: the "
         "n_tiles tiles nearest a random tile, a spatially contiguous patch, so the sparse CNN sees "
-        "neighbourhoods; needs augmentation rows of contiguous tiles (extract --aug-sampling window or all).",
+        "neighbourhoods; needs augmentation rows of contiguous tiles (extract --aug-sampling window or all). "
+        "giga-ssl pipeline also embeds the slides with views of this kind.",
     )
     allow_no_augmentations: bool = option(
         False,

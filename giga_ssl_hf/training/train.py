@@ -31,7 +31,12 @@ def train(data_args: DataArguments, model_args: ModelArguments, train_args: Trai
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run_main(build_parser(), lambda *arguments: train(*arguments) and 0, argv)
+
+    def run(*arguments) -> int:
+        train(*arguments)
+        return 0
+
+    return run_main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":
