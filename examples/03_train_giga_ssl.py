@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 from pathlib import Path
 
 import datasets
@@ -37,6 +36,7 @@ from transformers import AutoModel
 
 import giga_ssl_hf  # noqa: F401  (registers GigaSSLModel with AutoModel)
 from giga_ssl_hf.features.synthetic_features import synthetic_tile_dataset
+from giga_ssl_hf.files import staged_directory
 from giga_ssl_hf.inference.embed import embed_slide
 from giga_ssl_hf.training.arguments import parse_arguments
 from giga_ssl_hf.training.train import train
@@ -50,10 +50,8 @@ def write_features(folder: Path, seed: int) -> None:
     if (folder / "state.json").exists():
         return
     dataset, _ = synthetic_tile_dataset(n_slides=64, feature_dim=16, n_aug=4, tiles_per_slide=30, seed=seed)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    dataset.save_to_disk(str(tmp))
-    tmp.rename(folder)
+    with staged_directory(folder) as tmp:
+        dataset.save_to_disk(str(tmp))
 
 
 def build_parser() -> argparse.ArgumentParser:

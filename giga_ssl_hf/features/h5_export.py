@@ -21,13 +21,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from giga_ssl_hf.files import atomic_path
 from giga_ssl_hf.settings import SettingsParser, option, run_main
 
 if TYPE_CHECKING:
@@ -92,13 +92,11 @@ def write_slide_h5(
         features_attrs = {}
     else:
         raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as handle:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
         _write_dataset(handle, "features", np.asarray(features, dtype=np.float32), features_attrs)
         _write_dataset(handle, "coords", np.asarray(coords, dtype=np.int64).reshape(-1, 2), coords_attrs)
         if tile_encoder:
             handle.attrs[ENCODER_ATTRIBUTE] = json.dumps(tile_encoder, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def export_h5(

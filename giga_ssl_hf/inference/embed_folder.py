@@ -11,11 +11,11 @@ composition tasks.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
 
+from ..files import staged_directory
 from ..runtime import resolve_device
 from .slides import bad_slides, embed_tile_dataset, refuse_bad_slides
 
@@ -70,21 +70,17 @@ def save_embeddings(
     out_dir: str | Path, ids: np.ndarray, embeddings: np.ndarray, metadata: dict, npy: bool
 ) -> Path:
     """Write the slide-embeddings Dataset (+ metadata sidecar, + the paper's npy pair with ``npy``) atomically:
-    into a sibling ``.tmp`` folder, renamed over ``out_dir`` once complete."""
+    the folder replaces ``out_dir`` once complete."""
     from ..contracts import NPY_EMBEDDINGS, NPY_IDS, write_metadata
     from ..contracts.slide_embeddings import embeddings_dataset
 
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    embeddings_dataset(ids, embeddings).save_to_disk(str(tmp))
-    write_metadata(tmp, metadata)
-    if npy:
-        np.save(tmp / NPY_EMBEDDINGS, embeddings)
-        np.save(tmp / NPY_IDS, ids.astype(str))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    with staged_directory(out_dir) as tmp:
+        embeddings_dataset(ids, embeddings).save_to_disk(str(tmp))
+        write_metadata(tmp, metadata)
+        if npy:
+            np.save(tmp / NPY_EMBEDDINGS, embeddings)
+            np.save(tmp / NPY_IDS, ids.astype(str))
     return out_dir
 
 

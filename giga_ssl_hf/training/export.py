@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 from typing import TYPE_CHECKING
 
 from ..contracts import TRAINING_SUMMARY_FILENAME, read_metadata
-from ..files import replace_directory, write_json
+from ..files import staged_directory, write_json
 
 if TYPE_CHECKING:
     import torch
@@ -67,11 +66,9 @@ def export_run(run: TrainingRun, record: LoopRecord) -> dict:
     summary = training_summary(run, record)
     if accelerator.is_main_process:
         # Written aside and renamed: a run killed while exporting never leaves a half-written final/.
-        staging = run.output_dir / "final.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        unwrapped.gigassl.save_pretrained(staging)
-        write_json(staging / TRAINING_SUMMARY_FILENAME, summary, sort_keys=False)
-        replace_directory(staging, run.output_dir / "final")
+        with staged_directory(run.output_dir / "final") as staging:
+            unwrapped.gigassl.save_pretrained(staging)
+            write_json(staging / TRAINING_SUMMARY_FILENAME, summary, sort_keys=False)
         logger.info("exported the slide encoder to %s", run.output_dir / "final")
     accelerator.end_training()
     return summary
