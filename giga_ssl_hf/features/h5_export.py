@@ -104,6 +104,7 @@ def export_h5(
 ) -> list[Path]:
     """Write every slide of an exhaustive tile-feature Dataset as ``out_dir/<slide_id>.h5``; returns the files."""
     from giga_ssl_hf.contracts import NO_AUGMENTATION, read_metadata
+    from giga_ssl_hf.contracts.extraction_folder import EXHAUSTIVE
     from giga_ssl_hf.contracts.tile_features import (
         TileArrays,
         load_tile_dataset,
@@ -113,7 +114,7 @@ def export_h5(
 
     if layout not in LAYOUTS:
         raise ValueError(f"--layout must be one of {LAYOUTS}, not {layout!r}")
-    features_dir = resolve_tile_dataset_dir(features_dir, "exhaustive")
+    features_dir = resolve_tile_dataset_dir(features_dir, EXHAUSTIVE)
     dataset = without_indices_mapping(load_tile_dataset(features_dir))
     if (np.asarray(dataset.data.column("aug_id").to_numpy()) != NO_AUGMENTATION).any():
         raise ValueError(

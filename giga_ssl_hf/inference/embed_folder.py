@@ -88,9 +88,10 @@ def _checked_features(model, features, skip_bad_slides, trust_remote_code, allow
     """The exhaustive tile features to embed, after the checks that need no weight: ``(folder, dataset, slides
     to leave out, tile encoder of the features, tile encoder of the model)``."""
     from ..contracts import read_metadata
+    from ..contracts.extraction_folder import EXHAUSTIVE
     from ..contracts.tile_features import load_tile_dataset, require_same_encoder, resolve_tile_dataset_dir
 
-    features_dir = resolve_tile_dataset_dir(features, "exhaustive")
+    features_dir = resolve_tile_dataset_dir(features, EXHAUSTIVE)
     dataset = load_tile_dataset(features_dir)
     skipped = bad_slides(dataset)
     if not skip_bad_slides:
