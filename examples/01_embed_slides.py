@@ -32,6 +32,7 @@ import transformers
 from transformers import AutoModel
 
 import giga_ssl_hf  # registers GigaSSLConfig / GigaSSLModel with AutoConfig / AutoModel
+from giga_ssl_hf.contracts.extraction_folder import EXHAUSTIVE
 from giga_ssl_hf.contracts.tile_features import load_tile_dataset
 from giga_ssl_hf.features.extract import ExtractionConfig, extract_slides
 from giga_ssl_hf.inference.embed import embed_slide
@@ -77,11 +78,11 @@ def main(argv: list[str] | None = None) -> dict:
     #    pretrained weights (ImageNet as in the paper, or a histology encoder via --encoder on giga-ssl extract).
     config = ExtractionConfig(encoder="resnet18-layer3", pretrained=args.pretrained, seed=args.seed)
     summary = extract_slides(
-        [slide], out / "features", config, passes=("exhaustive",), device=args.device, progress=False
+        [slide], out / "features", config, passes=(EXHAUSTIVE,), device=args.device, progress=False
     )
     if summary.failed:
         raise SystemExit(f"extraction failed: {summary.failed}")
-    tiles = load_tile_dataset(out / "features" / "exhaustive").with_format("numpy")[0]
+    tiles = load_tile_dataset(out / "features" / EXHAUSTIVE).with_format("numpy")[0]
     features, coords = tiles["features"], tiles["coords"]  # (n, 256), (n, 2) level-0 (x, y) px
     print(f"{tiles['slide_id']}: {len(features)} tiles of {int(tiles['patch_size_level0'])} level-0 px, "
           f"features {features.shape}")  # fmt: skip

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 from pathlib import Path
 
 import datasets
@@ -36,7 +35,10 @@ from accelerate.utils import parse_flag_from_env
 from transformers import AutoModel
 
 import giga_ssl_hf  # noqa: F401  (registers GigaSSLModel with AutoModel)
+from giga_ssl_hf.contracts.extraction_folder import AUGMENTED
+from giga_ssl_hf.contracts.training_run import FINAL_DIRNAME
 from giga_ssl_hf.features.synthetic_features import synthetic_tile_dataset
+from giga_ssl_hf.files import staged_directory
 from giga_ssl_hf.inference.embed import embed_slide
 from giga_ssl_hf.training.arguments import parse_arguments
 from giga_ssl_hf.training.train import train
@@ -50,10 +52,8 @@ def write_features(folder: Path, seed: int) -> None:
     if (folder / "state.json").exists():
         return
     dataset, _ = synthetic_tile_dataset(n_slides=64, feature_dim=16, n_aug=4, tiles_per_slide=30, seed=seed)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    dataset.save_to_disk(str(tmp))
-    tmp.rename(folder)
+    with staged_directory(folder) as tmp:
+        dataset.save_to_disk(str(tmp))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
     out = Path(args.out)
-    features = out / "features" / "augmented"
+    features = out / "features" / AUGMENTED
 
     # The process group `accelerate launch` set up (or a single process). Pass the CPU flag as Accelerator
     # does: a bare PartialState() made first would ignore ACCELERATE_USE_CPU, and the Accelerator created
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_argv.append("--overwrite-output-dir")
     summary = train(*parse_arguments(train_argv + train_overrides))
 
-    final = out / "run" / "final"
+    final = out / "run" / FINAL_DIRNAME
     result = {"final": str(final), "steps": summary["steps"], "final_loss": summary["final_loss"]}
     if state.is_main_process:
         losses = [loss for _, loss in summary["loss_history"]]

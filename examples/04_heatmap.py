@@ -37,6 +37,8 @@ from sklearn.metrics import roc_auc_score
 
 import giga_ssl_hf
 from giga_ssl_hf.cli import main as giga_ssl
+from giga_ssl_hf.contracts.extraction_folder import AUGMENTED, EXHAUSTIVE
+from giga_ssl_hf.contracts.training_run import FINAL_DIRNAME
 from giga_ssl_hf.features.extract import ExtractionConfig, extract_slides
 from giga_ssl_hf.features.synthetic_features import synthetic_region_cohort
 from giga_ssl_hf.inference.embed import embed_to_folder
@@ -62,16 +64,16 @@ def planted_region_cohort(out: Path, n_slides: int, steps: int, seed: int) -> di
     """Part 1: train, embed, save a probe, map the tiles; per-slide AUC of the scores against the planted mask."""
     augmented, exhaustive, classes, masks = synthetic_region_cohort(n_slides=n_slides, seed=seed)
     features = out / "features"
-    if not (features / "augmented").exists():
-        augmented.save_to_disk(str(features / "augmented"))
-        exhaustive.save_to_disk(str(features / "exhaustive"))
+    if not (features / AUGMENTED).exists():
+        augmented.save_to_disk(str(features / AUGMENTED))
+        exhaustive.save_to_disk(str(features / EXHAUSTIVE))
     train(*parse_arguments([
-        "--features", str(features / "augmented"), "--output-dir", str(out / "run"), "--hidden-dim", "64",
+        "--features", str(features / AUGMENTED), "--output-dir", str(out / "run"), "--hidden-dim", "64",
         "--projection-dims", "64,64,32", "--batch-size", "16", "--max-steps", str(steps), "--learning-rate", "0.01",
         "--temperature", "0.1", "--save-steps", "0", "--report-to", "none", "--seed", str(seed),
         "--overwrite-output-dir",  # a demo: a rerun trains afresh instead of refusing the earlier run's folder
     ]))  # fmt: skip
-    model_dir = out / "run" / "final"
+    model_dir = out / "run" / FINAL_DIRNAME
     model = giga_ssl_hf.GigaSSLModel.from_pretrained(model_dir).eval()
     embed_to_folder(model, features, out / "embeddings", n_views=50)
     labels = write_labels(
@@ -119,7 +121,7 @@ def real_pixels(out: Path, seed: int, n_per_class: int = 4) -> dict:
                                   seed=int(rng.integers(1 << 30)))  # fmt: skip
     # 224 px tiles at 0.5 µm/px (level 0 of these slides); random-init encoder weights: no network needed.
     config = ExtractionConfig(pretrained=False, target_mpp=0.5, seed=seed)
-    summary = extract_slides(sorted(slides.iterdir()), out / "features", config, passes=("exhaustive",),
+    summary = extract_slides(sorted(slides.iterdir()), out / "features", config, passes=(EXHAUSTIVE,),
                              device="cpu", progress=False)  # fmt: skip
     if summary.failed:
         raise SystemExit(f"extraction failed: {summary.failed}")

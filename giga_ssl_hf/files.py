@@ -10,6 +10,7 @@ hour on another host), never those another live process is still writing.
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -74,9 +75,18 @@ def remove_stale_temporaries(directory: Path) -> None:
             path.unlink(missing_ok=True)
 
 
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
-def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
-    """Open ``path``'s temporary twin for writing; on success it is synced and renamed onto ``path``.
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary name for ``path``, for a writer that wants a path (h5py, PIL, a library's ``save``): once
+    the block ends the file is synced and renamed onto ``path``.
 
     On any error the temporary is removed, so a failure (a full disk, an exception mid-write) never leaves a
     half-written file under the final name, nor a stray temporary.
@@ -84,14 +94,20 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
     path = Path(path)
     tmp = temporary_path(path)
     try:
-        with open(tmp, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield tmp
+        _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """Open ``path``'s temporary twin for writing; on success it is synced and renamed onto ``path``
+    (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, mode) as handle:
+        yield handle
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -135,3 +151,35 @@ def replace_directory(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
     else:
         os.replace(tmp, final)
+
+
+def _remove_stale_siblings(final: Path) -> None:
+    """The temporary folders of ``final`` whose writer is gone (a crash mid-write left them)."""
+    for path in final.parent.glob(glob.escape(final.name) + ".tmp*"):
+        if _temporary_is_stale(path):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+@contextmanager
+def staged_directory(final: str | Path) -> Iterator[Path]:
+    """A new empty folder beside ``final`` (parents made) to write a whole folder into; once the block ends
+    its files are synced and it replaces ``final`` (:func:`replace_directory`).
+
+    On any error it is removed and ``final`` stays as it was: the folder appears complete or not at all.
+    """
+    final = Path(final)
+    tmp = temporary_path(final)
+    _remove_stale_siblings(final)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                _fsync_file(path)
+        replace_directory(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

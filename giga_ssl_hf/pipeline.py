@@ -33,6 +33,8 @@ from typing import get_type_hints
 import numpy as np
 
 from .contracts import TRAINING_SUMMARY_FILENAME
+from .contracts.extraction_folder import AUGMENTED, EXHAUSTIVE, MANIFEST_FILENAME, THUMBNAILS_DIRNAME
+from .contracts.training_run import FINAL_DIRNAME
 from .evaluation.linear_probe import DEFAULT_FOLDS, EvaluateSettings
 from .features.extraction import extract_slides
 from .features.extraction_settings import ExtractionConfig
@@ -145,7 +147,7 @@ def _stage_settings(settings: PipelineSettings, paths: dict[str, Path]) -> Pipel
     return replace(
         settings,
         extraction=replace(settings.extraction, seed=seed),
-        data=replace(settings.data, features=str(paths["features"] / "augmented")),
+        data=replace(settings.data, features=str(paths["features"] / AUGMENTED)),
         training=replace(
             training,
             output_dir=str(paths["model"].parent),
@@ -225,8 +227,8 @@ def _extract(slides: list, paths: dict[str, Path], settings: PipelineSettings) -
     if summary.failed:
         logger.warning("%d slide(s) failed and are left out (see the manifest)", len(summary.failed))
     if not summary.ok and not summary.skipped:
-        raise ValueError(f"no slide produced tiles; see {paths['features'] / 'manifest.jsonl'}")
-    manifest = [json.loads(line) for line in (paths["features"] / "manifest.jsonl").read_text().splitlines()]
+        raise ValueError(f"no slide produced tiles; see {paths['features'] / MANIFEST_FILENAME}")
+    manifest = [json.loads(line) for line in (paths["features"] / MANIFEST_FILENAME).read_text().splitlines()]
     return sorted((r["slide_id"], r["n_tiles"]) for r in manifest if r["status"] == "ok")
 
 
@@ -291,7 +293,7 @@ def run_pipeline(
     out = Path(out)
     paths = {
         "features": out / "features",
-        "model": out / "model" / "final",
+        "model": out / "model" / FINAL_DIRNAME,
         "embeddings": out / "embeddings",
         "results": out / "results",
     }
@@ -318,7 +320,7 @@ def _embeddings_and_baselines(paths: dict[str, Path], settings: PipelineSettings
     from .inference.embed import embed_tile_dataset, load_model
     from .models.gigassl import GigaSSLModel
 
-    exhaustive = load_tile_dataset(resolve_tile_dataset_dir(paths["features"], "exhaustive"))
+    exhaustive = load_tile_dataset(resolve_tile_dataset_dir(paths["features"], EXHAUSTIVE))
     torch.manual_seed(settings.options.seed)
     untrained = GigaSSLModel(load_model(str(paths["model"]), "cpu").config).eval()
     return {
@@ -351,7 +353,7 @@ def _report(paths: dict[str, Path], labels: str | None) -> None:
     lines = [
         "",
         "Giga-SSL pipeline finished:",
-        f"  tile features   {paths['features']}  (thumbnails: {paths['features'] / 'thumbnails'})",
+        f"  tile features   {paths['features']}  (thumbnails: {paths['features'] / THUMBNAILS_DIRNAME})",
         f"  slide encoder   {paths['model']}  (AutoModel.from_pretrained)",
         f"  embeddings      {paths['embeddings']}  (datasets.load_from_disk, embeddings.npy + ids.npy)",
     ]

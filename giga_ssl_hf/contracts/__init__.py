@@ -3,7 +3,9 @@
 - this module: the names shared between the stages' outputs and their readers (file names, sentinel values)
   and the metadata sidecar every Dataset folder carries (:func:`write_metadata`, :func:`read_metadata`);
 - :mod:`.tile_features`: the tile-feature Dataset (extract writes it; train, embed, heatmap read it);
-- :mod:`.slide_embeddings`: the slide-embeddings Dataset (embed writes it; evaluate and the Hub read it).
+- :mod:`.slide_embeddings`: the slide-embeddings Dataset (embed writes it; evaluate and the Hub read it);
+- :mod:`.extraction_folder`, :mod:`.training_run`: the layouts of the folders that ``giga-ssl extract`` and
+  ``giga-ssl train`` write.
 
 This module stays free of heavy imports, so that any command's ``--help`` and the readers of names stay light.
 """

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from giga_ssl_hf.evaluation.results import ProbeResult
-from giga_ssl_hf.files import write_json
+from giga_ssl_hf.files import atomic_file, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,8 @@ def write_outputs(
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, csv_path = out_dir / "metrics.json", out_dir / "metrics.csv"
     write_json(json_path, metrics_dict(results, config), sort_keys=False)
-    summary_frame(results).to_csv(csv_path, index=False)
+    with atomic_file(csv_path) as handle:
+        summary_frame(results).to_csv(handle, index=False)
     written = [json_path, csv_path]
     if plots:
         from giga_ssl_hf.evaluation.plots import plot_all

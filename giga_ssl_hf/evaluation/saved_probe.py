@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import pandas as pd
 from giga_ssl_hf.contracts import PROBE_CONFIG, PROBE_WEIGHTS
 from giga_ssl_hf.evaluation.classifier import PAPER_CLASSIFIER
 from giga_ssl_hf.evaluation.probe import AlignedTask, no_drops
-from giga_ssl_hf.files import replace_directory
+from giga_ssl_hf.files import staged_directory
 
 PROBE_FORMAT = "giga-ssl-linear-probe"
 PROBE_FORMAT_VERSION = 1
@@ -143,13 +142,10 @@ class SavedProbe:
             **self.info,
         }
         text = json.dumps(config, indent=2, allow_nan=False)  # strict JSON: fails before anything is written
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = directory.with_name(directory.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        save_file({k: np.ascontiguousarray(v) for k, v in self._arrays().items()}, str(tmp / PROBE_WEIGHTS))
-        (tmp / PROBE_CONFIG).write_text(text + "\n")
-        replace_directory(tmp, directory)
+        arrays = {k: np.ascontiguousarray(v) for k, v in self._arrays().items()}
+        with staged_directory(directory) as tmp:
+            save_file(arrays, str(tmp / PROBE_WEIGHTS))
+            (tmp / PROBE_CONFIG).write_text(text + "\n")
         return directory
 
     @classmethod

@@ -9,24 +9,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import giga_ssl_hf
-from giga_ssl_hf.features import sharding
-from giga_ssl_hf.features.extraction_settings import (
+from giga_ssl_hf.contracts.extraction_folder import (
     AUGMENTED,
-    BOTH_PASSES,
     CONFIG_FILENAME,
+    ENCODER_FILENAME,
     EXHAUSTIVE,
-    ExtractionConfig,
+    LOCKS_DIRNAME,
+    MANIFEST_FILENAME,
+    PARTS_DIRNAME,
 )
+from giga_ssl_hf.features import sharding
+from giga_ssl_hf.features.extraction_settings import BOTH_PASSES, ExtractionConfig
 from giga_ssl_hf.files import write_jsonl
 
 if TYPE_CHECKING:
     from giga_ssl_hf.features.encoders import EncoderRunner
     from giga_ssl_hf.features.store import PartStore
-
-# The tile encoder's provenance record, saved by every process that builds the encoder, so that whichever
-# process assembles the Datasets (the last share, --assemble) records it even without building it.
-ENCODER_FILENAME = "tile_encoder.json"
-MANIFEST_FILENAME = "manifest.jsonl"
 
 
 def assemble_datasets(
@@ -48,8 +46,8 @@ def assemble_datasets(
         if not config_path.is_file():
             raise ValueError(f"{out_dir} is not an extraction folder (no {CONFIG_FILENAME})")
         config = ExtractionConfig(**json.loads(config_path.read_text()))
-    store = PartStore(out_dir / "parts")
-    with sharding.SlideLocks(out_dir / "locks") as locks, locks.hold(".assemble"):
+    store = PartStore(out_dir / PARTS_DIRNAME)
+    with sharding.SlideLocks(out_dir / LOCKS_DIRNAME) as locks, locks.hold(".assemble"):
         if passes is None:
             present = {p for r in store.records() if r["status"] == "ok" for p in r.get("passes", [])}
             passes = [p for p in BOTH_PASSES if p in present]

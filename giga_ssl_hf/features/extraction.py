@@ -31,21 +31,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from giga_ssl_hf.features import sharding
-from giga_ssl_hf.features.assemble import (
-    ENCODER_FILENAME,
-    assemble_datasets,
-    tile_encoder_record,
-    write_manifest,
-)
-from giga_ssl_hf.features.cohort import SlideEntry, collect_slides
-from giga_ssl_hf.features.extraction_settings import (
+from giga_ssl_hf.contracts.extraction_folder import (
     AUGMENTED,
-    BOTH_PASSES,
     CONFIG_FILENAME,
-    ExtractionConfig,
-    ExtractionRun,
+    ENCODER_FILENAME,
+    LOCKS_DIRNAME,
+    PARTS_DIRNAME,
+    THUMBNAILS_DIRNAME,
 )
+from giga_ssl_hf.features import sharding
+from giga_ssl_hf.features.assemble import assemble_datasets, tile_encoder_record, write_manifest
+from giga_ssl_hf.features.cohort import SlideEntry, collect_slides
+from giga_ssl_hf.features.extraction_settings import BOTH_PASSES, ExtractionConfig, ExtractionRun
 from giga_ssl_hf.features.slide_encoding import PassProgress, SlideOptions, process_slide
 from giga_ssl_hf.files import dumps_strict, remove_stale_temporaries, write_text_atomic
 
@@ -182,7 +179,7 @@ def _prepare_folder(
     out_dir.mkdir(parents=True, exist_ok=True)
     # One process at a time: another process of the job may have written the settings (and, when they
     # changed, cleared the folder) since this one looked.
-    with sharding.SlideLocks(out_dir / "locks").hold(".setup"):
+    with sharding.SlideLocks(out_dir / LOCKS_DIRNAME).hold(".setup"):
         store.remove_temporaries()
         remove_stale_temporaries(out_dir)
         config_path = out_dir / CONFIG_FILENAME
@@ -229,7 +226,7 @@ def _extract_todo(todo, runner, config, options: SlideOptions, store, summary, r
     """Process the planned slides, each under its lock, counting results into ``summary``."""
     from tqdm.auto import tqdm
 
-    locks = sharding.SlideLocks(summary.out_dir / "locks")
+    locks = sharding.SlideLocks(summary.out_dir / LOCKS_DIRNAME)
     locks.start()  # heartbeat of the slide locks this process will hold
     slide_bar = tqdm(todo, desc="slides", unit="slide", disable=not progress)
     pass_progress = PassProgress(enabled=progress)
@@ -346,14 +343,14 @@ def run_extraction(
     passes = _check(config, run.passes)
     slides, unsupported = _find_inputs(run.inputs, run.recursive, run.slides_csv)
     share, job = _share_of(slides, run.share)
-    store = PartStore(out_dir / "parts")
+    store = PartStore(out_dir / PARTS_DIRNAME)
     discard = _settings_change(out_dir, config, store, run.overwrite)
     todo, done = _plan(job, store, passes, redo_all=discard or run.overwrite)
     summary = ExtractionSummary(out_dir=out_dir, skipped=done, unsupported_files=unsupported, share=share)
     _log_plan(summary)
     runner = build_runner(config, run.device) if todo else None
     _prepare_folder(out_dir, config, store, discard, runner)
-    thumbnails_dir = out_dir / "thumbnails" if run.thumbnails else None
+    thumbnails_dir = out_dir / THUMBNAILS_DIRNAME if run.thumbnails else None
     slide_options = SlideOptions(
         passes, run.mpp, run.override_mpp, run.batch_size, run.num_readers, run.decode, thumbnails_dir
     )

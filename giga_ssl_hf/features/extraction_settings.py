@@ -11,15 +11,14 @@ from pathlib import Path
 from typing import Literal
 
 from giga_ssl_hf.contracts import TILE_DECODERS
+from giga_ssl_hf.contracts.extraction_folder import AUGMENTED, EXHAUSTIVE
 from giga_ssl_hf.features.encoder_presets import PRESETS
 from giga_ssl_hf.features.sharding import parse_shard
 from giga_ssl_hf.settings import flag_of, option
 
-EXHAUSTIVE, AUGMENTED = "exhaustive", "augmented"
 BOTH_PASSES = (EXHAUSTIVE, AUGMENTED)
 AugSampling = Literal["random", "window", "all"]
 AUG_SAMPLINGS = typing.get_args(AugSampling)
-CONFIG_FILENAME = "extract_config.json"
 # Without a preset (another timm name, an hf-hub: id) the tiles are those of the paper's ResNet18.
 DEFAULT_TILE_SIZE, DEFAULT_TARGET_MPP = 224, 1.0
 

@@ -21,13 +21,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from giga_ssl_hf.files import atomic_path
 from giga_ssl_hf.settings import SettingsParser, option, run_main
 
 if TYPE_CHECKING:
@@ -92,13 +92,11 @@ def write_slide_h5(
         features_attrs = {}
     else:
         raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as handle:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
         _write_dataset(handle, "features", np.asarray(features, dtype=np.float32), features_attrs)
         _write_dataset(handle, "coords", np.asarray(coords, dtype=np.int64).reshape(-1, 2), coords_attrs)
         if tile_encoder:
             handle.attrs[ENCODER_ATTRIBUTE] = json.dumps(tile_encoder, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def export_h5(
@@ -106,6 +104,7 @@ def export_h5(
 ) -> list[Path]:
     """Write every slide of an exhaustive tile-feature Dataset as ``out_dir/<slide_id>.h5``; returns the files."""
     from giga_ssl_hf.contracts import NO_AUGMENTATION, read_metadata
+    from giga_ssl_hf.contracts.extraction_folder import EXHAUSTIVE
     from giga_ssl_hf.contracts.tile_features import (
         TileArrays,
         load_tile_dataset,
@@ -115,7 +114,7 @@ def export_h5(
 
     if layout not in LAYOUTS:
         raise ValueError(f"--layout must be one of {LAYOUTS}, not {layout!r}")
-    features_dir = resolve_tile_dataset_dir(features_dir, "exhaustive")
+    features_dir = resolve_tile_dataset_dir(features_dir, EXHAUSTIVE)
     dataset = without_indices_mapping(load_tile_dataset(features_dir))
     if (np.asarray(dataset.data.column("aug_id").to_numpy()) != NO_AUGMENTATION).any():
         raise ValueError(

@@ -234,6 +234,7 @@ def import_h5(
 ) -> Path:
     """Write the h5 files (or folders of ``*.h5``) as one tile-feature Dataset folder ``out_dir``."""
     from giga_ssl_hf.contracts import write_metadata
+    from giga_ssl_hf.contracts.extraction_folder import EXHAUSTIVE
     from giga_ssl_hf.features.store import write_tile_dataset
 
     files = _h5_files(paths)
@@ -250,7 +251,7 @@ def import_h5(
     rows = _rows(files, first, options, dtype, layouts, encoders)
     metadata = {
         "source": "giga-ssl import-h5",
-        "pass": "exhaustive",
+        "pass": EXHAUSTIVE,
         "encoder": encoder,
         "feature_dim": feature_dim,
         "dtype": dtype,

@@ -6,6 +6,7 @@ import datasets
 import numpy as np
 
 from ..contracts import NO_AUGMENTATION
+from ..contracts.extraction_folder import EXHAUSTIVE
 from ..contracts.tile_features import (
     TileArrays,
     load_tile_dataset,
@@ -38,7 +39,7 @@ def mean_pool(dataset: datasets.Dataset, exclude: set[str] = frozenset()) -> tup
 
 def mean_pool_folder(features: str) -> tuple[np.ndarray, np.ndarray]:
     """:func:`mean_pool` of an exhaustive tile-feature Dataset folder, or of an extraction folder."""
-    return mean_pool(load_tile_dataset(resolve_tile_dataset_dir(features, "exhaustive")))
+    return mean_pool(load_tile_dataset(resolve_tile_dataset_dir(features, EXHAUSTIVE)))
 
 
 def standardise_over_slides(values: np.ndarray) -> np.ndarray:

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from giga_ssl_hf.contracts.extraction_folder import SHARES_DIRNAME
 from giga_ssl_hf.files import process_is_alive, process_start_ticks, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def run_key(slide_ids: Sequence[str], passes: Sequence[str]) -> str:
 
 
 def _marker(out_dir: Path, index: int, count: int) -> Path:
-    return out_dir / "shares" / f"{index}-of-{count}.json"
+    return out_dir / SHARES_DIRNAME / f"{index}-of-{count}.json"
 
 
 def mark_share_done(out_dir: Path, index: int, count: int, key: str, slide_ids: Sequence[str]) -> None:

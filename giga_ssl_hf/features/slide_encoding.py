@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from giga_ssl_hf.features.extraction_settings import AUGMENTED, BOTH_PASSES, EXHAUSTIVE, ExtractionConfig
+from giga_ssl_hf.contracts.extraction_folder import AUGMENTED, EXHAUSTIVE
+from giga_ssl_hf.features.extraction_settings import BOTH_PASSES, ExtractionConfig
 
 if TYPE_CHECKING:
     import torch

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import json
-import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +24,8 @@ from giga_ssl_hf.files import (
     atomic_file,
     dumps_strict,
     remove_stale_temporaries,
-    replace_directory,
+    staged_directory,
+    temporary_path,
     write_text_atomic,
 )
 
@@ -104,25 +104,21 @@ def write_tile_dataset(
     appears only once complete.
     """
     dataset_dir = Path(dataset_dir)
-    tmp = dataset_dir.with_name(dataset_dir.name + ".tmp")
-    final_tmp = dataset_dir.with_name(dataset_dir.name + ".tmp2")
+    # The rows are streamed to one Arrow file first (save_to_disk then shards it): a scratch file beside the
+    # folder, not in it (a Dataset cannot be saved over its own files), named as the folder's temporaries so
+    # that a later write removes it if a crash left it.
+    staging = temporary_path(dataset_dir.with_name(dataset_dir.name + ".tmp-rows.arrow"))
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        features = tile_features_schema(feature_dim, dtype)
-        staging = tmp / "staging.arrow"
-        with ArrowWriter(features=features, path=str(staging), writer_batch_size=1) as writer:
-            for row in rows:
-                writer.write(row)
-            writer.finalize()
-        dataset = datasets.Dataset.from_file(str(staging))
-        shutil.rmtree(final_tmp, ignore_errors=True)
-        dataset.save_to_disk(str(final_tmp))
-        del dataset
-        write_metadata(final_tmp, metadata)
-        replace_directory(final_tmp, dataset_dir)
+        with staged_directory(dataset_dir) as tmp:
+            features = tile_features_schema(feature_dim, dtype)
+            with ArrowWriter(features=features, path=str(staging), writer_batch_size=1) as writer:
+                for row in rows:
+                    writer.write(row)
+                writer.finalize()
+            dataset = datasets.Dataset.from_file(str(staging))
+            dataset.save_to_disk(str(tmp))
+            del dataset
+            write_metadata(tmp, metadata)
     finally:
-        # What a failure (e.g. a full disk) left half-written; the previous dataset stays in place.
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(final_tmp, ignore_errors=True)
+        staging.unlink(missing_ok=True)
     return dataset_dir

@@ -11,11 +11,11 @@ composition tasks.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
 
+from ..files import staged_directory
 from ..runtime import resolve_device
 from .slides import bad_slides, embed_tile_dataset, refuse_bad_slides
 
@@ -70,21 +70,17 @@ def save_embeddings(
     out_dir: str | Path, ids: np.ndarray, embeddings: np.ndarray, metadata: dict, npy: bool
 ) -> Path:
     """Write the slide-embeddings Dataset (+ metadata sidecar, + the paper's npy pair with ``npy``) atomically:
-    into a sibling ``.tmp`` folder, renamed over ``out_dir`` once complete."""
+    the folder replaces ``out_dir`` once complete."""
     from ..contracts import NPY_EMBEDDINGS, NPY_IDS, write_metadata
     from ..contracts.slide_embeddings import embeddings_dataset
 
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    embeddings_dataset(ids, embeddings).save_to_disk(str(tmp))
-    write_metadata(tmp, metadata)
-    if npy:
-        np.save(tmp / NPY_EMBEDDINGS, embeddings)
-        np.save(tmp / NPY_IDS, ids.astype(str))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    with staged_directory(out_dir) as tmp:
+        embeddings_dataset(ids, embeddings).save_to_disk(str(tmp))
+        write_metadata(tmp, metadata)
+        if npy:
+            np.save(tmp / NPY_EMBEDDINGS, embeddings)
+            np.save(tmp / NPY_IDS, ids.astype(str))
     return out_dir
 
 
@@ -92,9 +88,10 @@ def _checked_features(model, features, skip_bad_slides, trust_remote_code, allow
     """The exhaustive tile features to embed, after the checks that need no weight: ``(folder, dataset, slides
     to leave out, tile encoder of the features, tile encoder of the model)``."""
     from ..contracts import read_metadata
+    from ..contracts.extraction_folder import EXHAUSTIVE
     from ..contracts.tile_features import load_tile_dataset, require_same_encoder, resolve_tile_dataset_dir
 
-    features_dir = resolve_tile_dataset_dir(features, "exhaustive")
+    features_dir = resolve_tile_dataset_dir(features, EXHAUSTIVE)
     dataset = load_tile_dataset(features_dir)
     skipped = bad_slides(dataset)
     if not skip_bad_slides:

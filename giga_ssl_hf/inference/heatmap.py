@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from giga_ssl_hf.contracts import NO_AUGMENTATION, TILE_SCORES_FILENAME
+from giga_ssl_hf.contracts.extraction_folder import EXHAUSTIVE
 from giga_ssl_hf.inference.embed import FEATURES_HELP, MODEL_HELP
 from giga_ssl_hf.inference.embed_folder import load_model, model_identity
 from giga_ssl_hf.inference.heatmap_plot import (
@@ -138,7 +139,7 @@ def _exhaustive_features(settings: HeatmapSettings):
         without_indices_mapping,
     )
 
-    features_dir = resolve_tile_dataset_dir(settings.features, "exhaustive")
+    features_dir = resolve_tile_dataset_dir(settings.features, EXHAUSTIVE)
     dataset = without_indices_mapping(load_tile_dataset(features_dir))
     if (np.asarray(dataset.data.column("aug_id").to_numpy()) != NO_AUGMENTATION).any():
         raise ValueError(

@@ -19,9 +19,9 @@ import re
 import shutil
 from pathlib import Path
 
+from ..contracts.training_run import CHECKPOINTS_DIRNAME, LOGS_DIRNAME
 from ..settings import flag_of
 
-CHECKPOINTS_DIRNAME = "checkpoints"
 # checkpoint_<step>: Accelerate's automatic naming; step_<step>: written before the switch, still resumable.
 CHECKPOINT_NAME = re.compile(r"^(checkpoint|step)_(\d+)$")
 
@@ -31,7 +31,9 @@ def project_configuration(output_dir: Path):
 
     # No total_limit: Accelerate would prune before writing (see the module docstring); prune_checkpoints does.
     return ProjectConfiguration(
-        project_dir=str(output_dir), logging_dir=str(output_dir / "logs"), automatic_checkpoint_naming=True
+        project_dir=str(output_dir),
+        logging_dir=str(output_dir / LOGS_DIRNAME),
+        automatic_checkpoint_naming=True,
     )
 
 

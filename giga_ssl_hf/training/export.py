@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 from typing import TYPE_CHECKING
 
 from ..contracts import TRAINING_SUMMARY_FILENAME, read_metadata
-from ..files import replace_directory, write_json
+from ..contracts.training_run import FINAL_DIRNAME, LOGS_DIRNAME
+from ..files import staged_directory, write_json
 
 if TYPE_CHECKING:
     import torch
@@ -30,7 +30,7 @@ def parameter_checksum(model: torch.nn.Module) -> str:
 
 def write_rank_log(run: TrainingRun, record: LoopRecord, unwrapped: torch.nn.Module) -> None:
     """What this process saw and the weights it ended with: processes must agree on weights, not on slides."""
-    rank_log = run.output_dir / "logs" / f"rank{run.accelerator.process_index}.json"
+    rank_log = run.output_dir / LOGS_DIRNAME / f"rank{run.accelerator.process_index}.json"
     rank_log.parent.mkdir(parents=True, exist_ok=True)
     write_json(
         rank_log,
@@ -54,7 +54,7 @@ def training_summary(run: TrainingRun, record: LoopRecord) -> dict:
         "features": str(run.features_dir),
         "feature_metadata": read_metadata(run.features_dir),
         "arguments": run.run_config,
-        "final_model": str(run.output_dir / "final"),
+        "final_model": str(run.output_dir / FINAL_DIRNAME),
     }
 
 
@@ -67,11 +67,9 @@ def export_run(run: TrainingRun, record: LoopRecord) -> dict:
     summary = training_summary(run, record)
     if accelerator.is_main_process:
         # Written aside and renamed: a run killed while exporting never leaves a half-written final/.
-        staging = run.output_dir / "final.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        unwrapped.gigassl.save_pretrained(staging)
-        write_json(staging / TRAINING_SUMMARY_FILENAME, summary, sort_keys=False)
-        replace_directory(staging, run.output_dir / "final")
-        logger.info("exported the slide encoder to %s", run.output_dir / "final")
+        with staged_directory(run.output_dir / FINAL_DIRNAME) as staging:
+            unwrapped.gigassl.save_pretrained(staging)
+            write_json(staging / TRAINING_SUMMARY_FILENAME, summary, sort_keys=False)
+        logger.info("exported the slide encoder to %s", run.output_dir / FINAL_DIRNAME)
     accelerator.end_training()
     return summary

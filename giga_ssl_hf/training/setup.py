@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..checkpoints import load_state_dict_file
+from ..contracts.training_run import CHECKPOINTS_DIRNAME, FINAL_DIRNAME
 from ..settings import flag_of
 from .arguments import DataArguments, ModelArguments, TrainArguments
-from .checkpointing import CHECKPOINTS_DIRNAME, TrainingProgress, find_checkpoint, refuse_foreign_entries
+from .checkpointing import TrainingProgress, find_checkpoint, refuse_foreign_entries
 
 if TYPE_CHECKING:
     import torch
@@ -102,7 +103,7 @@ def load_init_model(name_or_path: str):
 
 def earlier_run(output_dir: Path, train_args: TrainArguments) -> list[Path]:
     """What an earlier run left in ``output_dir`` that starting afresh would delete (raises without the flag)."""
-    found = [p for p in (output_dir / "final", output_dir / CHECKPOINTS_DIRNAME) if p.exists()]
+    found = [p for p in (output_dir / FINAL_DIRNAME, output_dir / CHECKPOINTS_DIRNAME) if p.exists()]
     if train_args.resume_from_checkpoint:
         return []
     if found and not train_args.overwrite_output_dir:
@@ -212,6 +213,7 @@ def setup_training(
     """Check the inputs, build and prepare everything, resume if asked, and clear what an overwrite replaces."""
     from accelerate.utils import set_seed
 
+    from ..contracts.extraction_folder import AUGMENTED
     from ..contracts.tile_features import resolve_tile_dataset_dir
 
     if not data_args.features or not train_args.output_dir:
@@ -220,7 +222,7 @@ def setup_training(
     replaced = earlier_run(output_dir, train_args)
     if output_dir / CHECKPOINTS_DIRNAME not in replaced:  # checkpoints kept: later saves go among them
         refuse_foreign_entries(output_dir)
-    features_dir = resolve_tile_dataset_dir(data_args.features, "augmented")
+    features_dir = resolve_tile_dataset_dir(data_args.features, AUGMENTED)
     accelerator = make_accelerator(train_args, output_dir)
     set_seed(train_args.seed)
     views, config = load_views_and_config(data_args, model_args, train_args.seed, features_dir)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from giga_ssl_hf.files import atomic_file
 from giga_ssl_hf.wsi.slide import Slide
 from giga_ssl_hf.wsi.tiling import TileGrid
 from giga_ssl_hf.wsi.tissue import TissueMask, read_downsampled
@@ -60,10 +60,9 @@ def render_thumbnail(
 def save_thumbnail(
     path: str | Path, slide: Slide, mask: TissueMask | None, grid: TileGrid, max_size: int = 1024
 ) -> Path:
-    """Write :func:`render_thumbnail` as a PNG (atomically: write, then rename)."""
+    """Write :func:`render_thumbnail` as a PNG (atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    render_thumbnail(slide, mask, grid, max_size).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_file(path, "wb") as handle:
+        render_thumbnail(slide, mask, grid, max_size).save(handle, format="PNG")
     return path

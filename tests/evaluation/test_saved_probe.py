@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,6 +75,25 @@ def test_save_refuses_to_replace_work(tmp_path):
     with pytest.raises(FileExistsError, match="not a saved-probe folder"):
         probe.save(tmp_path / "other", overwrite=True)
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_a_failed_save_leaves_the_previous_probe_and_no_temporary(tmp_path, monkeypatch):
+    import safetensors.numpy
+
+    ids, x, labels = planted(40)
+    probe = fit_saved_probe(ids, x, labels)
+    probe.save(tmp_path / "probe")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "probe").iterdir()}
+
+    def half_written(arrays, filename):
+        Path(filename).write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", half_written)
+    with pytest.raises(OSError, match="disk full"):
+        probe.save(tmp_path / "probe", overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["probe"]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "probe").iterdir()} == before
 
 
 def test_load_rejects_what_is_not_a_probe(tmp_path):

@@ -194,3 +194,22 @@ def test_a_library_call_is_checked_like_the_command_line(tmp_path, capsys):
     with pytest.raises(TypeError, match="unexpected keyword argument 'n_readers'"):
         extract_slides([CMU], tmp_path / "lib", n_readers=2)
     assert not (tmp_path / "cli").exists() and not (tmp_path / "lib").exists()
+
+
+def test_a_failed_dataset_write_leaves_the_previous_dataset_and_no_temporary(tmp_path):
+    from giga_ssl_hf.features.store import write_tile_dataset
+    from giga_ssl_hf.features.synthetic_features import synthetic_tile_dataset
+
+    dataset, _ = synthetic_tile_dataset(n_slides=3, feature_dim=4, tiles_per_slide=5, augmented=False, seed=0)
+    rows = list(dataset.with_format("numpy", dtype=None))
+    final = write_tile_dataset(rows, tmp_path / "exhaustive", 4, "float16", {"v": 1})
+    before = {p.name: p.read_bytes() for p in final.iterdir()}
+
+    def killed_midway():
+        yield rows[0]
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_tile_dataset(killed_midway(), final, 4, "float16", {"v": 2})
+    assert [p.name for p in tmp_path.iterdir()] == ["exhaustive"]
+    assert {p.name: p.read_bytes() for p in final.iterdir()} == before

@@ -77,6 +77,27 @@ def test_export_refuses_augmented_rows(tmp_path, capsys):
     assert "augmented rows" in capsys.readouterr().err and not (tmp_path / "h5").exists()
 
 
+def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path, monkeypatch):
+    from giga_ssl_hf.features import h5_export
+
+    args = dict(layout="trident", slide_id="s", patch_size_level0=64, mpp=0.5, magnification=20.0)
+    args.update(tile_size=64, tile_encoder=None)
+    path = tmp_path / "s.h5"
+    h5_export.write_slide_h5(path, features=np.ones((3, 4)), coords=np.zeros((3, 2)), **args)
+    before = path.read_bytes()
+
+    def fail_on_coords(handle, name, values, attrs):
+        if name == "coords":
+            raise OSError("disk full")
+        write(handle, name, values, attrs)
+
+    write = h5_export._write_dataset
+    monkeypatch.setattr(h5_export, "_write_dataset", fail_on_coords)
+    with pytest.raises(OSError, match="disk full"):
+        h5_export.write_slide_h5(path, features=np.zeros((5, 4)), coords=np.zeros((5, 2)), **args)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["s.h5"]
+
+
 def test_import_of_foreign_files_records_the_named_encoder(tmp_path):
     with h5py.File(tmp_path / "s.h5", "w") as handle:
         handle.create_dataset("features", data=np.zeros((2, 3), np.float32))

@@ -125,3 +125,20 @@ def test_concat_mean_pool_appends_the_standardised_mean(model, exhaustive, tmp_p
     expected = (means - means.mean(0)) / np.where(std > 0, std, 1.0) / np.sqrt(16)
     np.testing.assert_allclose(hybrid[:, 24:], expected, rtol=1e-3, atol=1e-4)
     assert json.loads((out / "giga_ssl_metadata.json").read_text())["concat_mean_pool"] is True
+
+
+def test_a_failed_save_leaves_the_previous_embeddings_and_no_temporary(tmp_path, monkeypatch):
+    from giga_ssl_hf.inference import embed_folder
+
+    ids, embeddings = np.array(["a", "b"]), np.eye(2, dtype=np.float32)
+    out = embed_folder.save_embeddings(tmp_path / "emb", ids, embeddings, {"v": 1}, npy=True)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full_disk(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(embed_folder.np, "save", full_disk)
+    with pytest.raises(OSError, match="disk full"):
+        embed_folder.save_embeddings(out, ids, 2 * embeddings, {"v": 2}, npy=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["emb"]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -161,3 +161,20 @@ def test_thumbnail_shows_tissue_outline_and_tiles(tmp_path):
     assert max(pixels.shape[:2]) == 512
     assert np.all(pixels == (0, 160, 0), axis=-1).sum() > 100  # tissue outline
     assert np.all(pixels == (30, 60, 255), axis=-1).sum() > 100  # tile rectangles
+
+
+def test_a_failed_thumbnail_leaves_the_previous_one_and_no_temporary(tmp_path, monkeypatch):
+    from giga_ssl_hf.wsi import thumbnail
+
+    class HalfImage:
+        def save(self, handle, format):
+            handle.write(b"half")
+            raise OSError("disk full")
+
+    (tmp_path / "cmu.png").write_bytes(b"previous")
+    monkeypatch.setattr(thumbnail, "render_thumbnail", lambda *args: HalfImage())
+    with pytest.raises(OSError, match="disk full"):
+        thumbnail.save_thumbnail(tmp_path / "cmu.png", None, None, None)
+    assert [p.name for p in tmp_path.iterdir()] == ["cmu.png"] and (
+        tmp_path / "cmu.png"
+    ).read_bytes() == b"previous"
