@@ -66,13 +66,17 @@ def _temporary_is_stale(path: Path) -> bool:
     return True  # no owner in the name: written by a version that ran one process at a time
 
 
-def remove_stale_temporaries(directory: Path) -> None:
-    """Delete the temporary files of ``directory`` whose writer is gone (never a committed file)."""
+def remove_stale_temporaries(directory: Path, name: str | None = None) -> None:
+    """Delete the temporaries in ``directory`` (of the file or folder ``name`` only, when given) whose writer is
+    gone: the files of :func:`atomic_path` and the folders of :func:`staged_directory`, never a committed one."""
     if not directory.is_dir():
         return
-    for path in directory.glob("*.tmp*"):
-        if path.is_file() and _temporary_is_stale(path):
-            path.unlink(missing_ok=True)
+    for path in directory.glob((glob.escape(name) if name else "*") + ".tmp*"):
+        if _temporary_is_stale(path):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def _fsync_file(path: Path) -> None:
@@ -153,16 +157,6 @@ def replace_directory(tmp: Path, final: Path) -> None:
         os.replace(tmp, final)
 
 
-def _remove_stale_siblings(final: Path) -> None:
-    """The temporary folders of ``final`` whose writer is gone (a crash mid-write left them)."""
-    for path in final.parent.glob(glob.escape(final.name) + ".tmp*"):
-        if _temporary_is_stale(path):
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-
-
 @contextmanager
 def staged_directory(final: str | Path) -> Iterator[Path]:
     """A new empty folder beside ``final`` (parents made) to write a whole folder into; once the block ends
@@ -172,7 +166,7 @@ def staged_directory(final: str | Path) -> Iterator[Path]:
     """
     final = Path(final)
     tmp = temporary_path(final)
-    _remove_stale_siblings(final)
+    remove_stale_temporaries(final.parent, final.name)  # what a crash mid-write left
     tmp.mkdir(parents=True)
     try:
         yield tmp
