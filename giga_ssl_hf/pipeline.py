@@ -64,6 +64,10 @@ class PipelineInputs:
     labels: str | None = option(None, "CSV with ID (slide file stem) and label columns")
 
 
+# The pipeline's defaults where they are not the stages': the projection head follows --hidden-dim.
+PIPELINE_DEFAULTS = {"projection_dims": None}
+
+
 @dataclass
 class PipelineSettings:
     """The settings of every stage, each in its stage's own dataclass."""
@@ -71,7 +75,7 @@ class PipelineSettings:
     options: PipelineOptions = field(default_factory=PipelineOptions)
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
     data: DataArguments = field(default_factory=DataArguments)
-    model: ModelArguments = field(default_factory=lambda: ModelArguments(projection_dims=None))
+    model: ModelArguments = field(default_factory=lambda: ModelArguments(**PIPELINE_DEFAULTS))
     training: TrainArguments = field(default_factory=TrainArguments)
     embedding: EmbedSettings = field(default_factory=EmbedSettings)
     evaluation: EvaluateSettings = field(default_factory=EvaluateSettings)
@@ -100,8 +104,6 @@ MANAGED_FIELDS = (
     *(f"EvaluateSettings.{name}" for name in ("embeddings", "task", "labels", "splits", "seed", "out")),
     *(f"EvaluateSettings.{name}" for name in ("no_plots", "save_probe", "overwrite_probe", "baseline")),
 )
-# The pipeline's defaults where they are not the stages': the projection head follows --hidden-dim.
-PIPELINE_DEFAULTS = {"projection_dims": None}
 # Settings that do not change what a stage makes, left out of its fingerprint.
 UNFINGERPRINTED = {"logging_steps", "report_to", "save_total_limit", "max_views_per_batch"}
 # The training settings the previous release fingerprinted (in this order), kept so that its folders are reused.
@@ -153,7 +155,6 @@ def _stage_settings(settings: PipelineSettings, paths: dict[str, Path]) -> Pipel
             output_dir=str(paths["model"].parent),
             seed=seed,
             save_steps=max(1, training.max_steps // 4),
-            resume_from_checkpoint="latest" if latest_checkpoint(paths["model"].parent) else None,
             overwrite_output_dir=False,
         ),
         embedding=replace(
@@ -172,15 +173,19 @@ def _stage_settings(settings: PipelineSettings, paths: dict[str, Path]) -> Pipel
 def _changed(before: tuple[str, ...], *settings) -> list[dict]:
     """The settings that change what a stage makes, beyond those its fingerprint held before, that are not at
     their defaults (``[]`` when there are none, so that the fingerprint stays the previous release's)."""
-    managed = {name.rsplit(".", 1)[-1] for name in MANAGED_FIELDS}
     changed = {}
     for instance in settings:
         defaults = asdict(type(instance)())
         for name, value in asdict(instance).items():
             default = PIPELINE_DEFAULTS.get(name, defaults[name])
-            if name not in (*before, *managed, *UNFINGERPRINTED, "seed") and value != default:
+            left_out = _managed(type(instance), name) or name in (*before, *UNFINGERPRINTED, "seed")
+            if not left_out and value != default:
                 changed[name] = value
     return [changed] if changed else []
+
+
+def _managed(cls: type, name: str) -> bool:
+    return name in MANAGED_FIELDS or f"{cls.__name__}.{name}" in MANAGED_FIELDS
 
 
 def _fingerprints(
@@ -191,10 +196,9 @@ def _fingerprints(
     seed, data, training = settings.options.seed, settings.data, settings.training
     embedding, evaluation = settings.embedding, settings.evaluation
     fingerprints = {"features": state.fingerprint(extracted, asdict(settings.extraction))}
-    trained_before = [training.max_steps, training.batch_size, settings.model.hidden_dim, data.n_tiles]
-    trained_before += [training.learning_rate, data.view_sampling]
+    trained = {**asdict(data), **asdict(settings.model), **asdict(training)}
     fingerprints["train"] = state.fingerprint(
-        fingerprints["features"], trained_before, seed,
+        fingerprints["features"], [trained[name] for name in TRAIN_FINGERPRINT], seed,
         *_changed(TRAIN_FINGERPRINT, data, settings.model, training),
     )  # fmt: skip
     fingerprints["embed"] = state.fingerprint(
@@ -243,22 +247,23 @@ def _train(
     if status == "redo":
         shutil.rmtree(paths["model"].parent, ignore_errors=True)
     state.record("train", fingerprint, complete=False)
-    settings = _stage_settings(settings, paths)  # again: the checkpoints to resume from may be gone now
+    # Decided now, after a redo has removed the earlier run: an unfinished run of the same settings resumes.
+    resume = "latest" if latest_checkpoint(paths["model"].parent) else None
     logger.info("stage train: %d steps -> %s", settings.training.max_steps, paths["model"])
-    train(settings.data, settings.model, settings.training)
+    train(settings.data, settings.model, replace(settings.training, resume_from_checkpoint=resume))
     state.record("train", fingerprint, complete=True)
 
 
 def _embed(
     paths: dict[str, Path], settings: PipelineSettings, state: PipelineState, fingerprint: str
 ) -> None:
-    from .inference.embed import embed_to_folder
+    from .inference.embed import embed_with
 
     if state.status("embed", fingerprint, paths["embeddings"]) == "done":
         return
     embedding = settings.embedding
     logger.info("stage embed: %d views per slide -> %s", embedding.n_views, paths["embeddings"])
-    embed_to_folder(**{k: v for k, v in asdict(embedding).items() if k != "overwrite"})
+    embed_with(embedding)
     state.record("embed", fingerprint, complete=True)
 
 
@@ -317,12 +322,12 @@ def _embeddings_and_baselines(paths: dict[str, Path], settings: PipelineSettings
     from .contracts.slide_embeddings import load_embeddings
     from .contracts.tile_features import load_tile_dataset, resolve_tile_dataset_dir
     from .evaluation.linear_probe import mean_pool_baseline
-    from .inference.embed import embed_tile_dataset, load_model
-    from .models.gigassl import GigaSSLModel
+    from .inference.embed import embed_tile_dataset
+    from .models.gigassl import GigaSSLConfig, GigaSSLModel
 
     exhaustive = load_tile_dataset(resolve_tile_dataset_dir(paths["features"], EXHAUSTIVE))
     torch.manual_seed(settings.options.seed)
-    untrained = GigaSSLModel(load_model(str(paths["model"]), "cpu").config).eval()
+    untrained = GigaSSLModel(GigaSSLConfig.from_pretrained(paths["model"])).eval()
     return {
         "trained": load_embeddings(str(paths["embeddings"])),
         "untrained": embed_tile_dataset(

@@ -26,6 +26,7 @@ __all__ = [
     "embed_slide",
     "embed_tile_dataset",
     "embed_to_folder",
+    "embed_with",
     "load_model",
     "main",
     "save_embeddings",
@@ -94,9 +95,13 @@ def run(settings: EmbedSettings) -> int:
         raise ValueError(
             f"{settings.out} already exists: choose another --out, or pass --overwrite to replace it"
         )
-    arguments = {k: v for k, v in dataclasses.asdict(settings).items() if k != "overwrite"}
-    embed_to_folder(**arguments)
+    embed_with(settings)
     return 0
+
+
+def embed_with(settings: EmbedSettings) -> Path:
+    """:func:`embed_to_folder` on the settings (``overwrite`` is the command line's refusal, :func:`run`)."""
+    return embed_to_folder(**{k: v for k, v in dataclasses.asdict(settings).items() if k != "overwrite"})
 
 
 def build_parser() -> SettingsParser:
