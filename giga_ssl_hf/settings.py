@@ -182,15 +182,15 @@ class SettingsParser(argparse.ArgumentParser):
             target.add_argument(item.name, nargs=nargs, type=base, default=default, **kwargs)
             return
         flag = meta.get("flag", flag_of(item.name))
-        aliases = [f for f in {"--" + item.name, *meta.get("aliases", ())} if f != flag]
+        aliases = [*meta.get("aliases", ()), "--" + item.name]
         if base is bool and meta.get("negatable"):
             kwargs["action"] = argparse.BooleanOptionalAction
         elif base is bool:
             if meta.get("flag") is None and default is True:
                 flag = "--no-" + item.name.replace("_", "-")
                 kwargs["help"] = "turn off: " + kwargs["help"]
+            # the underscore spelling becomes the optional-value flag below, not an alias
             aliases = [*meta.get("aliases", ()), *(["--no_" + item.name] if default is True else [])]
-            aliases = [alias for alias in aliases if alias != flag]
             if "--" + item.name not in (flag, *aliases):
                 # transformers' HfArgumentParser spelling, which train took before: --name [true|false]
                 target.add_argument(
@@ -205,13 +205,14 @@ class SettingsParser(argparse.ArgumentParser):
             if choices:
                 kwargs["choices"] = choices
         required = bool(meta.get("required")) or item.default is dataclasses.MISSING
+        aliases = sorted(set(aliases) - {flag})
         self.field_actions[item.name] = target.add_argument(
-            flag, *sorted(aliases), default=default, required=required, **kwargs
+            flag, *aliases, default=default, required=required, **kwargs
         )
 
     def parse(self, argv: list[str] | None = None) -> tuple:
-        """The settings instances from ``argv`` (and ``--config``). A malformed command line exits with a
-        one-line error; a setting that fails validation raises ValueError (the stage's ``main`` reports it)."""
+        """The settings instances from ``argv`` (and ``--config``). A malformed command line, a bad config file
+        and a setting that fails validation all raise ValueError (:func:`run_main` reports it in one line)."""
         if self.config_file:
             # --config alone first: the full parse would refuse required options that the file gives
             config_only = argparse.ArgumentParser(prog=self.prog, add_help=False, exit_on_error=False)

@@ -37,14 +37,21 @@ def project_configuration(output_dir: Path):
     )
 
 
+def _step_of(path: Path) -> tuple[int, bool] | None:
+    """(step, written with the current naming) of a checkpoint folder, None for any other entry."""
+    match = CHECKPOINT_NAME.match(path.name)
+    return (int(match.group(2)), match.group(1) == "checkpoint") if match and path.is_dir() else None
+
+
 def checkpoint_folders(output_dir: Path) -> list[Path]:
     """The checkpoints in ``OUTPUT_DIR/checkpoints`` (either naming), oldest first: by step, and at the same
     step the current naming last (it was written by a resumed run, after the old one)."""
-    found = []
-    for path in (Path(output_dir) / CHECKPOINTS_DIRNAME).glob("*_*"):
-        if path.is_dir() and (match := CHECKPOINT_NAME.match(path.name)):
-            found.append((int(match.group(2)), match.group(1) == "checkpoint", path))
-    return [path for *_, path in sorted(found)]
+    found = [
+        (key, path)
+        for path in (Path(output_dir) / CHECKPOINTS_DIRNAME).glob("*_*")
+        if (key := _step_of(path))
+    ]
+    return [path for _, path in sorted(found)]
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
@@ -72,7 +79,7 @@ def refuse_foreign_entries(output_dir: Path) -> None:
     if not directory.is_dir():
         return
     for path in sorted(directory.iterdir()):
-        if not (path.is_dir() and CHECKPOINT_NAME.match(path.name)):
+        if _step_of(path) is None:
             raise ValueError(
                 f"{path}: not a checkpoint; {directory} holds only the run's checkpoint_<step> folders "
                 f"(step_<step> from earlier versions), which {flag_of('resume_from_checkpoint')} latest and "
