@@ -14,7 +14,7 @@ import sys
 from giga_ssl_hf.cli import SUBCOMMANDS
 
 PAGE = "reference/commands.md"
-HELP_WIDTH = "100"
+HELP_WIDTH = "80"  # fits the page's code blocks without a scroll bar
 
 INTRO = """# Command options
 
