@@ -84,16 +84,26 @@ class EvaluateSettings:
         "comma-separated: one chosen per split by inner cross-validation on its training slides.",
         metavar="C[,C...]",
     )
-    baseline: Literal["mean-pool"] | None = option(
+    baseline: tuple[Literal["mean-pool", "abmil", "graph-mil"], ...] | None = option(
         None,
-        "Also probe a baseline on the same splits with the same probe: mean-pool, the mean of each slide's "
-        "exhaustive tile features (needs --features).",
+        "Also evaluate baselines on the same splits and training sizes, in the same table (needs --features): "
+        "mean-pool, the same probe on the mean of each slide's exhaustive tile features; abmil, a gated "
+        "attention MIL trained on each training split; graph-mil, the same after message passing between "
+        "neighbouring tiles of the grid (it can see arrangement).",
     )
     features: str | None = option(
         None,
         "Exhaustive tile-feature Dataset (or giga-ssl extract folder) of the slides, for --baseline.",
         metavar="DIR",
     )
+    mil_epochs: int = option(20, "Epochs of the MIL baselines (abmil, graph-mil).")
+    mil_validation: float = option(
+        0.0,
+        "Share of each training split held out (stratified) for early stopping of the MIL baselines: the "
+        "epoch of least held-out loss is kept (default: 0, a fixed --mil-epochs).",
+        metavar="FRACTION",
+    )
+    device: str = option("cpu", "Device of the MIL baselines: cpu, cuda, cuda:1, auto...")
 
     def __post_init__(self):
         if self.labels is not None and self.task is not None:
@@ -109,14 +119,26 @@ class EvaluateSettings:
             raise ValueError("--folds must be at least 2")
         if self.baseline and not self.features:
             raise ValueError(
-                "--baseline mean-pool needs --features DIR (the slides' exhaustive tile features)"
+                f"--baseline {' '.join(self.baseline)} needs --features DIR (the slides' exhaustive tile features)"
             )
         if self.features and not self.baseline:
-            raise ValueError("--features is only used by --baseline; add --baseline mean-pool")
+            raise ValueError("--features is only used by --baseline; add --baseline mean-pool (or abmil...)")
+        self.mil_recipe()  # a bad recipe is refused before any work
         if self.save_probe and self.C and "," in self.C:
             raise ValueError(
                 "--save-probe saves one probe: give a single --C value (pick it with an evaluation first)"
             )
+
+    def mil_recipe(self):
+        """The MIL baselines' training recipe (:class:`~giga_ssl_hf.evaluation.mil.MILRecipe`)."""
+        from giga_ssl_hf.evaluation.mil_recipe import MILRecipe
+
+        return MILRecipe(
+            epochs=self.mil_epochs,
+            validation_fraction=self.mil_validation,
+            seed=self.seed,
+            device=self.device,
+        )
 
     @property
     def task_names(self) -> list[str]:
@@ -244,6 +266,17 @@ def mean_pool_baseline(features: str) -> tuple:
     return ids, means / np.where(norms > 0, norms, 1.0)
 
 
+def baseline_source(baseline: str, settings: EvaluateSettings) -> tuple:
+    """``(ids, vectors)`` of mean-pool, ``(ids, MIL model)`` of a MIL baseline, as the protocol takes them."""
+    if baseline == "mean-pool":
+        return mean_pool_baseline(settings.features)
+    from giga_ssl_hf.evaluation.mil import mil_baseline
+    from giga_ssl_hf.runtime import resolve_device
+
+    recipe = dataclasses.replace(settings.mil_recipe(), device=resolve_device(settings.device))
+    return mil_baseline(baseline, settings.features, recipe)
+
+
 def _probe_all(settings: EvaluateSettings, inputs: _Inputs) -> tuple[dict, list]:
     """The embeddings (and baseline) probed on every task: ``({name: (ids, vectors)}, results)``."""
     from giga_ssl_hf.contracts.slide_embeddings import load_embeddings
@@ -254,8 +287,8 @@ def _probe_all(settings: EvaluateSettings, inputs: _Inputs) -> tuple[dict, list]
     train_sizes = parse_train_sizes(settings.train_sizes)
     probe = {"standardize": settings.standardize, "C": parse_c(settings.C)}
     sources = {"embeddings": load_embeddings(settings.embeddings)}
-    if settings.baseline:
-        sources[settings.baseline] = mean_pool_baseline(settings.features)
+    for baseline in settings.baseline or ():
+        sources[baseline] = baseline_source(baseline, settings)
     results = [
         result
         for name, embeddings in sources.items()

@@ -1,0 +1,131 @@
+"""The supervised MIL baselines (ABMIL, graph MIL on the tile grid) under the probe's protocol and table."""
+
+import json
+
+import datasets
+import numpy as np
+import pandas as pd
+import pytest
+
+from giga_ssl_hf.contracts import NO_AUGMENTATION
+from giga_ssl_hf.contracts.tile_features import tile_features_schema
+from giga_ssl_hf.evaluation.linear_probe import main
+from giga_ssl_hf.evaluation.mil import grid_edges, mil_baseline
+from giga_ssl_hf.evaluation.mil_recipe import MILRecipe
+from giga_ssl_hf.evaluation.probe import evaluate_embeddings
+from giga_ssl_hf.features.synthetic_features import append_tile_row
+
+from .synthetic import write_labels, write_npy
+
+PATCH = 448  # level-0 px per tile: neighbours are PATCH apart
+
+
+def _slide_tiles(rng, label: int, side: int, arrangement: bool):
+    """Tiles on a full ``side`` x ``side`` grid, half of type A (feature 0) and half of type B (feature 1).
+
+    Composition task (``arrangement=False``): class 1 has a quarter of its tiles shifted along feature 2.
+    Arrangement task: both classes hold exactly half A, half B; class 1 puts its A tiles in one block (left
+    half of the grid), class 0 scatters them at random: only the neighbours tell the classes apart.
+    """
+    n = side * side
+    cells = np.stack(np.meshgrid(np.arange(side), np.arange(side), indexing="ij"), axis=-1).reshape(-1, 2)
+    features = 0.3 * rng.normal(size=(n, 4))
+    if arrangement:
+        is_a = cells[:, 0] < side // 2 if label else rng.permutation(np.arange(n) < n // 2)
+    else:
+        is_a = rng.permutation(np.arange(n) < n // 2)
+        features[rng.choice(n, n // 4, replace=False), 2] += 1.5 * label
+    features[is_a, 0] += 1.0
+    features[~is_a, 1] += 1.0
+    return features, (cells + rng.integers(0, 20, size=2)) * PATCH
+
+
+def write_tile_cohort(folder, n_slides: int, side: int, arrangement: bool, seed: int = 0) -> pd.Series:
+    """An exhaustive tile-feature Dataset on disk; returns the slides' labels ("a" / "b")."""
+    rng = np.random.default_rng(seed)
+    columns = {name: [] for name in tile_features_schema(4)}
+    labels = {}
+    for slide in range(n_slides):
+        label = slide % 2
+        features, coords = _slide_tiles(rng, label, side, arrangement)
+        append_tile_row(columns, f"s{slide:03d}", NO_AUGMENTATION, features, coords, PATCH)
+        labels[f"s{slide:03d}"] = "ab"[label]
+    datasets.Dataset.from_dict(columns, features=tile_features_schema(4)).save_to_disk(str(folder))
+    return pd.Series(labels)
+
+
+def test_grid_edges_join_the_eight_neighbours_only():
+    # a 3 x 3 block plus one far tile: the centre has 8 neighbours, corners 3, edges 5, the far tile none
+    cells = [(x, y) for x in range(3) for y in range(3)] + [(10, 10)]
+    source, target = grid_edges(np.array(cells) * PATCH + 7, PATCH)
+    degree = np.bincount(target, minlength=10)
+    assert degree.tolist() == [3, 5, 3, 5, 8, 5, 3, 5, 3, 0]
+    pairs = {(int(s), int(t)) for s, t in zip(source, target)}
+    assert all((t, s) in pairs for s, t in pairs)  # undirected
+    assert all(max(abs(np.subtract(cells[s], cells[t]))) == 1 for s, t in pairs)
+
+
+@pytest.mark.slow
+def test_mil_baselines_beside_mean_pool_in_one_table(tmp_path, capsys):
+    labels = write_tile_cohort(tmp_path / "exhaustive", 24, 6, arrangement=False)
+    embeddings = write_npy(
+        tmp_path / "emb", labels.index.to_numpy(), np.random.default_rng(1).normal(size=(24, 8))
+    )
+    labels_csv = write_labels(tmp_path / "task.csv", labels)
+    argv = [
+        "--embeddings",
+        str(embeddings),
+        "--labels",
+        str(labels_csv),
+        "--folds",
+        "3",
+        "--train-sizes",
+        "8,full",
+    ]
+    argv += [
+        "--baseline",
+        "mean-pool",
+        "abmil",
+        "--features",
+        str(tmp_path / "exhaustive"),
+        "--mil-epochs",
+        "8",
+    ]
+    assert main([*argv, "--out", str(tmp_path / "out"), "--no-plots"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines[2:]]
+    assert {(row[1], row[4]) for row in rows} == {
+        (name, size) for name in ("embeddings", "mean-pool", "abmil") for size in ("8", "full")
+    }
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    abmil = metrics["baselines"]["abmil"]["task"]["3-fold CV"]["train_sizes"]
+    assert abmil["full"]["auc_mean"] > 0.9  # the composition signal is learnt
+    assert [split["n_train"] for split in abmil["8"]["splits"]] == [8, 8, 8]
+    assert {split["C"] for split in abmil["full"]["splits"]} == {None}  # no probe C for a MIL model
+
+
+def test_fits_are_seeded_and_streamed_from_the_dataset(tmp_path):
+    labels = write_tile_cohort(tmp_path / "exhaustive", 12, 4, arrangement=False)
+    recipe = MILRecipe(epochs=3, validation_fraction=0.25)
+    ids, model = mil_baseline("graph-mil", str(tmp_path / "exhaustive"), recipe, slide_ids=labels.index[2:])
+    assert ids.tolist() == labels.index[2:].tolist()
+    assert model.rows.tolist() == list(range(2, 12))  # positions map to the Dataset's rows
+    y = (labels.loc[ids] == "b").to_numpy().astype(np.int64)
+    first = model.fit_predict(np.arange(8), y[:8], np.arange(8, 10), 2)
+    again = model.fit_predict(np.arange(8), y[:8], np.arange(8, 10), 2)
+    assert first.shape == (2,) and np.array_equal(first, again)
+    # the tiles are zero-copy views of the memory-mapped Arrow column, not a loaded copy of the cohort
+    assert not model.arrays.features[0].flags.owndata
+
+
+@pytest.mark.slow
+def test_graph_mil_sees_arrangement_that_attention_mil_cannot(tmp_path):
+    labels = write_tile_cohort(tmp_path / "exhaustive", 32, 8, arrangement=True)
+    recipe = MILRecipe(epochs=12)
+    auc = {}
+    for kind in ("abmil", "graph-mil"):
+        source = mil_baseline(kind, str(tmp_path / "exhaustive"), recipe)
+        (result,) = evaluate_embeddings(source, labels, folds=4, embedding=kind)
+        auc[kind] = result.mean
+    assert auc["graph-mil"] > 0.9, auc
+    assert auc["abmil"] < 0.75, auc  # same composition in both classes: attention pooling sees no difference
