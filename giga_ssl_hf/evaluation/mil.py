@@ -20,6 +20,7 @@ device at a time), so a cohort of huge slides is never loaded at once.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ _NEIGHBOUR_OFFSETS = np.array([(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1
 
 
 class GatedAttentionPooling(nn.Module):
-    """Ilse et al.'s gated attention: one weight per tile, softmax over the slide's tiles."""
+    """Ilse et al.'s gated attention: one weight per tile, softmax over each slide's tiles."""
 
     def __init__(self, dim: int, attention_dim: int):
         super().__init__()
@@ -50,10 +51,14 @@ class GatedAttentionPooling(nn.Module):
         self.gate = nn.Sequential(nn.Linear(dim, attention_dim), nn.Sigmoid())
         self.score = nn.Linear(attention_dim, 1)
 
-    def forward(self, tiles: torch.Tensor) -> torch.Tensor:
-        """`(n, dim)` tiles -> `(dim,)` attention-weighted mean."""
-        weights = torch.softmax(self.score(self.value(tiles) * self.gate(tiles)).squeeze(1), dim=0)  # (n,)
-        return weights @ tiles
+    def forward(self, tiles: torch.Tensor, slide: torch.Tensor, n_slides: int) -> torch.Tensor:
+        """`(T, dim)` tiles of ``n_slides`` slides (tile -> slide index `(T,)`) -> `(n_slides, dim)`."""
+        scores = self.score(self.value(tiles) * self.gate(tiles)).squeeze(1)  # (T,)
+        # A softmax within each slide: subtracting the slide's maximum keeps exp() finite.
+        top = scores.new_full((n_slides,), float("-inf")).scatter_reduce(0, slide, scores, "amax")
+        exp = torch.exp(scores - top[slide])
+        weights = exp / exp.new_zeros(n_slides).index_add_(0, slide, exp)[slide]  # (T,)
+        return tiles.new_zeros(n_slides, tiles.shape[1]).index_add_(0, slide, weights[:, None] * tiles)
 
 
 class AttentionMIL(nn.Module):
@@ -69,18 +74,27 @@ class AttentionMIL(nn.Module):
         self.pool = GatedAttentionPooling(hidden, recipe.attention_dim)
         self.classifier = nn.Sequential(nn.Dropout(recipe.dropout), nn.Linear(hidden, n_classes))
 
-    def forward(self, features: torch.Tensor, edges: torch.Tensor | None) -> torch.Tensor:
-        """`(n, D)` tiles of one slide (and `(2, m)` directed grid edges source -> target) -> `(n_classes,)`."""
-        tiles = self.embed(features)
+    def forward(self, bag: SlideBatch) -> torch.Tensor:
+        """`(n_slides, n_classes)` logits of a batch of slides."""
+        tiles = self.embed(bag.features)
         if self.messages:
-            source, target = edges
-            degree = torch.zeros(len(tiles), device=tiles.device).index_add_(
-                0, target, torch.ones_like(target, dtype=tiles.dtype)
-            )
+            source, target = bag.edges
+            ones = torch.ones_like(target, dtype=tiles.dtype)
+            degree = tiles.new_zeros(len(tiles)).index_add_(0, target, ones).clamp(min=1)[:, None]
             for message in self.messages:
-                summed = torch.zeros_like(tiles).index_add_(0, target, tiles[source])
-                tiles = tiles + message(summed / degree.clamp(min=1)[:, None])
-        return self.classifier(self.pool(tiles))
+                tiles = tiles + message(torch.zeros_like(tiles).index_add_(0, target, tiles[source]) / degree)
+        return self.classifier(self.pool(tiles, bag.slide, bag.n_slides))
+
+
+@dataclass
+class SlideBatch:
+    """The tiles of several slides, concatenated: features `(T, D)`, slide index `(T,)`, and (graph MIL) the
+    `(2, m)` directed grid edges source -> target between tiles of the same slide."""
+
+    features: torch.Tensor
+    slide: torch.Tensor
+    n_slides: int
+    edges: torch.Tensor | None
 
 
 def grid_edges(coords: np.ndarray, patch_size_level0: float) -> np.ndarray:
@@ -114,13 +128,23 @@ class MILBaseline:
         self.kind, self.arrays, self.patch_sizes, self.recipe = kind, arrays, patch_sizes, recipe
         self.rows = np.asarray(rows, dtype=np.int64)
 
-    def _slide(self, row: int, device: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One slide's tiles as float32 on ``device`` (the only copy made), and its grid edges if used."""
-        features, coords = self.arrays.row(int(row))
-        tiles = torch.from_numpy(np.asarray(features, dtype=np.float32)).to(device)
-        if self.kind != "graph-mil":
-            return tiles, None
-        return tiles, torch.from_numpy(grid_edges(coords, self.patch_sizes[row])).to(device)
+    def _batch(self, rows: np.ndarray) -> SlideBatch:
+        """Slides ``rows`` on the recipe's device: float32 copies of their tiles only, read from the views."""
+        features, slide, edges, offset = [], [], [], 0
+        for position, row in enumerate(rows):
+            tiles, coords = self.arrays.row(int(row))
+            features.append(np.asarray(tiles, dtype=np.float32))
+            slide.append(np.full(len(tiles), position, dtype=np.int64))
+            if self.kind == "graph-mil":
+                edges.append(grid_edges(coords, self.patch_sizes[row]) + offset)
+            offset += len(tiles)
+        device = self.recipe.device
+        return SlideBatch(
+            torch.from_numpy(np.concatenate(features)).to(device),
+            torch.from_numpy(np.concatenate(slide)).to(device),
+            len(rows),
+            torch.from_numpy(np.concatenate(edges, axis=1)).to(device) if edges else None,
+        )
 
     def _new_model(self, n_classes: int) -> AttentionMIL:
         rounds = 2 if self.kind == "graph-mil" else 0
@@ -155,9 +179,10 @@ class MILBaseline:
         best_loss, best_state = float("inf"), None
         for _ in range(self.recipe.epochs):
             model.train()
-            for index in rng.permutation(len(rows)):
-                logits = model(*self._slide(rows[index], device))
-                loss = loss_fn(logits[None], targets[index : index + 1])
+            order = rng.permutation(len(rows))
+            for start in range(0, len(rows), self.recipe.slides_per_step):
+                step = order[start : start + self.recipe.slides_per_step]
+                loss = loss_fn(model(self._batch(rows[step])), targets[step])
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
@@ -172,7 +197,8 @@ class MILBaseline:
     @torch.no_grad()
     def _predict(self, model: AttentionMIL, rows: np.ndarray) -> np.ndarray:
         model.eval()
-        logits = torch.stack([model(*self._slide(row, self.recipe.device)) for row in rows])
+        step = self.recipe.slides_per_step
+        logits = torch.cat([model(self._batch(rows[i : i + step])) for i in range(0, len(rows), step)])
         return torch.softmax(logits.double(), dim=1).cpu().numpy()
 
 

@@ -12,6 +12,7 @@ class MILRecipe:
     """Training recipe of a MIL baseline (CPU-friendly defaults: seconds per fit on 100 slides)."""
 
     epochs: int = 20
+    slides_per_step: int = 4  # slides per optimiser step (1 is Ilse et al.'s; a few cut CPU time by ~3x)
     learning_rate: float = 1e-3
     weight_decay: float = 1e-2
     dropout: float = 0.25
@@ -22,8 +23,10 @@ class MILRecipe:
     device: str = "cpu"
 
     def __post_init__(self):
-        if self.epochs < 1 or self.hidden_dim < 1 or self.attention_dim < 1:
-            raise ValueError("the MIL epochs (--mil-epochs), hidden_dim and attention_dim must be positive")
+        if min(self.epochs, self.slides_per_step, self.hidden_dim, self.attention_dim) < 1:
+            raise ValueError(
+                "the MIL epochs (--mil-epochs), slides_per_step, hidden_dim and attention_dim must be positive"
+            )
         if not 0 <= self.dropout < 1 or not 0 <= self.validation_fraction < 1:
             raise ValueError("the MIL dropout and held-out share (--mil-validation) must be in [0, 1)")
         if not self.learning_rate > 0 or self.weight_decay < 0:
