@@ -75,13 +75,14 @@ def render_tile_scores(
     return figure
 
 
-def save_figure(figure, path: Path) -> Path:
-    """Write a figure as PNG atomically (write, then rename) and close it."""
+def save_figure(figure, path: Path, dpi: float | None = None) -> Path:
+    """Write a figure as PNG atomically (write, then rename: a failed drawing leaves the previous file and no
+    temporary) and close it."""
     import matplotlib.pyplot as plt
 
     try:
         with atomic_file(path, "wb") as handle:
-            figure.savefig(handle, format="png")
+            figure.savefig(handle, format="png", dpi=dpi)
     finally:
         plt.close(figure)
     return path
