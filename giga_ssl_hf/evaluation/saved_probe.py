@@ -9,7 +9,8 @@
 - ``probe.json``: ``format``, ``format_version``, ``classes`` (in column order), ``embedding_dim``,
   ``standardize`` (whether the scaler arrays are present), the classifier's settings, the training counts,
   and ``embeddings``: the source it was fit on and that source's metadata (the embedding model and revision,
-  strategy, views), so that a probe is never applied to another model's embeddings unnoticed.
+  strategy, views, and the sha256 of its weight files), so that a probe is never applied to another model's
+  embeddings unnoticed (``giga-ssl heatmap`` compares that hash with its ``--model``'s).
 
 :meth:`SavedProbe.load` reads it back with numpy and no sklearn; scores match ``LogisticRegression`` exactly.
 """
@@ -119,7 +120,16 @@ class SavedProbe:
 
     @property
     def embedding_model(self) -> str | None:
-        return (self.info.get("embeddings") or {}).get("metadata", {}).get("model") or None
+        return self._embeddings_metadata.get("model") or None
+
+    @property
+    def embedding_model_sha256(self) -> str | None:
+        """sha256 of the weight files of the model that made the embeddings (recorded by giga-ssl embed)."""
+        return self._embeddings_metadata.get("model_sha256") or None
+
+    @property
+    def _embeddings_metadata(self) -> dict:
+        return (self.info.get("embeddings") or {}).get("metadata") or {}
 
     def _arrays(self) -> dict[str, np.ndarray]:
         arrays = {"coef": self.coef, "intercept": self.intercept}
