@@ -41,7 +41,6 @@ from giga_ssl_hf.contracts import DEFAULT_LICENSE, METADATA_FILENAME, NPY_EMBEDD
 from giga_ssl_hf.contracts.slide_embeddings import embeddings_dataset, load_embeddings
 from giga_ssl_hf.evaluation.data import find_split_sets, load_labels, read_split
 from giga_ssl_hf.files import staged_directory, write_json
-from giga_ssl_hf.hub.cards import DATASET_TAGS, fill_template, size_category
 from giga_ssl_hf.settings import SettingsParser, flag_of, option, run_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,6 +127,9 @@ def eval_results(repo_id: str, tasks: list[str]) -> list[EvalResult]:
 
 
 def release_card(repo_id: str, metadata: dict, configs: list[dict], n_slides: int, dim: int) -> DatasetCard:
+    # Imported here: the cards module loads the model classes (torch), which the coverage refusals do not need.
+    from giga_ssl_hf.hub.cards import DATASET_TAGS, fill_template, size_category
+
     model_index = eval_results_to_model_index(
         metadata.get("model") or "Giga-SSL", eval_results(repo_id, metadata["tasks"])
     )

@@ -293,17 +293,19 @@ def _probe_all(settings: EvaluateSettings, inputs: _Inputs, embeddings: tuple) -
 def evaluate(settings: EvaluateSettings) -> int:
     """Run ``giga-ssl evaluate``: print the AUC table, write the outputs and the probes asked for."""
     from giga_ssl_hf.contracts.slide_embeddings import load_embeddings
+
+    inputs = resolve_inputs(settings)
+    embeddings = load_embeddings(settings.embeddings)
+    # Before the evaluation, and before sklearn and matplotlib are imported: refusals come at once.
+    if settings.baseline:  # another cohort's features would fail only after the embeddings' run
+        check_baseline_slides(settings.features, embeddings[0], inputs.labels)
     from giga_ssl_hf.evaluation.classifier import parse_c
     from giga_ssl_hf.evaluation.report import format_table, write_outputs
     from giga_ssl_hf.evaluation.saved_probe import check_probe_target
 
-    inputs = resolve_inputs(settings)
-    if settings.save_probe:  # before the evaluation: a refused target should not cost a whole run
+    if settings.save_probe:  # a refused target should not cost a whole run
         for folder in probe_folders(settings.save_probe, settings.task_names):
             check_probe_target(folder, settings.overwrite_probe)
-    embeddings = load_embeddings(settings.embeddings)
-    if settings.baseline:  # likewise: another cohort's features would fail only after the embeddings' run
-        check_baseline_slides(settings.features, embeddings[0], inputs.labels)
     sources, results = _probe_all(settings, inputs, embeddings)
     if settings.standardize or settings.C or settings.baseline:
         c_text = ",".join(f"{c:g}" for c in parse_c(settings.C))

@@ -25,8 +25,6 @@ import numpy as np
 import pandas as pd
 
 from giga_ssl_hf.contracts import PROBE_CONFIG, PROBE_WEIGHTS
-from giga_ssl_hf.evaluation.classifier import PAPER_CLASSIFIER
-from giga_ssl_hf.evaluation.probe import AlignedTask, no_drops
 from giga_ssl_hf.files import staged_directory
 
 PROBE_FORMAT = "giga-ssl-linear-probe"
@@ -222,22 +220,26 @@ def fit_saved_probe(
     standardize: bool = False,
     embeddings_source: str | None = None,
     embeddings_metadata: dict | None = None,
-    C: float = PAPER_CLASSIFIER["C"],
+    C: float | None = None,
 ) -> SavedProbe:
     """Fit the paper's classifier on every labelled slide that has an embedding; returns the probe.
 
     ``standardize`` fits a per-dimension standardisation (mean, std over those slides) before the classifier;
     ``C`` replaces the paper's inverse regularisation (10).
     """
+    # Imported here: loading a probe (heatmap) needs neither sklearn nor the evaluation's data handling.
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
+
+    from giga_ssl_hf.evaluation.classifier import PAPER_CLASSIFIER
+    from giga_ssl_hf.evaluation.probe import AlignedTask, no_drops
 
     aligned = AlignedTask(task, np.asarray(ids).astype(str), np.asarray(embeddings, dtype=np.float32), labels)
     dropped = no_drops()
     rows, y = aligned.select(list(aligned.class_of), dropped)
     x = aligned.embeddings[rows]  # float32, as the evaluation fits it
     scaler = StandardScaler().fit(x) if standardize else None
-    settings = {**PAPER_CLASSIFIER, "C": C}
+    settings = {**PAPER_CLASSIFIER, "C": PAPER_CLASSIFIER["C"] if C is None else C}
     classifier = LogisticRegression(**settings).fit(scaler.transform(x) if scaler else x, y)
     counts = np.bincount(y, minlength=len(aligned.classes))
     info = {

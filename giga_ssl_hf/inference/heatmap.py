@@ -222,13 +222,14 @@ def _draw(settings: HeatmapSettings, slide_id, slide_file, coords, scores, patch
 
 def write_heatmaps(settings: HeatmapSettings) -> int:
     """Map the selected slides; returns the number of slides that failed."""
-    from giga_ssl_hf.contracts.tile_features import TileArrays
     from giga_ssl_hf.evaluation.saved_probe import SavedProbe
 
     probe = SavedProbe.load(settings.probe)
     class_name = settings.class_name or probe.default_class
     probe.class_index(class_name)
-    check_probe_model(probe, settings.model, settings.allow_model_mismatch)
+    check_probe_model(probe, settings.model, settings.allow_model_mismatch)  # before datasets and torch load
+    from giga_ssl_hf.contracts.tile_features import TileArrays
+
     dataset, slide_ids, wanted = _exhaustive_features(settings)
     _refuse_existing(settings.out, wanted, settings.overwrite)
     previous = previous_scores(settings.out, settings.overwrite)

@@ -212,8 +212,6 @@ def setup_training(
     data_args: DataArguments, model_args: ModelArguments, train_args: TrainArguments
 ) -> TrainingRun:
     """Check the inputs, build and prepare everything, resume if asked, and clear what an overwrite replaces."""
-    from accelerate.utils import set_seed
-
     from ..contracts.extraction_folder import AUGMENTED
     from ..contracts.tile_features import resolve_tile_dataset_dir
 
@@ -227,6 +225,8 @@ def setup_training(
     if train_args.resume_from_checkpoint:  # before anything is built: a changed recipe is refused at once
         checkpoint = find_checkpoint(output_dir, train_args.resume_from_checkpoint)
         check_resumed_settings(checkpoint, settings, train_args.allow_changed_settings)
+    from accelerate.utils import set_seed  # after the checks that need no torch: they answer at once
+
     features_dir = resolve_tile_dataset_dir(data_args.features, AUGMENTED)
     accelerator = make_accelerator(train_args, output_dir)
     set_seed(train_args.seed)
