@@ -35,10 +35,10 @@ def download_embeddings(
     unless ``overwrite``. Returns ``out``, or without it the folder the embeddings were read from (the
     HF-cache snapshot of a Hub repo).
     """
+    if out is not None:
+        refuse_existing_out(Path(out), overwrite)  # before any download, and before datasets is imported
     from giga_ssl_hf.contracts.slide_embeddings import load_embeddings, resolve_embeddings_folder
 
-    if out is not None:
-        refuse_existing_out(Path(out), overwrite)  # before any download
     folder = resolve_embeddings_folder(source)
     if out is None:
         load_embeddings(folder)  # validates the contents

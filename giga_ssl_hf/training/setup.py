@@ -213,7 +213,6 @@ def setup_training(
 ) -> TrainingRun:
     """Check the inputs, build and prepare everything, resume if asked, and clear what an overwrite replaces."""
     from ..contracts.extraction_folder import AUGMENTED
-    from ..contracts.tile_features import resolve_tile_dataset_dir
 
     if not data_args.features or not train_args.output_dir:
         raise ValueError(f"{flag_of('features')} and {flag_of('output_dir')} are required")
@@ -225,7 +224,10 @@ def setup_training(
     if train_args.resume_from_checkpoint:  # before anything is built: a changed recipe is refused at once
         checkpoint = find_checkpoint(output_dir, train_args.resume_from_checkpoint)
         check_resumed_settings(checkpoint, settings, train_args.allow_changed_settings)
-    from accelerate.utils import set_seed  # after the checks that need no torch: they answer at once
+    # Imported after the checks that need neither datasets nor torch, so that they answer at once.
+    from accelerate.utils import set_seed
+
+    from ..contracts.tile_features import resolve_tile_dataset_dir
 
     features_dir = resolve_tile_dataset_dir(data_args.features, AUGMENTED)
     accelerator = make_accelerator(train_args, output_dir)
