@@ -1,4 +1,5 @@
-"""Reading weight files safely: ``.safetensors``, or torch checkpoints unpickled with ``weights_only=True``.
+"""Reading weight files safely: ``.safetensors``, or torch checkpoints unpickled with ``weights_only=True``;
+and naming a model by the content of its weight files (:func:`weights_sha256`), not by its path.
 
 A torch checkpoint can pickle arbitrary objects, and unpickling one can run code: such a file is refused
 with a one-line reason instead of torch's multi-line advice to retry unsafely.
@@ -6,6 +7,7 @@ with a one-line reason instead of torch's multi-line advice to retry unsafely.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,3 +54,46 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             f"{path}: expected a state dict (or a checkpoint with 'state_dict'), got {type(state_dict).__name__}"
         )
     return state_dict
+
+
+# What from_pretrained reads: the config and the weights (single file or shards), never the rest of a repo.
+MODEL_FILE_PATTERNS = [
+    "config.json",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "*.bin",
+    "*.bin.index.json",
+]
+HASH_CHUNK_BYTES = 1 << 20
+
+
+def model_folder(model_name_or_path: str | Path) -> Path:
+    """The local folder of a model folder or Hub id (its HF-cache snapshot: config and weights only), found
+    without building the model."""
+    path = Path(model_name_or_path)
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import HFValidationError
+
+    try:
+        return Path(snapshot_download(str(model_name_or_path), allow_patterns=MODEL_FILE_PATTERNS))
+    except (HFValidationError, OSError) as error:  # the Hub's errors derive from OSError
+        raise FileNotFoundError(
+            f"no model folder at {model_name_or_path} (nor a reachable Hub repo)"
+        ) from error
+
+
+def weights_sha256(folder: Path) -> str | None:
+    """sha256 of a model folder's weight files (``*.safetensors``, else torch ``*.bin``), read in chunks, named
+    and in name order: the model's content, whatever its path. None when the folder has no weight file."""
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as handle:
+            while chunk := handle.read(HASH_CHUNK_BYTES):
+                digest.update(chunk)
+    return digest.hexdigest()

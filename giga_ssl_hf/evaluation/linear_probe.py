@@ -165,7 +165,10 @@ beyond the paper (off by default, so the paper's tables are reproduced unchanged
 each feature with a scaler fit on each training split only; --C sets the classifier's C, or lists several,
 one chosen per split by a stratified 5-fold inner cross-validation (AUC) on that split's training slides
 only; --baseline mean-pool --features DIR probes the mean of each slide's exhaustive tile features
-(L2-normalised, like the slide embeddings) on the same splits with the same probe, in the same table.
+(L2-normalised, like the slide embeddings) on the same splits with the same probe, in the same table;
+--baseline abmil graph-mil trains supervised MIL on the same tile features for each split and training
+size (AdamW, dropout 0.25, class-weighted cross-entropy, --mil-epochs, seeded; early stopping on a held-out
+share of the training slides with --mil-validation), scored with the same AUC in the same table.
 The probe's scaling can decide results as much as the encoder does: report embeddings next to mean pooling.
 
 examples:
@@ -183,6 +186,10 @@ examples:
   # standardised probe, C chosen by inner CV, mean pooling of the tile features beside the embeddings
   giga-ssl evaluate --embeddings runs/embeddings --labels labels.csv --standardize \\
       --C 0.01,0.1,1,10 --baseline mean-pool --features out/exhaustive --train-sizes 50,200
+
+  # supervised MIL on the same tile features beside mean pooling, at 50 and 200 training slides
+  giga-ssl evaluate --embeddings runs/embeddings --labels labels.csv --train-sizes 50,200 \\
+      --baseline mean-pool abmil graph-mil --features out/exhaustive --device auto
 
   # several tasks at once: one --splits folder per labels file, in the same order
   giga-ssl evaluate --embeddings emb_npy/ --labels tables/lung.csv tables/kidney.csv \\
@@ -255,46 +262,70 @@ def save_probes(settings: EvaluateSettings, labels: list[str], embeddings) -> li
     return folders
 
 
-def mean_pool_baseline(features: str) -> tuple:
-    """The mean-pool baseline's ``(ids, L2-normalised mean tile features)``, shaped like slide embeddings."""
+def mean_pool_baseline(features: str, slide_ids=None) -> tuple:
+    """The mean-pool baseline's ``(ids, L2-normalised mean tile features)``, shaped like slide embeddings; with
+    ``slide_ids`` (the embeddings' slides) of those slides only, so that both are probed on the same slides."""
     import numpy as np
 
     from giga_ssl_hf.features.pooling import mean_pool_folder
 
     ids, means = mean_pool_folder(features)
+    if slide_ids is not None:
+        keep = np.isin(ids.astype(str), np.asarray(slide_ids).astype(str))
+        ids, means = ids[keep], means[keep]
     norms = np.linalg.norm(means, axis=1, keepdims=True)
     return ids, means / np.where(norms > 0, norms, 1.0)
 
 
-def baseline_source(baseline: str, settings: EvaluateSettings) -> tuple:
-    """``(ids, vectors)`` of mean-pool, ``(ids, MIL model)`` of a MIL baseline, as the protocol takes them."""
+def baseline_source(baseline: str, settings: EvaluateSettings, slide_ids) -> tuple:
+    """``(ids, vectors)`` of mean-pool, ``(ids, MIL model)`` of a MIL baseline, as the protocol takes them; of
+    the embeddings' slides ``slide_ids`` only, so that all are evaluated on the same slides."""
     if baseline == "mean-pool":
-        return mean_pool_baseline(settings.features)
+        return mean_pool_baseline(settings.features, slide_ids)
     from giga_ssl_hf.evaluation.mil import mil_baseline
     from giga_ssl_hf.runtime import resolve_device
 
     recipe = dataclasses.replace(settings.mil_recipe(), device=resolve_device(settings.device))
-    return mil_baseline(baseline, settings.features, recipe)
+    return mil_baseline(baseline, settings.features, recipe, slide_ids)
 
 
-def _probe_all(settings: EvaluateSettings, inputs: _Inputs) -> tuple[dict, list]:
-    """The embeddings (and baseline) probed on every task: ``({name: (ids, vectors)}, results)``."""
-    from giga_ssl_hf.contracts.slide_embeddings import load_embeddings
+def check_baseline_slides(features: str, embedding_ids, labels: list[str]) -> None:
+    """Before any work: every labelled slide that has an embedding must have tile features for the baseline,
+    or the two would be probed on different slides (features of another cohort: on none)."""
+    from giga_ssl_hf.contracts.extraction_folder import EXHAUSTIVE
+    from giga_ssl_hf.contracts.tile_features import load_tile_dataset, resolve_tile_dataset_dir
+    from giga_ssl_hf.evaluation.data import load_labels
+
+    dataset = load_tile_dataset(resolve_tile_dataset_dir(features, EXHAUSTIVE))
+    featured = {str(slide) for slide in dataset.data.column("slide_id").to_pylist()}
+    embedded = {str(slide) for slide in embedding_ids}
+    for table in labels:
+        needed = embedded.intersection(load_labels(table).index.astype(str))
+        missing = sorted(needed - featured)
+        if missing:
+            raise ValueError(
+                f"--features {features} lacks {len(missing)} of the {len(needed)} slides of {table} that have an "
+                f"embedding (e.g. {missing[0]!r}): give the tile features of the embedded slides for --baseline"
+            )
+
+
+def _probe_all(settings: EvaluateSettings, inputs: _Inputs, embeddings: tuple) -> tuple[dict, list]:
+    """The embeddings (and baselines) evaluated on every task: ``({name: (ids, vectors or model)}, results)``."""
     from giga_ssl_hf.evaluation.classifier import parse_c
     from giga_ssl_hf.evaluation.probe import evaluate_embeddings
     from giga_ssl_hf.evaluation.train_sizes import parse_train_sizes
 
     train_sizes = parse_train_sizes(settings.train_sizes)
     probe = {"standardize": settings.standardize, "C": parse_c(settings.C)}
-    sources = {"embeddings": load_embeddings(settings.embeddings)}
+    sources = {"embeddings": embeddings}
     for baseline in settings.baseline or ():
-        sources[baseline] = baseline_source(baseline, settings)
+        sources[baseline] = baseline_source(baseline, settings, embeddings[0])
     results = [
         result
-        for name, embeddings in sources.items()
+        for name, vectors in sources.items()
         for labels, split in zip(inputs.labels, inputs.splits)
         for result in evaluate_embeddings(
-            embeddings, labels, split, inputs.folds, train_sizes, settings.seed, embedding=name, **probe
+            vectors, labels, split, inputs.folds, train_sizes, settings.seed, embedding=name, **probe
         )
     ]
     return sources, results
@@ -302,15 +333,21 @@ def _probe_all(settings: EvaluateSettings, inputs: _Inputs) -> tuple[dict, list]
 
 def evaluate(settings: EvaluateSettings) -> int:
     """Run ``giga-ssl evaluate``: print the AUC table, write the outputs and the probes asked for."""
+    from giga_ssl_hf.contracts.slide_embeddings import load_embeddings
+
+    inputs = resolve_inputs(settings)
+    embeddings = load_embeddings(settings.embeddings)
+    # Before the evaluation, and before sklearn and matplotlib are imported: refusals come at once.
+    if settings.baseline:  # another cohort's features would fail only after the embeddings' run
+        check_baseline_slides(settings.features, embeddings[0], inputs.labels)
     from giga_ssl_hf.evaluation.classifier import parse_c
     from giga_ssl_hf.evaluation.report import format_table, write_outputs
     from giga_ssl_hf.evaluation.saved_probe import check_probe_target
 
-    inputs = resolve_inputs(settings)
-    if settings.save_probe:  # before the evaluation: a refused target should not cost a whole run
+    if settings.save_probe:  # a refused target should not cost a whole run
         for folder in probe_folders(settings.save_probe, settings.task_names):
             check_probe_target(folder, settings.overwrite_probe)
-    sources, results = _probe_all(settings, inputs)
+    sources, results = _probe_all(settings, inputs, embeddings)
     if settings.standardize or settings.C or settings.baseline:
         c_text = ",".join(f"{c:g}" for c in parse_c(settings.C))
         print(

@@ -289,3 +289,40 @@ def size_category(n: int) -> str:
         if n < limit:
             return label
     return "100K<n<1M"
+
+
+def classifier_card(config: GigaSSLConfig, name: str, probe_info: dict, results=()) -> ModelCard:
+    """The README.md of an exported slide classifier: task, classes, the probe's training slides and its AUCs
+    (``results``: the evaluation's :class:`~giga_ssl_hf.evaluation.results.ProbeResult` of the embeddings)."""
+    data = ModelCardData(
+        library_name="transformers",
+        license=DEFAULT_LICENSE,
+        pipeline_tag="text-classification",
+        tags=MODEL_TAGS,
+    )
+    info = _without_local_paths(probe_info)
+    probe_rows = [
+        ("Task", info.get("task")),
+        ("Training slides", info.get("n_train")),
+        *((f"Slides of class {label}", count) for label, count in (info.get("class_counts") or {}).items()),
+        ("Classifier", ", ".join(f"{k}={v}" for k, v in (info.get("classifier") or {}).items())),
+        ("Embeddings", (info.get("embeddings") or {}).get("source")),
+    ]
+    rows = [
+        (f"{r.split_set}, {r.train_size} ({r.mean_n_train:.0f} slides)", f"{r.mean:.3f} ± {r.std:.3f}")
+        for r in results
+    ]
+    content = fill_template(
+        "classifier_card.md",
+        card_data=data.to_yaml(),
+        name=name,
+        task=info.get("task"),
+        classes=", ".join(config.id2label[i] for i in sorted(config.id2label)),
+        encoder_table=_table(_encoder_rows(config)),
+        tile_encoder_table=_table(_tile_encoder_rows(getattr(config, "tile_encoder", None))),
+        probe_table=_table(probe_rows),
+        results=_table(rows, ("Splits, training size", "AUC")) if rows else "No evaluation was recorded.",
+        feature_dim=config.feature_dim,
+        n_train=info.get("n_train"),
+    )
+    return ModelCard(content)

@@ -1,0 +1,106 @@
+"""A saved linear probe exported as a ``GigaSSLForSlideClassification`` model folder (``--export-classifier``).
+
+The folder holds the slide encoder the probe's embeddings came from, the probe as the model's linear head
+(with its standardisation as buffers), the model code (``trust_remote_code=True``: it loads without this
+package) and a card naming the task, classes, training slides and the evaluation's AUCs; ready for
+``giga-ssl push-model``. The model scores a slide embedding exactly as the probe does: for two classes the
+head's rows are ``[0, coef]`` and ``[0, intercept]``, so the softmax is ``predict_proba`` and
+``logits[:, 1] - logits[:, 0]`` the probe's decision value (log-odds).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from giga_ssl_hf.evaluation.results import ProbeResult
+from giga_ssl_hf.evaluation.saved_probe import SavedProbe
+
+logger = logging.getLogger(__name__)
+
+
+def probe_encoder(probe: SavedProbe, encoder: str | None) -> str:
+    """The slide encoder of the exported model: ``encoder`` if given, else the model that made the probe's
+    embeddings (recorded in their metadata); refused when neither names one."""
+    name = encoder or probe.embedding_model
+    if not name:
+        raise ValueError(
+            "the probe's embeddings record no model: give the slide encoder with --classifier-encoder MODEL"
+        )
+    if (probe.info.get("embeddings") or {}).get("metadata", {}).get("concat_mean_pool"):
+        raise ValueError(
+            "the probe was fit on hybrid embeddings (--concat-mean-pool): a GigaSSLForSlideClassification "
+            "scores the encoder's embedding only; export a probe fit on plain embeddings"
+        )
+    return name
+
+
+def classifier_from_probe(probe: SavedProbe, encoder):
+    """A ``GigaSSLForSlideClassification`` with ``encoder``'s weights (a ``GigaSSLModel``) and the probe as head."""
+    import torch
+
+    from giga_ssl_hf.models.gigassl import GigaSSLForSlideClassification
+
+    if probe.embedding_dim != encoder.config.hidden_dim:
+        raise ValueError(
+            f"the probe takes {probe.embedding_dim}-d embeddings but the encoder makes "
+            f"{encoder.config.hidden_dim}-d ones: not the encoder of the probe's embeddings"
+        )
+    config = copy.deepcopy(encoder.config)
+    config.architectures, config.auto_map = None, None  # saving writes the classifier's own
+    config.id2label = dict(enumerate(probe.classes))
+    config.label2id = {label: index for index, label in config.id2label.items()}
+    model = GigaSSLForSlideClassification(config)
+    model.gigassl.load_state_dict(encoder.state_dict())
+    weight, bias = probe.coef, probe.intercept
+    if len(probe.classes) == 2:  # sklearn's one decision value d for classes[1]: logits [0, d]
+        weight, bias = np.concatenate([np.zeros_like(weight), weight]), np.concatenate([[0.0], bias])
+    with torch.no_grad():
+        model.classifier.weight.copy_(torch.from_numpy(weight))
+        model.classifier.bias.copy_(torch.from_numpy(bias))
+        if probe.standardize:
+            model.embedding_mean.copy_(torch.from_numpy(probe.scaler_mean))
+            model.embedding_scale.copy_(torch.from_numpy(probe.scaler_scale))
+    return model.eval()
+
+
+def export_classifier(
+    probe: SavedProbe,
+    out: str | Path,
+    encoder: str | None = None,
+    results: list[ProbeResult] = (),
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+) -> Path:
+    """Write the probe as a ``GigaSSLForSlideClassification`` folder (weights, code, card) at ``out``."""
+    from transformers import AutoModel
+
+    import giga_ssl_hf  # noqa: F401  (registers the GigaSSL classes with AutoModel)
+    from giga_ssl_hf.files import staged_directory
+    from giga_ssl_hf.hub.cards import classifier_card
+
+    out = Path(out)
+    check_classifier_target(out, overwrite)
+    encoder_model = AutoModel.from_pretrained(
+        probe_encoder(probe, encoder), trust_remote_code=trust_remote_code
+    )
+    model = classifier_from_probe(probe, getattr(encoder_model, "gigassl", encoder_model))
+    with staged_directory(out) as tmp:
+        model.save_pretrained(tmp)
+        card = classifier_card(model.config, out.name, probe.info, results)
+        (tmp / "README.md").write_text(str(card))
+    logger.info("exported the %s probe as a slide classifier to %s", probe.info.get("task"), out)
+    return out
+
+
+def check_classifier_target(directory: str | Path, overwrite: bool) -> None:
+    """Refuse to replace an exported classifier without ``overwrite``, and any other non-empty folder at all."""
+    directory = Path(directory)
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        if not (directory / "config.json").exists():
+            raise FileExistsError(f"{directory} exists and is not a model folder: choose another path")
+        if not overwrite:
+            raise FileExistsError(f"{directory} already holds a model: pass --overwrite-probe to replace it")
