@@ -322,7 +322,7 @@ def _embeddings_and_baselines(paths: dict[str, Path], settings: PipelineSettings
 
     from .contracts.slide_embeddings import load_embeddings
     from .contracts.tile_features import load_tile_dataset, resolve_tile_dataset_dir
-    from .evaluation.linear_probe import mean_pool_baseline
+    from .evaluation.baselines import mean_pool_baseline
     from .inference.embed import embed_tile_dataset
     from .models.gigassl import GigaSSLConfig, GigaSSLModel
 

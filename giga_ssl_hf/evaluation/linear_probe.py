@@ -72,7 +72,23 @@ class EvaluateSettings:
         "model; no pickle), for giga-ssl heatmap; with several labels files, one sub-folder per task.",
         metavar="DIR",
     )
-    overwrite_probe: bool = option(False, "Replace a probe already saved in --save-probe.")
+    overwrite_probe: bool = option(
+        False, "Replace a probe already saved in --save-probe (and a classifier in --export-classifier)."
+    )
+    export_classifier: Path | None = option(
+        None,
+        "With --save-probe, also write each probe as a GigaSSLForSlideClassification model folder there: the "
+        "slide encoder's weights, the probe as its linear head, the model code (loads with "
+        "trust_remote_code=True, without this package) and a card with the task, classes and AUCs; ready "
+        "for giga-ssl push-model. With several labels files, one sub-folder per task.",
+        metavar="DIR",
+    )
+    classifier_encoder: str | None = option(
+        None,
+        "The slide encoder (model folder or Hub id) of --export-classifier (default: the model recorded in "
+        "the embeddings' metadata).",
+        metavar="MODEL",
+    )
     standardize: bool = option(
         False,
         "Z-score each feature, scaler fit on each training split only (default: off, the paper's probe).",
@@ -124,6 +140,10 @@ class EvaluateSettings:
         if self.features and not self.baseline:
             raise ValueError("--features is only used by --baseline; add --baseline mean-pool (or abmil...)")
         self.mil_recipe()  # a bad recipe is refused before any work
+        if self.export_classifier and not self.save_probe:
+            raise ValueError("--export-classifier exports the saved probe: add --save-probe DIR")
+        if self.classifier_encoder and not self.export_classifier:
+            raise ValueError("--classifier-encoder is only used by --export-classifier")
         if self.save_probe and self.C and "," in self.C:
             raise ValueError(
                 "--save-probe saves one probe: give a single --C value (pick it with an evaluation first)"
@@ -236,8 +256,9 @@ def probe_folders(save_probe: Path, tasks: list[str]) -> list[Path]:
     return [save_probe] if len(tasks) == 1 else [save_probe / task for task in tasks]
 
 
-def save_probes(settings: EvaluateSettings, labels: list[str], embeddings) -> list[Path]:
-    """Fit each task's probe on all its labelled slides and save it (see ``giga_ssl_hf.evaluation.saved_probe``)."""
+def save_probes(settings: EvaluateSettings, labels: list[str], embeddings) -> list:
+    """Fit each task's probe on all its labelled slides and save it (see ``giga_ssl_hf.evaluation.saved_probe``);
+    returns the probes."""
     from giga_ssl_hf.contracts import read_metadata
     from giga_ssl_hf.contracts.slide_embeddings import resolve_embeddings_folder
     from giga_ssl_hf.evaluation.classifier import parse_c
@@ -247,6 +268,7 @@ def save_probes(settings: EvaluateSettings, labels: list[str], embeddings) -> li
     metadata = read_metadata(resolve_embeddings_folder(settings.embeddings))
     tasks = settings.task_names
     folders = probe_folders(settings.save_probe, tasks)
+    probes = []
     for labels_file, task, folder in zip(labels, tasks, folders):
         probe = fit_saved_probe(
             *embeddings,
@@ -259,58 +281,25 @@ def save_probes(settings: EvaluateSettings, labels: list[str], embeddings) -> li
         )
         probe.save(folder, overwrite=settings.overwrite_probe)
         print(f"saved the {task} probe ({probe.info['n_train']} slides, classes {probe.classes}) to {folder}")
-    return folders
+        probes.append(probe)
+    return probes
 
 
-def mean_pool_baseline(features: str, slide_ids=None) -> tuple:
-    """The mean-pool baseline's ``(ids, L2-normalised mean tile features)``, shaped like slide embeddings; with
-    ``slide_ids`` (the embeddings' slides) of those slides only, so that both are probed on the same slides."""
-    import numpy as np
+def export_classifiers(settings: EvaluateSettings, probes: list, results: list) -> None:
+    """Each task's saved probe as a ``GigaSSLForSlideClassification`` folder, its card with the task's AUCs."""
+    from giga_ssl_hf.evaluation.export_classifier import export_classifier
 
-    from giga_ssl_hf.features.pooling import mean_pool_folder
-
-    ids, means = mean_pool_folder(features)
-    if slide_ids is not None:
-        keep = np.isin(ids.astype(str), np.asarray(slide_ids).astype(str))
-        ids, means = ids[keep], means[keep]
-    norms = np.linalg.norm(means, axis=1, keepdims=True)
-    return ids, means / np.where(norms > 0, norms, 1.0)
-
-
-def baseline_source(baseline: str, settings: EvaluateSettings, slide_ids) -> tuple:
-    """``(ids, vectors)`` of mean-pool, ``(ids, MIL model)`` of a MIL baseline, as the protocol takes them; of
-    the embeddings' slides ``slide_ids`` only, so that all are evaluated on the same slides."""
-    if baseline == "mean-pool":
-        return mean_pool_baseline(settings.features, slide_ids)
-    from giga_ssl_hf.evaluation.mil import mil_baseline
-    from giga_ssl_hf.runtime import resolve_device
-
-    recipe = dataclasses.replace(settings.mil_recipe(), device=resolve_device(settings.device))
-    return mil_baseline(baseline, settings.features, recipe, slide_ids)
-
-
-def check_baseline_slides(features: str, embedding_ids, labels: list[str]) -> None:
-    """Before any work: every labelled slide that has an embedding must have tile features for the baseline,
-    or the two would be probed on different slides (features of another cohort: on none)."""
-    from giga_ssl_hf.contracts.extraction_folder import EXHAUSTIVE
-    from giga_ssl_hf.contracts.tile_features import load_tile_dataset, resolve_tile_dataset_dir
-    from giga_ssl_hf.evaluation.data import load_labels
-
-    dataset = load_tile_dataset(resolve_tile_dataset_dir(features, EXHAUSTIVE))
-    featured = {str(slide) for slide in dataset.data.column("slide_id").to_pylist()}
-    embedded = {str(slide) for slide in embedding_ids}
-    for table in labels:
-        needed = embedded.intersection(load_labels(table).index.astype(str))
-        missing = sorted(needed - featured)
-        if missing:
-            raise ValueError(
-                f"--features {features} lacks {len(missing)} of the {len(needed)} slides of {table} that have an "
-                f"embedding (e.g. {missing[0]!r}): give the tile features of the embedded slides for --baseline"
-            )
+    folders = probe_folders(settings.export_classifier, settings.task_names)
+    for probe, folder in zip(probes, folders):
+        task = probe.info["task"]
+        own = [r for r in results if r.task == task and r.embedding == "embeddings"]
+        export_classifier(probe, folder, settings.classifier_encoder, own, settings.overwrite_probe)
+        print(f"exported the {task} probe as a slide classifier to {folder}")
 
 
 def _probe_all(settings: EvaluateSettings, inputs: _Inputs, embeddings: tuple) -> tuple[dict, list]:
     """The embeddings (and baselines) evaluated on every task: ``({name: (ids, vectors or model)}, results)``."""
+    from giga_ssl_hf.evaluation.baselines import baseline_source
     from giga_ssl_hf.evaluation.classifier import parse_c
     from giga_ssl_hf.evaluation.probe import evaluate_embeddings
     from giga_ssl_hf.evaluation.train_sizes import parse_train_sizes
@@ -319,7 +308,7 @@ def _probe_all(settings: EvaluateSettings, inputs: _Inputs, embeddings: tuple) -
     probe = {"standardize": settings.standardize, "C": parse_c(settings.C)}
     sources = {"embeddings": embeddings}
     for baseline in settings.baseline or ():
-        sources[baseline] = baseline_source(baseline, settings, embeddings[0])
+        sources[baseline] = baseline_source(baseline, settings.features, settings.mil_recipe(), embeddings[0])
     results = [
         result
         for name, vectors in sources.items()
@@ -339,6 +328,8 @@ def evaluate(settings: EvaluateSettings) -> int:
     embeddings = load_embeddings(settings.embeddings)
     # Before the evaluation, and before sklearn and matplotlib are imported: refusals come at once.
     if settings.baseline:  # another cohort's features would fail only after the embeddings' run
+        from giga_ssl_hf.evaluation.baselines import check_baseline_slides
+
         check_baseline_slides(settings.features, embeddings[0], inputs.labels)
     from giga_ssl_hf.evaluation.classifier import parse_c
     from giga_ssl_hf.evaluation.report import format_table, write_outputs
@@ -347,6 +338,11 @@ def evaluate(settings: EvaluateSettings) -> int:
     if settings.save_probe:  # a refused target should not cost a whole run
         for folder in probe_folders(settings.save_probe, settings.task_names):
             check_probe_target(folder, settings.overwrite_probe)
+    if settings.export_classifier:
+        from giga_ssl_hf.evaluation.export_classifier import check_classifier_target
+
+        for folder in probe_folders(settings.export_classifier, settings.task_names):
+            check_classifier_target(folder, settings.overwrite_probe)
     sources, results = _probe_all(settings, inputs, embeddings)
     if settings.standardize or settings.C or settings.baseline:
         c_text = ",".join(f"{c:g}" for c in parse_c(settings.C))
@@ -364,7 +360,9 @@ def evaluate(settings: EvaluateSettings) -> int:
         config = {key: str(value) if isinstance(value, Path) else value for key, value in config.items()}
         write_outputs(results, settings.out, config, plots=not settings.no_plots)
     if settings.save_probe:
-        save_probes(settings, inputs.labels, sources["embeddings"])
+        probes = save_probes(settings, inputs.labels, sources["embeddings"])
+        if settings.export_classifier:
+            export_classifiers(settings, probes, results)
     return 0
 
 

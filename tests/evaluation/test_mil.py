@@ -2,56 +2,15 @@
 
 import json
 
-import datasets
 import numpy as np
-import pandas as pd
 import pytest
 
-from giga_ssl_hf.contracts import NO_AUGMENTATION
-from giga_ssl_hf.contracts.tile_features import tile_features_schema
 from giga_ssl_hf.evaluation.linear_probe import main
 from giga_ssl_hf.evaluation.mil import grid_edges, mil_baseline
 from giga_ssl_hf.evaluation.mil_recipe import MILRecipe
 from giga_ssl_hf.evaluation.probe import evaluate_embeddings
-from giga_ssl_hf.features.synthetic_features import append_tile_row
 
-from .synthetic import write_labels, write_npy
-
-PATCH = 448  # level-0 px per tile: neighbours are PATCH apart
-
-
-def _slide_tiles(rng, label: int, side: int, arrangement: bool):
-    """Tiles on a full ``side`` x ``side`` grid, half of type A (feature 0) and half of type B (feature 1).
-
-    Composition task (``arrangement=False``): class 1 has a quarter of its tiles shifted along feature 2.
-    Arrangement task: both classes hold exactly half A, half B; class 1 puts its A tiles in one block (left
-    half of the grid), class 0 scatters them at random: only the neighbours tell the classes apart.
-    """
-    n = side * side
-    cells = np.stack(np.meshgrid(np.arange(side), np.arange(side), indexing="ij"), axis=-1).reshape(-1, 2)
-    features = 0.3 * rng.normal(size=(n, 4))
-    if arrangement:
-        is_a = cells[:, 0] < side // 2 if label else rng.permutation(np.arange(n) < n // 2)
-    else:
-        is_a = rng.permutation(np.arange(n) < n // 2)
-        features[rng.choice(n, n // 4, replace=False), 2] += 1.5 * label
-    features[is_a, 0] += 1.0
-    features[~is_a, 1] += 1.0
-    return features, (cells + rng.integers(0, 20, size=2)) * PATCH
-
-
-def write_tile_cohort(folder, n_slides: int, side: int, arrangement: bool, seed: int = 0) -> pd.Series:
-    """An exhaustive tile-feature Dataset on disk; returns the slides' labels ("a" / "b")."""
-    rng = np.random.default_rng(seed)
-    columns = {name: [] for name in tile_features_schema(4)}
-    labels = {}
-    for slide in range(n_slides):
-        label = slide % 2
-        features, coords = _slide_tiles(rng, label, side, arrangement)
-        append_tile_row(columns, f"s{slide:03d}", NO_AUGMENTATION, features, coords, PATCH)
-        labels[f"s{slide:03d}"] = "ab"[label]
-    datasets.Dataset.from_dict(columns, features=tile_features_schema(4)).save_to_disk(str(folder))
-    return pd.Series(labels)
+from .synthetic import PATCH, write_labels, write_npy, write_tile_cohort
 
 
 def test_grid_edges_join_the_eight_neighbours_only():
