@@ -104,6 +104,8 @@ MANAGED_FIELDS = (
     *(f"EmbedSettings.{name}" for name in ("trust_remote_code", "overwrite", "allow_encoder_mismatch")),
     *(f"EvaluateSettings.{name}" for name in ("embeddings", "task", "labels", "splits", "seed", "out")),
     *(f"EvaluateSettings.{name}" for name in ("no_plots", "save_probe", "overwrite_probe", "baseline")),
+    *(f"EvaluateSettings.{name}" for name in ("export_classifier", "classifier_encoder")),
+    *(f"EvaluateSettings.{name}" for name in ("mil_epochs", "mil_validation", "mil_device")),
 )
 # Settings that do not change what a stage makes, left out of its fingerprint.
 UNFINGERPRINTED = {"logging_steps", "report_to", "save_total_limit", "max_views_per_batch"}

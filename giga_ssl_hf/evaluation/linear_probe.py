@@ -119,7 +119,7 @@ class EvaluateSettings:
         "epoch of least held-out loss is kept (default: 0, a fixed --mil-epochs).",
         metavar="FRACTION",
     )
-    device: str = option("cpu", "Device of the MIL baselines: cpu, cuda, cuda:1, auto...")
+    mil_device: str = option("cpu", "Device of the MIL baselines: cpu, cuda, cuda:1, auto...")
 
     def __post_init__(self):
         if self.labels is not None and self.task is not None:
@@ -150,14 +150,14 @@ class EvaluateSettings:
             )
 
     def mil_recipe(self):
-        """The MIL baselines' training recipe (:class:`~giga_ssl_hf.evaluation.mil.MILRecipe`)."""
+        """The MIL baselines' training recipe (:class:`~giga_ssl_hf.evaluation.mil_recipe.MILRecipe`)."""
         from giga_ssl_hf.evaluation.mil_recipe import MILRecipe
 
         return MILRecipe(
             epochs=self.mil_epochs,
             validation_fraction=self.mil_validation,
             seed=self.seed,
-            device=self.device,
+            device=self.mil_device,
         )
 
     @property
@@ -209,7 +209,7 @@ examples:
 
   # supervised MIL on the same tile features beside mean pooling, at 50 and 200 training slides
   giga-ssl evaluate --embeddings runs/embeddings --labels labels.csv --train-sizes 50,200 \\
-      --baseline mean-pool abmil graph-mil --features out/exhaustive --device auto
+      --baseline mean-pool abmil graph-mil --features out/exhaustive --mil-device auto
 
   # several tasks at once: one --splits folder per labels file, in the same order
   giga-ssl evaluate --embeddings emb_npy/ --labels tables/lung.csv tables/kidney.csv \\
