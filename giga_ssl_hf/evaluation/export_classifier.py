@@ -22,20 +22,31 @@ from giga_ssl_hf.evaluation.saved_probe import SavedProbe
 logger = logging.getLogger(__name__)
 
 
-def probe_encoder(probe: SavedProbe, encoder: str | None) -> str:
-    """The slide encoder of the exported model: ``encoder`` if given, else the model that made the probe's
-    embeddings (recorded in their metadata); refused when neither names one."""
-    name = encoder or probe.embedding_model
+def classifier_encoder(embeddings_metadata: dict, encoder: str | None) -> str:
+    """The slide encoder of the exported model: ``encoder`` if given, else the model that made the embeddings
+    (recorded in their metadata). Checked from the files, before any work: its weights must be those that made
+    the embeddings (their sha256, recorded by ``giga-ssl embed``), and the embeddings not hybrid."""
+    from giga_ssl_hf.checkpoints import model_folder, weights_sha256
+
+    name = encoder or embeddings_metadata.get("model")
     if not name:
         raise ValueError(
-            "the probe's embeddings record no model: give the slide encoder with --classifier-encoder MODEL"
+            "the embeddings record no model: give the slide encoder with --classifier-encoder MODEL"
         )
-    if (probe.info.get("embeddings") or {}).get("metadata", {}).get("concat_mean_pool"):
+    if embeddings_metadata.get("concat_mean_pool"):
         raise ValueError(
-            "the probe was fit on hybrid embeddings (--concat-mean-pool): a GigaSSLForSlideClassification "
-            "scores the encoder's embedding only; export a probe fit on plain embeddings"
+            "--export-classifier: the embeddings are hybrid (--concat-mean-pool) and a "
+            "GigaSSLForSlideClassification scores the encoder's embedding only: export from plain embeddings"
         )
-    return name
+    recorded, found = embeddings_metadata.get("model_sha256"), weights_sha256(model_folder(name))
+    if recorded is None:
+        logger.warning("the embeddings record no hash of their model's weights: %s is trusted to be it", name)
+    elif recorded != found:
+        raise ValueError(
+            f"--export-classifier: the embeddings come from other weights (sha256 {recorded[:12]}) than the "
+            f"encoder {name} ({(found or 'none')[:12]}): give the model that made them with --classifier-encoder"
+        )
+    return str(name)
 
 
 def classifier_from_probe(probe: SavedProbe, encoder):
@@ -84,8 +95,9 @@ def export_classifier(
 
     out = Path(out)
     check_classifier_target(out, overwrite)
+    metadata = (probe.info.get("embeddings") or {}).get("metadata") or {}
     encoder_model = AutoModel.from_pretrained(
-        probe_encoder(probe, encoder), trust_remote_code=trust_remote_code
+        classifier_encoder(metadata, encoder), trust_remote_code=trust_remote_code
     )
     model = classifier_from_probe(probe, getattr(encoder_model, "gigassl", encoder_model))
     with staged_directory(out) as tmp:

@@ -339,10 +339,14 @@ def evaluate(settings: EvaluateSettings) -> int:
         for folder in probe_folders(settings.save_probe, settings.task_names):
             check_probe_target(folder, settings.overwrite_probe)
     if settings.export_classifier:
-        from giga_ssl_hf.evaluation.export_classifier import check_classifier_target
+        from giga_ssl_hf.contracts import read_metadata
+        from giga_ssl_hf.contracts.slide_embeddings import resolve_embeddings_folder
+        from giga_ssl_hf.evaluation.export_classifier import check_classifier_target, classifier_encoder
 
         for folder in probe_folders(settings.export_classifier, settings.task_names):
             check_classifier_target(folder, settings.overwrite_probe)
+        metadata = read_metadata(resolve_embeddings_folder(settings.embeddings))
+        classifier_encoder(metadata, settings.classifier_encoder)
     sources, results = _probe_all(settings, inputs, embeddings)
     if settings.standardize or settings.C or settings.baseline:
         c_text = ",".join(f"{c:g}" for c in parse_c(settings.C))

@@ -146,3 +146,17 @@ def test_export_needs_save_probe_and_refuses_a_foreign_folder(binary_task, tmp_p
     assert main([*argv, "--save-probe", str(tmp_path / "p"), "--export-classifier", str(tmp_path / "c")]) == 2
     assert "not a model folder" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()  # refused before the evaluation wrote anything
+
+
+@pytest.mark.slow
+def test_an_encoder_of_other_weights_is_refused_before_any_work(exported, tiny_config, capsys):
+    from giga_ssl_hf import GigaSSLModel
+
+    tmp_path = exported
+    torch.manual_seed(1)
+    GigaSSLModel(tiny_config(n_tiles=N_TILES)).save_pretrained(tmp_path / "other")
+    argv = ["--embeddings", str(tmp_path / "emb"), "--labels", str(tmp_path / "tumour.csv"), "--folds", "3"]
+    argv += ["--save-probe", str(tmp_path / "probe2"), "--export-classifier", str(tmp_path / "classifier2")]
+    assert main([*argv, "--classifier-encoder", str(tmp_path / "other")]) == 2
+    assert "other weights" in capsys.readouterr().err
+    assert not (tmp_path / "probe2").exists() and not (tmp_path / "classifier2").exists()
