@@ -17,6 +17,7 @@ its published size).
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -160,6 +161,31 @@ PRESETS: dict[str, EncoderPreset] = {
         ),
     )
 }  # fmt: skip
+
+
+def unknown_encoder_message(name: str, candidates: list[str]) -> str:
+    """Why ``name`` names no encoder, with the nearest of ``candidates`` (names are compared in lower case)."""
+    lowered = {candidate.lower(): candidate for candidate in candidates}
+    close = [lowered[c] for c in difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.6)]
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return (
+        f"unknown encoder {name!r}: not a preset ('giga-ssl encoders' lists them), a timm model name nor an "
+        f"hf-hub: id{hint}"
+    )
+
+
+def resolve_encoder_name(name: str) -> str:
+    """A preset's name typed in any case -> the preset (``UNI`` -> ``uni``); other names unchanged.
+
+    A name that can be neither a preset, a timm model (a Python identifier with an optional ``.tag``: timm
+    registers functions) nor an ``hf-hub:`` id raises a ValueError at once, before torch is imported.
+    """
+    by_lower = {preset.lower(): preset for preset in PRESETS}
+    if name.lower() in by_lower:
+        return by_lower[name.lower()]
+    if name.startswith("hf-hub:") or name.split(".", 1)[0].isidentifier():
+        return name
+    raise ValueError(unknown_encoder_message(name, list(PRESETS)))
 
 
 class WeightsUnavailableError(ValueError):
