@@ -41,16 +41,47 @@ def _scalar(value) -> float:
     return float(np.asarray(value).ravel()[0])
 
 
+def _checked(patches: PatchCoords, path: Path) -> PatchCoords:
+    if patches.patch_size_level0 < 1:
+        raise ValueError(
+            f"{path}: the tile side must be a positive number of level-0 px, got {patches.patch_size_level0}"
+        )
+    return patches
+
+
+def check_coords_fit(patches: PatchCoords, slide: Slide, path: Path) -> None:
+    """Raise unless every tile starts inside the slide: a tile at negative coordinates or wholly outside
+    would be read as blank glass and encoded as tissue (coordinates of another slide, or not level-0 px)."""
+    width0, height0 = slide.dimensions
+    coords = patches.coords
+    negative = (coords < 0).any(axis=1)
+    outside = (coords[:, 0] >= width0) | (coords[:, 1] >= height0)
+    for wrong, what in ((negative, "at negative coordinates"), (outside, "wholly outside the slide")):
+        if wrong.any():
+            x, y = coords[np.argmax(wrong)]
+            raise ValueError(
+                f"{path.name}: {int(wrong.sum())} of {len(coords)} tiles lie {what} ({width0} x {height0} level-0 "
+                f"px), e.g. ({x}, {y}); are they the coordinates of this slide, in level-0 px?"
+            )
+
+
 def read_patch_coords(path: str | Path, level_downsamples: tuple[float, ...] | None = None) -> PatchCoords:
     """Coordinates and level-0 tile side of a TRIDENT / CLAM patch-coordinate (or patch-feature) h5 file."""
     path = Path(path)
     with h5py.File(path, "r") as handle:
         if "coords" not in handle:
             raise ValueError(f"{path}: no 'coords' dataset (found {sorted(handle.keys())})")
-        coords = np.asarray(handle["coords"][()]).reshape(-1, 2).astype(np.int64)
+        coords = np.asarray(handle["coords"][()])
         attrs = {**dict(handle.attrs), **dict(handle["coords"].attrs)}
+    if coords.ndim != 2 or coords.shape[1] != 2:
+        if coords.size:  # TRIDENT / CLAM write an empty slide's coords as a bare empty array
+            raise ValueError(
+                f"{path}: coords must be (n, 2) level-0 (x, y) corners, got shape {coords.shape}"
+            )
+        coords = coords.reshape(0, 2)
+    coords = coords.astype(np.int64)
     if "patch_size_level0" in attrs:
-        return PatchCoords(coords, int(round(_scalar(attrs["patch_size_level0"]))), "trident")
+        return _checked(PatchCoords(coords, int(round(_scalar(attrs["patch_size_level0"]))), "trident"), path)
     if "patch_size" in attrs and "patch_level" in attrs:
         level = int(_scalar(attrs["patch_level"]))
         if "downsample" in attrs:
@@ -59,7 +90,9 @@ def read_patch_coords(path: str | Path, level_downsamples: tuple[float, ...] | N
             downsample = level_downsamples[level]
         else:
             raise ValueError(f"{path}: patch_level {level} is not a level of the slide")
-        return PatchCoords(coords, int(round(_scalar(attrs["patch_size"]) * downsample)), "clam")
+        return _checked(
+            PatchCoords(coords, int(round(_scalar(attrs["patch_size"]) * downsample)), "clam"), path
+        )
     raise ValueError(
         f"{path}: the coords dataset has neither 'patch_size_level0' (TRIDENT) nor 'patch_size' + "
         f"'patch_level' (CLAM) attributes; found {sorted(attrs)}"
@@ -130,6 +163,28 @@ def read_tissue_geojson(path: str | Path) -> list[list[list[tuple[float, float]]
     return polygons
 
 
+def check_polygons_overlap(polygons, slide: Slide, path: Path) -> None:
+    """Raise when no polygon reaches into the slide: the slide would be called empty with no word of why."""
+    width0, height0 = slide.dimensions
+    bounds = [
+        (*exterior.min(axis=0), *exterior.max(axis=0))  # left, top, right, bottom
+        for exterior in (
+            np.array([point[:2] for point in rings[0]], np.float64) for rings in polygons if rings
+        )
+        if len(exterior)
+    ]
+    if any(
+        right > 0 and bottom > 0 and left < width0 and top < height0 for left, top, right, bottom in bounds
+    ):
+        return
+    left, top = (min(b[i] for b in bounds) for i in (0, 1)) if bounds else (0.0, 0.0)
+    right, bottom = (max(b[i] for b in bounds) for i in (2, 3)) if bounds else (0.0, 0.0)
+    raise ValueError(
+        f"{path.name}: the polygons lie wholly outside the slide (they span x {left:g}..{right:g}, y "
+        f"{top:g}..{bottom:g}; the slide is {width0} x {height0} level-0 px): are they this slide's, in level-0 px?"
+    )
+
+
 def polygon_mask(slide: Slide, polygons, mask_mpp: float = 8.0, max_size: int = 8192) -> TissueMask:
     """Rasterise level-0 polygons into a :class:`TissueMask` at about ``mask_mpp`` µm per mask pixel."""
     width0, height0 = slide.dimensions
@@ -164,11 +219,14 @@ def select_tiles(
     if coords_from is not None:
         path = find_slide_file(coords_from, slide_id, COORDS_SUFFIXES, "patch-coordinate h5")
         patches = read_patch_coords(path, slide.level_downsamples)
+        check_coords_fit(patches, slide, path)
         source = {"tiles_from": f"{patches.layout} coords", "coords_file": path.name}
         return None, grid_from_coords(slide, patches, tile_size), source
     if tissue_geojson is not None:
         path = find_slide_file(tissue_geojson, slide_id, GEOJSON_SUFFIXES, "tissue GeoJSON")
-        mask = polygon_mask(slide, read_tissue_geojson(path), mask_mpp)
+        polygons = read_tissue_geojson(path)
+        check_polygons_overlap(polygons, slide, path)
+        mask = polygon_mask(slide, polygons, mask_mpp)
         source = {"tiles_from": "GeoJSON tissue polygons", "geojson_file": path.name}
     else:
         mask = tissue_mask(
