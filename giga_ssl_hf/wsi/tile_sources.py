@@ -60,7 +60,7 @@ def check_coords_fit(patches: PatchCoords, slide: Slide, path: Path) -> None:
         if wrong.any():
             x, y = coords[np.argmax(wrong)]
             raise ValueError(
-                f"{path.name}: {int(wrong.sum())} of {len(coords)} tiles lie {what} ({width0} x {height0} level-0 "
+                f"{path}: {int(wrong.sum())} of {len(coords)} tiles lie {what} ({width0} x {height0} level-0 "
                 f"px), e.g. ({x}, {y}); are they the coordinates of this slide, in level-0 px?"
             )
 
@@ -180,7 +180,7 @@ def check_polygons_overlap(polygons, slide: Slide, path: Path) -> None:
     left, top = (min(b[i] for b in bounds) for i in (0, 1)) if bounds else (0.0, 0.0)
     right, bottom = (max(b[i] for b in bounds) for i in (2, 3)) if bounds else (0.0, 0.0)
     raise ValueError(
-        f"{path.name}: the polygons lie wholly outside the slide (they span x {left:g}..{right:g}, y "
+        f"{path}: the polygons lie wholly outside the slide (they span x {left:g}..{right:g}, y "
         f"{top:g}..{bottom:g}; the slide is {width0} x {height0} level-0 px): are they this slide's, in level-0 px?"
     )
 
