@@ -344,6 +344,8 @@ examples:
   giga-ssl import-h5 clam_out/h5_files/ --out feats/exhaustive --patches-dir clam_out/patches --slides-dir slides/
 
 The output folder opens with datasets.load_from_disk; one row per slide (aug_id -1), in slide_id order.
+--out must be new or empty; an earlier import-h5 output is replaced only with --overwrite, anything else is
+never touched. Values beyond float16's range are refused (use --dtype float32).
 """
 
 
