@@ -284,9 +284,7 @@ def _build_preset(
         provenance["revision"] = getattr(weights_target(preset, backbone).config, "_commit_hash", None)
         return backbone, provenance
     # The weights first: unavailable ones are refused in seconds, before a model of gigabytes is built.
-    path = None
-    if weights is None and download:
-        path, provenance["revision"] = download_preset_weights(preset)
+    path, provenance["revision"] = download_preset_weights(preset) if download else (None, None)
     backbone = build_preset_backbone(preset)
     if path is not None:
         state_dict = load_weights_file(path)
