@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import datasets
@@ -5,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from giga_ssl_hf.contracts import read_metadata
+from giga_ssl_hf.contracts import METADATA_FILENAME, read_metadata
 from giga_ssl_hf.features.h5_import import import_h5, main
 
 CMU = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "wsi" / "CMU-1-Small-Region.svs"
@@ -156,6 +157,12 @@ def test_out_never_deletes_what_import_h5_did_not_write(tmp_path, capsys, snapsh
     assert main([str(h5_dir), "--out", str(out), "--dtype", "float32", "--overwrite"]) == 0
     assert read_metadata(out)["dtype"] == "float32"
     capsys.readouterr()
+
+    metadata = json.loads((out / METADATA_FILENAME).read_text())
+    (out / METADATA_FILENAME).write_text(json.dumps({**metadata, "source": "giga-ssl extract"}))
+    assert main([str(h5_dir), "--out", str(out), "--overwrite"]) == 2  # another command's Dataset
+    assert "is not an earlier giga-ssl import-h5 output" in one_line_error(capsys)
+    (out / METADATA_FILENAME).write_text(json.dumps(metadata))
 
     (out / "notes.txt").write_text("mine")  # a file the user added: the folder is no longer only ours
     assert main([str(h5_dir), "--out", str(out), "--overwrite"]) == 2
