@@ -79,6 +79,8 @@ def _read_arrays(
     CLAM's patch h5 of the same name in ``patches_dir``)."""
     import h5py
 
+    from giga_ssl_hf.wsi.tile_sources import level0_corners
+
     with h5py.File(path, "r") as handle:
         if "features" not in handle or "coords" not in handle:
             raise ValueError(
@@ -93,9 +95,7 @@ def _read_arrays(
         with h5py.File(Path(patches_dir) / path.name, "r") as handle:
             attrs = {**_attributes(handle), **attrs}
     features = features.reshape(-1, features.shape[-1]) if features.ndim == 3 else features
-    if coords.ndim != 2 or coords.shape[1] != 2:
-        raise ValueError(f"{path}: coords must be (n, 2) level-0 (x, y) corners, got shape {coords.shape}")
-    coords = coords.astype(np.int64)
+    coords = level0_corners(coords, path)
     if features.ndim != 2 or len(features) != len(coords):
         raise ValueError(f"{path}: features {features.shape} and coords {coords.shape} disagree")
     return features, coords, attrs, tile_encoder

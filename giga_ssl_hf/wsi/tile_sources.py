@@ -15,14 +15,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 from PIL import Image, ImageDraw
 
 from giga_ssl_hf.wsi.slide import Slide
-from giga_ssl_hf.wsi.tiling import TileGrid, tile_grid
-from giga_ssl_hf.wsi.tissue import TissueMask, tissue_mask
+
+if TYPE_CHECKING:
+    from giga_ssl_hf.wsi.tiling import TileGrid
+    from giga_ssl_hf.wsi.tissue import TissueMask
+
+# The tiling and the tissue mask (torch) are imported where they are used: import-h5 reads coordinates with
+# this module and stays light.
 
 COORDS_SUFFIXES = ("_patches.h5", ".h5")  # TRIDENT names its files <slide>_patches.h5, CLAM <slide>.h5
 GEOJSON_SUFFIXES = (".geojson", ".json")
@@ -39,6 +45,17 @@ class PatchCoords:
 
 def _scalar(value) -> float:
     return float(np.asarray(value).ravel()[0])
+
+
+def level0_corners(coords, path: Path) -> np.ndarray:
+    """A ``coords`` dataset as ``(n, 2)`` int64 level-0 (x, y) corners; any other shape raises (reshaping a
+    ``(n, 3)`` array would make wrong tiles), except the bare empty array of a slide without tiles."""
+    coords = np.asarray(coords)
+    if coords.size == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    if coords.ndim != 2 or coords.shape[1] != 2:
+        raise ValueError(f"{path}: coords must be (n, 2) level-0 (x, y) corners, got shape {coords.shape}")
+    return coords.astype(np.int64)
 
 
 def _checked(patches: PatchCoords, path: Path) -> PatchCoords:
@@ -71,15 +88,8 @@ def read_patch_coords(path: str | Path, level_downsamples: tuple[float, ...] | N
     with h5py.File(path, "r") as handle:
         if "coords" not in handle:
             raise ValueError(f"{path}: no 'coords' dataset (found {sorted(handle.keys())})")
-        coords = np.asarray(handle["coords"][()])
+        coords = level0_corners(handle["coords"][()], path)
         attrs = {**dict(handle.attrs), **dict(handle["coords"].attrs)}
-    if coords.ndim != 2 or coords.shape[1] != 2:
-        if coords.size:  # TRIDENT / CLAM write an empty slide's coords as a bare empty array
-            raise ValueError(
-                f"{path}: coords must be (n, 2) level-0 (x, y) corners, got shape {coords.shape}"
-            )
-        coords = coords.reshape(0, 2)
-    coords = coords.astype(np.int64)
     if "patch_size_level0" in attrs:
         return _checked(PatchCoords(coords, int(round(_scalar(attrs["patch_size_level0"]))), "trident"), path)
     if "patch_size" in attrs and "patch_level" in attrs:
@@ -113,6 +123,8 @@ def find_slide_file(folder: str | Path, slide_id: str, suffixes: tuple[str, ...]
 
 def grid_from_coords(slide: Slide, patches: PatchCoords, tile_size: int) -> TileGrid:
     """A :class:`TileGrid` of exactly the given tiles (row-major order, for block reading)."""
+    from giga_ssl_hf.wsi.tiling import TileGrid
+
     coords = patches.coords[np.lexsort((patches.coords[:, 0], patches.coords[:, 1]))]
     level = slide.best_level(patches.patch_size_level0 / tile_size)
     read_size = max(1, int(round(patches.patch_size_level0 / slide.level_downsamples[level])))
@@ -187,6 +199,8 @@ def check_polygons_overlap(polygons, slide: Slide, path: Path) -> None:
 
 def polygon_mask(slide: Slide, polygons, mask_mpp: float = 8.0, max_size: int = 8192) -> TissueMask:
     """Rasterise level-0 polygons into a :class:`TissueMask` at about ``mask_mpp`` µm per mask pixel."""
+    from giga_ssl_hf.wsi.tissue import TissueMask
+
     width0, height0 = slide.dimensions
     downsample = max(mask_mpp / slide.mpp, max(width0, height0) / max_size, 1.0)
     size = (max(1, round(width0 / downsample)), max(1, round(height0 / downsample)))
@@ -216,6 +230,9 @@ def select_tiles(
     tissue_geojson: str | Path | None = None,
 ) -> tuple[TissueMask | None, TileGrid, dict]:
     """The tissue mask (None with ``coords_from``), the tile grid and a record of where tiles came from."""
+    from giga_ssl_hf.wsi.tiling import tile_grid
+    from giga_ssl_hf.wsi.tissue import tissue_mask
+
     if coords_from is not None:
         path = find_slide_file(coords_from, slide_id, COORDS_SUFFIXES, "patch-coordinate h5")
         patches = read_patch_coords(path, slide.level_downsamples)
