@@ -50,7 +50,7 @@ examples:
 output (--out DIR): DIR/exhaustive/ and DIR/augmented/ (datasets.load_from_disk), DIR/manifest.jsonl (one
 line per slide: slide_id, path, status ok|failed|empty, n_tiles, seconds, error), DIR/thumbnails/*.png.
 Rerunning the same command resumes: finished slides are skipped, failed ones retried. The exit status
-is 1 when a slide failed (see the summary and the manifest), 0 otherwise.
+is 1 when a slide failed (see the summary and the manifest), 0 otherwise; 130 when interrupted (Ctrl-C).
 """
 
 
@@ -83,7 +83,12 @@ def run(options: ExtractionRun, config: ExtractionConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(build_parser(), run, argv)
+    try:
+        return run_main(build_parser(), run, argv)
+    except KeyboardInterrupt:
+        # Every slide is committed atomically: what was finished is kept, and the next run removes the
+        # interrupted slide's temporaries and resumes.
+        return fail(PROG, "interrupted; rerun the same command to resume (finished slides are kept)", 130)
 
 
 def format_summary(summary: ExtractionSummary) -> str:
