@@ -97,7 +97,7 @@ def format_summary(summary: ExtractionSummary) -> str:
     lines += [f"  FAILED {slide_id}: {error}" for slide_id, error in summary.failed]
     if summary.busy:
         lines.append(
-            f"  {len(summary.busy)} slide(s) being extracted by another process: {', '.join(summary.busy)}"
+            f"  waited for {len(summary.busy)} slide(s) another process held: {', '.join(summary.busy)}"
         )
     if summary.waiting_for:
         share, count = summary.share

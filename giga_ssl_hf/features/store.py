@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,6 +65,13 @@ class PartStore:
 
     def _record_path(self, slide_id: str) -> Path:
         return self.directory / f"{slide_id}.json"
+
+    def committed_ids(self) -> set[str]:
+        """The ids of every committed slide, from one listing of the folder (no record is read)."""
+        if not self.directory.is_dir():
+            return set()
+        with os.scandir(self.directory) as entries:
+            return {entry.name[: -len(".json")] for entry in entries if entry.name.endswith(".json")}
 
     def record(self, slide_id: str) -> dict | None:
         path = self._record_path(slide_id)
