@@ -50,7 +50,9 @@ examples:
 output (--out DIR): DIR/exhaustive/ and DIR/augmented/ (datasets.load_from_disk), DIR/manifest.jsonl (one
 line per slide: slide_id, path, status ok|failed|empty, n_tiles, seconds, error), DIR/thumbnails/*.png.
 Rerunning the same command resumes: finished slides are skipped, failed ones retried. The exit status
-is 1 when a slide failed (see the summary and the manifest), 0 otherwise.
+is 1 when a slide failed (see the summary and the manifest), 0 otherwise. Runs may share DIR: one whose
+settings differ from a live run's is refused; slides another live run holds are waited for (and taken over
+if that run dies), so a run ends only with all its slides.
 """
 
 

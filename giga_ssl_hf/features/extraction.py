@@ -7,7 +7,9 @@ Output folder (a contract later stages rely on)::
     OUT/exhaustive/       every kept tile once per slide (aug_id = -1); datasets.load_from_disk
     OUT/augmented/        n_aug rows per slide of n_tiles_per_aug sampled tiles, one augmentation per row
     OUT/manifest.jsonl    one JSON object per slide: slide_id, path, status (ok|failed|empty), n_tiles,
-                          seconds, error (+ patch_size_level0, mpp, level, ...)
+                          seconds, error (+ patch_size_level0, mpp, level, ...); written with the Datasets
+                          (and when a share ends), not after each slide: a slide's commit costs the same
+                          at slide 30,000 as at slide 1
     OUT/parts/            committed per-slide results (what makes reruns resume)
     OUT/thumbnails/       with --thumbnails: <slide_id>.png, tissue outline (green) and kept tiles (blue)
     OUT/extract_config.json  the settings that determine the features (a rerun must use the same)
@@ -327,16 +329,12 @@ def run_extraction(
     """:func:`extract_slides` with its run's settings already checked (the command line's path)."""
     config, out_dir = config or ExtractionConfig(), run.out
     passes = _check(config, run.passes)
-    slides, unsupported = _find_inputs(run.inputs, run.recursive, run.slides_csv)
-    share, job = _share_of(slides, run.share)
-    summary = ExtractionSummary(out_dir=out_dir, unsupported_files=unsupported, share=share)
+    summary = ExtractionSummary(out_dir=out_dir)
     new_folder = not out_dir.exists()
     try:
         # The locks' heartbeat runs, and this process's run lock is held, until its last write.
         with sharding.SlideLocks(out_dir / LOCKS_DIRNAME) as locks:
-            _run_in_folder(
-                run, config, passes, [e.slide_id for e in slides], job, summary, locks, wait_for_shares
-            )
+            _run_in_folder(run, config, passes, summary, locks, wait_for_shares)
     except BaseException:
         if new_folder:  # a refused or failed first run leaves no empty folder behind
             for folder in (out_dir / LOCKS_DIRNAME, out_dir):
@@ -347,7 +345,7 @@ def run_extraction(
 
 
 def _run_in_folder(
-    run: ExtractionRun, config, passes, slide_ids, job, summary, locks, wait_for_shares
+    run: ExtractionRun, config, passes, summary: ExtractionSummary, locks, wait_for_shares
 ) -> None:
     """Claim the folder, plan, build the encoder, extract, and assemble (the last process to finish)."""
     from giga_ssl_hf.features.runner import build_runner
@@ -355,8 +353,12 @@ def _run_in_folder(
 
     out_dir = run.out
     store = PartStore(out_dir / PARTS_DIRNAME)
-    with locks.hold(".setup"):  # one process at a time: the check holds until this run's lock is taken
+    # First, and light (before the slides are listed and the encoder is built): a run whose settings differ
+    # from a live run's is refused at once. The check holds until this run's lock is taken.
+    with locks.hold(".setup", poll_seconds=0.1):
         discard = claim_settings(out_dir, config, store, run.overwrite, locks)
+    slides, summary.unsupported_files = _find_inputs(run.inputs, run.recursive, run.slides_csv)
+    summary.share, job = _share_of(slides, run.share)
     todo, summary.skipped = _plan(job, store, passes, redo_all=discard or run.overwrite)
     _log_plan(summary)
     runner = build_runner(config, run.device) if todo else None
@@ -370,7 +372,7 @@ def _run_in_folder(
     _extract_todo(todo, runner, config, slide_options, store, summary, locks, redo, run.progress)
     summary.seconds = time.perf_counter() - start
     if summary.share is not None:
-        key = sharding.run_key(slide_ids, passes)
+        key = sharding.run_key([e.slide_id for e in slides], passes)
         if not _others_done(summary, key, job, store, wait_for_shares):
             return
     summary.datasets = assemble_datasets(out_dir, config, passes, runner)

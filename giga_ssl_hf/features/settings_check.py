@@ -5,6 +5,7 @@ use them, or discard the folder's slides with ``--overwrite``, or (with a live r
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -27,10 +28,7 @@ def changed_settings(out_dir: Path, config: ExtractionConfig) -> str:
         return ""
     # A setting added since the folder was made compares as its default (None): not a change; folders from
     # before --aug-sampling drew their augmentations at random.
-    return _differences({"aug_sampling": "random", **json.loads(path.read_text())}, config)
-
-
-def _differences(existing: dict, config: ExtractionConfig) -> str:
+    existing = {"aug_sampling": "random", **json.loads(path.read_text())}
     wanted = dataclasses.asdict(config)
     changed = sorted(k for k in set(existing) | set(wanted) if existing.get(k) != wanted.get(k))
     return ", ".join(f"{k}: {existing.get(k)!r} there, {wanted.get(k)!r} now" for k in changed)
@@ -56,20 +54,27 @@ def settings_change(out_dir: Path, config: ExtractionConfig, store: PartStore, o
     return True
 
 
+def settings_key(config: ExtractionConfig) -> str:
+    """A short fingerprint of ``config``, carried by a live run's lock (a short lock needs no data block, so that
+    a full disk cannot stop a run before its first slide)."""
+    return hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
 def claim_settings(
     out_dir: Path, config: ExtractionConfig, store: PartStore, overwrite: bool, locks: SlideLocks
 ) -> bool:
     """:func:`settings_change`, and a refusal of settings other than a live run's; then hold this process's run
-    lock, which carries the settings, so that the runs started later compare with them. Called under the setup
-    lock and before the encoder is built, so that a refused run fails fast and light."""
-    wanted = dataclasses.asdict(config)
+    lock, which carries the settings' fingerprint, so that the runs started later compare with them. Called
+    under the setup lock and before the encoder is built, so that a refused run fails fast and light."""
+    key = settings_key(config)
     for owner in locks.other_live_runs():
-        detail = _differences(owner.get("settings") or {}, config)
-        if detail:
+        if owner.get("settings") != key:
+            detail = changed_settings(out_dir, config)  # the live run may not have recorded them yet
             raise ValueError(
                 f"{out_dir} is being extracted by another run (pid {owner.get('pid')} on {owner.get('host')}) "
-                f"with other settings ({detail}); use another --out, or wait for that run to end"
+                f"with other settings{f' ({detail})' if detail else ''}; use another --out, or wait for that "
+                "run to end"
             )
     discard = settings_change(out_dir, config, store, overwrite)
-    locks.hold_run(wanted)
+    locks.hold_run(key)
     return discard

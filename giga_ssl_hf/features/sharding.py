@@ -204,9 +204,9 @@ class SlideLocks:
         finally:
             breaker.unlink(missing_ok=True)
 
-    def hold_run(self, settings: dict) -> None:
+    def hold_run(self, settings: str) -> None:
         """Take this process's run lock (held until :meth:`close`): other runs see that it extracts here, and
-        with which ``settings`` (in the lock's owner record)."""
+        with which ``settings`` (a fingerprint, in the lock's owner record)."""
         # A token per run: two runs of one process (threads) hold a lock each.
         name = f"{_RUN_PREFIX}{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         if not self.acquire(name, settings=settings):

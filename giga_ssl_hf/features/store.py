@@ -15,9 +15,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import datasets
 import numpy as np
-from datasets.arrow_writer import ArrowWriter
 
 from giga_ssl_hf.contracts import write_metadata
 from giga_ssl_hf.contracts.tile_features import tile_features_schema
@@ -111,6 +109,9 @@ def write_tile_dataset(
     Rows are streamed one at a time (a slide's row can hold tens of thousands of tiles), and the folder
     appears only once complete.
     """
+    import datasets  # here, not at the top: the settings check of a run reads the store and must stay light
+    from datasets.arrow_writer import ArrowWriter
+
     dataset_dir = Path(dataset_dir)
     # The rows are streamed to one Arrow file first (save_to_disk then shards it): a scratch file beside the
     # folder, not in it (a Dataset cannot be saved over its own files), named as the folder's temporaries so
