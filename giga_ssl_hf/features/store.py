@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from giga_ssl_hf.contracts import write_metadata
-from giga_ssl_hf.contracts.tile_features import tile_features_schema
 from giga_ssl_hf.files import (
     atomic_file,
     dumps_strict,
@@ -109,8 +108,11 @@ def write_tile_dataset(
     Rows are streamed one at a time (a slide's row can hold tens of thousands of tiles), and the folder
     appears only once complete.
     """
-    import datasets  # here, not at the top: the settings check of a run reads the store and must stay light
+    # Imported here, not at the top: a run's settings check reads the store and must stay light.
+    import datasets
     from datasets.arrow_writer import ArrowWriter
+
+    from giga_ssl_hf.contracts.tile_features import tile_features_schema
 
     dataset_dir = Path(dataset_dir)
     # The rows are streamed to one Arrow file first (save_to_disk then shards it): a scratch file beside the
