@@ -14,7 +14,8 @@ Output folder (a contract later stages rely on)::
     OUT/thumbnails/       with --thumbnails: <slide_id>.png, tissue outline (green) and kept tiles (blue)
     OUT/extract_config.json  the settings that determine the features (a rerun must use the same)
     OUT/tile_encoder.json the tile encoder's provenance record
-    OUT/locks/            a lock per slide being processed (several processes can share OUT)
+    OUT/locks/            a lock per slide being processed and per running extraction (several processes
+                          can share OUT)
     OUT/shares/           with --shard or a launcher: I-of-N.json once share I of N is done
 
 Several processes (``accelerate launch``, ``torchrun``, ``--shard I/N``) split the slides between them and the
@@ -50,6 +51,7 @@ from giga_ssl_hf.features.slide_encoding import PassProgress, SlideOptions, proc
 from giga_ssl_hf.files import dumps_strict, remove_stale_temporaries, write_text_atomic
 
 if TYPE_CHECKING:
+    from giga_ssl_hf.features.encoders import EncoderRunner
     from giga_ssl_hf.features.store import PartStore
 
 logger = logging.getLogger(__name__)
@@ -150,7 +152,7 @@ def _prepare_folder(
     config: ExtractionConfig,
     store: PartStore,
     discard: bool,
-    runner,
+    runner: EncoderRunner | None,
     locks: sharding.SlideLocks,
 ) -> None:
     """Clear what a killed run left, and the slides of other settings when ``discard``; record the settings and
