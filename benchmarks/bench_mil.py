@@ -12,7 +12,7 @@ slides), exactly as ``giga-ssl evaluate --baseline mean-pool abmil graph-mil`` r
 
 ``s/fit`` is the mean wall time of one MIL fit (train + predict) at the larger training size.
 
-    python benchmarks/bench_mil.py            # 200 slides per cohort, 200-1200 tiles x 32-d
+    python benchmarks/bench_mil.py            # 200 slides per cohort, 200-1200 tiles x 32-d: ~13 min, 2 busy cores
     python benchmarks/bench_mil.py --quick    # smoke test
 """
 
