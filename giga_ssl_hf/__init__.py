@@ -31,6 +31,7 @@ _LAZY_ATTRIBUTES = {
     "GigaSSLContrastiveOutput": ".models.gigassl",
     "GigaSSLForContrastivePretraining": ".models.gigassl",
     "GigaSSLForSlideClassification": ".models.gigassl",
+    "GigaSSLSlideClassifierOutput": ".models.gigassl",
     "GigaSSLModel": ".models.gigassl",
     "GigaSSLModelOutput": ".models.gigassl",
     "GigaSSLPreTrainedModel": ".models.gigassl",

@@ -160,3 +160,22 @@ def test_an_encoder_of_other_weights_is_refused_before_any_work(exported, tiny_c
     assert main([*argv, "--classifier-encoder", str(tmp_path / "other")]) == 2
     assert "other weights" in capsys.readouterr().err
     assert not (tmp_path / "probe2").exists() and not (tmp_path / "classifier2").exists()
+
+
+def test_a_three_class_standardised_probe_becomes_the_head(tiny_config):
+    from giga_ssl_hf import GigaSSLModel
+    from giga_ssl_hf.evaluation.export_classifier import classifier_from_probe
+    from giga_ssl_hf.evaluation.saved_probe import fit_saved_probe
+
+    from .synthetic import planted
+
+    ids, x, labels = planted(90, n_classes=3, dim=16)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)  # slide embeddings are L2-normalised
+    probe = fit_saved_probe(ids, x, labels, standardize=True)
+    model = classifier_from_probe(probe, GigaSSLModel(tiny_config()))
+    assert model.config.id2label == {0: "class_0", 1: "class_1", 2: "class_2"}
+    with torch.no_grad():
+        logits = model(slide_embedding=torch.from_numpy(x)).logits.double()
+    assert np.abs(torch.softmax(logits, dim=1).numpy() - probe.predict_proba(x)).max() <= 1e-5
+    with pytest.raises(ValueError, match="16-d embeddings but the encoder makes 32-d"):
+        classifier_from_probe(probe, GigaSSLModel(tiny_config(hidden_dim=32)))
