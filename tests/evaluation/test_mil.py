@@ -88,3 +88,21 @@ def test_graph_mil_sees_arrangement_that_attention_mil_cannot(tmp_path):
         auc[kind] = result.mean
     assert auc["graph-mil"] > 0.9, auc
     assert auc["abmil"] < 0.75, auc  # same composition in both classes: attention pooling sees no difference
+
+
+def test_inner_split_holds_out_a_stratified_share_of_the_training_slides():
+    from giga_ssl_hf.evaluation.mil import _inner_split
+
+    rows, y = np.arange(100, 120), np.array([0] * 12 + [1] * 6 + [2] * 2)
+    fit_rows, fit_y, held_rows, held_y = _inner_split(rows, y, 0.25, np.random.default_rng(0))
+    assert np.bincount(held_y).tolist() == [3, 2, 1]  # a quarter, at least one, never a whole class
+    assert sorted([*fit_rows, *held_rows]) == rows.tolist()
+    assert len(_inner_split(rows, y, 0.0, np.random.default_rng(0))[2]) == 0
+
+
+def test_several_classes_get_a_probability_per_class(tmp_path):
+    write_tile_cohort(tmp_path / "exhaustive", 9, 3, arrangement=False)
+    _, model = mil_baseline("abmil", str(tmp_path / "exhaustive"), MILRecipe(epochs=1))
+    probabilities = model.fit_predict(np.arange(6), np.array([0, 1, 2, 0, 1, 2]), np.arange(6, 9), 3)
+    assert probabilities.shape == (3, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
