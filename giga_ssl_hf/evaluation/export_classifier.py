@@ -2,8 +2,8 @@
 
 The folder holds the slide encoder the probe's embeddings came from, the probe as the model's linear head
 (with its standardisation as buffers), the model code (``trust_remote_code=True``: it loads without this
-package) and a card naming the task, classes, training slides and the evaluation's AUCs; ready for
-``giga-ssl push-model``. The model scores a slide embedding exactly as the probe does: for two classes the
+package), ``classifier_summary.json`` (the probe's description and the evaluation's AUCs) and a card made
+from it naming the task, classes, training slides and AUCs; ``giga-ssl push-model`` publishes it as is. The model scores a slide embedding exactly as the probe does: for two classes the
 head's rows are ``[0, coef]`` and ``[0, intercept]``, so the softmax is ``predict_proba`` and
 ``logits[:, 1] - logits[:, 0]`` the probe's decision value (log-odds).
 """
@@ -87,10 +87,12 @@ def export_classifier(
     trust_remote_code: bool = False,
 ) -> Path:
     """Write the probe as a ``GigaSSLForSlideClassification`` folder (weights, code, card) at ``out``."""
+    from huggingface_hub.constants import REPOCARD_NAME
     from transformers import AutoModel
 
     import giga_ssl_hf  # noqa: F401  (registers the GigaSSL classes with AutoModel)
-    from giga_ssl_hf.files import staged_directory
+    from giga_ssl_hf.contracts import CLASSIFIER_SUMMARY_FILENAME
+    from giga_ssl_hf.files import staged_directory, write_json
     from giga_ssl_hf.hub.cards import classifier_card
 
     out = Path(out)
@@ -100,10 +102,14 @@ def export_classifier(
         classifier_encoder(metadata, encoder), trust_remote_code=trust_remote_code
     )
     model = classifier_from_probe(probe, getattr(encoder_model, "gigassl", encoder_model))
+    summary = {
+        "probe": probe.info,
+        "results": [{k: v for k, v in r.to_dict().items() if k != "ids_dropped"} for r in results],
+    }
     with staged_directory(out) as tmp:
         model.save_pretrained(tmp)
-        card = classifier_card(model.config, out.name, probe.info, results)
-        (tmp / "README.md").write_text(str(card))
+        write_json(tmp / CLASSIFIER_SUMMARY_FILENAME, summary)
+        classifier_card(model.config, out.name, summary).save(tmp / REPOCARD_NAME)
     logger.info("exported the %s probe as a slide classifier to %s", probe.info.get("task"), out)
     return out
 

@@ -291,16 +291,14 @@ def size_category(n: int) -> str:
     return "100K<n<1M"
 
 
-def classifier_card(config: GigaSSLConfig, name: str, probe_info: dict, results=()) -> ModelCard:
-    """The README.md of an exported slide classifier: task, classes, the probe's training slides and its AUCs
-    (``results``: the evaluation's :class:`~giga_ssl_hf.evaluation.results.ProbeResult` of the embeddings)."""
-    data = ModelCardData(
-        library_name="transformers",
-        license=DEFAULT_LICENSE,
-        pipeline_tag="text-classification",
-        tags=MODEL_TAGS,
-    )
-    info = _without_local_paths(probe_info)
+def classifier_card(
+    config: GigaSSLConfig, name: str, summary: dict, license: str = DEFAULT_LICENSE
+) -> ModelCard:
+    """The README.md of an exported slide classifier, from its ``classifier_summary.json`` (``probe``: the saved
+    probe's description; ``results``: the evaluation's rows of the embeddings): task, classes, training slides
+    and AUCs."""
+    data = ModelCardData(library_name="transformers", license=license, tags=MODEL_TAGS)
+    info = _without_local_paths(summary.get("probe") or {})
     probe_rows = [
         ("Task", info.get("task")),
         ("Training slides", info.get("n_train")),
@@ -308,10 +306,15 @@ def classifier_card(config: GigaSSLConfig, name: str, probe_info: dict, results=
         ("Classifier", ", ".join(f"{k}={v}" for k, v in (info.get("classifier") or {}).items())),
         ("Embeddings", (info.get("embeddings") or {}).get("source")),
     ]
-    rows = [
-        (f"{r.split_set}, {r.train_size} ({r.mean_n_train:.0f} slides)", f"{r.mean:.3f} ± {r.std:.3f}")
-        for r in results
-    ]
+    rows = []
+    for r in summary.get("results") or []:
+        n_train = sum(split["n_train"] for split in r["splits"]) / len(r["splits"])
+        rows.append(
+            (
+                f"{r['split_set']}, {r['train_size']} ({n_train:.0f} slides)",
+                f"{r['auc_mean']:.3f} ± {r['auc_std']:.3f}",
+            )
+        )
     content = fill_template(
         "classifier_card.md",
         card_data=data.to_yaml(),

@@ -134,6 +134,33 @@ def test_the_classifier_folder_and_its_card(exported):
     assert "**tumour** (classes: a, b)" in card
     assert "| Training slides | 24 |" in card
     assert "| 3-fold CV, full (16 slides) |" in card
+    summary = json.loads((tmp_path / "classifier" / "classifier_summary.json").read_text())
+    assert summary["probe"]["task"] == "tumour" and summary["results"][0]["auc_mean"] >= 0
+
+
+@pytest.mark.slow
+def test_push_model_publishes_the_classifier_whole(exported):
+    from giga_ssl_hf.cli import main as cli_main
+    from giga_ssl_hf.models.gigassl import GigaSSLForSlideClassification
+
+    tmp_path = exported
+    argv = ["push-model", str(tmp_path / "classifier"), "--repo-id", "lab/tumour-classifier"]
+    assert cli_main([*argv, "--dry-run", str(tmp_path / "hub")]) == 0
+    hub = tmp_path / "hub"
+    assert {"config.json", "model.safetensors", "classifier_summary.json", "README.md"} <= {
+        p.name for p in hub.iterdir()
+    }
+    assert (hub / "modeling_gigassl_classification.py").is_file()
+    card = (hub / "README.md").read_text()
+    assert 'from_pretrained("lab/tumour-classifier", trust_remote_code=True)' in card
+    assert "| 3-fold CV, full (16 slides) |" in card
+    published = GigaSSLForSlideClassification.from_pretrained(hub).eval()
+    exported_model = GigaSSLForSlideClassification.from_pretrained(tmp_path / "classifier").eval()
+    embedding = torch.nn.functional.normalize(torch.randn(2, 16), dim=1)
+    with torch.no_grad():
+        assert torch.equal(
+            published(slide_embedding=embedding).logits, exported_model(slide_embedding=embedding).logits
+        )
 
 
 def test_export_needs_save_probe_and_refuses_a_foreign_folder(binary_task, tmp_path, capsys):
