@@ -149,6 +149,10 @@ class WholeSlide:
         """`(B, C, width, width)` site features in the windows starting at ``origin`` `(B, 2)` (0 where no site)."""
         return values[index[self._window_cells(origin, width)]].permute(0, 3, 1, 2)
 
+    def stage(self, name: str, origin: torch.Tensor, width: int, inset: int = 0) -> torch.Tensor:
+        """:meth:`sites` of an output stage, in the windows shrunk by ``inset`` sites on every side."""
+        return self.sites(self.stages[name], self.output_index, origin + inset, width - 2 * inset)
+
     def map(self, values: torch.Tensor, origin: torch.Tensor, width: int) -> torch.Tensor:
         """`(B, 1, width, width)` of a padded map in the windows starting at ``origin``."""
         return values[self._window_cells(origin, width)][:, None]
@@ -179,28 +183,28 @@ def local_slide_embeddings(model, whole: WholeSlide, low: torch.Tensor, high: to
     sites = whole.map(whole.output_present, out_origin, out_width)
     base_sites = sites.clone()
     sites[..., centre, centre] = new_sites
-    h1 = whole.sites(whole.stages["h1"], whole.output_index, out_origin, out_width)
-    h1[..., centre, centre] = torch.relu(
-        _batch_norm(first.bn1, F.conv2d(inputs, first.conv1.weight, stride=2))
-    )
-    h1[..., centre, centre] *= new_sites
+    # Each 3x3 convolution reads one site further than it writes, so each stage is read only where needed.
+    h1 = whole.stage("h1", out_origin, out_width, inset=2)
+    h1[..., 2:-2, 2:-2] = torch.relu(_batch_norm(first.bn1, _conv(inputs, first.conv1, stride=2))) * new_sites
     conv, norm = first.downsample
-    shortcut = whole.sites(whole.stages["shortcut"], whole.output_index, out_origin, out_width)
-    shortcut[..., centre, centre] = _batch_norm(norm, F.conv2d(F.avg_pool2d(inputs, 3, 2), conv.weight))
-    # Each 3x3 convolution reads one site further than it writes.
-    out1 = whole.sites(whole.stages["out1"], whole.output_index, out_origin, out_width)
-    conv2 = _batch_norm(first.bn2, F.conv2d(_crop(h1, 2), first.conv2.weight))
-    out1[..., 3:-3, 3:-3] = torch.relu(conv2 + _crop(shortcut, 3)) * _crop(sites, 3)
-    g1 = whole.sites(whole.stages["g1"], whole.output_index, out_origin, out_width)
-    g1[..., 2:-2, 2:-2] = torch.relu(
-        _batch_norm(second.bn1, F.conv2d(_crop(out1, 1), second.conv1.weight))
-    ) * _crop(sites, 2)
-    out2 = torch.relu(_batch_norm(second.bn2, F.conv2d(g1, second.conv2.weight)) + _crop(out1, 1))
-    out2 = out2 * _crop(sites, 1)
-    old = _crop(whole.sites(whole.stages["out2"], whole.output_index, out_origin, out_width), 1)
-    total = whole.output_sum + (out2.double() - old.double()).sum(dim=(2, 3))
+    shortcut = whole.stage("shortcut", out_origin, out_width, inset=3)
+    shortcut[..., 1:-1, 1:-1] = _batch_norm(norm, _conv(F.avg_pool2d(inputs, 3, 2), conv))
+    out1 = whole.stage("out1", out_origin, out_width, inset=1)
+    conv2 = _batch_norm(first.bn2, _conv(h1, first.conv2))
+    out1[..., 2:-2, 2:-2] = torch.relu(conv2 + shortcut) * _crop(sites, 3)
+    g1 = whole.stage("g1", out_origin, out_width)
+    g1[..., 2:-2, 2:-2] = torch.relu(_batch_norm(second.bn1, _conv(out1, second.conv1))) * _crop(sites, 2)
+    out2 = torch.relu(_batch_norm(second.bn2, _conv(g1, second.conv2)) + out1) * _crop(sites, 1)
+    old = whole.stage("out2", out_origin, out_width, inset=1)
+    change = (out2.sum(dim=(2, 3)) - old.sum(dim=(2, 3))).double()
+    total = whole.output_sum + change
     count = whole.output_count + (_crop(sites, 1) - _crop(base_sites, 1)).sum(dim=(1, 2, 3)).double()
     return (total / count[:, None]).to(inputs.dtype)
+
+
+def _conv(x: torch.Tensor, conv, stride: int = 1) -> torch.Tensor:
+    """A sparse conv's dense equivalent without padding: the output shrinks by one site per side."""
+    return F.conv2d(x, conv.weight, stride=stride)
 
 
 def copies_per_batch(model, box_width: int) -> int:
