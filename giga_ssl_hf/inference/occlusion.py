@@ -36,7 +36,7 @@ _BATCH_BYTES = 256 * 2**20
 
 
 def supports_local_occlusion(model) -> bool:
-    """Whether :func:`local_drops` reproduces this model's whole-slide passes."""
+    """Whether :func:`local_slide_embeddings` reproduces this model's whole-slide passes."""
     config = model.config
     return (
         config.encoder_type == "sparse_conv" and config.grid_size_mode == "per_slide" and not model.training
@@ -162,7 +162,7 @@ class WholeSlide:
 def local_slide_embeddings(model, whole: WholeSlide, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
     """`(B, hidden)` slide embeddings with the cells ``[low[b], high[b]]`` `(B, 2)` removed (same-size boxes)."""
     first, second = model.encoder.layer4
-    changed = int(high[0, 0] - low[0, 0]) // 2 + 2  # stride-2 output sites a box can change, per axis
+    changed = changed_sites(int(high[0, 0] - low[0, 0]))
     q0 = torch.div(low - 1, 2, rounding_mode="floor")  # first of them
     margin = _SPREAD + 1
     out_origin, out_width = q0 - margin, changed + 2 * margin
@@ -207,9 +207,14 @@ def _conv(x: torch.Tensor, conv, stride: int = 1) -> torch.Tensor:
     return F.conv2d(x, conv.weight, stride=stride)
 
 
-def copies_per_batch(model, box_width: int) -> int:
-    """How many occluded copies of a box ``box_width`` cells wide fit :data:`_BATCH_BYTES` together."""
-    changed = box_width // 2 + 2
+def changed_sites(box_span: int) -> int:
+    """Stride-2 output sites per axis that removing cells ``[low, low + box_span]`` can change (any ``low``)."""
+    return box_span // 2 + 2
+
+
+def copies_per_batch(model, box_span: int) -> int:
+    """How many occluded copies of a box of ``box_span + 1`` cells fit :data:`_BATCH_BYTES` together."""
+    changed = changed_sites(box_span)
     config = model.config
     values = (
         config.feature_dim * (2 * changed + 1) ** 2 + 8 * config.hidden_dim * (changed + 2 * _SPREAD + 2) ** 2

@@ -9,8 +9,9 @@ Two methods:
   the slide's extreme tiles (which fix the grid origin and map size), so the result equals one pass.
 - ``occlusion`` (model-agnostic, a check on the first): the drop in the slide's log-odds when the tiles within
   ``radius`` cells of a tile are removed (positive: that neighbourhood speaks for the class). With ``stride``
-  ``s > 1`` the tiles are grouped in ``s x s``-cell blocks that are removed together (with the margin), one
-  forward pass per block instead of per tile.
+  ``s > 1`` the tiles are grouped in ``s x s``-cell blocks that are removed together (with the margin). Each
+  block's result equals a whole-slide pass without it, but only the output sites the block can change are
+  recomputed (:mod:`~giga_ssl_hf.inference.occlusion`): the cost per block does not grow with the slide.
 """
 
 from __future__ import annotations
@@ -180,10 +181,11 @@ def occlusion_scores(
 
 def _local_log_odds(model, features, coords, cell_size, low, high, probe, class_name) -> np.ndarray:
     """Slide log-odds with each box ``[low[k], high[k]]`` removed, recomputed around the box only."""
-    pad = int(np.abs(low).max() + np.abs(high).max()) + 16  # windows reach a few sites past any box
-    whole = WholeSlide.run(model, features, coords, cell_size, pad)
+    box_span = int(high[0, 0] - low[0, 0])
+    # Boxes reach radius + stride - 1 <= box_span cells past the grid, windows a few sites more.
+    whole = WholeSlide.run(model, features, coords, cell_size, pad=box_span + 16)
     device = whole.input_features.device
-    per_batch = copies_per_batch(model, int(high[0, 0] - low[0, 0]) + 1)
+    per_batch = copies_per_batch(model, box_span)
     log_odds = np.empty(len(low))
     for start in range(0, len(low), per_batch):
         part = slice(start, start + per_batch)
