@@ -61,3 +61,53 @@ def test_occlusion_of_a_slide_it_would_empty_is_refused(probe):
             occlusion_scores(model, features[:n_tiles], coords[:n_tiles], PATCH, probe, "1", radius=1)
     # At radius 0 each tile's removal leaves the other: defined drops.
     assert np.isfinite(occlusion_scores(model, features, coords, PATCH, probe, "1", radius=0)).all()
+
+
+@pytest.mark.slow
+def test_heatmap_refuses_occlusion_of_a_two_tile_slide_in_one_line_and_maps_the_others(
+    probe, tmp_path, capsys
+):
+    from giga_ssl_hf.cli import main as cli_main
+    from giga_ssl_hf.features.store import write_tile_dataset
+
+    rng = np.random.default_rng(0)
+    rows = [
+        {
+            "slide_id": slide_id,
+            "aug_id": -1,
+            "features": rng.normal(size=(n, 8)).astype(np.float16),
+            "coords": np.stack([np.arange(n) * PATCH, np.zeros(n, dtype=np.int64)], axis=1),
+            "patch_size_level0": PATCH,
+            "mpp": 0.5,
+            "magnification": 20.0,
+        }  # fmt: skip
+        for slide_id, n in (("many", 30), ("two", 2))
+    ]
+    write_tile_dataset(iter(rows), tmp_path / "features", 8, "float16", {})
+    trained_like(GigaSSLConfig(feature_dim=8, hidden_dim=12, projection_dims=[8])).save_pretrained(
+        tmp_path / "model"
+    )
+    probe.save(tmp_path / "probe")
+    argv = [
+        "heatmap",
+        "--model",
+        str(tmp_path / "model"),
+        "--features",
+        str(tmp_path / "features"),
+        "--probe",
+    ]
+    argv += [
+        str(tmp_path / "probe"),
+        "--out",
+        str(tmp_path / "out"),
+        "--method",
+        "occlusion",
+        "--allow-model-mismatch",
+    ]
+    assert cli_main(argv) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "two" in line]
+    assert errors == [
+        "giga-ssl heatmap: two: failed: occlusion at radius 1 removes all 2 tile(s) of the slide whichever tile is "
+        "occluded: no slide is left to compare with (use --method embedding or a smaller --occlusion-radius)"
+    ]
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["many.png", "tile_scores.parquet"]
