@@ -42,8 +42,9 @@ logger = logging.getLogger(__name__)
 
 # Values one Arrow chunk of a list<list<value>> column can address (int32 offsets).
 MAX_ROW_VALUES = 2**31 - 1
-# Feature values per record batch that writers aim for: batches of many small slides, one big slide alone.
-MAX_BATCH_VALUES = 2**28
+# Feature values per record batch that writers aim for (64 MiB of float16): a batch holds many small slides or
+# one big slide alone, so a writer's memory stays flat however many slides it writes.
+MAX_BATCH_VALUES = 2**25
 
 
 def tile_features_schema(feature_dim: int, dtype: str = "float16") -> datasets.Features:

@@ -30,8 +30,9 @@ from giga_ssl_hf.files import (
     write_text_atomic,
 )
 
-# Bytes of tile arrays per Arrow shard file (``datasets``' own default shard size).
+# Bytes of tile arrays per Arrow shard file, and rows per record batch at most (``datasets``' own defaults).
 SHARD_BYTES = 500 * 2**20
+BATCH_ROWS = 1000
 
 
 class DiskFullError(OSError):
@@ -140,7 +141,7 @@ def _write_shards(rows: Iterable[dict], folder: Path, schema: datasets.Features)
                     writer.close()
                 shards.append(folder / f"data-{len(shards):05d}.arrow")
                 writer, shard_bytes = ArrowWriter(features=schema, path=str(shards[-1])), 0
-            if batch_values + values > MAX_BATCH_VALUES:
+            if batch_values + values > MAX_BATCH_VALUES or len(batch) == BATCH_ROWS:
                 flush()
             batch.append(row)
             batch_values += values
