@@ -14,7 +14,7 @@ COLOUR_MAP = "RdBu_r"  # red: for the class, blue: against it, white: neutral (0
 def score_label(method: str, class_name: str) -> str:
     if method == "occlusion":
         return f"drop in the slide's log-odds of '{class_name}' when removed"
-    return f"tile log-odds of '{class_name}'"
+    return f"contribution to the slide's log-odds of '{class_name}'"
 
 
 def render_tile_scores(
