@@ -3,7 +3,7 @@
 One Feature per tile: a square Polygon in level-0 pixel coordinates (the tile's corners, closed ring,
 counter-clockwise as RFC 7946 asks, with x right and y down as in the slide), and the properties QuPath reads
 (0.4 and later): ``objectType: "detection"``, ``measurements: {"score": value}``, a ``classification``
-(``name`` "for CLASS" / "against CLASS" by the score's sign, ``color`` ``[r, g, b]``), and the tile's own colour
+(``name`` "for CLASS" / "against CLASS" by the score's sign, "unscored" for NaN; ``color`` ``[r, g, b]``), and the tile's own colour
 on the heatmap's diverging colour map (``color``, symmetric around 0 like the PNG). The FeatureCollection's
 extra members (RFC 7946 allows them) name the class, method, colour map and its limit.
 """
@@ -55,7 +55,7 @@ def tile_scores_geojson(
                 "properties": {
                     "objectType": "detection",
                     "classification": {
-                        "name": f"{side} {class_name}",
+                        "name": side if side == "unscored" else f"{side} {class_name}",
                         "color": {"for": FOR_COLOUR, "against": AGAINST_COLOUR}.get(side, [128, 128, 128]),
                     },
                     "color": colour,
