@@ -199,7 +199,7 @@ def probe_views(probe: SavedProbe, slide_id: str, coords: np.ndarray, patch: int
 
 
 def score_slide(
-    settings: HeatmapSettings, model, features, coords, patch, probe, class_name, slide_id: str = ""
+    settings: HeatmapSettings, slide_id: str, model, features, coords, patch, probe, class_name
 ) -> np.ndarray:
     from giga_ssl_hf.inference.tile_scores import embedding_scores, occlusion_scores
 
@@ -254,7 +254,7 @@ def write_heatmaps(settings: HeatmapSettings) -> int:
         features, coords = arrays.row(index)
         patch = int(patch_sizes[index])
         try:
-            scores = score_slide(settings, model, features, coords, patch, probe, class_name, slide_id)
+            scores = score_slide(settings, slide_id, model, features, coords, patch, probe, class_name)
         except (ValueError, RuntimeError) as error:
             print(f"giga-ssl heatmap: {slide_id}: failed: {error}", file=sys.stderr)
             failed += 1
