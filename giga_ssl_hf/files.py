@@ -44,7 +44,17 @@ def process_is_alive(pid: int, start_ticks: int | None = None) -> bool:
         return False
     except PermissionError:
         pass  # it exists, owned by another user
+    if _process_state(pid) == "Z":  # dead, not yet reaped by its parent: it holds nothing any more
+        return False
     return start_ticks is None or process_start_ticks(pid) in (None, start_ticks)
+
+
+def _process_state(pid: int) -> str | None:
+    """The state letter of ``pid`` (``Z`` for a zombie) from Linux ``/proc``, None when unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def temporary_path(path: Path) -> Path:

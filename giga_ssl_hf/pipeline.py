@@ -99,6 +99,7 @@ MANAGED_FIELDS = (
     "save_steps",
     "ExtractionConfig.seed",
     "TrainArguments.seed",
+    "TrainArguments.allow_changed_settings",
     *(f"EmbedSettings.{name}" for name in ("model", "out", "strategy", "n_tiles", "seed", "device", "npy")),
     *(f"EmbedSettings.{name}" for name in ("trust_remote_code", "overwrite", "allow_encoder_mismatch")),
     *(f"EvaluateSettings.{name}" for name in ("embeddings", "task", "labels", "splits", "seed", "out")),

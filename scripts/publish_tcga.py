@@ -39,9 +39,8 @@ from huggingface_hub.repocard_data import eval_results_to_model_index
 
 from giga_ssl_hf.contracts import DEFAULT_LICENSE, METADATA_FILENAME, NPY_EMBEDDINGS, NPY_IDS, read_metadata
 from giga_ssl_hf.contracts.slide_embeddings import embeddings_dataset, load_embeddings
-from giga_ssl_hf.evaluation.data import find_split_sets, load_labels
-from giga_ssl_hf.files import write_json
-from giga_ssl_hf.hub.cards import DATASET_TAGS, fill_template, size_category
+from giga_ssl_hf.evaluation.data import find_split_sets, load_labels, read_split
+from giga_ssl_hf.files import staged_directory, write_json
 from giga_ssl_hf.settings import SettingsParser, flag_of, option, run_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,6 +59,9 @@ REFERENCE_AUC = {"lung": 0.960, "kidney": 0.983, "brca": 0.924, "tnbc": 0.933}
 PAPER_ENCODER = "ResNet18 (MoCo v2 on TCGA tiles) cut after layer3, spatial mean: 256-d tile features"
 EMBEDDINGS_PARQUET = "data/embeddings/train-00000-of-00001.parquet"
 CARD_TEMPLATE = Path(__file__).with_name("publish_tcga_card.md")
+# A task is released when evaluate --task runs on all its splits and this share of its labelled slides has an
+# embedding: below it, the card's reference AUC would describe another cohort than the one released.
+MIN_TASK_COVERAGE = 0.9
 
 
 def dataset_configs(reference: Path, tasks: list[str]) -> list[dict]:
@@ -105,7 +107,7 @@ def write_config_files(reference: Path, out: Path, tasks: list[str]) -> None:
                 table.to_parquet(out / "data" / f"splits-{task}-{size}" / f"{path.stem}.parquet")
 
 
-def eval_results(repo_id: str) -> list[EvalResult]:
+def eval_results(repo_id: str, tasks: list[str]) -> list[EvalResult]:
     return [
         EvalResult(
             task_type="image-classification",
@@ -120,11 +122,17 @@ def eval_results(repo_id: str) -> list[EvalResult]:
             source_url="https://github.com/trislaz/Democratizing_WSI",
         )
         for task, auc in REFERENCE_AUC.items()
+        if task in tasks
     ]
 
 
 def release_card(repo_id: str, metadata: dict, configs: list[dict], n_slides: int, dim: int) -> DatasetCard:
-    model_index = eval_results_to_model_index(metadata.get("model") or "Giga-SSL", eval_results(repo_id))
+    # Imported here: the cards module loads the model classes (torch), which the coverage refusals do not need.
+    from giga_ssl_hf.hub.cards import DATASET_TAGS, fill_template, size_category
+
+    model_index = eval_results_to_model_index(
+        metadata.get("model") or "Giga-SSL", eval_results(repo_id, metadata["tasks"])
+    )
     data = DatasetCardData(
         license=DEFAULT_LICENSE,
         pretty_name=f"Giga-SSL slide embeddings: {metadata['cohort']}",
@@ -152,6 +160,39 @@ def release_card(repo_id: str, metadata: dict, configs: list[dict], n_slides: in
     return DatasetCard(content)
 
 
+def task_coverage(reference: Path, task: str, embedded: set[str]) -> str | None:
+    """Why ``evaluate --task`` could not reproduce ``task`` on these embeddings, or None when it can: fewer
+    than MIN_TASK_COVERAGE of its labelled slides embedded, or a split whose training or test slides lose a
+    class once the slides without embedding are dropped (evaluate refuses such a split)."""
+    labels = load_labels(reference / "tables" / f"{task}.csv")
+    n_embedded = len(embedded.intersection(labels.index))
+    if n_embedded < MIN_TASK_COVERAGE * len(labels):
+        return f"{task} ({n_embedded} of {len(labels)} labelled slides embedded)"
+    classes = set(labels.unique())
+    for size, files in find_split_sets(reference / "splitdirs" / task).items():
+        for path in files:
+            for part in read_split(path):
+                kept = [slide for slide in part if slide in embedded and slide in labels.index]
+                if set(labels.loc[kept]) != classes:
+                    return f"{task} (split {size}/{path.name} loses a class without the missing slides)"
+    return None
+
+
+def covered_tasks(reference: Path, tasks: list[str], embedded: set[str], covered_only: bool) -> list[str]:
+    """``tasks`` less those the embeddings do not cover: refused in one line unless ``covered_only``."""
+    uncovered = {task: reason for task in tasks if (reason := task_coverage(reference, task, embedded))}
+    kept = [task for task in tasks if task not in uncovered]
+    if uncovered and (not covered_only or not kept):
+        raise ValueError(
+            f"the embeddings do not cover task(s) {', '.join(uncovered.values())}: their card AUCs could not be "
+            f"reproduced; embed those slides, or pass {flag_of('covered_tasks_only')} to release only "
+            f"{', '.join(kept) or 'the covered tasks (none here)'}"
+        )
+    if uncovered:
+        logging.getLogger(__name__).warning("left out the uncovered task(s) %s", ", ".join(uncovered))
+    return kept
+
+
 def write_release_folder(
     embeddings: str | Path,
     out: str | Path,
@@ -161,22 +202,21 @@ def write_release_folder(
     model: str | None = None,
     tile_encoder: str = PAPER_ENCODER,
     tasks: list[str] | None = None,
+    covered_only: bool = False,
 ) -> Path:
-    """Write the repo's folder: npy pair, parquet, tables, split folders, metadata and card."""
+    """Write the repo's folder: npy pair, parquet, tables, split folders, metadata and card; the tasks the
+    embeddings do not cover (:func:`task_coverage`) are refused, or left out with ``covered_only``."""
     reference, out = Path(reference), Path(out)
     tasks = tasks or list(TASKS)
     missing = [t for t in tasks if not (reference / "tables" / f"{t}.csv").is_file()]
     if missing:
         raise ValueError(f"{reference}: no label table for task(s) {missing} (expected tables/<task>.csv)")
     ids, vectors = load_embeddings(embeddings)
+    tasks = covered_tasks(reference, tasks, set(ids.astype(str)), covered_only)
     labelled = set()
     for task in tasks:
         labelled |= set(load_labels(reference / "tables" / f"{task}.csv").index)
     covered = len(labelled & set(ids))
-    if covered == 0:
-        raise ValueError(
-            f"{embeddings}: none of the {len(labelled)} labelled TCGA slide IDs has an embedding"
-        )
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / NPY_EMBEDDINGS, vectors.astype(np.float32))
     np.save(out / NPY_IDS, np.asarray(ids, dtype=str))
@@ -227,6 +267,11 @@ class ReleaseSettings:
         PAPER_ENCODER, "tile encoder description (by default the paper's MoCo ResNet18)"
     )
     private: bool = option(False, "create the repo private")
+    covered_tasks_only: bool = option(
+        False,
+        f"release only the tasks the embeddings cover (at least {MIN_TASK_COVERAGE:.0%} of the labelled slides, "
+        "and every split keeps its classes) instead of refusing",
+    )
 
 
 def build_parser() -> SettingsParser:
@@ -244,11 +289,13 @@ def publish(settings: ReleaseSettings) -> int:
     """Write the release folder to ``--dry-run``, or into a temporary folder uploaded to the repo."""
     s = settings
     options = dict(repo_id=s.repo_id, reference=s.reference_dir, cohort=s.cohort, model=s.model)
-    options["tile_encoder"] = s.tile_encoder
+    options.update(tile_encoder=s.tile_encoder, covered_only=s.covered_tasks_only)
     if s.dry_run is not None:
         if s.dry_run.exists() and any(s.dry_run.iterdir()):
             raise ValueError(f"{flag_of('dry_run')} {s.dry_run} is not empty; choose an empty or new folder")
-        print(f"dry run: wrote {write_release_folder(s.embeddings, s.dry_run, **options)}")
+        with staged_directory(s.dry_run) as staging:  # a failure leaves no half-written folder to refuse
+            write_release_folder(s.embeddings, staging, **options)
+        print(f"dry run: wrote {s.dry_run}")
         return 0
     with tempfile.TemporaryDirectory() as staging:
         folder = write_release_folder(s.embeddings, staging, **options)

@@ -1,6 +1,7 @@
 """The layout of a training run's folder (``giga-ssl train --output-dir OUT``), which embed, heatmap, the Hub
 and the pipeline read. Names only, so that any reader stays light::
 
+    OUT/training_settings.json           the settings the run was started with (a resume compares its own)
     OUT/checkpoints/checkpoint_<step>/   accelerate's save_state (resume with --resume-from-checkpoint)
     OUT/final/                           the exported encoder (AutoModel.from_pretrained) and its
                                          training_summary.json
@@ -10,3 +11,4 @@ and the pipeline read. Names only, so that any reader stays light::
 CHECKPOINTS_DIRNAME = "checkpoints"
 FINAL_DIRNAME = "final"
 LOGS_DIRNAME = "logs"
+SETTINGS_FILENAME = "training_settings.json"

@@ -248,35 +248,58 @@ def save_probes(settings: EvaluateSettings, labels: list[str], embeddings) -> li
     return folders
 
 
-def mean_pool_baseline(features: str) -> tuple:
-    """The mean-pool baseline's ``(ids, L2-normalised mean tile features)``, shaped like slide embeddings."""
+def mean_pool_baseline(features: str, slide_ids=None) -> tuple:
+    """The mean-pool baseline's ``(ids, L2-normalised mean tile features)``, shaped like slide embeddings; with
+    ``slide_ids`` (the embeddings' slides) of those slides only, so that both are probed on the same slides."""
     import numpy as np
 
     from giga_ssl_hf.features.pooling import mean_pool_folder
 
     ids, means = mean_pool_folder(features)
+    if slide_ids is not None:
+        keep = np.isin(ids.astype(str), np.asarray(slide_ids).astype(str))
+        ids, means = ids[keep], means[keep]
     norms = np.linalg.norm(means, axis=1, keepdims=True)
     return ids, means / np.where(norms > 0, norms, 1.0)
 
 
-def _probe_all(settings: EvaluateSettings, inputs: _Inputs) -> tuple[dict, list]:
+def check_baseline_slides(features: str, embedding_ids, labels: list[str]) -> None:
+    """Before any work: every labelled slide that has an embedding must have tile features for the baseline,
+    or the two would be probed on different slides (features of another cohort: on none)."""
+    from giga_ssl_hf.contracts.extraction_folder import EXHAUSTIVE
+    from giga_ssl_hf.contracts.tile_features import load_tile_dataset, resolve_tile_dataset_dir
+    from giga_ssl_hf.evaluation.data import load_labels
+
+    dataset = load_tile_dataset(resolve_tile_dataset_dir(features, EXHAUSTIVE))
+    featured = {str(slide) for slide in dataset.data.column("slide_id").to_pylist()}
+    embedded = {str(slide) for slide in embedding_ids}
+    for table in labels:
+        needed = embedded.intersection(load_labels(table).index.astype(str))
+        missing = sorted(needed - featured)
+        if missing:
+            raise ValueError(
+                f"--features {features} lacks {len(missing)} of the {len(needed)} slides of {table} that have an "
+                f"embedding (e.g. {missing[0]!r}): give the tile features of the embedded slides for --baseline"
+            )
+
+
+def _probe_all(settings: EvaluateSettings, inputs: _Inputs, embeddings: tuple) -> tuple[dict, list]:
     """The embeddings (and baseline) probed on every task: ``({name: (ids, vectors)}, results)``."""
-    from giga_ssl_hf.contracts.slide_embeddings import load_embeddings
     from giga_ssl_hf.evaluation.classifier import parse_c
     from giga_ssl_hf.evaluation.probe import evaluate_embeddings
     from giga_ssl_hf.evaluation.train_sizes import parse_train_sizes
 
     train_sizes = parse_train_sizes(settings.train_sizes)
     probe = {"standardize": settings.standardize, "C": parse_c(settings.C)}
-    sources = {"embeddings": load_embeddings(settings.embeddings)}
+    sources = {"embeddings": embeddings}
     if settings.baseline:
-        sources[settings.baseline] = mean_pool_baseline(settings.features)
+        sources[settings.baseline] = mean_pool_baseline(settings.features, embeddings[0])
     results = [
         result
-        for name, embeddings in sources.items()
+        for name, vectors in sources.items()
         for labels, split in zip(inputs.labels, inputs.splits)
         for result in evaluate_embeddings(
-            embeddings, labels, split, inputs.folds, train_sizes, settings.seed, embedding=name, **probe
+            vectors, labels, split, inputs.folds, train_sizes, settings.seed, embedding=name, **probe
         )
     ]
     return sources, results
@@ -293,15 +316,21 @@ def _retrieval(settings: EvaluateSettings, inputs: _Inputs, sources: dict) -> li
 
 def evaluate(settings: EvaluateSettings) -> int:
     """Run ``giga-ssl evaluate``: print the AUC table, write the outputs and the probes asked for."""
+    from giga_ssl_hf.contracts.slide_embeddings import load_embeddings
+
+    inputs = resolve_inputs(settings)
+    embeddings = load_embeddings(settings.embeddings)
+    # Before the evaluation, and before sklearn and matplotlib are imported: refusals come at once.
+    if settings.baseline:  # another cohort's features would fail only after the embeddings' run
+        check_baseline_slides(settings.features, embeddings[0], inputs.labels)
     from giga_ssl_hf.evaluation.classifier import parse_c
     from giga_ssl_hf.evaluation.report import format_table, write_outputs
     from giga_ssl_hf.evaluation.saved_probe import check_probe_target
 
-    inputs = resolve_inputs(settings)
-    if settings.save_probe:  # before the evaluation: a refused target should not cost a whole run
+    if settings.save_probe:  # a refused target should not cost a whole run
         for folder in probe_folders(settings.save_probe, settings.task_names):
             check_probe_target(folder, settings.overwrite_probe)
-    sources, results = _probe_all(settings, inputs)
+    sources, results = _probe_all(settings, inputs, embeddings)
     if settings.standardize or settings.C or settings.baseline:
         c_text = ",".join(f"{c:g}" for c in parse_c(settings.C))
         print(

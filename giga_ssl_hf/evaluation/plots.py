@@ -17,6 +17,7 @@ from sklearn.metrics import roc_curve  # noqa: E402
 
 from giga_ssl_hf.evaluation.results import ProbeResult  # noqa: E402
 from giga_ssl_hf.evaluation.train_sizes import FULL  # noqa: E402
+from giga_ssl_hf.inference.heatmap_plot import save_figure  # noqa: E402
 
 FPR_GRID = np.linspace(0, 1, 501)
 
@@ -164,8 +165,5 @@ def _slug(text: str) -> str:
 
 
 def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, Path(path), dpi=120)

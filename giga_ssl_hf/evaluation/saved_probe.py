@@ -9,7 +9,8 @@
 - ``probe.json``: ``format``, ``format_version``, ``classes`` (in column order), ``embedding_dim``,
   ``standardize`` (whether the scaler arrays are present), the classifier's settings, the training counts,
   and ``embeddings``: the source it was fit on and that source's metadata (the embedding model and revision,
-  strategy, views), so that a probe is never applied to another model's embeddings unnoticed.
+  strategy, views, and the sha256 of its weight files), so that a probe is never applied to another model's
+  embeddings unnoticed (``giga-ssl heatmap`` compares that hash with its ``--model``'s).
 
 :meth:`SavedProbe.load` reads it back with numpy and no sklearn; scores match ``LogisticRegression`` exactly.
 """
@@ -24,8 +25,6 @@ import numpy as np
 import pandas as pd
 
 from giga_ssl_hf.contracts import PROBE_CONFIG, PROBE_WEIGHTS
-from giga_ssl_hf.evaluation.classifier import PAPER_CLASSIFIER
-from giga_ssl_hf.evaluation.probe import AlignedTask, no_drops
 from giga_ssl_hf.files import staged_directory
 
 PROBE_FORMAT = "giga-ssl-linear-probe"
@@ -119,7 +118,16 @@ class SavedProbe:
 
     @property
     def embedding_model(self) -> str | None:
-        return (self.info.get("embeddings") or {}).get("metadata", {}).get("model") or None
+        return self._embeddings_metadata.get("model") or None
+
+    @property
+    def embedding_model_sha256(self) -> str | None:
+        """sha256 of the weight files of the model that made the embeddings (recorded by giga-ssl embed)."""
+        return self._embeddings_metadata.get("model_sha256") or None
+
+    @property
+    def _embeddings_metadata(self) -> dict:
+        return (self.info.get("embeddings") or {}).get("metadata") or {}
 
     def _arrays(self) -> dict[str, np.ndarray]:
         arrays = {"coef": self.coef, "intercept": self.intercept}
@@ -212,22 +220,26 @@ def fit_saved_probe(
     standardize: bool = False,
     embeddings_source: str | None = None,
     embeddings_metadata: dict | None = None,
-    C: float = PAPER_CLASSIFIER["C"],
+    C: float | None = None,
 ) -> SavedProbe:
     """Fit the paper's classifier on every labelled slide that has an embedding; returns the probe.
 
     ``standardize`` fits a per-dimension standardisation (mean, std over those slides) before the classifier;
     ``C`` replaces the paper's inverse regularisation (10).
     """
+    # Imported here: loading a probe (heatmap) needs neither sklearn nor the evaluation's data handling.
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
+
+    from giga_ssl_hf.evaluation.classifier import PAPER_CLASSIFIER
+    from giga_ssl_hf.evaluation.probe import AlignedTask, no_drops
 
     aligned = AlignedTask(task, np.asarray(ids).astype(str), np.asarray(embeddings, dtype=np.float32), labels)
     dropped = no_drops()
     rows, y = aligned.select(list(aligned.class_of), dropped)
     x = aligned.embeddings[rows]  # float32, as the evaluation fits it
     scaler = StandardScaler().fit(x) if standardize else None
-    settings = {**PAPER_CLASSIFIER, "C": C}
+    settings = {**PAPER_CLASSIFIER, "C": PAPER_CLASSIFIER["C"] if C is None else C}
     classifier = LogisticRegression(**settings).fit(scaler.transform(x) if scaler else x, y)
     counts = np.bincount(y, minlength=len(aligned.classes))
     info = {

@@ -35,7 +35,8 @@ def read_slides_csv(csv_path: str | Path) -> list[SlideEntry]:
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise FileNotFoundError(f"no such slides CSV: {csv_path}")
-    with open(csv_path, newline="") as handle:
+    # utf-8-sig: spreadsheets save "CSV UTF-8" with a byte-order mark, which would otherwise prefix the header.
+    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         columns = [c.strip() for c in reader.fieldnames or []]
         if "path" not in columns:
@@ -43,9 +44,14 @@ def read_slides_csv(csv_path: str | Path) -> list[SlideEntry]:
                 f"{csv_path}: needs a 'path' column (found: {', '.join(columns) or 'no header'})"
             )
         entries = []
-        for line, row in enumerate(reader, start=2):
-            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-            where = f"{csv_path}, line {line}"
+        for row in reader:
+            where = f"{csv_path}, line {reader.line_num}"
+            if None in row:  # DictReader files the cells beyond the header under None
+                raise ValueError(
+                    f"{where}: {len(columns) + len(row[None])} fields but the header has {len(columns)} "
+                    "(quote cells that contain commas)"
+                )
+            row = {k.strip(): (v or "").strip() for k, v in row.items()}
             if not row["path"]:
                 raise ValueError(f"{where}: empty path")
             path = Path(row["path"]).expanduser()

@@ -17,8 +17,11 @@ its published size).
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import importlib.util
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,6 +163,50 @@ PRESETS: dict[str, EncoderPreset] = {
         ),
     )
 }  # fmt: skip
+
+
+def unknown_encoder_message(name: str, candidates: list[str]) -> str:
+    """Why ``name`` names no encoder, with the nearest of ``candidates`` (names are compared in lower case)."""
+    lowered = {candidate.lower(): candidate for candidate in candidates}
+    close = [lowered[c] for c in difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.6)]
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return (
+        f"unknown encoder {name!r}: not a preset ('giga-ssl encoders' lists them), a timm model name nor an "
+        f"hf-hub: id{hint}"
+    )
+
+
+def _timm_sources() -> str | None:
+    """The text of timm's model modules, read without importing timm (which imports torch: seconds and a
+    gigabyte); None when timm is not installed."""
+    spec = importlib.util.find_spec("timm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "models"
+    return "\n".join(path.read_text(errors="ignore") for path in sorted(folder.rglob("*.py")))
+
+
+def resolve_encoder_name(name: str) -> str:
+    """A preset's name typed in any case -> the preset (``UNI`` -> ``uni``); other names unchanged.
+
+    A name that can be neither a preset, an ``hf-hub:`` id nor a timm model raises a ValueError naming the
+    nearest ones, before torch is imported: timm registers its models as functions (``@register_model def
+    name(...)``), so a name that is not a word of timm's model sources is none of them. The other names are
+    left to timm to judge.
+    """
+    by_lower = {preset.lower(): preset for preset in PRESETS}
+    if name.lower() in by_lower:
+        return by_lower[name.lower()]
+    if name.startswith("hf-hub:"):
+        return name
+    architecture = name.split(".", 1)[0]  # timm's "name.pretrained_tag"
+    sources = _timm_sources()
+    if sources is None or (
+        architecture.isidentifier() and re.search(rf"\b{re.escape(architecture)}\b", sources)
+    ):
+        return name
+    timm_names = re.findall(r"@register_model\s+def (\w+)\(", sources)
+    raise ValueError(unknown_encoder_message(name, [*PRESETS, *timm_names]))
 
 
 class WeightsUnavailableError(ValueError):

@@ -23,7 +23,14 @@ import torch
 from torch import nn
 
 from giga_ssl_hf.checkpoints import load_state_dict_file
-from giga_ssl_hf.features.encoder_presets import PRESETS, EncoderPreset, download_preset_weights, file_sha256
+from giga_ssl_hf.features.encoder_presets import (
+    PRESETS,
+    EncoderPreset,
+    download_preset_weights,
+    file_sha256,
+    resolve_encoder_name,
+    unknown_encoder_message,
+)
 from giga_ssl_hf.runtime import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -225,6 +232,17 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _load_into(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    expected = module.state_dict()
+    other_shapes = [
+        f"{key} {tuple(value.shape)} in the file, {tuple(expected[key].shape)} in the encoder"
+        for key, value in state_dict.items()
+        if key in expected and value.shape != expected[key].shape
+    ]
+    if other_shapes:  # load_state_dict would raise a multi-line RuntimeError listing every one
+        raise ValueError(
+            f"{source}: the weights are of another architecture than the encoder ({len(other_shapes)} tensors "
+            f"of other shapes, e.g. {other_shapes[0]}); pass the --encoder they were trained with"
+        )
     result = module.load_state_dict(state_dict, strict=False)
     if result.missing_keys:
         raise ValueError(
@@ -265,9 +283,10 @@ def _build_preset(
         backbone = load_transformers_preset(preset, weights if weights is not None else preset.source)
         provenance["revision"] = getattr(weights_target(preset, backbone).config, "_commit_hash", None)
         return backbone, provenance
+    # The weights first: unavailable ones are refused in seconds, before a model of gigabytes is built.
+    path, provenance["revision"] = download_preset_weights(preset) if download else (None, None)
     backbone = build_preset_backbone(preset)
-    if weights is None and download:
-        path, provenance["revision"] = download_preset_weights(preset)
+    if path is not None:
         state_dict = load_weights_file(path)
         target = weights_target(preset, backbone)
         _resample_position_embedding(target, state_dict)
@@ -288,6 +307,9 @@ def build_tile_encoder(
     call gives the same weights in every process (a resumed extraction must match an uninterrupted one).
     ``weights`` (a local file) wins over ``pretrained``.
     """
+    name = resolve_encoder_name(name)
+    if name not in PRESETS and not name.startswith("hf-hub:") and not timm.is_model(name):
+        raise ValueError(unknown_encoder_message(name, [*PRESETS, *timm.list_models()]))
     download = pretrained and weights is None
     if weights is not None and not Path(weights).is_file():
         transformers_preset = name in PRESETS and PRESETS[name].family.startswith("transformers")

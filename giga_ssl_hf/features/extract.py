@@ -50,7 +50,9 @@ examples:
 output (--out DIR): DIR/exhaustive/ and DIR/augmented/ (datasets.load_from_disk), DIR/manifest.jsonl (one
 line per slide: slide_id, path, status ok|failed|empty, n_tiles, seconds, error), DIR/thumbnails/*.png.
 Rerunning the same command resumes: finished slides are skipped, failed ones retried. The exit status
-is 1 when a slide failed (see the summary and the manifest), 0 otherwise.
+is 1 when a slide failed (see the summary and the manifest), 0 otherwise; 130 when interrupted (Ctrl-C).
+Runs may share DIR: one whose settings differ from a live run's is refused; slides another live run holds
+are waited for (and taken over if that run dies), so a run ends only with all its slides.
 """
 
 
@@ -83,7 +85,12 @@ def run(options: ExtractionRun, config: ExtractionConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(build_parser(), run, argv)
+    try:
+        return run_main(build_parser(), run, argv)
+    except KeyboardInterrupt:
+        # Every slide is committed atomically: what was finished is kept, and the next run removes the
+        # interrupted slide's temporaries and resumes.
+        return fail(PROG, "interrupted; rerun the same command to resume (finished slides are kept)", 130)
 
 
 def format_summary(summary: ExtractionSummary) -> str:
@@ -97,7 +104,7 @@ def format_summary(summary: ExtractionSummary) -> str:
     lines += [f"  FAILED {slide_id}: {error}" for slide_id, error in summary.failed]
     if summary.busy:
         lines.append(
-            f"  {len(summary.busy)} slide(s) being extracted by another process: {', '.join(summary.busy)}"
+            f"  waited for {len(summary.busy)} slide(s) another process held: {', '.join(summary.busy)}"
         )
     if summary.waiting_for:
         share, count = summary.share

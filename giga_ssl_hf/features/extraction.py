@@ -7,12 +7,15 @@ Output folder (a contract later stages rely on)::
     OUT/exhaustive/       every kept tile once per slide (aug_id = -1); datasets.load_from_disk
     OUT/augmented/        n_aug rows per slide of n_tiles_per_aug sampled tiles, one augmentation per row
     OUT/manifest.jsonl    one JSON object per slide: slide_id, path, status (ok|failed|empty), n_tiles,
-                          seconds, error (+ patch_size_level0, mpp, level, ...)
+                          seconds, error (+ patch_size_level0, mpp, level, ...); written with the Datasets
+                          (and when a share ends), not after each slide: a slide's commit costs the same
+                          at slide 30,000 as at slide 1
     OUT/parts/            committed per-slide results (what makes reruns resume)
     OUT/thumbnails/       with --thumbnails: <slide_id>.png, tissue outline (green) and kept tiles (blue)
     OUT/extract_config.json  the settings that determine the features (a rerun must use the same)
     OUT/tile_encoder.json the tile encoder's provenance record
-    OUT/locks/            a lock per slide being processed (several processes can share OUT)
+    OUT/locks/            a lock per slide being processed and per running extraction (several processes
+                          can share OUT)
     OUT/shares/           with --shard or a launcher: I-of-N.json once share I of N is done
 
 Several processes (``accelerate launch``, ``torchrun``, ``--shard I/N``) split the slides between them and the
@@ -22,8 +25,8 @@ point then rerun gives the same Datasets as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -43,6 +46,7 @@ from giga_ssl_hf.features import sharding
 from giga_ssl_hf.features.assemble import assemble_datasets, tile_encoder_record, write_manifest
 from giga_ssl_hf.features.cohort import SlideEntry, collect_slides
 from giga_ssl_hf.features.extraction_settings import BOTH_PASSES, ExtractionConfig, ExtractionRun
+from giga_ssl_hf.features.settings_check import changed_settings, claim_settings
 from giga_ssl_hf.features.slide_encoding import PassProgress, SlideOptions, process_slide
 from giga_ssl_hf.files import dumps_strict, remove_stale_temporaries, write_text_atomic
 
@@ -62,7 +66,7 @@ class ExtractionSummary:
     empty: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    busy: list[str] = field(default_factory=list)  # being extracted by another live process: left to it
+    busy: list[str] = field(default_factory=list)  # held by another live process when reached: waited for
     share: tuple[int, int] | None = None  # (I, N) when this process ran share I of N
     waiting_for: list[int] = field(default_factory=list)  # shares not done yet: the last one assembles
     unsupported_files: list[Path] = field(default_factory=list)  # in the input folders, not slide formats
@@ -76,36 +80,6 @@ class ExtractionSummary:
     def tiles_per_second(self) -> float:
         """Encoded images per second, both passes together."""
         return sum(self.n_encoded.values()) / self.seconds if self.seconds > 0 else 0.0
-
-
-def _settings_change(out_dir: Path, config: ExtractionConfig, store: PartStore, overwrite: bool) -> bool:
-    """Whether ``out_dir``'s committed slides must be discarded because the settings changed.
-
-    Raises when they differ from the settings of finished slides and ``overwrite`` is not set. A folder where
-    no slide finished (a first run that failed early) takes the new settings.
-    """
-    path = out_dir / CONFIG_FILENAME
-    if not path.exists():
-        return False
-    # A setting added since the folder was made compares as its default (None): not a change; folders from
-    # before --aug-sampling drew their augmentations at random.
-    existing = {"aug_sampling": "random", **json.loads(path.read_text())}
-    wanted = dataclasses.asdict(config)
-    changed = sorted(k for k in set(existing) | set(wanted) if existing.get(k) != wanted.get(k))
-    if not changed:
-        return False
-    finished = [r for r in store.records() if r["status"] in ("ok", "empty")]
-    if finished and not overwrite:
-        detail = ", ".join(f"{k}: {existing.get(k)!r} there, {wanted.get(k)!r} now" for k in changed)
-        raise ValueError(
-            f"{out_dir} holds {len(finished)} slide(s) extracted with other settings ({detail}); "
-            "use another --out, or --overwrite to discard them"
-        )
-    if finished:
-        logger.warning(
-            "settings changed (%s): discarding every committed slide of %s", ", ".join(changed), out_dir
-        )
-    return True
 
 
 def _find_inputs(
@@ -159,8 +133,9 @@ def _plan(
 ) -> tuple[list[tuple[SlideEntry, tuple[str, ...]]], list[str]]:
     """(slides to do with the passes to compute for each, ids of the slides already done)."""
     todo, done = [], []
+    committed = set() if redo_all else store.committed_ids()  # one listing: records read only where needed
     for entry in slides:
-        previous = None if redo_all else store.record(entry.slide_id)
+        previous = store.record(entry.slide_id) if entry.slide_id in committed else None
         if _finished(previous, passes):
             done.append(entry.slide_id)
             continue
@@ -173,17 +148,22 @@ def _plan(
 
 
 def _prepare_folder(
-    out_dir: Path, config: ExtractionConfig, store: PartStore, discard: bool, runner: EncoderRunner | None
+    out_dir: Path,
+    config: ExtractionConfig,
+    store: PartStore,
+    discard: bool,
+    runner: EncoderRunner | None,
+    locks: sharding.SlideLocks,
 ) -> None:
-    """Create ``out_dir``, clear what a killed run left, record the settings and the tile encoder."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # One process at a time: another process of the job may have written the settings (and, when they
-    # changed, cleared the folder) since this one looked.
-    with sharding.SlideLocks(out_dir / LOCKS_DIRNAME).hold(".setup"):
+    """Clear what a killed run left, and the slides of other settings when ``discard``; record the settings and
+    the tile encoder."""
+    with locks.hold(".setup"):
         store.remove_temporaries()
         remove_stale_temporaries(out_dir)
         config_path = out_dir / CONFIG_FILENAME
-        if discard and config_path.exists() and _settings_change(out_dir, config, store, True):
+        # Another run of these settings (this one's run lock keeps others out) may have cleared the folder
+        # and written them since this one looked.
+        if discard and changed_settings(out_dir, config):
             store.clear()
             (out_dir / ENCODER_FILENAME).unlink(missing_ok=True)
         if discard or not config_path.exists():
@@ -216,52 +196,65 @@ def _run_slide(
         record, arrays = {"status": "failed", "n_tiles": 0, "error": f"{type(error).__name__}: {error}"}, None
     record.update(slide_id=slide_id, path=str(entry.path), seconds=round(time.perf_counter() - began, 3))
     record["passes"] = list(options.passes) if record["status"] == "ok" else []
+    # The commit alone: its cost does not grow with the cohort (the manifest is written at assembly).
     with store.disk_full_names(f"slide {slide_id} into {out_dir}"):
         store.commit(record, arrays)
-        write_manifest(store, out_dir)
     return record
 
 
-def _extract_todo(todo, runner, config, options: SlideOptions, store, summary, redo: bool, progress: bool):
-    """Process the planned slides, each under its lock, counting results into ``summary``."""
+def _extract_todo(
+    todo,
+    runner,
+    config,
+    options: SlideOptions,
+    store,
+    summary,
+    locks: sharding.SlideLocks,
+    redo: bool,
+    progress,
+):
+    """Process the planned slides, each under its lock, counting results into ``summary``; wait for the slides
+    other live processes hold (see :func:`~giga_ssl_hf.features.sharding.wait_for_holders`)."""
     from tqdm.auto import tqdm
 
-    locks = sharding.SlideLocks(summary.out_dir / LOCKS_DIRNAME)
-    locks.start()  # heartbeat of the slide locks this process will hold
     slide_bar = tqdm(todo, desc="slides", unit="slide", disable=not progress)
     pass_progress = PassProgress(enabled=progress)
+
+    def try_slide(entry: SlideEntry, slide_passes: tuple[str, ...]) -> bool:
+        """Process ``entry`` under its lock; False when a live process holds the lock."""
+        slide_id = entry.slide_id
+        with store.disk_full_names(f"slide {slide_id} into {summary.out_dir}"):
+            if not locks.acquire(slide_id):
+                return False
+        try:
+            if not redo and _finished(store.record(slide_id), options.passes):
+                summary.skipped.append(slide_id)  # committed by another process since the plan was made
+                return True
+            slide_options = dataclasses.replace(options, passes=slide_passes)
+            record = _run_slide(entry, runner, config, slide_options, pass_progress, store, summary.out_dir)
+        finally:
+            locks.release(slide_id)
+        if record["status"] == "ok":
+            summary.ok.append(slide_id)
+            summary.n_tiles += record["n_tiles"]
+            summary.n_views += config.n_aug if AUGMENTED in slide_passes else 0
+        elif record["status"] == "empty":
+            summary.empty.append(slide_id)
+        else:
+            summary.failed.append((slide_id, record["error"]))
+        return True
+
     try:
+        busy = []
         for entry, slide_passes in slide_bar:
-            slide_id = entry.slide_id
-            slide_bar.set_postfix_str(slide_id)
-            with store.disk_full_names(f"slide {slide_id} into {summary.out_dir}"):
-                acquired = locks.acquire(slide_id)
-            if not acquired:
-                logger.info("%s: another process is working on it, left to it", slide_id)
-                summary.busy.append(slide_id)
-                continue
-            try:
-                if not redo and _finished(store.record(slide_id), options.passes):
-                    summary.skipped.append(slide_id)  # committed by another process since the plan was made
-                    continue
-                slide_options = dataclasses.replace(options, passes=slide_passes)
-                record = _run_slide(
-                    entry, runner, config, slide_options, pass_progress, store, summary.out_dir
-                )
-            finally:
-                locks.release(slide_id)
-            if record["status"] == "ok":
-                summary.ok.append(slide_id)
-                summary.n_tiles += record["n_tiles"]
-                summary.n_views += config.n_aug if AUGMENTED in slide_passes else 0
-            elif record["status"] == "empty":
-                summary.empty.append(slide_id)
-            else:
-                summary.failed.append((slide_id, record["error"]))
+            slide_bar.set_postfix_str(entry.slide_id)
+            if not try_slide(entry, slide_passes):
+                busy.append((entry, slide_passes))
+        summary.busy = [entry.slide_id for entry, _ in busy]
+        sharding.wait_for_holders(busy, try_slide, locks)
     finally:
         pass_progress.close()
         slide_bar.close()
-        locks.close()
     summary.n_encoded = dict(pass_progress.encoded)
 
 
@@ -336,30 +329,52 @@ def run_extraction(
     run: ExtractionRun, config: ExtractionConfig | None = None, wait_for_shares: bool = False
 ) -> ExtractionSummary:
     """:func:`extract_slides` with its run's settings already checked (the command line's path)."""
+    config, out_dir = config or ExtractionConfig(), run.out
+    passes = _check(config, run.passes)
+    summary = ExtractionSummary(out_dir=out_dir)
+    new_folder = not out_dir.exists()
+    try:
+        # The locks' heartbeat runs, and this process's run lock is held, until its last write.
+        with sharding.SlideLocks(out_dir / LOCKS_DIRNAME) as locks:
+            _run_in_folder(run, config, passes, summary, locks, wait_for_shares)
+    except BaseException:
+        if new_folder:  # a refused or failed first run leaves no empty folder behind
+            for folder in (out_dir / LOCKS_DIRNAME, out_dir):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        raise
+    return summary
+
+
+def _run_in_folder(
+    run: ExtractionRun, config, passes, summary: ExtractionSummary, locks, wait_for_shares
+) -> None:
+    """Claim the folder, plan, build the encoder, extract, and assemble (the last process to finish)."""
     from giga_ssl_hf.features.runner import build_runner
     from giga_ssl_hf.features.store import PartStore
 
-    config, out_dir = config or ExtractionConfig(), run.out
-    passes = _check(config, run.passes)
-    slides, unsupported = _find_inputs(run.inputs, run.recursive, run.slides_csv)
-    share, job = _share_of(slides, run.share)
+    out_dir = run.out
     store = PartStore(out_dir / PARTS_DIRNAME)
-    discard = _settings_change(out_dir, config, store, run.overwrite)
-    todo, done = _plan(job, store, passes, redo_all=discard or run.overwrite)
-    summary = ExtractionSummary(out_dir=out_dir, skipped=done, unsupported_files=unsupported, share=share)
+    # First, and light (before the slides are listed and the encoder is built): a run whose settings differ
+    # from a live run's is refused at once. The check holds until this run's lock is taken.
+    with locks.hold(".setup", poll_seconds=0.1):
+        discard = claim_settings(out_dir, config, store, run.overwrite, locks)
+    slides, summary.unsupported_files = _find_inputs(run.inputs, run.recursive, run.slides_csv)
+    summary.share, job = _share_of(slides, run.share)
+    todo, summary.skipped = _plan(job, store, passes, redo_all=discard or run.overwrite)
     _log_plan(summary)
     runner = build_runner(config, run.device) if todo else None
-    _prepare_folder(out_dir, config, store, discard, runner)
+    _prepare_folder(out_dir, config, store, discard, runner, locks)
     thumbnails_dir = out_dir / THUMBNAILS_DIRNAME if run.thumbnails else None
     slide_options = SlideOptions(
         passes, run.mpp, run.override_mpp, run.batch_size, run.num_readers, run.decode, thumbnails_dir
     )
     start = time.perf_counter()
-    _extract_todo(todo, runner, config, slide_options, store, summary, run.overwrite or discard, run.progress)
+    redo = run.overwrite or discard
+    _extract_todo(todo, runner, config, slide_options, store, summary, locks, redo, run.progress)
     summary.seconds = time.perf_counter() - start
-    if share is not None:
+    if summary.share is not None:
         key = sharding.run_key([e.slide_id for e in slides], passes)
         if not _others_done(summary, key, job, store, wait_for_shares):
-            return summary
+            return
     summary.datasets = assemble_datasets(out_dir, config, passes, runner)
-    return summary

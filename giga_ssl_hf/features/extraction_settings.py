@@ -12,7 +12,7 @@ from typing import Literal
 
 from giga_ssl_hf.contracts import TILE_DECODERS
 from giga_ssl_hf.contracts.extraction_folder import AUGMENTED, EXHAUSTIVE
-from giga_ssl_hf.features.encoder_presets import PRESETS
+from giga_ssl_hf.features.encoder_presets import PRESETS, resolve_encoder_name
 from giga_ssl_hf.features.sharding import parse_shard
 from giga_ssl_hf.settings import flag_of, option
 
@@ -83,6 +83,7 @@ class ExtractionConfig:
     )
 
     def __post_init__(self):
+        self.encoder = resolve_encoder_name(self.encoder)
         preset = PRESETS.get(self.encoder)
         if self.tile_size is None:
             self.tile_size = preset.input_size if preset else DEFAULT_TILE_SIZE

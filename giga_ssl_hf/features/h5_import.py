@@ -23,12 +23,15 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 import giga_ssl_hf
+from giga_ssl_hf.contracts import METADATA_FILENAME
 from giga_ssl_hf.settings import SettingsParser, option, run_main
 
 if TYPE_CHECKING:
     import h5py
 
 logger = logging.getLogger(__name__)
+
+SOURCE = "giga-ssl import-h5"  # the metadata's "source": how an earlier output of this command is recognised
 
 
 @dataclass
@@ -58,10 +61,11 @@ def _scalar(value) -> float:
 
 
 def _find_slide(slides_dir: Path | None, slide_id: str) -> Path | None:
-    from giga_ssl_hf.wsi.slide import SLIDE_EXTENSIONS
-
     if slides_dir is None:
         return None
+    # Imported only when needed: the slide module imports torch, which doubles a refusal's time and memory.
+    from giga_ssl_hf.wsi.slide import SLIDE_EXTENSIONS
+
     for path in sorted(slides_dir.glob(f"{slide_id}.*")):
         if path.suffix.lower() in SLIDE_EXTENSIONS:
             return path
@@ -74,6 +78,8 @@ def _read_arrays(
     """(features (n, D), coords (n, 2), attributes, encoder record) of one h5 file (attributes completed from
     CLAM's patch h5 of the same name in ``patches_dir``)."""
     import h5py
+
+    from giga_ssl_hf.wsi.tile_sources import level0_corners
 
     with h5py.File(path, "r") as handle:
         if "features" not in handle or "coords" not in handle:
@@ -89,7 +95,7 @@ def _read_arrays(
         with h5py.File(Path(patches_dir) / path.name, "r") as handle:
             attrs = {**_attributes(handle), **attrs}
     features = features.reshape(-1, features.shape[-1]) if features.ndim == 3 else features
-    coords = coords.reshape(-1, 2).astype(np.int64)
+    coords = level0_corners(coords, path)
     if features.ndim != 2 or len(features) != len(coords):
         raise ValueError(f"{path}: features {features.shape} and coords {coords.shape} disagree")
     return features, coords, attrs, tile_encoder
@@ -152,18 +158,24 @@ def read_h5(
     mpp: float | None = None,
 ) -> H5Slide:
     """One slide's features, coords and tile geometry from a TRIDENT or CLAM h5 file."""
-    from giga_ssl_hf.wsi.slide import open_slide
-
     path = Path(path)
     features, coords, attrs, tile_encoder = _read_arrays(path, patches_dir)
     slide_path = _find_slide(Path(slides_dir) if slides_dir else None, path.stem)
-    slide = open_slide(slide_path, mpp) if slide_path is not None else None
+    slide = None
+    if slide_path is not None:
+        from giga_ssl_hf.wsi.slide import open_slide
+
+        slide = open_slide(slide_path, mpp)
     try:
         layout = (
             "trident" if "patch_size_level0" in attrs else "clam" if "patch_level" in attrs else "unknown"
         )
         if patch_size_level0 is None:
             patch_size_level0 = _patch_size_level0(path, attrs, slide)
+        if patch_size_level0 < 1:
+            raise ValueError(
+                f"{path}: the tile side must be a positive number of level-0 px, got {patch_size_level0}"
+            )
         resolved_mpp, magnification = _resolution(path, attrs, slide, mpp)
     finally:
         if slide is not None:
@@ -213,12 +225,63 @@ def _rows(files: list[Path], first: H5Slide, options: dict, dtype: str, layouts:
         yield {
             "slide_id": slide.slide_id,
             "aug_id": NO_AUGMENTATION,
-            "features": slide.features.astype(dtype),
+            "features": _storable(path, slide.features, dtype),
             "coords": slide.coords,
             "patch_size_level0": slide.patch_size_level0,
             "mpp": slide.mpp,
             "magnification": slide.magnification,
         }
+
+
+def _storable(path: Path, features: np.ndarray, dtype: str) -> np.ndarray:
+    """``features`` as ``dtype``; raises when a value is not finite, or would not be once stored."""
+    if not np.isfinite(features).all():
+        raise ValueError(f"{path}: slide {path.stem} holds NaN or infinite features; re-extract that slide")
+    if dtype == "float16" and features.size:
+        peak = float(np.abs(features).max())
+        if peak > float(np.finfo(np.float16).max):
+            raise ValueError(
+                f"{path}: slide {path.stem} has feature values up to {peak:.4g}, beyond float16's 65504 (they "
+                "would be stored as inf); pass --dtype float32"
+            )
+    return features.astype(dtype)
+
+
+# The files of a ``save_to_disk`` folder with its metadata sidecar: all that import_h5 writes into --out.
+_OWN_FILES = ("data-*.arrow", "dataset_info.json", "state.json", METADATA_FILENAME)
+
+
+def _written_by_import(folder: Path) -> bool:
+    from giga_ssl_hf.contracts import read_metadata
+
+    try:
+        source = read_metadata(folder).get("source")
+    except (OSError, ValueError):
+        return False
+    own = {path for pattern in _OWN_FILES for path in folder.glob(pattern)}
+    return source == SOURCE and all(path in own for path in folder.iterdir())
+
+
+def check_output_folder(out_dir: Path, inputs: Sequence[Path], overwrite: bool) -> None:
+    """Refuse an ``out_dir`` whose replacement would delete what import_h5 did not write: an input (or a
+    folder holding one), a non-empty folder of anything else, or an earlier import without ``overwrite``."""
+    out = out_dir.resolve()
+    for item in inputs:
+        item = item.resolve()
+        if out == item or out in item.parents:
+            raise ValueError(f"--out {out_dir} is or holds the input {item}; choose a new folder")
+    if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
+        return
+    if not _written_by_import(out_dir):
+        raise ValueError(
+            f"--out {out_dir} exists and is not an earlier giga-ssl import-h5 output (it would be deleted); "
+            "choose a new or empty folder"
+        )
+    if not overwrite:
+        raise ValueError(
+            f"--out {out_dir} holds an earlier giga-ssl import-h5 output; pass --overwrite to replace it, or "
+            "choose another folder"
+        )
 
 
 def import_h5(
@@ -231,13 +294,21 @@ def import_h5(
     mpp: float | None = None,
     encoder: str | None = None,
     dtype: str = "float16",
+    overwrite: bool = False,
 ) -> Path:
-    """Write the h5 files (or folders of ``*.h5``) as one tile-feature Dataset folder ``out_dir``."""
+    """Write the h5 files (or folders of ``*.h5``) as one tile-feature Dataset folder ``out_dir``.
+
+    An existing ``out_dir`` is replaced only when it is an earlier output of this function and ``overwrite``
+    is set (see :func:`check_output_folder`); a slide whose features are not finite in ``dtype`` raises, and
+    ``out_dir`` is then left as it was.
+    """
     from giga_ssl_hf.contracts import write_metadata
     from giga_ssl_hf.contracts.extraction_folder import EXHAUSTIVE
     from giga_ssl_hf.features.store import write_tile_dataset
 
     files = _h5_files(paths)
+    sources = [Path(p) for p in (*paths, patches_dir, slides_dir) if p is not None]
+    check_output_folder(Path(out_dir), [*sources, *files], overwrite)
     options = {
         "patch_size_level0": patch_size_level0,
         "patches_dir": patches_dir,
@@ -250,7 +321,7 @@ def import_h5(
     encoders: list[dict | None] = []
     rows = _rows(files, first, options, dtype, layouts, encoders)
     metadata = {
-        "source": "giga-ssl import-h5",
+        "source": SOURCE,
         "pass": EXHAUSTIVE,
         "encoder": encoder,
         "feature_dim": feature_dim,
@@ -273,6 +344,8 @@ examples:
   giga-ssl import-h5 clam_out/h5_files/ --out feats/exhaustive --patches-dir clam_out/patches --slides-dir slides/
 
 The output folder opens with datasets.load_from_disk; one row per slide (aug_id -1), in slide_id order.
+--out must be new or empty; an earlier import-h5 output is replaced only with --overwrite, anything else is
+never touched. Values beyond float16's range are refused (use --dtype float32).
 """
 
 
@@ -283,7 +356,11 @@ class H5ImportSettings:
     paths: tuple[str, ...] = option(
         help="h5 files, or folders of *.h5", positional=True, nargs="+", metavar="H5_OR_DIR"
     )
-    out_dir: Path = option(help="output Dataset folder (replaced if it exists)", flag="--out", metavar="OUT")
+    out_dir: Path = option(
+        help="output Dataset folder: new or empty (an earlier import-h5 output with --overwrite)",
+        flag="--out",
+        metavar="OUT",
+    )
     patch_size_level0: int | None = option(None, "tile side in level-0 px (overrides the attributes)")
     patches_dir: Path | None = option(None, "CLAM patches/ folder whose h5 files hold the patch attributes")
     slides_dir: Path | None = option(
@@ -296,6 +373,7 @@ class H5ImportSettings:
         None, "name of the encoder that produced the features (recorded in the metadata)"
     )
     dtype: Literal["float16", "float32"] = option("float16", "stored feature dtype")
+    overwrite: bool = option(False, "replace --out when it is an earlier import-h5 output")
 
 
 def build_parser() -> SettingsParser:

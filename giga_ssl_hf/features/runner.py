@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -37,9 +38,11 @@ def build_runner(config: ExtractionConfig, device: str) -> EncoderRunner:
     """
     from huggingface_hub import constants
 
-    from giga_ssl_hf.features.encoder_presets import WeightsUnavailableError
-    from giga_ssl_hf.features.encoders import EncoderRunner, build_tile_encoder
+    from giga_ssl_hf.checkpoints import check_weights_file
+    from giga_ssl_hf.features.encoder_presets import PRESETS, WeightsUnavailableError, download_preset_weights
 
+    if config.weights is not None and Path(config.weights).is_file():
+        check_weights_file(config.weights)  # a wrong or truncated file, before torch is imported
     downloads = config.pretrained and config.weights is None
     offline_before = constants.HF_HUB_OFFLINE
     if downloads and not offline_before and not _hub_reachable():
@@ -49,6 +52,11 @@ def build_runner(config: ExtractionConfig, device: str) -> EncoderRunner:
         )
         constants.HF_HUB_OFFLINE = True
     try:
+        if downloads and config.encoder in PRESETS:
+            # Before torch is imported: a refusal then takes a second and little memory.
+            download_preset_weights(PRESETS[config.encoder])
+        from giga_ssl_hf.features.encoders import build_tile_encoder
+
         encoder = build_tile_encoder(config.encoder, pretrained=config.pretrained, weights=config.weights)
     except (OSError, WeightsUnavailableError) as error:
         if not downloads:
@@ -65,4 +73,6 @@ def build_runner(config: ExtractionConfig, device: str) -> EncoderRunner:
         ) from error
     finally:
         constants.HF_HUB_OFFLINE = offline_before
+    from giga_ssl_hf.features.encoders import EncoderRunner
+
     return EncoderRunner(encoder, device=device, precision=config.precision)

@@ -12,6 +12,10 @@
   every :data:`HEARTBEAT_SECONDS`. A lock is stale, and is broken, when its pid is dead on this host, or when
   its mtime is older than :data:`STALE_SECONDS` (a holder on another machine that stopped beating): a killed
   process never blocks a rerun for long, and two live processes never encode the same slide.
+- **Runs.** Each extraction also holds ``OUT/locks/.run-<host>-<pid>.lock`` from its settings check (made
+  under ``OUT/locks/.setup.lock``) to its end: a run whose settings differ from those of a live run refuses
+  to start. A run that finds a slide locked by a live process waits for it, and takes it over once its holder
+  is gone: it never assembles Datasets that lack a slide of its own list.
 - **Assembly.** The Datasets are rebuilt from every committed slide under ``OUT/locks/.assemble.lock``, one
   process at a time. A share marks itself done in ``OUT/shares/I-of-N.json`` (with a key of the slide list);
   the share that finds all ``N`` marks with its key is the last one and assembles. ``giga-ssl extract
@@ -23,8 +27,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
+import secrets
 import socket
 import threading
 import time
@@ -40,6 +46,9 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 600.0  # a lock of another host untouched this long is abandoned
 _BREAKER_SECONDS = 60.0  # a lock-breaking marker older than this was left by a killed breaker
+_BUSY_POLL_SECONDS = 2.0  # how often a run retries the slides other processes hold
+_BUSY_LOG_SECONDS = 60.0
+_RUN_PREFIX = ".run-"  # the lock a running extraction holds from its settings check to its end
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -159,12 +168,13 @@ class SlideLocks:
     def path(self, name: str) -> Path:
         return self.directory / f"{name}.lock"
 
-    def acquire(self, name: str) -> bool:
-        """Take the lock ``name`` if it is free or stale; False when a live process holds it."""
+    def acquire(self, name: str, **about) -> bool:
+        """Take the lock ``name`` if it is free or stale; False when a live process holds it. ``about`` joins
+        the owner record."""
         path = self.path(name)
         for attempt in range(2):
             try:
-                os.symlink(json.dumps(_owner()), path)
+                os.symlink(json.dumps({**_owner(), **about}), path)
             except FileExistsError:
                 if attempt or not self._break_if_stale(path):
                     return False
@@ -193,6 +203,23 @@ class SlideLocks:
             return not os.path.lexists(path)
         finally:
             breaker.unlink(missing_ok=True)
+
+    def hold_run(self, settings: str) -> None:
+        """Take this process's run lock (held until :meth:`close`): other runs see that it extracts here, and
+        with which ``settings`` (a fingerprint, in the lock's owner record)."""
+        # A token per run: two runs of one process (threads) hold a lock each.
+        name = f"{_RUN_PREFIX}{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        if not self.acquire(name, settings=settings):
+            raise RuntimeError(f"the run lock of this process in {self.directory} is held by another process")
+
+    def other_live_runs(self) -> list[dict]:
+        """The owners of the other live runs' locks; the stale run locks of dead runs are removed."""
+        owners = []
+        for path in sorted(self.directory.glob(f"{_RUN_PREFIX}*.lock")):
+            if path in self._held.values() or self._break_if_stale(path):
+                continue
+            owners.append(lock_owner(path) or {"lock": path.name})
+        return owners
 
     def release(self, name: str) -> None:
         with self._guard:
@@ -243,3 +270,30 @@ class SlideLocks:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def wait_for_holders(busy: list, try_slide, locks: SlideLocks) -> None:
+    """Wait while live processes hold the ``busy`` slides, then take each over (one its holder committed is
+    found done): a run never ends, nor assembles, without every slide of its list. A holder that dies
+    leaves a stale lock, broken at once on its host and after :data:`STALE_SECONDS` elsewhere."""
+    logged = -math.inf
+    while busy:
+        if time.monotonic() - logged >= _BUSY_LOG_SECONDS:
+            holders = ", ".join(
+                f"{entry.slide_id} ({_holder(locks.path(entry.slide_id))})" for entry, _ in busy[:10]
+            )
+            logger.warning(
+                "waiting for %d slide(s) held by other live processes: %s%s; this run goes on once they end "
+                "(stop the holders to have this run do the slides)",
+                len(busy),
+                holders,
+                " ..." if len(busy) > 10 else "",
+            )
+            logged = time.monotonic()
+        time.sleep(_BUSY_POLL_SECONDS)
+        busy = [(entry, slide_passes) for entry, slide_passes in busy if not try_slide(entry, slide_passes)]
+
+
+def _holder(lock: Path) -> str:
+    owner = lock_owner(lock) or {}
+    return f"pid {owner.get('pid')} on {owner.get('host')}"

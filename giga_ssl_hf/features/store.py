@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import datasets
 import numpy as np
-from datasets.arrow_writer import ArrowWriter
 
 from giga_ssl_hf.contracts import write_metadata
-from giga_ssl_hf.contracts.tile_features import tile_features_schema
 from giga_ssl_hf.files import (
     atomic_file,
     dumps_strict,
@@ -65,6 +63,13 @@ class PartStore:
     def _record_path(self, slide_id: str) -> Path:
         return self.directory / f"{slide_id}.json"
 
+    def committed_ids(self) -> set[str]:
+        """The ids of every committed slide, from one listing of the folder (no record is read)."""
+        if not self.directory.is_dir():
+            return set()
+        with os.scandir(self.directory) as entries:
+            return {entry.name[: -len(".json")] for entry in entries if entry.name.endswith(".json")}
+
     def record(self, slide_id: str) -> dict | None:
         path = self._record_path(slide_id)
         return json.loads(path.read_text()) if path.exists() else None
@@ -103,6 +108,12 @@ def write_tile_dataset(
     Rows are streamed one at a time (a slide's row can hold tens of thousands of tiles), and the folder
     appears only once complete.
     """
+    # Imported here, not at the top: a run's settings check reads the store and must stay light.
+    import datasets
+    from datasets.arrow_writer import ArrowWriter
+
+    from giga_ssl_hf.contracts.tile_features import tile_features_schema
+
     dataset_dir = Path(dataset_dir)
     # The rows are streamed to one Arrow file first (save_to_disk then shards it): a scratch file beside the
     # folder, not in it (a Dataset cannot be saved over its own files), named as the folder's temporaries so

@@ -14,17 +14,29 @@ from pathlib import Path
 import numpy as np
 
 from giga_ssl_hf.contracts import METADATA_FILENAME, NPY_EMBEDDINGS, NPY_IDS
+from giga_ssl_hf.files import staged_directory
 from giga_ssl_hf.settings import SettingsParser, flag_of, option, run_main
 
 logger = logging.getLogger(__name__)
 
 
-def download_embeddings(source: str | Path, out: str | Path | None = None, npy: bool = False) -> Path:
+def refuse_existing_out(out: Path, overwrite: bool) -> None:
+    """``out`` must be new or empty, unless ``overwrite`` (then the download replaces it whole)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty: pass {flag_of('overwrite')} to replace it")
+
+
+def download_embeddings(
+    source: str | Path, out: str | Path | None = None, npy: bool = False, overwrite: bool = False
+) -> Path:
     """Fetch (and validate) slide embeddings; with ``out``, write them there as a saved Dataset or npy pair.
 
-    Returns ``out``, or without it the folder the embeddings were read from (the HF-cache snapshot of a Hub
-    repo).
+    ``out`` appears complete or not at all (written beside it, then renamed); a non-empty ``out`` is refused
+    unless ``overwrite``. Returns ``out``, or without it the folder the embeddings were read from (the
+    HF-cache snapshot of a Hub repo).
     """
+    if out is not None:
+        refuse_existing_out(Path(out), overwrite)  # before any download, and before datasets is imported
     from giga_ssl_hf.contracts.slide_embeddings import load_embeddings, resolve_embeddings_folder
 
     folder = resolve_embeddings_folder(source)
@@ -32,15 +44,15 @@ def download_embeddings(source: str | Path, out: str | Path | None = None, npy: 
         load_embeddings(folder)  # validates the contents
         return folder
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if npy:
-        ids, embeddings = load_embeddings(folder)
-        np.save(out / NPY_EMBEDDINGS, embeddings)
-        np.save(out / NPY_IDS, ids.astype(str))  # a plain string array: loads without pickle
-    else:
-        load_embeddings(folder, as_dataset=True).save_to_disk(str(out))
-    if (folder / METADATA_FILENAME).exists():
-        shutil.copy2(folder / METADATA_FILENAME, out / METADATA_FILENAME)
+    with staged_directory(out) as staging:
+        if npy:
+            ids, embeddings = load_embeddings(folder)
+            np.save(staging / NPY_EMBEDDINGS, embeddings)
+            np.save(staging / NPY_IDS, ids.astype(str))  # a plain string array: loads without pickle
+        else:
+            load_embeddings(folder, as_dataset=True).save_to_disk(str(staging))
+        if (folder / METADATA_FILENAME).exists():
+            shutil.copy2(folder / METADATA_FILENAME, staging / METADATA_FILENAME)
     logger.info("wrote the slide embeddings of %s to %s", source, out)
     return out
 
@@ -74,7 +86,11 @@ class DownloadSettings:
         False, f"with --out, write {NPY_EMBEDDINGS} (N, E) and {NPY_IDS} (N,), the original Giga-SSL format"
     )
 
+    overwrite: bool = option(False, "replace --out DIR when it is not empty (it is replaced whole)")
+
     def __post_init__(self):
+        if self.overwrite and self.out is None:
+            raise ValueError(f"{flag_of('overwrite')} needs {flag_of('out')} DIR")
         if self.npy and self.out is None:
             raise ValueError(f"{flag_of('npy')} needs {flag_of('out')} DIR")
 
@@ -84,7 +100,7 @@ def build_parser() -> SettingsParser:
 
 
 def download(settings: DownloadSettings) -> int:
-    print(download_embeddings(settings.source, settings.out, npy=settings.npy))
+    print(download_embeddings(settings.source, settings.out, settings.npy, settings.overwrite))
     return 0
 
 

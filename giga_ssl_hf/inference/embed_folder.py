@@ -59,10 +59,19 @@ def _model_config(model, trust_remote_code: bool):
 
 
 def model_identity(model) -> dict:
-    """The model's name (folder or Hub id) and revision, as recorded beside its embeddings."""
+    """The model's name (folder or Hub id), revision and weights' sha256 (what a saved probe is matched by;
+    None for a model built in memory), as recorded beside its embeddings."""
+    from ..checkpoints import model_folder, weights_sha256
+
+    name = str(getattr(model.config, "_name_or_path", ""))
+    try:
+        sha256 = weights_sha256(model_folder(name)) if name else None
+    except FileNotFoundError:
+        sha256 = None
     return {
-        "model": str(getattr(model.config, "_name_or_path", "")),
+        "model": name,
         "model_revision": getattr(model.config, "_commit_hash", None),
+        "model_sha256": sha256,
     }
 
 

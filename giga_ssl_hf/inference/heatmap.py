@@ -13,6 +13,7 @@ Writes ``OUT/<slide_id>.png`` (the scores as coloured tiles over the slide's thu
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -24,11 +25,12 @@ import numpy as np
 from giga_ssl_hf.contracts import NO_AUGMENTATION, TILE_SCORES_FILENAME
 from giga_ssl_hf.contracts.extraction_folder import EXHAUSTIVE
 from giga_ssl_hf.inference.embed import FEATURES_HELP, MODEL_HELP
-from giga_ssl_hf.inference.embed_folder import load_model, model_identity
+from giga_ssl_hf.inference.embed_folder import load_model
 from giga_ssl_hf.inference.heatmap_plot import (
     render_tile_scores,
     save_figure,
     score_label,
+    scores_schema,
     write_scores_table,
 )
 from giga_ssl_hf.runtime import resolve_device
@@ -70,8 +72,12 @@ class HeatmapSettings:
     )
     device: str = option("auto", "auto, cpu, cuda, cuda:1, ...")
     trust_remote_code: bool = option(False, "Load Hub models with their own code.")
-    allow_model_mismatch: bool = option(False, "Use a probe recorded for another model name.")
-    overwrite: bool = option(False, "Replace heatmaps already in --out.")
+    allow_model_mismatch: bool = option(
+        False, "Use a probe fit on embeddings of other weights (or that records none) with this model."
+    )
+    overwrite: bool = option(
+        False, "Replace the heatmaps of these slides in --out (the other slides' PNGs and score rows stay)."
+    )
 
     def __post_init__(self):
         self.probe, self.out = Path(self.probe), Path(self.out)
@@ -123,24 +129,50 @@ def _open_for_thumbnail(path: Path | None, slide_id: str):
         return None
 
 
-def check_probe_model(probe: SavedProbe, model, allow_mismatch: bool) -> None:
-    """The probe must have been fit on embeddings of this model (same name or the same folder)."""
-    if probe.embedding_dim != model.config.hidden_dim:
+def check_probe_model(probe: SavedProbe, model: str, allow_mismatch: bool) -> None:
+    """The probe must have been fit on embeddings of this model: the same weights (sha256 of the weight files,
+    recorded by embed and carried by evaluate --save-probe), wherever the model now lies. Read from the files,
+    before any weight is loaded, so that a mismatch is refused at once."""
+    from giga_ssl_hf.checkpoints import model_folder, weights_sha256
+
+    folder = model_folder(model)
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"--model {model}: no config.json there (not a saved model folder)")
+    hidden_dim = json.loads((folder / "config.json").read_text()).get("hidden_dim")
+    if probe.embedding_dim != hidden_dim:
         raise ValueError(
-            f"the probe takes {probe.embedding_dim}-d embeddings but the model's are {model.config.hidden_dim}-d"
+            f"the probe takes {probe.embedding_dim}-d embeddings but the model's are {hidden_dim}-d"
         )
-    recorded, given = probe.embedding_model, model_identity(model)["model"]
-    if recorded is None:
-        logger.warning("the probe does not record its embedding model: cannot check it matches %s", given)
+    if allow_mismatch:
         return
-    same = recorded == given or (
-        Path(recorded).is_dir() and Path(given).is_dir() and Path(recorded).samefile(given)
-    )
-    if not same and not allow_mismatch:
+    recorded, given = probe.embedding_model_sha256, weights_sha256(folder)
+    if recorded is None:
+        # Probes saved before the hash was recorded (never released) would be matched by path, which lets a
+        # model retrained in place meet its stale probe: they are re-saved instead.
         raise ValueError(
-            f"the probe was fit on embeddings of model {recorded!r}, not {given!r}: pass --allow-model-mismatch "
-            "if they are the same model"
+            "the probe records no hash of its model's weights (saved by an earlier version): embed again and "
+            "re-save it with giga-ssl evaluate --save-probe, or pass --allow-model-mismatch"
         )
+    if recorded != given:
+        raise ValueError(
+            f"the probe was fit on embeddings of other weights (sha256 {recorded[:12]}, model "
+            f"{probe.embedding_model!r}) than --model {model}'s ({(given or 'none')[:12]}): embed with this "
+            "model and re-save the probe, or pass --allow-model-mismatch if they are the same model"
+        )
+
+
+def previous_scores(out: Path, overwrite: bool):
+    """With ``overwrite``, the score table already in ``out`` (its rows of the slides not redone are kept),
+    read before any work so that an unreadable one is refused at once; else None."""
+    import pyarrow.parquet as pq
+
+    path = out / TILE_SCORES_FILENAME
+    if not overwrite or not path.exists():
+        return None
+    try:
+        return pq.read_table(path).select(scores_schema().names).cast(scores_schema())
+    except Exception as error:  # pyarrow raises many types for a foreign or broken file
+        raise ValueError(f"{path}: unreadable score table ({error}): move it away, then run again") from error
 
 
 def _exhaustive_features(settings: HeatmapSettings):
@@ -232,19 +264,21 @@ def _draw(settings: HeatmapSettings, slide_id, slide_file, coords, scores, patch
 
 def write_heatmaps(settings: HeatmapSettings) -> int:
     """Map the selected slides; returns the number of slides that failed."""
-    from giga_ssl_hf.contracts.tile_features import TileArrays
     from giga_ssl_hf.evaluation.saved_probe import SavedProbe
 
     probe = SavedProbe.load(settings.probe)
     class_name = settings.class_name or probe.default_class
     probe.class_index(class_name)
+    check_probe_model(probe, settings.model, settings.allow_model_mismatch)  # before datasets and torch load
+    from giga_ssl_hf.contracts.tile_features import TileArrays
+
     dataset, slide_ids, wanted = _exhaustive_features(settings)
     _refuse_existing(settings.out, wanted, settings.overwrite, settings.geojson)
+    previous = previous_scores(settings.out, settings.overwrite)
     if settings.method == "embedding" and settings.slide_embedding == "views":
         recorded_views(probe)  # a usage error before any work
     slide_files = find_slide_files(settings.slides_dir)
     model = load_model(settings.model, resolve_device(settings.device), settings.trust_remote_code)
-    check_probe_model(probe, model, settings.allow_model_mismatch)
     settings.out.mkdir(parents=True, exist_ok=True)
     arrays = TileArrays.from_dataset(dataset)
     patch_sizes = np.asarray(dataset.data.column("patch_size_level0").to_numpy())
@@ -267,7 +301,7 @@ def write_heatmaps(settings: HeatmapSettings) -> int:
             write_tile_scores_geojson(path, np.asarray(coords), scores, patch, class_name, settings.method)
         rows.append((slide_id, np.asarray(coords), scores))
     if rows:
-        table = write_scores_table(settings.out / TILE_SCORES_FILENAME, rows)
+        table = write_scores_table(settings.out / TILE_SCORES_FILENAME, rows, previous)
         print(f"wrote {sum(len(r[1]) for r in rows)} tile scores of {len(rows)} slide(s) to {table}")
     return failed
 

@@ -11,6 +11,15 @@ from giga_ssl_hf.files import atomic_file
 COLOUR_MAP = "RdBu_r"  # red: for the class, blue: against it, white: neutral (0)
 
 
+def scores_schema():
+    """The columns of ``tile_scores.parquet`` (a function: pyarrow is imported where used)."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [("slide_id", pa.string()), ("x", pa.int64()), ("y", pa.int64()), ("score", pa.float32())]
+    )
+
+
 def score_label(method: str, class_name: str) -> str:
     if method == "occlusion":
         return f"drop in the slide's log-odds of '{class_name}' when removed"
@@ -75,33 +84,39 @@ def render_tile_scores(
     return figure
 
 
-def save_figure(figure, path: Path) -> Path:
-    """Write a figure as PNG atomically (write, then rename) and close it."""
+def save_figure(figure, path: Path, dpi: float | None = None) -> Path:
+    """Write a figure as PNG atomically (write, then rename: a failed drawing leaves the previous file and no
+    temporary) and close it."""
     import matplotlib.pyplot as plt
 
     try:
         with atomic_file(path, "wb") as handle:
-            figure.savefig(handle, format="png")
+            figure.savefig(handle, format="png", dpi=dpi)
     finally:
         plt.close(figure)
     return path
 
 
-def write_scores_table(path: Path, rows: list[tuple[str, np.ndarray, np.ndarray]]) -> Path:
-    """``(slide_id, coords (n, 2), scores (n,))`` per slide -> a parquet table (atomically)."""
+def write_scores_table(path: Path, rows: list[tuple[str, np.ndarray, np.ndarray]], previous=None) -> Path:
+    """``(slide_id, coords (n, 2), scores (n,))`` per slide -> a parquet table (atomically), after the rows of
+    ``previous`` (a table of :func:`scores_schema`) whose slides are not among ``rows``."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     table = pa.table(
         {
-            "slide_id": pa.array(
-                [slide for slide, coords, _ in rows for _ in range(len(coords))], pa.string()
-            ),
+            "slide_id": pa.array([slide for slide, coords, _ in rows for _ in range(len(coords))]),
             "x": pa.array(np.concatenate([c[:, 0] for _, c, _ in rows]).astype(np.int64)),
             "y": pa.array(np.concatenate([c[:, 1] for _, c, _ in rows]).astype(np.int64)),
             "score": pa.array(np.concatenate([s for _, _, s in rows]).astype(np.float32)),
-        }
+        },
+        schema=scores_schema(),
     )
+    if previous is not None:
+        redone = pa.array([slide for slide, _, _ in rows], pa.string())
+        kept = previous.filter(pc.invert(pc.is_in(previous["slide_id"], value_set=redone)))
+        table = pa.concat_tables([kept, table])
     with atomic_file(path, "wb") as handle:
         pq.write_table(table, handle)
     return path

@@ -128,6 +128,11 @@ class TrainArguments:
         "'latest' (OUTPUT_DIR/checkpoints/checkpoint_<step> of the highest step; step_<step> folders of earlier "
         "versions count too) or a checkpoint path.",
     )
+    allow_changed_settings: bool = option(
+        False,
+        "With --resume-from-checkpoint: continue with settings that differ from those the run was started with "
+        "(refused by default; logging, checkpoint spacing and --max-steps may always change).",
+    )
     logging_steps: int = option(10, "Log loss, lr and embedding std every N steps.")
     report_to: str = option(
         "tensorboard", "Tracker of Accelerate's log_with (tensorboard, wandb, mlflow, all, ...) or none."

@@ -14,6 +14,7 @@ from ..contracts.training_run import CHECKPOINTS_DIRNAME, FINAL_DIRNAME
 from ..settings import flag_of
 from .arguments import DataArguments, ModelArguments, TrainArguments
 from .checkpointing import TrainingProgress, find_checkpoint, refuse_foreign_entries
+from .run_settings import check_resumed_settings, record_settings, run_settings
 
 if TYPE_CHECKING:
     import torch
@@ -211,10 +212,7 @@ def setup_training(
     data_args: DataArguments, model_args: ModelArguments, train_args: TrainArguments
 ) -> TrainingRun:
     """Check the inputs, build and prepare everything, resume if asked, and clear what an overwrite replaces."""
-    from accelerate.utils import set_seed
-
     from ..contracts.extraction_folder import AUGMENTED
-    from ..contracts.tile_features import resolve_tile_dataset_dir
 
     if not data_args.features or not train_args.output_dir:
         raise ValueError(f"{flag_of('features')} and {flag_of('output_dir')} are required")
@@ -222,6 +220,15 @@ def setup_training(
     replaced = earlier_run(output_dir, train_args)
     if output_dir / CHECKPOINTS_DIRNAME not in replaced:  # checkpoints kept: later saves go among them
         refuse_foreign_entries(output_dir)
+    settings = run_settings(data_args, model_args, train_args)
+    if train_args.resume_from_checkpoint:  # before anything is built: a changed recipe is refused at once
+        checkpoint = find_checkpoint(output_dir, train_args.resume_from_checkpoint)
+        check_resumed_settings(checkpoint, settings, train_args.allow_changed_settings)
+    # Imported after the checks that need neither datasets nor torch, so that they answer at once.
+    from accelerate.utils import set_seed
+
+    from ..contracts.tile_features import resolve_tile_dataset_dir
+
     features_dir = resolve_tile_dataset_dir(data_args.features, AUGMENTED)
     accelerator = make_accelerator(train_args, output_dir)
     set_seed(train_args.seed)
@@ -243,11 +250,12 @@ def setup_training(
     )  # fmt: skip
     accelerator.register_for_checkpointing(run.scheduler, run.progress)
     if train_args.resume_from_checkpoint:
-        _resume(run, train_args.resume_from_checkpoint)
+        _resume(run, checkpoint)
     if accelerator.is_main_process:
         for path in replaced:  # --overwrite-output-dir: the earlier run's model and checkpoints go
             shutil.rmtree(path)
         output_dir.mkdir(parents=True, exist_ok=True)
+        record_settings(output_dir, settings)
     accelerator.wait_for_everyone()
     if accelerator.log_with:
         accelerator.init_trackers("giga_ssl", config={k: v for k, v in run_config.items() if v is not None})
@@ -285,10 +293,9 @@ def _prepare(
     }
 
 
-def _resume(run: TrainingRun, resume: str) -> None:
+def _resume(run: TrainingRun, checkpoint: Path) -> None:
     from .optim import follow_resumed_schedule
 
-    checkpoint = find_checkpoint(run.output_dir, resume)
     run.accelerator.load_state(str(checkpoint))
     follow_resumed_schedule(run.scheduler)
     logger.info("resumed from %s at step %d", checkpoint, run.progress.step)

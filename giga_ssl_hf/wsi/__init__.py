@@ -1,21 +1,30 @@
-"""Reading whole-slide images: OpenSlide access, resolution, tissue mask, tile grids, thumbnails."""
+"""Reading whole-slide images: OpenSlide access, resolution, tissue mask, tile grids, thumbnails.
 
-from giga_ssl_hf.wsi.slide import MissingResolutionError, Slide, find_slides, open_slide
-from giga_ssl_hf.wsi.thumbnail import render_thumbnail, save_thumbnail
-from giga_ssl_hf.wsi.tiling import TileGrid, iter_tile_blocks, tile_grid
-from giga_ssl_hf.wsi.tissue import TissueMask, read_downsampled, tissue_mask
+The names are imported on first use: listing and opening slides (:mod:`.slide`) must not import torch (which
+the tissue mask and tile reading need), so that a command refusing its inputs answers in about a second.
+"""
 
-__all__ = [
-    "MissingResolutionError",
-    "Slide",
-    "TileGrid",
-    "TissueMask",
-    "find_slides",
-    "iter_tile_blocks",
-    "open_slide",
-    "read_downsampled",
-    "render_thumbnail",
-    "save_thumbnail",
-    "tile_grid",
-    "tissue_mask",
-]
+import importlib
+
+_HOMES = {
+    "MissingResolutionError": "slide",
+    "Slide": "slide",
+    "find_slides": "slide",
+    "open_slide": "slide",
+    "render_thumbnail": "thumbnail",
+    "save_thumbnail": "thumbnail",
+    "TileGrid": "tiling",
+    "iter_tile_blocks": "tiling",
+    "tile_grid": "tiling",
+    "TissueMask": "tissue",
+    "read_downsampled": "tissue",
+    "tissue_mask": "tissue",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,14 +15,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 from PIL import Image, ImageDraw
 
 from giga_ssl_hf.wsi.slide import Slide
-from giga_ssl_hf.wsi.tiling import TileGrid, tile_grid
-from giga_ssl_hf.wsi.tissue import TissueMask, tissue_mask
+
+if TYPE_CHECKING:
+    from giga_ssl_hf.wsi.tiling import TileGrid
+    from giga_ssl_hf.wsi.tissue import TissueMask
+
+# The tiling and the tissue mask (torch) are imported where they are used: import-h5 reads coordinates with
+# this module and stays light.
 
 COORDS_SUFFIXES = ("_patches.h5", ".h5")  # TRIDENT names its files <slide>_patches.h5, CLAM <slide>.h5
 GEOJSON_SUFFIXES = (".geojson", ".json")
@@ -41,16 +47,51 @@ def _scalar(value) -> float:
     return float(np.asarray(value).ravel()[0])
 
 
+def level0_corners(coords, path: Path) -> np.ndarray:
+    """A ``coords`` dataset as ``(n, 2)`` int64 level-0 (x, y) corners; any other shape raises (reshaping a
+    ``(n, 3)`` array would make wrong tiles), except the bare empty array of a slide without tiles."""
+    coords = np.asarray(coords)
+    if coords.size == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    if coords.ndim != 2 or coords.shape[1] != 2:
+        raise ValueError(f"{path}: coords must be (n, 2) level-0 (x, y) corners, got shape {coords.shape}")
+    return coords.astype(np.int64)
+
+
+def _checked(patches: PatchCoords, path: Path) -> PatchCoords:
+    if patches.patch_size_level0 < 1:
+        raise ValueError(
+            f"{path}: the tile side must be a positive number of level-0 px, got {patches.patch_size_level0}"
+        )
+    return patches
+
+
+def check_coords_fit(patches: PatchCoords, slide: Slide, path: Path) -> None:
+    """Raise unless every tile starts inside the slide: a tile at negative coordinates or wholly outside
+    would be read as blank glass and encoded as tissue (coordinates of another slide, or not level-0 px)."""
+    width0, height0 = slide.dimensions
+    coords = patches.coords
+    negative = (coords < 0).any(axis=1)
+    outside = (coords[:, 0] >= width0) | (coords[:, 1] >= height0)
+    for wrong, what in ((negative, "at negative coordinates"), (outside, "wholly outside the slide")):
+        if wrong.any():
+            x, y = coords[np.argmax(wrong)]
+            raise ValueError(
+                f"{path}: {int(wrong.sum())} of {len(coords)} tiles lie {what} ({width0} x {height0} level-0 "
+                f"px), e.g. ({x}, {y}); are they the coordinates of this slide, in level-0 px?"
+            )
+
+
 def read_patch_coords(path: str | Path, level_downsamples: tuple[float, ...] | None = None) -> PatchCoords:
     """Coordinates and level-0 tile side of a TRIDENT / CLAM patch-coordinate (or patch-feature) h5 file."""
     path = Path(path)
     with h5py.File(path, "r") as handle:
         if "coords" not in handle:
             raise ValueError(f"{path}: no 'coords' dataset (found {sorted(handle.keys())})")
-        coords = np.asarray(handle["coords"][()]).reshape(-1, 2).astype(np.int64)
+        coords = level0_corners(handle["coords"][()], path)
         attrs = {**dict(handle.attrs), **dict(handle["coords"].attrs)}
     if "patch_size_level0" in attrs:
-        return PatchCoords(coords, int(round(_scalar(attrs["patch_size_level0"]))), "trident")
+        return _checked(PatchCoords(coords, int(round(_scalar(attrs["patch_size_level0"]))), "trident"), path)
     if "patch_size" in attrs and "patch_level" in attrs:
         level = int(_scalar(attrs["patch_level"]))
         if "downsample" in attrs:
@@ -59,7 +100,9 @@ def read_patch_coords(path: str | Path, level_downsamples: tuple[float, ...] | N
             downsample = level_downsamples[level]
         else:
             raise ValueError(f"{path}: patch_level {level} is not a level of the slide")
-        return PatchCoords(coords, int(round(_scalar(attrs["patch_size"]) * downsample)), "clam")
+        return _checked(
+            PatchCoords(coords, int(round(_scalar(attrs["patch_size"]) * downsample)), "clam"), path
+        )
     raise ValueError(
         f"{path}: the coords dataset has neither 'patch_size_level0' (TRIDENT) nor 'patch_size' + "
         f"'patch_level' (CLAM) attributes; found {sorted(attrs)}"
@@ -80,6 +123,8 @@ def find_slide_file(folder: str | Path, slide_id: str, suffixes: tuple[str, ...]
 
 def grid_from_coords(slide: Slide, patches: PatchCoords, tile_size: int) -> TileGrid:
     """A :class:`TileGrid` of exactly the given tiles (row-major order, for block reading)."""
+    from giga_ssl_hf.wsi.tiling import TileGrid
+
     coords = patches.coords[np.lexsort((patches.coords[:, 0], patches.coords[:, 1]))]
     level = slide.best_level(patches.patch_size_level0 / tile_size)
     read_size = max(1, int(round(patches.patch_size_level0 / slide.level_downsamples[level])))
@@ -130,8 +175,32 @@ def read_tissue_geojson(path: str | Path) -> list[list[list[tuple[float, float]]
     return polygons
 
 
+def check_polygons_overlap(polygons, slide: Slide, path: Path) -> None:
+    """Raise when no polygon reaches into the slide: the slide would be called empty with no word of why."""
+    width0, height0 = slide.dimensions
+    bounds = [
+        (*exterior.min(axis=0), *exterior.max(axis=0))  # left, top, right, bottom
+        for exterior in (
+            np.array([point[:2] for point in rings[0]], np.float64) for rings in polygons if rings
+        )
+        if len(exterior)
+    ]
+    if any(
+        right > 0 and bottom > 0 and left < width0 and top < height0 for left, top, right, bottom in bounds
+    ):
+        return
+    left, top = (min(b[i] for b in bounds) for i in (0, 1)) if bounds else (0.0, 0.0)
+    right, bottom = (max(b[i] for b in bounds) for i in (2, 3)) if bounds else (0.0, 0.0)
+    raise ValueError(
+        f"{path}: the polygons lie wholly outside the slide (they span x {left:g}..{right:g}, y "
+        f"{top:g}..{bottom:g}; the slide is {width0} x {height0} level-0 px): are they this slide's, in level-0 px?"
+    )
+
+
 def polygon_mask(slide: Slide, polygons, mask_mpp: float = 8.0, max_size: int = 8192) -> TissueMask:
     """Rasterise level-0 polygons into a :class:`TissueMask` at about ``mask_mpp`` µm per mask pixel."""
+    from giga_ssl_hf.wsi.tissue import TissueMask
+
     width0, height0 = slide.dimensions
     downsample = max(mask_mpp / slide.mpp, max(width0, height0) / max_size, 1.0)
     size = (max(1, round(width0 / downsample)), max(1, round(height0 / downsample)))
@@ -161,14 +230,20 @@ def select_tiles(
     tissue_geojson: str | Path | None = None,
 ) -> tuple[TissueMask | None, TileGrid, dict]:
     """The tissue mask (None with ``coords_from``), the tile grid and a record of where tiles came from."""
+    from giga_ssl_hf.wsi.tiling import tile_grid
+    from giga_ssl_hf.wsi.tissue import tissue_mask
+
     if coords_from is not None:
         path = find_slide_file(coords_from, slide_id, COORDS_SUFFIXES, "patch-coordinate h5")
         patches = read_patch_coords(path, slide.level_downsamples)
+        check_coords_fit(patches, slide, path)
         source = {"tiles_from": f"{patches.layout} coords", "coords_file": path.name}
         return None, grid_from_coords(slide, patches, tile_size), source
     if tissue_geojson is not None:
         path = find_slide_file(tissue_geojson, slide_id, GEOJSON_SUFFIXES, "tissue GeoJSON")
-        mask = polygon_mask(slide, read_tissue_geojson(path), mask_mpp)
+        polygons = read_tissue_geojson(path)
+        check_polygons_overlap(polygons, slide, path)
+        mask = polygon_mask(slide, polygons, mask_mpp)
         source = {"tiles_from": "GeoJSON tissue polygons", "geojson_file": path.name}
     else:
         mask = tissue_mask(

@@ -1,6 +1,8 @@
 import configparser
 import fnmatch
 import json
+import resource
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +67,27 @@ def test_plots_are_written(results, tmp_path):
     for path in (roc, few):
         with Image.open(path) as image:
             assert image.format == "PNG" and min(image.size) > 400
+
+
+@pytest.fixture
+def file_size_limit():
+    """Set a limit (bytes) on the size of the files this process writes: writes past it fail (EFBIG), as on a
+    full disk."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of killing the process
+    yield lambda limit: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    signal.signal(signal.SIGXFSZ, handler)
+
+
+def test_a_plot_failing_mid_write_leaves_the_previous_one(results, tmp_path, file_size_limit):
+    """The ROC plots, few-shot curves and heatmap PNGs all go through the same atomic writer."""
+    path = plot_roc(results[0], tmp_path / "roc.png")
+    before = path.read_bytes()
+    file_size_limit(len(before) // 4)
+    with pytest.raises(OSError):
+        plot_roc(results[1], path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["roc.png"]
 
 
 def test_csv_round_trip(results, tmp_path):

@@ -112,6 +112,22 @@ def test_mean_pool_baseline_in_the_same_table_and_metrics(tmp_path, capsys):
     assert (out / "metrics.csv").read_text().startswith("embedding,task,")
 
 
+def test_baseline_features_of_other_slides_are_refused_before_any_work(tmp_path, capsys):
+    ids = np.array([f"s{i:03d}" for i in range(12)])
+    labels = pd.Series(np.where(np.arange(12) % 2, "b", "a"), index=ids)
+    embeddings = write_npy(tmp_path / "emb", ids, np.random.default_rng(0).normal(size=(12, 8)))
+    other_cohort = pd.Series(labels.to_numpy(), index=[f"t{i:03d}" for i in range(12)])
+    features = write_tile_features(tmp_path / "exhaustive", other_cohort)
+    out = tmp_path / "out"
+    argv = ["--embeddings", str(embeddings), "--labels", str(write_labels(tmp_path / "task.csv", labels))]
+    argv += ["--folds", "3", "--baseline", "mean-pool", "--features", str(features), "--out", str(out)]
+    capsys.readouterr()
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and not out.exists()  # refused before the embeddings' evaluation
+    assert captured.err.count("\n") == 1 and "lacks 12 of the 12 slides" in captured.err
+
+
 def test_baseline_without_features_is_a_usage_error(binary_task, capsys):
     folder, labels_csv, *_ = binary_task
     assert main(["--embeddings", str(folder), "--labels", str(labels_csv), "--baseline", "mean-pool"]) == 2

@@ -56,6 +56,7 @@ def test_csv_mpp_with_override_mpp_wins_over_metadata(tmp_path):
         ("path\nmissing.svs\n", "line 2: no such slide"),
         ("path,slide_id\n{cmu},a/b\n", "line 2: slide_id 'a/b'"),
         ("path,slide_id\n{cmu},x\n{cmu},x\n", "slide_id 'x' would be used by both"),
+        ("path,slide_id\n{cmu},x\n\n{cmu},y,0.5\n", "line 4: 3 fields but the header has 2"),
     ],
 )
 def test_bad_slides_csv_is_a_one_line_usage_error(tmp_path, capsys, content, message):
@@ -65,6 +66,13 @@ def test_bad_slides_csv_is_a_one_line_usage_error(tmp_path, capsys, content, mes
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1 and "Traceback" not in error
     assert not (tmp_path / "out").exists()  # nothing started
+
+
+def test_a_csv_saved_with_a_byte_order_mark_reads_its_path_column(tmp_path):
+    """Spreadsheets' "CSV UTF-8" starts with a BOM, which used to hide the 'path' column."""
+    csv = tmp_path / "cohort.csv"
+    csv.write_bytes(f"path,slide_id\n{CMU},é-1\n".encode("utf-8-sig"))
+    assert read_slides_csv(csv) == [SlideEntry(CMU, "é-1")]
 
 
 def test_recursive_finds_nested_slides_and_refuses_clashing_stems(tmp_path, capsys):

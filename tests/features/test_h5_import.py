@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import datasets
@@ -5,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from giga_ssl_hf.contracts import read_metadata
+from giga_ssl_hf.contracts import METADATA_FILENAME, read_metadata
 from giga_ssl_hf.features.h5_import import import_h5, main
 
 CMU = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "wsi" / "CMU-1-Small-Region.svs"
@@ -117,3 +118,82 @@ def test_missing_patch_size_names_the_options(tmp_path):
         import_h5([tmp_path / "level1.h5"], tmp_path / "ds")
     out = import_h5([tmp_path / "bare.h5"], tmp_path / "ds", patch_size_level0=256)
     assert datasets.load_from_disk(str(out))[0]["patch_size_level0"] == 256
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("giga-ssl import-h5: error: ")
+    return err
+
+
+def test_out_never_deletes_what_import_h5_did_not_write(tmp_path, capsys, snapshot):
+    """Issue 19: --out used to be replaced whatever it was (the input folder, an extraction, slides)."""
+    h5_dir = tmp_path / "h5"
+    h5_dir.mkdir()
+    write_trident(h5_dir / "s1.h5", *tiles(4, 8, 512, 0))
+    other = tmp_path / "extraction"
+    (other / "exhaustive").mkdir(parents=True)
+    (other / "manifest.jsonl").write_text("{}\n")
+    before = snapshot(tmp_path)
+    for out, expected in [
+        (h5_dir, "is or holds the input"),
+        (tmp_path, "is or holds the input"),
+        (other, "is not an earlier giga-ssl import-h5 output"),
+        (h5_dir / "s1.h5", "is or holds the input"),
+    ]:
+        assert main([str(h5_dir), "--out", str(out)]) == 2
+        assert expected in one_line_error(capsys)
+    assert snapshot(tmp_path) == before
+
+    out = tmp_path / "ds"
+    out.mkdir()  # an empty folder is taken
+    assert main([str(h5_dir), "--out", str(out)]) == 0
+    capsys.readouterr()  # the success's progress bars
+    first = snapshot(out)
+    assert main([str(h5_dir), "--out", str(out), "--dtype", "float32"]) == 2
+    assert "pass --overwrite" in one_line_error(capsys)
+    assert snapshot(out) == first
+    assert main([str(h5_dir), "--out", str(out), "--dtype", "float32", "--overwrite"]) == 0
+    assert read_metadata(out)["dtype"] == "float32"
+    capsys.readouterr()
+
+    metadata = json.loads((out / METADATA_FILENAME).read_text())
+    (out / METADATA_FILENAME).write_text(json.dumps({**metadata, "source": "giga-ssl extract"}))
+    assert main([str(h5_dir), "--out", str(out), "--overwrite"]) == 2  # another command's Dataset
+    assert "is not an earlier giga-ssl import-h5 output" in one_line_error(capsys)
+    (out / METADATA_FILENAME).write_text(json.dumps(metadata))
+
+    (out / "notes.txt").write_text("mine")  # a file the user added: the folder is no longer only ours
+    assert main([str(h5_dir), "--out", str(out), "--overwrite"]) == 2
+    assert "is not an earlier giga-ssl import-h5 output" in one_line_error(capsys)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_float16_overflow_is_refused_naming_the_slide(tmp_path, capsys):
+    features, coords = tiles(6, 8, 512, 0)
+    write_trident(tmp_path / "fine.h5", features, coords)
+    features[2, 3] = 1e6  # beyond float16's 65504: would be stored as inf
+    write_trident(tmp_path / "loud.h5", features, coords)
+    out = tmp_path / "ds"
+    assert main([str(tmp_path / "fine.h5"), str(tmp_path / "loud.h5"), "--out", str(out)]) == 2
+    err = one_line_error(capsys)
+    assert "slide loud" in err and "--dtype float32" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fine.h5", "loud.h5"]  # no output, no temporary
+    assert (
+        main([str(tmp_path / "fine.h5"), str(tmp_path / "loud.h5"), "--out", str(out), "--dtype", "float32"])
+        == 0
+    )
+    rows = datasets.load_from_disk(str(out)).with_format("numpy", dtype=None)
+    assert rows[1]["slide_id"] == "loud" and rows[1]["features"].max() == pytest.approx(1e6)
+
+
+def test_coords_must_be_pairs_and_the_tile_side_positive(tmp_path, capsys):
+    features, _ = tiles(4, 8, 512, 0)
+    write_trident(tmp_path / "triples.h5", features, np.arange(12).reshape(4, 3))
+    assert main([str(tmp_path / "triples.h5"), "--out", str(tmp_path / "a")]) == 2
+    assert "coords must be (n, 2)" in one_line_error(capsys)
+    write_trident(tmp_path / "ok.h5", *tiles(4, 8, 512, 0))
+    assert main([str(tmp_path / "ok.h5"), "--out", str(tmp_path / "b"), "--patch-size-level0", "-224"]) == 2
+    assert "positive" in one_line_error(capsys)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

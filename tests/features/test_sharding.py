@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from giga_ssl_hf.contracts import read_metadata
-from giga_ssl_hf.features.extract import extract_slides, main
+from giga_ssl_hf.features.extract import ExtractionConfig, extract_slides, main
+from giga_ssl_hf.features.settings_check import settings_key
 from giga_ssl_hf.features.sharding import (
     SlideLocks,
     assign_shares,
@@ -119,22 +120,124 @@ def test_heartbeat_refreshes_held_locks(tmp_path):
     assert not os.path.lexists(locks.path("s1"))  # released on exit
 
 
-def test_a_slide_locked_by_a_live_process_is_left_to_it(tmp_path):
+def hold_lock(locks_dir: Path, slide_id: str, owner: dict) -> Path:
+    """A lock of ``slide_id`` held by ``owner``, as another process's :class:`SlideLocks` would write it."""
+    locks_dir.mkdir(parents=True, exist_ok=True)
+    path = locks_dir / f"{slide_id}.lock"
+    os.symlink(json.dumps(owner), path)
+    return path
+
+
+def wait_until(condition, timeout: float = 120.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return condition()
+
+
+@pytest.mark.slow
+def test_slides_held_by_other_processes_are_waited_for_and_taken_over_once_their_holders_are_gone(tmp_path):
     out = tmp_path / "out"
-    (out / "locks").mkdir(parents=True)
     slides = cohort(tmp_path / "slides")
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    local = {"host": socket.gethostname(), "pid": holder.pid, "start": process_start_ticks(holder.pid)}
+    hold_lock(out / "locks", "a", local)
+    # a fresh lock of another machine: its holder may be alive there until its heartbeat stops
+    foreign = hold_lock(out / "locks", "b", {"host": "another-node", "pid": 1, "start": None})
+    command = [sys.executable, "-m", "giga_ssl_hf.features.extract", str(slides), "--no-progress", *FAST]
+    run = subprocess.Popen(
+        [*command, "--out", str(out)],
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        owner = {"host": socket.gethostname(), "pid": holder.pid, "start": process_start_ticks(holder.pid)}
-        os.symlink(json.dumps(owner), out / "locks" / "a.lock")
-        summary = extract_slides([slides], out, FAST_CONFIG, progress=False)
+        assert wait_until(lambda: {p.stem for p in (out / "parts").glob("*.json")} == {"c", "small"})
+        time.sleep(3)  # past a few retries of the held slides
+        # it waits: it assembles nothing without a and b
+        assert run.poll() is None and not (out / "exhaustive").exists()
+        # the local holder dies (not reaped yet: a zombie holds nothing either): its lock is broken at once
+        holder.send_signal(signal.SIGKILL)
+        assert wait_until(lambda: (out / "parts" / "a.json").exists())
+        assert run.poll() is None and not (out / "exhaustive").exists()
+        old = time.time() - 3600
+        os.utime(foreign, (old, old), follow_symlinks=False)  # the foreign holder's heartbeat stopped
+        stdout, stderr = run.communicate(timeout=120)
+    finally:
+        holder.kill()
+        run.kill()
+        holder.wait()
+    assert run.returncode == 0, stderr[-3000:]
+    assert "3 ok, 1 empty" in stdout and "waited for 2 slide(s) another process held: a, b" in stdout
+    assert "waiting for 2 slide(s) held by other live processes" in stderr
+    assert set(manifest(out)) == {"a", "b", "c", "small"}
+    assert [r["slide_id"] for r in rows(out / "exhaustive")] == ["a", "b", "c"]
+    assert not list((out / "locks").glob("*.lock"))
+
+
+def test_other_settings_than_a_live_run_are_refused_even_on_a_folder_without_finished_slides(tmp_path):
+    out = tmp_path / "out"
+    extract_slides([WSI_FIXTURES / "small.svs"], out, FAST_CONFIG, progress=False)  # no tissue: "empty"
+    (out / "parts" / "small.json").unlink()  # a folder where no slide finished takes new settings...
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    owner = {"host": socket.gethostname(), "pid": holder.pid, "start": process_start_ticks(holder.pid)}
+    owner["settings"] = settings_key(FAST_CONFIG)
+    hold_lock(out / "locks", f".run-{socket.gethostname()}-{holder.pid}-0", owner)
+    other = ExtractionConfig(pretrained=False, tile_size=32, target_mpp=2.0, n_aug=3, n_tiles_per_aug=8)
+    try:
+        with pytest.raises(
+            ValueError,
+            match=f"being extracted by another run \\(pid {holder.pid} .*\\(tile_size: 64 there, 32 now\\)",
+        ):
+            extract_slides([CMU], out, other, progress=False)  # ...unless a live run uses them
     finally:
         holder.kill()
         holder.wait()
-    assert summary.busy == ["a"] and sorted(summary.ok) == ["b", "c"]
-    assert "a" not in manifest(out) and [r["slide_id"] for r in rows(out / "exhaustive")] == ["b", "c"]
-    summary = extract_slides([slides], out, FAST_CONFIG, progress=False)
-    assert summary.ok == ["a"] and not summary.busy  # its holder died: the rerun does it
+    assert json.loads((out / "extract_config.json").read_text())["tile_size"] == 64
+    summary = extract_slides([CMU], out, other, progress=False)  # that run is gone: its lock is removed
+    assert (
+        summary.ok == [CMU.stem] and json.loads((out / "extract_config.json").read_text())["tile_size"] == 32
+    )
+    assert not list((out / "locks").glob("*.lock"))
+
+
+@pytest.mark.slow
+def test_two_runs_with_other_settings_started_together_one_refuses_having_written_nothing(tmp_path):
+    slides = cohort(tmp_path / "slides")
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        "-m",
+        "giga_ssl_hf.features.extract",
+        str(slides),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    other = [*FAST[: FAST.index("--tile-size")], "--tile-size", "32", *FAST[FAST.index("--tile-size") + 2 :]]
+    runs = [
+        subprocess.Popen(
+            [*command, *flags],
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for flags in (FAST, other)
+    ]
+    results = [run.communicate(timeout=600) for run in runs]
+    codes = [run.returncode for run in runs]
+    assert sorted(codes) == [0, 2], results
+    winner, loser = (0, 1) if codes[0] == 0 else (1, 0)
+    loser_stderr = results[loser][1].strip()
+    assert len(loser_stderr.splitlines()) == 1 and "other settings" in loser_stderr
+    tile_size = (64, 32)[winner]
+    assert json.loads((out / "extract_config.json").read_text())["tile_size"] == tile_size
+    assert read_metadata(out / "exhaustive")["tile_size"] == tile_size
+    single = {r["slide_id"]: r["patch_size_level0"] for r in rows(out / "exhaustive")}
+    assert sorted(single) == ["a", "b", "c"] and len(set(single.values())) == 1  # one tile size throughout
+    assert set(manifest(out)) == {"a", "b", "c", "small"} and not list((out / "locks").glob("*.lock"))
 
 
 def test_shards_one_after_the_other_then_assembled_equal_one_process(tmp_path):

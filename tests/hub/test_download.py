@@ -48,3 +48,25 @@ def test_load_embeddings_as_a_dataset(embeddings_dir, tmp_path):
     assert dataset.features["embedding"] == datasets.List(datasets.Value("float32"), length=16)
     assert dataset["slide_id"] == ids.tolist()
     np.testing.assert_array_equal(np.asarray(dataset.with_format("numpy")["embedding"]), embeddings)
+
+
+def test_out_is_never_merged_into_and_appears_complete_or_not_at_all(embeddings_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert cli_main(["download", str(embeddings_dir), "--out", str(out), "--npy"]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert cli_main(["download", str(embeddings_dir), "--out", str(out), "--npy", "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["embeddings.npy", "giga_ssl_metadata.json", "ids.npy"]
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    # A write that fails half-way (the source's metadata is a folder, which cannot be copied as a file)
+    # leaves the previous download whole, and no temporary beside it.
+    broken = tmp_path / "broken"
+    download_embeddings(embeddings_dir, broken, npy=True)
+    (broken / "giga_ssl_metadata.json").unlink()
+    (broken / "giga_ssl_metadata.json").mkdir()
+    assert cli_main(["download", str(broken), "--out", str(out), "--npy", "--overwrite"]) == 2
+    capsys.readouterr()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "out"]

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -77,6 +78,39 @@ def test_the_dry_run_folder_holds_embeddings_tables_splits_and_card(release):
     assert f"giga-ssl evaluate --embeddings {RELEASE_REPO} --task lung" in card
     metadata = json.loads((folder / "giga_ssl_metadata.json").read_text())
     assert metadata["cohort"] == "TCGA" and metadata["tasks"] == list(TASKS)
+
+
+def test_tasks_the_embeddings_do_not_cover_are_refused_or_left_out(release, tmp_path, capsys):
+    publish = _load(REPO / "scripts" / "publish_tcga.py", "publish_tcga")
+    ids, embeddings = np.load(release / "emb" / "ids.npy"), np.load(release / "emb" / "embeddings.npy")
+    lung = set(pd.read_csv(REFERENCE / "tables" / "lung.csv", dtype=str)["ID"])
+
+    def run(name: str, keep: np.ndarray, *flags: str) -> tuple[int, str]:
+        (tmp_path / name).mkdir()
+        np.save(tmp_path / name / "ids.npy", ids[keep])
+        np.save(tmp_path / name / "embeddings.npy", embeddings[keep])
+        argv = ["--embeddings", str(tmp_path / name), "--repo-id", RELEASE_REPO, "--dry-run"]
+        capsys.readouterr()
+        code = publish.main([*argv, str(tmp_path / f"{name}_out"), *flags])
+        return code, capsys.readouterr().err
+
+    # 50 of the labelled slides: every task is refused, nothing is written.
+    code, error = run("fifty", np.arange(len(ids)) < 50, "--covered-tasks-only")
+    assert code == 2 and error.count("\n") == 1 and "lung (" in error and "tnbc (" in error
+    assert not (tmp_path / "fifty_out").exists()
+    # Every lung slide: the other five tasks are refused, or left out of the release and its card when asked.
+    only_lung = np.isin(ids, list(lung))
+    code, error = run("lung", only_lung)
+    assert code == 2 and "--covered-tasks-only to release only lung" in error and "kidney (0 of" in error
+    assert not (tmp_path / "lung_out").exists()
+    assert run("lung_again", only_lung, "--covered-tasks-only")[0] == 0
+    folder = tmp_path / "lung_again_out"
+    assert [p.stem for p in (folder / "tables").glob("*.csv")] == ["lung"]
+    header = yaml.safe_load((folder / "README.md").read_text().split("---")[1])
+    (model,) = header["model-index"]
+    assert [r["dataset"]["name"] for r in model["results"]] == ["TCGA lung"]
+    card = (folder / "README.md").read_text()
+    assert "| `lung` |" in card and "| `kidney` |" not in card
 
 
 CLIENT = """

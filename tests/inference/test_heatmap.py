@@ -1,7 +1,9 @@
+import hashlib
 import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -190,7 +192,19 @@ def test_heatmap_cli_writes_pngs_and_the_score_table(heatmap_inputs, shared_dir,
     capsys.readouterr()
     assert cli_main(occlusion) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert cli_main([*occlusion, "--overwrite"]) == 0
+    # Redoing one slide replaces its PNG and its rows only: the other slide's rows stay.
+    before = table.set_index("slide_id").sort_index()
+    png = (root / "occ" / "region_0002.png").read_bytes()
+    redo = [*occlusion[: occlusion.index("--slide-ids")], "--slide-ids", "region_0001", "--class", "0"]
+    assert cli_main([*redo, "--overwrite"]) == 0
+    after = pq.read_table(root / "occ" / TILE_SCORES_FILENAME).to_pandas().set_index("slide_id").sort_index()
+    pd.testing.assert_frame_equal(after, before, check_exact=False, rtol=1e-5)
+    assert (root / "occ" / "region_0002.png").read_bytes() == png
+    assert sorted(p.name for p in (root / "occ").iterdir()) == [
+        "region_0001.png",
+        "region_0002.png",
+        TILE_SCORES_FILENAME,
+    ]
 
 
 def test_heatmap_cli_usage_errors(heatmap_inputs, capsys):
@@ -215,19 +229,51 @@ def test_heatmap_cli_usage_errors(heatmap_inputs, capsys):
     other = ["heatmap", "--model", str(root / "model"), "--features", str(root / "augmented")]
     assert cli_main([*other, "--probe", str(root / "probe"), "--out", str(root / "m")]) == 2
     assert "need the exhaustive tile features" in capsys.readouterr().err
-    # A probe recorded for another model is refused unless told otherwise.
-    config = json.loads((root / "probe" / "probe.json").read_text())
-    config["embeddings"]["metadata"]["model"] = "org/another-model"
-    (root / "probe" / "probe.json").write_text(json.dumps(config))
-    assert cli_main([*base, "--probe", str(root / "probe")]) == 2
-    assert "--allow-model-mismatch" in capsys.readouterr().err
-    assert cli_main([*base, "--probe", str(root / "probe"), "--allow-model-mismatch"]) == 0
-    assert not list(root.glob("m/*.tmp"))
     assert cli_main([*base, "--probe", str(root / "probe"), "--occlusion-stride", "0"]) == 2
-    # Scores that add up to the probe's embeddings need to know how they were made.
+
+
+def test_the_probe_is_matched_with_the_model_by_the_content_of_its_weights(heatmap_inputs, capsys):
+    root = heatmap_inputs
+    recorded = SavedProbe.load(root / "probe").embedding_model_sha256
+    assert (
+        recorded
+        == hashlib.sha256(
+            b"model.safetensors\0" + (root / "model" / "model.safetensors").read_bytes()
+        ).hexdigest()
+    )
+    # An identical copy elsewhere is the same model.
+    shutil.copytree(root / "model", root / "copy")
+    argv = ["heatmap", "--features", str(root / "features"), "--probe", str(root / "probe")]
+    assert cli_main([*argv, "--model", str(root / "copy"), "--out", str(root / "a")]) == 0
+    # A model retrained in place is not the one the probe was fit for: refused before anything is written.
+    retrained = GigaSSLModel(GigaSSLModel.config_class.from_pretrained(root / "model"))
+    retrained.save_pretrained(root / "model")
+    capsys.readouterr()
+    assert cli_main([*argv, "--model", str(root / "model"), "--out", str(root / "b")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"sha256 {recorded[:12]}" in error and "--allow-model-mismatch" in error
+    assert not (root / "b").exists()
+    assert (
+        cli_main([*argv, "--model", str(root / "model"), "--out", str(root / "b"), "--allow-model-mismatch"])
+        == 0
+    )
+    # A probe that records no hash (saved by an earlier version) is refused with what to do.
+    config = json.loads((root / "probe" / "probe.json").read_text())
+    del config["embeddings"]["metadata"]["model_sha256"]
+    (root / "probe" / "probe.json").write_text(json.dumps(config))
+    assert cli_main([*argv, "--model", str(root / "copy"), "--out", str(root / "c")]) == 2
+    assert "re-save it with giga-ssl evaluate --save-probe" in capsys.readouterr().err
+    assert not (root / "c").exists()
+
+
+def test_scores_that_add_up_to_the_probes_embeddings_need_their_recorded_views(heatmap_inputs, capsys):
+    root = heatmap_inputs
+    config = json.loads((root / "probe" / "probe.json").read_text())
     del config["embeddings"]["metadata"]["strategy"]
     (root / "probe" / "probe.json").write_text(json.dumps(config))
-    unrecorded = [*base, "--probe", str(root / "probe"), "--allow-model-mismatch", "--overwrite"]
-    assert cli_main(unrecorded) == 2
+    argv = ["heatmap", "--model", str(root / "model"), "--features", str(root / "features")]
+    argv += ["--probe", str(root / "probe"), "--out", str(root / "u")]
+    assert cli_main(argv) == 2
     assert "(strategy): pass --slide-embedding one-pass" in capsys.readouterr().err
-    assert cli_main([*unrecorded, "--slide-embedding", "one-pass"]) == 0
+    assert not (root / "u").exists()
+    assert cli_main([*argv, "--slide-embedding", "one-pass"]) == 0

@@ -65,3 +65,27 @@ def test_an_unsafe_layer4_file_is_refused_in_one_line(features, tmp_path, capsys
     assert code == 2
     assert "evil.pth: refused to load" in one_line_error(capsys)
     assert not (tmp_path / "code-ran").exists() and not (tmp_path / "run" / "final").exists()
+
+
+def test_a_resume_keeps_the_recipe_of_its_run(features, tmp_path, capsys, snapshot, load_strict_json):
+    run = tmp_path / "run"
+    assert train_into(features, run, "--max_steps", "2", "--save_steps", "2") == 0
+    recorded = load_strict_json((run / "training_settings.json").read_text())
+    assert recorded["hidden_dim"] == 32 and recorded["num_processes"] == 1
+    resume = ["--resume_from_checkpoint", "latest", "--save_steps", "2"]
+    capsys.readouterr()
+    before = snapshot(run)
+    assert train_into(features, run, *resume, "--max_steps", "4", "--hidden_dim", "16", "--seed", "3") == 2
+    err = one_line_error(capsys)
+    assert "hidden_dim 32 -> 16, seed 0 -> 3" in err and "--allow-changed-settings" in err
+    assert snapshot(run) == before
+    # How long, logging and checkpoint spacing may change: the run goes on.
+    assert train_into(features, run, *resume, "--max_steps", "4", "--logging_steps", "1") == 0
+    assert load_strict_json((run / "final" / "training_summary.json").read_text())["steps"] == 4
+    # A change of recipe when asked for; the run's settings are then the new ones.
+    capsys.readouterr()
+    assert train_into(features, run, *resume, "--max_steps", "6", "--temperature", "0.1") == 2
+    one_line_error(capsys)
+    changed = [*resume, "--max_steps", "6", "--temperature", "0.1", "--allow-changed-settings"]
+    assert train_into(features, run, *changed) == 0
+    assert load_strict_json((run / "training_settings.json").read_text())["temperature"] == 0.1

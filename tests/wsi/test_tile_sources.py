@@ -154,3 +154,73 @@ def test_geojson_shapes_and_rasterisation(slide_path, tmp_path):
     (tmp_path / "point.geojson").write_text(json.dumps({"type": "Point", "coordinates": [1, 2]}))
     with pytest.raises(ValueError, match="no Polygon"):
         read_tissue_geojson(tmp_path / "point.geojson")
+
+
+def _slides(folder, slide_path, names):
+    folder.mkdir()
+    for name in names:
+        (folder / f"{name}.svs").symlink_to(slide_path)
+    return folder
+
+
+@pytest.mark.slow
+def test_impossible_coordinates_fail_their_slide_with_the_reason_and_the_others_go_on(slide_path, tmp_path):
+    """Issue 19: such tiles were read as blank glass and encoded as tissue, or written with a tile side of 0."""
+    from tests.features.test_extract import FAST, manifest
+
+    slides = _slides(tmp_path / "slides", slide_path, ["negative", "outside", "triples", "zero_side", "good"])
+    patches = tmp_path / "patches"
+    patches.mkdir()
+    write_trident_coords(patches / "negative_patches.h5", [[0, 0], [-512, 512]])
+    write_trident_coords(patches / "outside_patches.h5", [[0, 0], [2220, 0], [4000, 4000]])
+    write_trident_coords(patches / "triples_patches.h5", np.arange(12).reshape(4, 3) * 100)
+    write_trident_coords(patches / "zero_side_patches.h5", [[0, 0]], patch_size_level0=0)
+    write_trident_coords(patches / "good_patches.h5", [[0, 0], [2048, 2560]])  # edge tiles overlap: kept
+    out = tmp_path / "out"
+    argv = [str(slides), "--out", str(out), "--coords-from", str(patches), "--no-aug", "--no-progress", *FAST]
+    assert extract.main(argv) == 1
+    records = manifest(out)
+    assert records["good"]["status"] == "ok" and records["good"]["n_tiles"] == 2
+    errors = {slide_id: r["error"] for slide_id, r in records.items() if r["status"] == "failed"}
+    assert set(errors) == {"negative", "outside", "triples", "zero_side"}
+    assert (
+        "1 of 2 tiles lie at negative coordinates (2220 x 2967 level-0 px), e.g. (-512, 512)"
+        in errors["negative"]
+    )
+    assert (
+        "2 of 3 tiles lie wholly outside the slide" in errors["outside"] and "(2220, 0)" in errors["outside"]
+    )
+    assert "coords must be (n, 2)" in errors["triples"] and "(4, 3)" in errors["triples"]
+    assert "tile side must be a positive number of level-0 px, got 0" in errors["zero_side"]
+    assert load_tile_dataset(out / "exhaustive")["slide_id"] == ["good"]
+
+
+@pytest.mark.slow
+def test_polygons_wholly_outside_the_slide_fail_it_saying_why(slide_path, tmp_path):
+    from tests.features.test_extract import FAST, manifest
+
+    slides = _slides(tmp_path / "slides", slide_path, ["far", "near"])
+    geojson = tmp_path / "geojson"
+    geojson.mkdir()
+    far = [[[5000, 5000], [6000, 5000], [6000, 6000], [5000, 5000]]]
+    (geojson / "far.geojson").write_text(json.dumps({"type": "Polygon", "coordinates": far}))
+    (geojson / "near.geojson").write_text(json.dumps({"type": "Polygon", "coordinates": [OUTER, HOLE]}))
+    out = tmp_path / "out"
+    argv = [
+        str(slides),
+        "--out",
+        str(out),
+        "--tissue-geojson",
+        str(geojson),
+        "--no-aug",
+        "--no-progress",
+        *FAST,
+    ]
+    assert extract.main(argv) == 1
+    records = manifest(out)
+    assert records["near"]["status"] == "ok"
+    assert records["far"]["status"] == "failed"
+    assert (
+        "far.geojson: the polygons lie wholly outside the slide (they span x 5000..6000"
+        in records["far"]["error"]
+    )
