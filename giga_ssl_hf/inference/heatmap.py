@@ -105,7 +105,9 @@ examples:
   giga-ssl heatmap --model runs/ssl/final --features out --probe probe --out occ --method occlusion \\
       --slide-ids slide_001 slide_007
   giga-ssl heatmap --model runs/ssl/final --features out --probe probe --out heatmaps --geojson
-      (QuPath: File > Import objects from file, or drag OUT/<slide_id>.geojson onto the open slide)"""
+
+QuPath: open the slide, then File > Import objects from file (or drag OUT/<slide_id>.geojson onto it):
+one detection per tile, its score under Measurements (Measure > Show measurement maps colours it)."""
 
 
 def find_slide_files(slides_dir: Path | None) -> dict[str, Path]:
