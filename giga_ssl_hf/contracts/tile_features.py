@@ -14,6 +14,14 @@ sidecar JSON file, :data:`METADATA_FILENAME`, in the dataset folder.
 
 Grid index = ``coords // patch_size_level0``: adjacent tiles are one cell apart.
 
+Storage: ``features`` and ``coords`` are ``Array2D(None, k)`` columns, Arrow ``list<list<value>>`` with int32
+offsets, so one record batch (chunk) of a column addresses at most ``2**31 - 1`` values. Writers keep each batch
+under :data:`MAX_BATCH_VALUES` feature values (``datasets`` would combine up to 1,000 rows into one chunk and
+overflow on foundation-model cohorts: ten 150,000-tile slides of 2,560-d features hold 3.8e9 values), so a
+slide's row is limited to :data:`MAX_ROW_VALUES` values (838,860 tiles of 2,560-d features, 2.8M of 768-d);
+:func:`check_row_size` refuses a larger one in one line. Readers go through :class:`TileArrays`, which reads
+every chunk in place, whatever the number of rows per chunk.
+
 The metadata's ``tile_encoder`` record (:func:`tile_encoder_record`) says which encoder made the features; a
 trained model's config carries the record of its training features, and :func:`encoder_mismatch` tells
 whether two records describe different encoders.
@@ -32,6 +40,12 @@ import pyarrow as pa
 
 logger = logging.getLogger(__name__)
 
+# Values one Arrow chunk of a list<list<value>> column can address (int32 offsets).
+MAX_ROW_VALUES = 2**31 - 1
+# Feature values per record batch that writers aim for (64 MiB of float16): a batch holds many small slides or
+# one big slide alone, so a writer's memory stays flat however many slides it writes.
+MAX_BATCH_VALUES = 2**25
+
 
 def tile_features_schema(feature_dim: int, dtype: str = "float16") -> datasets.Features:
     """The ``datasets.Features`` of a tile-feature Dataset whose tiles have ``feature_dim`` features."""
@@ -48,6 +62,18 @@ def tile_features_schema(feature_dim: int, dtype: str = "float16") -> datasets.F
             "magnification": datasets.Value("float32"),
         }
     )
+
+
+def check_row_size(row: dict) -> int:
+    """The number of feature values of a tile-feature row; ValueError when one Arrow chunk cannot hold it."""
+    shape = np.shape(row["features"])
+    values = int(np.prod(shape))
+    if values > MAX_ROW_VALUES:
+        raise ValueError(
+            f"slide {row.get('slide_id')}: {shape[0]} tiles x {shape[-1]} features = {values} values, more than "
+            f"the {MAX_ROW_VALUES} one row of a tile-feature Dataset holds (int32 Arrow offsets)"
+        )
+    return values
 
 
 # Fields of a tile_encoder record that make two encoders' features incomparable when they differ.
@@ -167,7 +193,19 @@ def without_indices_mapping(dataset: datasets.Dataset) -> datasets.Dataset:
         unique = len(set(zip(*(table.column(key).to_pylist() for key in keys)))) == len(dataset)
         if unique and mapped.equals(table):
             return dataset
-    return dataset.flatten_indices()
+    return dataset.flatten_indices(writer_batch_size=_rows_per_batch(dataset))
+
+
+def _rows_per_batch(dataset: datasets.Dataset) -> int:
+    """Rows per record batch that keep a rewrite of ``dataset`` under :data:`MAX_BATCH_VALUES` feature values,
+    judged by its largest row (``datasets`` writes 1,000 rows per batch by default)."""
+    most_tiles = 1
+    for chunk in dataset.data.column("features").chunks:
+        offsets = np.asarray((chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk).offsets)
+        if len(offsets) > 1:
+            most_tiles = max(most_tiles, int(np.diff(offsets).max()))
+    width = dataset.features["features"].shape[1]
+    return int(np.clip(MAX_BATCH_VALUES // (most_tiles * width), 1, 1000))
 
 
 @dataclass

@@ -3,7 +3,8 @@
 Each slide's arrays (``parts/<slide_id>.npz``) and then its record (``parts/<slide_id>.json``) are written to a
 temporary name and renamed: the record's rename is the commit point, so a run killed at any moment leaves
 every slide either fully committed or absent. Datasets are (re)built from the committed parts, in
-``slide_id`` order, into a temporary folder that replaces the previous one.
+``slide_id`` order, into a temporary folder that replaces the previous one: rows streamed into its Arrow shards
+in record batches bounded in tile values, so neither memory nor the Arrow list offsets grow with the cohort.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,9 +25,15 @@ from giga_ssl_hf.files import (
     dumps_strict,
     remove_stale_temporaries,
     staged_directory,
-    temporary_path,
     write_text_atomic,
 )
+
+if TYPE_CHECKING:
+    import datasets
+
+# Bytes of tile arrays per Arrow shard file, and rows per record batch at most (``datasets``' own defaults).
+SHARD_BYTES = 500 * 2**20
+BATCH_ROWS = 1000
 
 
 class DiskFullError(OSError):
@@ -103,33 +111,79 @@ class PartStore:
 def write_tile_dataset(
     rows: Iterable[dict], dataset_dir: str | Path, feature_dim: int, dtype: str, metadata: dict
 ) -> Path:
-    """Write rows of the tile-feature schema as a ``save_to_disk`` folder plus the metadata sidecar.
+    """Write rows of the tile-feature schema as a ``load_from_disk`` folder plus the metadata sidecar.
 
-    Rows are streamed one at a time (a slide's row can hold tens of thousands of tiles), and the folder
-    appears only once complete.
+    Rows are streamed into the folder's Arrow shards directly (no second copy, memory bounded by a record
+    batch), in record batches sized by their tile values (:data:`MAX_BATCH_VALUES`); the folder appears only once
+    complete.
     """
     # Imported here, not at the top: a run's settings check reads the store and must stay light.
     import datasets
-    from datasets.arrow_writer import ArrowWriter
 
     from giga_ssl_hf.contracts.tile_features import tile_features_schema
 
-    dataset_dir = Path(dataset_dir)
-    # The rows are streamed to one Arrow file first (save_to_disk then shards it): a scratch file beside the
-    # folder, not in it (a Dataset cannot be saved over its own files), named as the folder's temporaries so
-    # that a later write removes it if a crash left it.
-    staging = temporary_path(dataset_dir.with_name(dataset_dir.name + ".tmp-rows.arrow"))
+    with staged_directory(dataset_dir) as tmp:
+        schema = tile_features_schema(feature_dim, dtype)
+        shards = _write_shards(rows, tmp, schema)
+        write_text_atomic(
+            tmp / datasets.config.DATASET_STATE_JSON_FILENAME, dumps_strict(_state(shards), indent=2)
+        )
+        datasets.DatasetInfo(features=schema).write_to_directory(str(tmp))
+        write_metadata(tmp, metadata)
+    return Path(dataset_dir)
+
+
+def _write_shards(rows: Iterable[dict], folder: Path, schema: datasets.Features) -> list[str]:
+    """Stream ``rows`` into ``data-NNNNN.arrow`` shards of about :data:`SHARD_BYTES`; their final names."""
+    from datasets.arrow_writer import ArrowWriter
+
+    from giga_ssl_hf.contracts.tile_features import MAX_BATCH_VALUES, check_row_size
+
+    shards: list[Path] = []
+    writer, shard_bytes, batch, batch_values = None, 0, [], 0
+
+    def flush() -> None:
+        nonlocal batch, batch_values
+        if batch:
+            writer.write_batch({key: [row[key] for row in batch] for key in schema})
+        batch, batch_values = [], 0
+
     try:
-        with staged_directory(dataset_dir) as tmp:
-            features = tile_features_schema(feature_dim, dtype)
-            with ArrowWriter(features=features, path=str(staging), writer_batch_size=1) as writer:
-                for row in rows:
-                    writer.write(row)
-                writer.finalize()
-            dataset = datasets.Dataset.from_file(str(staging))
-            dataset.save_to_disk(str(tmp))
-            del dataset
-            write_metadata(tmp, metadata)
+        for row in rows:
+            values = check_row_size(row)
+            if writer is None or shard_bytes >= SHARD_BYTES:
+                flush()
+                if writer is not None:
+                    writer.finalize()
+                    writer.close()
+                shards.append(folder / f"data-{len(shards):05d}.arrow")
+                writer, shard_bytes = ArrowWriter(features=schema, path=str(shards[-1])), 0
+            if batch_values + values > MAX_BATCH_VALUES or len(batch) == BATCH_ROWS:
+                flush()
+            batch.append(row)
+            batch_values += values
+            shard_bytes += np.asarray(row["features"]).nbytes + np.asarray(row["coords"]).nbytes
+        flush()
     finally:
-        staging.unlink(missing_ok=True)
-    return dataset_dir
+        if writer is not None:
+            writer.finalize()
+            writer.close()
+    names = [f"data-{index:05d}-of-{len(shards):05d}.arrow" for index in range(len(shards))]
+    for shard, name in zip(shards, names):
+        shard.rename(folder / name)
+    return names
+
+
+def _state(shard_names: list[str]) -> dict:
+    """The ``state.json`` that ``Dataset.save_to_disk`` writes, for a plain Dataset of these shards."""
+    from datasets.fingerprint import generate_random_fingerprint
+
+    return {
+        "_data_files": [{"filename": name} for name in shard_names],
+        "_fingerprint": generate_random_fingerprint(),
+        "_format_columns": None,
+        "_format_kwargs": {},
+        "_format_type": None,
+        "_output_all_columns": False,
+        "_split": None,
+    }

@@ -11,8 +11,9 @@ Two methods:
   sees and the slide's extreme tiles (which fix the grid origin and map size), so the result equals one pass.
 - ``occlusion`` (model-agnostic, a check on the first): the drop in the slide's log-odds when the tiles within
   ``radius`` cells of a tile are removed (positive: that neighbourhood speaks for the class). With ``stride``
-  ``s > 1`` the tiles are grouped in ``s x s``-cell blocks that are removed together (with the margin), one
-  forward pass per block instead of per tile.
+  ``s > 1`` the tiles are grouped in ``s x s``-cell blocks that are removed together (with the margin). Each
+  block's result equals a whole-slide pass without it, but only the output sites the block can change are
+  recomputed (:mod:`~giga_ssl_hf.inference.occlusion`): the cost per block does not grow with the slide.
 
 :func:`tile_embeddings` (each tile's own output site, no sharing) stays available for other uses.
 """
@@ -26,6 +27,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from giga_ssl_hf.inference.occlusion import (
+    WholeSlide,
+    copies_per_batch,
+    grid_changing_blocks,
+    local_slide_embeddings,
+    supports_local_occlusion,
+)
 from giga_ssl_hf.models.gigassl.modeling_gigassl import SparseConvMILEncoder
 
 if TYPE_CHECKING:
@@ -292,28 +300,74 @@ def occlusion_scores(
 ) -> np.ndarray:
     """`(n,)` drop of the slide's log-odds when the tiles within ``radius`` cells of a tile's block are removed.
 
-    NaN for a tile whose removal would leave the slide without tiles.
+    Equal to one whole-slide pass per block, but only the output sites a block can change are recomputed
+    (:mod:`~giga_ssl_hf.inference.occlusion`), so the cost per block does not grow with the slide. NaN for a
+    tile whose removal would leave the slide without tiles; a slide where that holds for every tile (one or two
+    adjacent tiles at radius 1) is refused with a ValueError: there is no slide left to compare with.
     """
     if radius < 0 or stride < 1:
         raise ValueError(f"occlusion radius must be >= 0 and stride >= 1, got {radius} and {stride}")
-    n = len(features)
+    config = model.config
+    cell_size = config.grid_cell_size if config.fixed_grid_cell_size else patch_size_level0
     cells = tile_cells(model, coords, patch_size_level0)
-    all_tiles = np.ones((1, n), dtype=bool)
-    base = _slide_log_odds(model, features, coords, all_tiles, patch_size_level0, probe, class_name)[0]
     blocks, block_of_tile = np.unique(cells // stride, axis=0, return_inverse=True)
-    block_of_tile = block_of_tile.reshape(-1)
+    low, high = blocks * stride - radius, (blocks + 1) * stride - 1 + radius  # (k, 2) removed cell boxes
+    whole_pass = np.ones(len(blocks), dtype=bool)
+    if supports_local_occlusion(model):
+        whole_pass = grid_changing_blocks(model, coords, cells, low, high, cell_size)
+    logger.info("occlusion: %d blocks over %d tiles, %d of them by a whole-slide pass", len(blocks), len(cells),
+                int(whole_pass.sum()))  # fmt: skip
+    base = _slide_log_odds(model, features, coords, np.ones((1, len(cells)), dtype=bool), patch_size_level0,
+                           probe, class_name)[0]  # fmt: skip
     drops = np.full(len(blocks), np.nan)
+    local = np.flatnonzero(~whole_pass)
+    if len(local):
+        drops[local] = base - _local_log_odds(model, features, coords, cell_size, low[local], high[local], probe,
+                                              class_name)  # fmt: skip
+    spread = np.flatnonzero(whole_pass)
+    drops[spread] = base - _whole_pass_log_odds(
+        model, features, coords, cells, low[spread], high[spread], patch_size_level0, probe, class_name,
+        max_tiles_per_pass,
+    )  # fmt: skip
+    if np.isnan(drops).all():
+        raise ValueError(
+            f"occlusion at radius {radius} removes all {len(cells)} tile(s) of the slide whichever tile is "
+            "occluded: no slide is left to compare with (use --method embedding or a smaller --occlusion-radius)"
+        )
+    return drops[block_of_tile.reshape(-1)]
+
+
+def _local_log_odds(model, features, coords, cell_size, low, high, probe, class_name) -> np.ndarray:
+    """Slide log-odds with each box ``[low[k], high[k]]`` removed, recomputed around the box only."""
+    box_span = int(high[0, 0] - low[0, 0])
+    # Boxes reach radius + stride - 1 <= box_span cells past the grid, windows a few sites more.
+    whole = WholeSlide.run(model, features, coords, cell_size, pad=box_span + 16)
+    device = whole.input_features.device
+    per_batch = copies_per_batch(model, box_span)
+    log_odds = np.empty(len(low))
+    for start in range(0, len(low), per_batch):
+        part = slice(start, start + per_batch)
+        embeddings = local_slide_embeddings(
+            model, whole, torch.from_numpy(low[part]).to(device), torch.from_numpy(high[part]).to(device)
+        )
+        log_odds[part] = probe.log_odds(F.normalize(embeddings.float(), dim=1).cpu().numpy(), class_name)
+    return log_odds
+
+
+def _whole_pass_log_odds(
+    model, features, coords, cells, low, high, patch_size_level0, probe, class_name, max_tiles_per_pass
+) -> np.ndarray:
+    """Slide log-odds with each box ``[low[k], high[k]]`` removed, by whole-slide passes (NaN: nothing left)."""
+    n = len(cells)
+    log_odds = np.full(len(low), np.nan)
     copies_per_pass = max(1, max_tiles_per_pass // n)
-    logger.info("occlusion: %d passes over %d tiles, %d per forward", len(blocks), n, copies_per_pass)
-    for start in range(0, len(blocks), copies_per_pass):
-        group = blocks[start : start + copies_per_pass]  # (g, 2)
-        low, high = group * stride - radius, (group + 1) * stride - 1 + radius  # (g, 2) removed cell ranges
-        removed = ((cells[None] >= low[:, None]) & (cells[None] <= high[:, None])).all(axis=2)  # (g, n)
+    for start in range(0, len(low), copies_per_pass):
+        part = slice(start, start + copies_per_pass)
+        removed = ((cells[None] >= low[part, None]) & (cells[None] <= high[part, None])).all(axis=2)  # (g, n)
         keeps = ~removed
         valid = keeps.any(axis=1)
         if valid.any():
-            occluded = _slide_log_odds(
+            log_odds[start + np.flatnonzero(valid)] = _slide_log_odds(
                 model, features, coords, keeps[valid], patch_size_level0, probe, class_name
             )
-            drops[start + np.flatnonzero(valid)] = base - occluded
-    return drops[block_of_tile]
+    return log_odds

@@ -121,9 +121,9 @@ def test_occlusion_is_the_drop_of_the_slide_score_without_the_neighbourhood(mode
             )
             expected = base - _slide_log_odds(model, probe, features, coords, ~removed)
             assert scores[tile] == pytest.approx(expected, rel=1e-4, abs=1e-5)
-    # Removing the only tile leaves nothing to score.
-    single = occlusion_scores(model, features[:1], coords[:1], PATCH, probe, "1")
-    assert np.isnan(single).all()
+    # Removing the only tile leaves nothing to score (tests/inference/test_occlusion.py: refused).
+    with pytest.raises(ValueError, match="no slide is left"):
+        occlusion_scores(model, features[:1], coords[:1], PATCH, probe, "1")
 
 
 @pytest.fixture
