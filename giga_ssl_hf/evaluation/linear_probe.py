@@ -94,8 +94,20 @@ class EvaluateSettings:
         "Exhaustive tile-feature Dataset (or giga-ssl extract folder) of the slides, for --baseline.",
         metavar="DIR",
     )
+    retrieval: bool = option(
+        False,
+        "Also report leave-one-out retrieval accuracy (cosine nearest slides; top-1 and majority@5) of the "
+        "embeddings and the --baseline; with --out, in retrieval.json.",
+    )
+    patient_column: str | None = option(
+        None,
+        "With --retrieval: the labels CSV column naming each slide's patient (the query's patient is left out).",
+        metavar="COLUMN",
+    )
 
     def __post_init__(self):
+        if self.patient_column and not self.retrieval:
+            raise ValueError("--patient-column is only used by --retrieval")
         if self.labels is not None and self.task is not None:
             raise ValueError(TASK_OR_LABELS)
         n_tasks = len(self.task_names)
@@ -161,6 +173,9 @@ examples:
   # standardised probe, C chosen by inner CV, mean pooling of the tile features beside the embeddings
   giga-ssl evaluate --embeddings runs/embeddings --labels labels.csv --standardize \\
       --C 0.01,0.1,1,10 --baseline mean-pool --features out/exhaustive --train-sizes 50,200
+
+  # leave-one-out retrieval accuracy (top-1, majority@5), a patient's other slides left out
+  giga-ssl evaluate --embeddings runs/embeddings --labels labels.csv --retrieval --patient-column patient
 
   # several tasks at once: one --splits folder per labels file, in the same order
   giga-ssl evaluate --embeddings emb_npy/ --labels tables/lung.csv tables/kidney.csv \\
@@ -290,6 +305,15 @@ def _probe_all(settings: EvaluateSettings, inputs: _Inputs, embeddings: tuple) -
     return sources, results
 
 
+def _retrieval(settings: EvaluateSettings, inputs: _Inputs, sources: dict) -> list[dict]:
+    """Print and return the leave-one-out retrieval accuracy of every source on every task."""
+    from giga_ssl_hf.evaluation.retrieval import retrieval_report
+
+    records, table = retrieval_report(sources, inputs.labels, settings.task_names, settings.patient_column)
+    print(table)
+    return records
+
+
 def evaluate(settings: EvaluateSettings) -> int:
     """Run ``giga-ssl evaluate``: print the AUC table, write the outputs and the probes asked for."""
     from giga_ssl_hf.contracts.slide_embeddings import load_embeddings
@@ -313,6 +337,7 @@ def evaluate(settings: EvaluateSettings) -> int:
             f"probe: logistic regression, C={c_text}, standardised features: {'yes' if settings.standardize else 'no'}"
         )
     print(format_table(results))
+    retrieval = _retrieval(settings, inputs, sources) if settings.retrieval else None
     if settings.out:
         config = {
             **dataclasses.asdict(settings),
@@ -322,6 +347,10 @@ def evaluate(settings: EvaluateSettings) -> int:
         }
         config = {key: str(value) if isinstance(value, Path) else value for key, value in config.items()}
         write_outputs(results, settings.out, config, plots=not settings.no_plots)
+        if retrieval is not None:
+            from giga_ssl_hf.files import write_json
+
+            write_json(settings.out / "retrieval.json", retrieval)
     if settings.save_probe:
         save_probes(settings, inputs.labels, sources["embeddings"])
     return 0
