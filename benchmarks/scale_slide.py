@@ -243,6 +243,8 @@ def _run_case(arguments: dict) -> None:
                 "--device",
                 "cpu",
                 "--overwrite",
+                "--slide-embedding",
+                "one-pass",  # the probe is fit on random vectors, not on embeddings made by embed
             ]
         start = time.perf_counter()
         status = main(argv)
