@@ -38,15 +38,25 @@ def _arrays(rng: np.random.Generator) -> dict[str, np.ndarray]:
     }
 
 
-def fill_store(store, start: int, stop: int, rng: np.random.Generator) -> None:
-    """Committed slides ``start..stop-1``: the files :meth:`PartStore.commit` writes, without its fsyncs."""
+def write_parts_unsynced(store, parts) -> None:
+    """Committed slides from ``(record, arrays)`` pairs: the files :meth:`PartStore.commit` writes, without its
+    fsyncs (filling a store of 30,000 slides with real commits would take minutes)."""
     store.directory.mkdir(parents=True, exist_ok=True)
-    for index in range(start, stop):
-        slide_id = f"slide{index:06d}"
-        with open(store.directory / f"{slide_id}.npz", "wb") as handle:
-            np.savez(handle, **_arrays(rng))
-        record = {**_RECORD, "slide_id": slide_id, "path": f"/data/{slide_id}.svs"}
-        (store.directory / f"{slide_id}.json").write_text(json.dumps(record, sort_keys=True, indent=1))
+    for record, arrays in parts:
+        with open(store.directory / f"{record['slide_id']}.npz", "wb") as handle:
+            np.savez(handle, **arrays)
+        (store.directory / f"{record['slide_id']}.json").write_text(
+            json.dumps(record, sort_keys=True, indent=1)
+        )
+
+
+def fill_store(store, start: int, stop: int, rng: np.random.Generator) -> None:
+    """Committed slides ``start..stop-1`` (tiny records and arrays)."""
+    records = (
+        {**_RECORD, "slide_id": f"slide{i:06d}", "path": f"/data/slide{i:06d}.svs"}
+        for i in range(start, stop)
+    )
+    write_parts_unsynced(store, ((record, _arrays(rng)) for record in records))
 
 
 def _commit_window(store, first: int, count: int, rng, bookkeeping) -> float:
@@ -75,7 +85,7 @@ def measure_store(sizes: tuple[int, ...], window: int, before_window: int) -> li
             filled = size - extra
             now = _commit_window(store, extra, window, rng, lambda: None)
             before = _commit_window(
-                store, extra + window, before_window, rng, lambda: write_manifest(store, out)
+                store, extra + window, before_window, rng, lambda: write_manifest(store.records(), out)
             )
             extra += window + before_window
             entries = [SlideEntry(Path(f"/data/slide{i:06d}.svs"), f"slide{i:06d}") for i in range(filled)]

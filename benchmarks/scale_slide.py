@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # table.py and scale_cohort.py, beside this file
 COLUMNS = [
     ("case", "<22"),
     ("size", "<22"),
@@ -57,7 +58,7 @@ FULL = {
 QUICK = {
     "assembly_slides": (20, 60),
     "slides": ((300, 16),),
-    "occlusion_tiles": (64,),
+    "occlusion_tiles": (64, 256),
     "hidden_dim": 32,
 }
 TINY_SLIDE = (16, 64)  # tiles, features of each slide in the assembly case
@@ -156,12 +157,12 @@ def _part_store(folder: Path):
     return PartStore(folder / PARTS_DIRNAME)
 
 
-def _commit(store, index: int, features: np.ndarray, coords: np.ndarray) -> None:
+def _part(index: int, features: np.ndarray, coords: np.ndarray) -> tuple[dict, dict]:
     record = {
         "slide_id": f"slide_{index:06d}", "path": f"slide_{index:06d}.svs", "status": "ok", "n_tiles": len(features),
         "passes": ["exhaustive"], "patch_size_level0": PATCH, "mpp": 0.25, "magnification": 40.0,
     }  # fmt: skip
-    store.commit(record, {"exhaustive_features": features, "exhaustive_coords": coords})
+    return record, {"exhaustive_features": features, "exhaustive_coords": coords}
 
 
 def _random_features(n_tiles: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -175,10 +176,11 @@ def _random_features(n_tiles: int, dim: int, seed: int = 0) -> np.ndarray:
 
 
 def _write_parts(folder: Path, n_slides: int, n_tiles: int, dim: int) -> None:
-    store = _part_store(folder)
+    from scale_cohort import write_parts_unsynced
+
     coords = _grid_coords(n_tiles)
-    for index in range(n_slides):
-        _commit(store, index, _random_features(n_tiles, dim, seed=index), coords)
+    parts = (_part(index, _random_features(n_tiles, dim, seed=index), coords) for index in range(n_slides))
+    write_parts_unsynced(_part_store(folder), parts)
 
 
 def _link_parts(source: Path, target: Path, count: int) -> None:
@@ -214,7 +216,7 @@ def _run_case(arguments: dict) -> None:
         store = _part_store(folder)
         features = _random_features(arguments["n_tiles"], arguments["dim"])
         start = time.perf_counter()
-        _commit(store, 0, features, _grid_coords(len(features)))
+        store.commit(*_part(0, features, _grid_coords(len(features))))
         _report(time.perf_counter() - start)
     elif case == "assemble":
         from giga_ssl_hf.features.assemble import assemble_datasets
@@ -241,6 +243,8 @@ def _run_case(arguments: dict) -> None:
                 "--device",
                 "cpu",
                 "--overwrite",
+                "--slide-embedding",
+                "one-pass",  # the probe is fit on random vectors, not on embeddings made by embed
             ]
         start = time.perf_counter()
         status = main(argv)
@@ -255,13 +259,15 @@ def _save_model_and_probe(folder: Path, dim: int, hidden_dim: int) -> None:
     import torch
 
     from giga_ssl_hf import GigaSSLConfig, GigaSSLModel
+    from giga_ssl_hf.checkpoints import weights_sha256
 
     torch.manual_seed(0)
     GigaSSLModel(GigaSSLConfig(feature_dim=dim, hidden_dim=hidden_dim)).save_pretrained(folder / "model")
-    _probe(hidden_dim).save(folder / "probe", overwrite=True)
+    _probe(hidden_dim, weights_sha256(folder / "model")).save(folder / "probe", overwrite=True)
 
 
-def _probe(hidden_dim: int):
+def _probe(hidden_dim: int, model_sha256: str | None = None):
+    """A probe fit on random embeddings, recorded as fit on the model whose weights hash is ``model_sha256``."""
     import pandas as pd
 
     from giga_ssl_hf.evaluation.saved_probe import fit_saved_probe
@@ -269,7 +275,8 @@ def _probe(hidden_dim: int):
     rng = np.random.default_rng(0)
     ids = np.array([f"s{index}" for index in range(8)])
     labels = pd.Series({slide: str(index % 2) for index, slide in enumerate(ids)})
-    return fit_saved_probe(ids, rng.standard_normal((8, hidden_dim)), labels)
+    metadata = {"model_sha256": model_sha256}
+    return fit_saved_probe(ids, rng.standard_normal((8, hidden_dim)), labels, embeddings_metadata=metadata)
 
 
 def _time_occlusion(n_tiles: int, hidden_dim: int) -> None:
@@ -306,7 +313,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.case:
         _run_case(json.loads(args.case))
         return
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from table import text_table
 
     print(text_table(measure(args.quick), COLUMNS))

@@ -39,6 +39,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "giga_ssl_hf.inference.heatmap",
         "per-tile scores of a saved probe: heatmap PNGs and a parquet table",
     ),
+    "search": (
+        "giga_ssl_hf.evaluation.retrieval",
+        "the most similar slides (cosine) to given slides, from slide embeddings",
+    ),
     "push-model": ("giga_ssl_hf.hub.push", "write a model card and push a trained model to the Hub"),
     "push-embeddings": ("giga_ssl_hf.hub.push", "write a dataset card and push slide embeddings to the Hub"),
     "download": (

@@ -114,6 +114,27 @@ def export_classifier(
     return out
 
 
+def check_export(folders: list[Path], embeddings: str, encoder: str | None, overwrite: bool) -> None:
+    """Before the evaluation: the export folders may be written, and the encoder is the embeddings' own."""
+    from giga_ssl_hf.contracts import read_metadata
+    from giga_ssl_hf.contracts.slide_embeddings import resolve_embeddings_folder
+
+    for folder in folders:
+        check_classifier_target(folder, overwrite)
+    classifier_encoder(read_metadata(resolve_embeddings_folder(embeddings)), encoder)
+
+
+def export_classifiers(
+    probes: list[SavedProbe], folders: list[Path], encoder: str | None, results: list, overwrite: bool
+) -> None:
+    """Each task's saved probe exported to its folder, its card with the task's AUCs (of the embeddings)."""
+    for probe, folder in zip(probes, folders):
+        task = probe.info["task"]
+        own = [r for r in results if r.task == task and r.embedding == "embeddings"]
+        export_classifier(probe, folder, encoder, own, overwrite)
+        print(f"exported the {task} probe as a slide classifier to {folder}")
+
+
 def check_classifier_target(directory: str | Path, overwrite: bool) -> None:
     """Refuse to replace an exported classifier without ``overwrite``, and any other non-empty folder at all."""
     directory = Path(directory)

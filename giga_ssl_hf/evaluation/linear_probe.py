@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from giga_ssl_hf.evaluation.mil_recipe import MILRecipe
 from giga_ssl_hf.settings import SettingsParser, option, run_main
 
 DEFAULT_FOLDS = 5
@@ -77,17 +78,13 @@ class EvaluateSettings:
     )
     export_classifier: Path | None = option(
         None,
-        "With --save-probe, also write each probe as a GigaSSLForSlideClassification model folder there: the "
-        "slide encoder's weights, the probe as its linear head, the model code (loads with "
-        "trust_remote_code=True, without this package) and a card with the task, classes and AUCs; ready "
-        "for giga-ssl push-model. With several labels files, one sub-folder per task.",
+        "With --save-probe, also write each probe there as a GigaSSLForSlideClassification model folder "
+        "(encoder weights, the probe as its head, remote code, a card with the AUCs), for giga-ssl push-model; "
+        "with several labels files, one sub-folder per task.",
         metavar="DIR",
     )
     classifier_encoder: str | None = option(
-        None,
-        "The slide encoder (model folder or Hub id) of --export-classifier (default: the model recorded in "
-        "the embeddings' metadata).",
-        metavar="MODEL",
+        None, "Slide encoder of --export-classifier (default: the embeddings' model).", metavar="MODEL"
     )
     standardize: bool = option(
         False,
@@ -112,16 +109,28 @@ class EvaluateSettings:
         "Exhaustive tile-feature Dataset (or giga-ssl extract folder) of the slides, for --baseline.",
         metavar="DIR",
     )
-    mil_epochs: int = option(20, "Epochs of the MIL baselines (abmil, graph-mil).")
+    mil_epochs: int = option(MILRecipe.epochs, "Epochs of the MIL baselines (abmil, graph-mil).")
     mil_validation: float = option(
-        0.0,
-        "Share of each training split held out (stratified) for early stopping of the MIL baselines: the "
-        "epoch of least held-out loss is kept (default: 0, a fixed --mil-epochs).",
+        MILRecipe.validation_fraction,
+        "Held-out share of each training split for early stopping of the MIL baselines (default: 0, none).",
         metavar="FRACTION",
     )
-    mil_device: str = option("cpu", "Device of the MIL baselines: cpu, cuda, cuda:1, auto...")
+    mil_device: str = option(MILRecipe.device, "Device of the MIL baselines: cpu, cuda, cuda:1, auto...")
+    retrieval: bool = option(
+        False,
+        "Also report leave-one-out retrieval accuracy (cosine nearest slides; top-1 and majority@5) of the "
+        "embeddings and the vector --baseline (mean-pool; MIL baselines have no slide vector); with --out, in "
+        "retrieval.json.",
+    )
+    patient_column: str | None = option(
+        None,
+        "With --retrieval: the labels CSV column naming each slide's patient (the query's patient is left out).",
+        metavar="COLUMN",
+    )
 
     def __post_init__(self):
+        if self.patient_column and not self.retrieval:
+            raise ValueError("--patient-column is only used by --retrieval")
         if self.labels is not None and self.task is not None:
             raise ValueError(TASK_OR_LABELS)
         n_tasks = len(self.task_names)
@@ -149,10 +158,8 @@ class EvaluateSettings:
                 "--save-probe saves one probe: give a single --C value (pick it with an evaluation first)"
             )
 
-    def mil_recipe(self):
-        """The MIL baselines' training recipe (:class:`~giga_ssl_hf.evaluation.mil_recipe.MILRecipe`)."""
-        from giga_ssl_hf.evaluation.mil_recipe import MILRecipe
-
+    def mil_recipe(self) -> MILRecipe:
+        """The MIL baselines' training recipe."""
         return MILRecipe(
             epochs=self.mil_epochs,
             validation_fraction=self.mil_validation,
@@ -210,6 +217,9 @@ examples:
   # supervised MIL on the same tile features beside mean pooling, at 50 and 200 training slides
   giga-ssl evaluate --embeddings runs/embeddings --labels labels.csv --train-sizes 50,200 \\
       --baseline mean-pool abmil graph-mil --features out/exhaustive --mil-device auto
+
+  # leave-one-out retrieval accuracy (top-1, majority@5), a patient's other slides left out
+  giga-ssl evaluate --embeddings runs/embeddings --labels labels.csv --retrieval --patient-column patient
 
   # several tasks at once: one --splits folder per labels file, in the same order
   giga-ssl evaluate --embeddings emb_npy/ --labels tables/lung.csv tables/kidney.csv \\
@@ -285,18 +295,6 @@ def save_probes(settings: EvaluateSettings, labels: list[str], embeddings) -> li
     return probes
 
 
-def export_classifiers(settings: EvaluateSettings, probes: list, results: list) -> None:
-    """Each task's saved probe as a ``GigaSSLForSlideClassification`` folder, its card with the task's AUCs."""
-    from giga_ssl_hf.evaluation.export_classifier import export_classifier
-
-    folders = probe_folders(settings.export_classifier, settings.task_names)
-    for probe, folder in zip(probes, folders):
-        task = probe.info["task"]
-        own = [r for r in results if r.task == task and r.embedding == "embeddings"]
-        export_classifier(probe, folder, settings.classifier_encoder, own, settings.overwrite_probe)
-        print(f"exported the {task} probe as a slide classifier to {folder}")
-
-
 def _probe_all(settings: EvaluateSettings, inputs: _Inputs, embeddings: tuple) -> tuple[dict, list]:
     """The embeddings (and baselines) evaluated on every task: ``({name: (ids, vectors or model)}, results)``."""
     from giga_ssl_hf.evaluation.baselines import baseline_source
@@ -320,6 +318,15 @@ def _probe_all(settings: EvaluateSettings, inputs: _Inputs, embeddings: tuple) -
     return sources, results
 
 
+def _retrieval(settings: EvaluateSettings, inputs: _Inputs, sources: dict) -> list[dict]:
+    """Print and return the leave-one-out retrieval accuracy of every source on every task."""
+    from giga_ssl_hf.evaluation.retrieval import retrieval_report
+
+    records, table = retrieval_report(sources, inputs.labels, settings.task_names, settings.patient_column)
+    print(table)
+    return records
+
+
 def evaluate(settings: EvaluateSettings) -> int:
     """Run ``giga-ssl evaluate``: print the AUC table, write the outputs and the probes asked for."""
     from giga_ssl_hf.contracts.slide_embeddings import load_embeddings
@@ -339,14 +346,10 @@ def evaluate(settings: EvaluateSettings) -> int:
         for folder in probe_folders(settings.save_probe, settings.task_names):
             check_probe_target(folder, settings.overwrite_probe)
     if settings.export_classifier:
-        from giga_ssl_hf.contracts import read_metadata
-        from giga_ssl_hf.contracts.slide_embeddings import resolve_embeddings_folder
-        from giga_ssl_hf.evaluation.export_classifier import check_classifier_target, classifier_encoder
+        from giga_ssl_hf.evaluation.export_classifier import check_export
 
-        for folder in probe_folders(settings.export_classifier, settings.task_names):
-            check_classifier_target(folder, settings.overwrite_probe)
-        metadata = read_metadata(resolve_embeddings_folder(settings.embeddings))
-        classifier_encoder(metadata, settings.classifier_encoder)
+        export = probe_folders(settings.export_classifier, settings.task_names)
+        check_export(export, settings.embeddings, settings.classifier_encoder, settings.overwrite_probe)
     sources, results = _probe_all(settings, inputs, embeddings)
     if settings.standardize or settings.C or settings.baseline:
         c_text = ",".join(f"{c:g}" for c in parse_c(settings.C))
@@ -354,6 +357,9 @@ def evaluate(settings: EvaluateSettings) -> int:
             f"probe: logistic regression, C={c_text}, standardised features: {'yes' if settings.standardize else 'no'}"
         )
     print(format_table(results))
+    # Retrieval compares slide vectors: a MIL baseline has none.
+    vectors = {name: source for name, source in sources.items() if not hasattr(source[1], "fit_predict")}
+    retrieval = _retrieval(settings, inputs, vectors) if settings.retrieval else None
     if settings.out:
         config = {
             **dataclasses.asdict(settings),
@@ -363,10 +369,16 @@ def evaluate(settings: EvaluateSettings) -> int:
         }
         config = {key: str(value) if isinstance(value, Path) else value for key, value in config.items()}
         write_outputs(results, settings.out, config, plots=not settings.no_plots)
+        if retrieval is not None:
+            from giga_ssl_hf.files import write_json
+
+            write_json(settings.out / "retrieval.json", retrieval)
     if settings.save_probe:
         probes = save_probes(settings, inputs.labels, sources["embeddings"])
         if settings.export_classifier:
-            export_classifiers(settings, probes, results)
+            from giga_ssl_hf.evaluation.export_classifier import export_classifiers
+
+            export_classifiers(probes, export, settings.classifier_encoder, results, settings.overwrite_probe)
     return 0
 
 

@@ -48,31 +48,36 @@ def assemble_datasets(
         config = ExtractionConfig(**json.loads(config_path.read_text()))
     store = PartStore(out_dir / PARTS_DIRNAME)
     with sharding.SlideLocks(out_dir / LOCKS_DIRNAME) as locks, locks.hold(".assemble"):
+        records = store.records()  # read once: the manifest and the Datasets are built from the same records
         if passes is None:
-            present = {p for r in store.records() if r["status"] == "ok" for p in r.get("passes", [])}
+            present = {p for r in records if r["status"] == "ok" for p in r.get("passes", [])}
             passes = [p for p in BOTH_PASSES if p in present]
         with store.disk_full_names("the manifest and Datasets of " + str(out_dir)):
-            write_manifest(store, out_dir)
-            return _write_datasets(store, out_dir, config, passes, runner)
+            write_manifest(records, out_dir)
+            return _write_datasets(store, records, out_dir, config, passes, runner)
 
 
-def write_manifest(store: PartStore, out_dir: Path) -> None:
-    """``out_dir/manifest.jsonl``: one line per committed slide, its main fields first."""
+def write_manifest(records: list[dict], out_dir: Path) -> None:
+    """``out_dir/manifest.jsonl``: one line per committed slide (``records``, in order), its main fields first."""
     keys = ("slide_id", "path", "status", "n_tiles", "seconds", "error")
-    records = [
-        {**{k: r.get(k) for k in keys}, **{k: v for k, v in r.items() if k not in keys}}
-        for r in store.records()
-    ]
-    write_jsonl(out_dir / MANIFEST_FILENAME, records)
+    lines = (
+        {**{k: r.get(k) for k in keys}, **{k: v for k, v in r.items() if k not in keys}} for r in records
+    )
+    write_jsonl(out_dir / MANIFEST_FILENAME, lines)
 
 
 def _write_datasets(
-    store: PartStore, out_dir: Path, config: ExtractionConfig, passes, runner: EncoderRunner | None
+    store: PartStore,
+    records: list[dict],
+    out_dir: Path,
+    config: ExtractionConfig,
+    passes,
+    runner: EncoderRunner | None,
 ) -> dict[str, Path]:
     from giga_ssl_hf.contracts import read_metadata
     from giga_ssl_hf.features.store import write_tile_dataset
 
-    ok_records = [r for r in store.records() if r["status"] == "ok"]
+    ok_records = [r for r in records if r["status"] == "ok"]
     feature_dim = runner.feature_dim if runner is not None else _feature_dim(store, ok_records)
     if feature_dim is None:
         return {}

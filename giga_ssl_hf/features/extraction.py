@@ -276,7 +276,7 @@ def _others_done(summary: ExtractionSummary, key: str, job, store, wait_for_shar
         ", ".join(f"{i}/{share[1]}" for i in summary.waiting_for),
     )
     with store.disk_full_names("the manifest of " + str(out_dir)):
-        write_manifest(store, out_dir)
+        write_manifest(store.records(), out_dir)
     return False
 
 

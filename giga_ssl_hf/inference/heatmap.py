@@ -4,8 +4,9 @@
     giga-ssl heatmap --model runs/ssl/final --features out --probe probe --out heatmaps --slides-dir slides/
 
 Writes ``OUT/<slide_id>.png`` (the scores as coloured tiles over the slide's thumbnail when its file is in
-``--slides-dir``, else on the bare tile grid, with a colour bar naming the class) and ``OUT/tile_scores.parquet``
-(``slide_id``, ``x``, ``y``: the tile's level-0 top-left corner, ``score``). Methods: see
+``--slides-dir``, else on the bare tile grid, with a colour bar naming the class), ``OUT/tile_scores.parquet``
+(``slide_id``, ``x``, ``y``: the tile's level-0 top-left corner, ``score``) and, with ``--geojson``,
+``OUT/<slide_id>.geojson`` for QuPath (:mod:`giga_ssl_hf.inference.heatmap_geojson`). Methods: see
 :mod:`giga_ssl_hf.inference.tile_scores`; drawing: :mod:`giga_ssl_hf.inference.heatmap_plot`. The settings are
 :class:`HeatmapSettings`, from which the command line is generated; :func:`write_heatmaps` does the work.
 """
@@ -54,6 +55,11 @@ class HeatmapSettings:
     slides_dir: Path | None = option(None, "Folder of the slide files (file stem = slide_id).")
     slide_ids: tuple[str, ...] | None = option(None, "Slides to map (default: all).")
     method: Literal["embedding", "occlusion"] = option("embedding", "How tiles are scored.")
+    slide_embedding: Literal["views", "one-pass"] = option(
+        "views",
+        "What the embedding method's tile scores add up to: the slide embedding the probe scores (the views "
+        "recorded in the probe: strategy, n_views, n_tiles, seed) or one pass of all the tiles.",
+    )
     class_name: str | None = option(
         None, "Class to score (default: the probe's last class).", flag="--class", metavar="CLASS_NAME"
     )
@@ -61,6 +67,9 @@ class HeatmapSettings:
     occlusion_stride: int = option(1, "Occlude blocks of this many cells (fewer passes).")
     max_tiles_per_pass: int = option(20000, "Tiles per forward pass (larger slides: chunks).")
     thumbnail_size: int = option(1024, "Longer side of the PNGs in px.")
+    geojson: bool = option(
+        False, "Also write OUT/<slide_id>.geojson (tile squares with their score) for QuPath."
+    )
     device: str = option("auto", "auto, cpu, cuda, cuda:1, ...")
     trust_remote_code: bool = option(False, "Load Hub models with their own code.")
     allow_model_mismatch: bool = option(
@@ -85,15 +94,20 @@ OUT/<slide_id>.png over the slide thumbnail (or the bare tile grid) and OUT/tile
 (slide_id, x, y, score)."""
 
 EPILOG = """methods:
-  embedding  each tile's output-site embedding in whole-slide context (L2-normalised), scored by the
-             probe: log-odds of the class
+  embedding  each tile's additive share of the slide's log-odds of the class: the probe's intercept
+             plus the mean of the slide's tile scores is its log-odds (--slide-embedding: of the
+             embedding the probe scores, or of one pass of all tiles); 0 is neutral
   occlusion  drop of the slide's log-odds when the tiles within --occlusion-radius cells are removed
              (model-agnostic; one forward pass per tile, or per block with --occlusion-stride)
 
 examples:
   giga-ssl heatmap --model runs/ssl/final --features out --probe probe --out heatmaps --slides-dir slides
   giga-ssl heatmap --model runs/ssl/final --features out --probe probe --out occ --method occlusion \\
-      --slide-ids slide_001 slide_007"""
+      --slide-ids slide_001 slide_007
+  giga-ssl heatmap --model runs/ssl/final --features out --probe probe --out heatmaps --geojson
+
+QuPath: open the slide, then File > Import objects from file (or drag OUT/<slide_id>.geojson onto it):
+one detection per tile, its score under Measurements (Measure > Show measurement maps colours it)."""
 
 
 def find_slide_files(slides_dir: Path | None) -> dict[str, Path]:
@@ -185,15 +199,42 @@ def _exhaustive_features(settings: HeatmapSettings):
     return dataset, slide_ids, wanted
 
 
-def _refuse_existing(out: Path, wanted: list[str], overwrite: bool) -> None:
-    targets = [out / TILE_SCORES_FILENAME] + [out / f"{slide}.png" for slide in wanted]
+def _refuse_existing(out: Path, wanted: list[str], overwrite: bool, geojson: bool) -> None:
+    suffixes = (".png", ".geojson") if geojson else (".png",)
+    targets = [out / TILE_SCORES_FILENAME] + [
+        out / f"{slide}{suffix}" for slide in wanted for suffix in suffixes
+    ]
     if not overwrite and (existing := [p for p in targets if p.exists()]):
         raise FileExistsError(
             f"{existing[0]} exists (and {len(existing) - 1} more): pass --overwrite to replace"
         )
 
 
-def score_slide(settings: HeatmapSettings, model, features, coords, patch, probe, class_name) -> np.ndarray:
+def recorded_views(probe: SavedProbe) -> dict:
+    """How the embeddings ``probe`` was fit on were made (``giga-ssl embed``'s settings, from its metadata)."""
+    recorded = (probe.info.get("embeddings") or {}).get("metadata", {})
+    if missing := [key for key in ("strategy", "n_views", "n_tiles", "seed") if recorded.get(key) is None]:
+        raise ValueError(
+            f"the probe does not record how its embeddings were made ({', '.join(missing)}): pass "
+            "--slide-embedding one-pass"
+        )
+    return recorded
+
+
+def probe_views(probe: SavedProbe, slide_id: str, coords: np.ndarray, patch: int):
+    """The views of one slide's embedding as the probe's embeddings were made (see :func:`recorded_views`)."""
+    from giga_ssl_hf.inference.views import slide_views
+
+    recorded = recorded_views(probe)
+    return slide_views(
+        len(coords), np.asarray(coords) // patch, slide_id, recorded["strategy"], int(recorded["n_views"]),
+        int(recorded["n_tiles"]), int(recorded["seed"]),
+    )  # fmt: skip
+
+
+def score_slide(
+    settings: HeatmapSettings, slide_id: str, model, features, coords, patch, probe, class_name
+) -> np.ndarray:
     from giga_ssl_hf.inference.tile_scores import embedding_scores, occlusion_scores
 
     if settings.method == "occlusion":
@@ -201,7 +242,10 @@ def score_slide(settings: HeatmapSettings, model, features, coords, patch, probe
             model, features, coords, patch, probe, class_name, settings.occlusion_radius,
             settings.occlusion_stride, settings.max_tiles_per_pass,
         )  # fmt: skip
-    return embedding_scores(model, features, coords, patch, probe, class_name, settings.max_tiles_per_pass)
+    views = probe_views(probe, slide_id, coords, patch) if settings.slide_embedding == "views" else None
+    return embedding_scores(
+        model, features, coords, patch, probe, class_name, settings.max_tiles_per_pass, views
+    )
 
 
 def _draw(settings: HeatmapSettings, slide_id, slide_file, coords, scores, patch, class_name) -> None:
@@ -231,8 +275,10 @@ def write_heatmaps(settings: HeatmapSettings) -> int:
     from giga_ssl_hf.contracts.tile_features import TileArrays
 
     dataset, slide_ids, wanted = _exhaustive_features(settings)
-    _refuse_existing(settings.out, wanted, settings.overwrite)
+    _refuse_existing(settings.out, wanted, settings.overwrite, settings.geojson)
     previous = previous_scores(settings.out, settings.overwrite)
+    if settings.method == "embedding" and settings.slide_embedding == "views":
+        recorded_views(probe)  # a usage error before any work
     slide_files = find_slide_files(settings.slides_dir)
     model = load_model(settings.model, resolve_device(settings.device), settings.trust_remote_code)
     settings.out.mkdir(parents=True, exist_ok=True)
@@ -244,12 +290,17 @@ def write_heatmaps(settings: HeatmapSettings) -> int:
         features, coords = arrays.row(index)
         patch = int(patch_sizes[index])
         try:
-            scores = score_slide(settings, model, features, coords, patch, probe, class_name)
+            scores = score_slide(settings, slide_id, model, features, coords, patch, probe, class_name)
         except (ValueError, RuntimeError) as error:
             print(f"giga-ssl heatmap: {slide_id}: failed: {error}", file=sys.stderr)
             failed += 1
             continue
         _draw(settings, slide_id, slide_files.get(slide_id), coords, scores, patch, class_name)
+        if settings.geojson:
+            from giga_ssl_hf.inference.heatmap_geojson import write_tile_scores_geojson
+
+            path = settings.out / f"{slide_id}.geojson"
+            write_tile_scores_geojson(path, np.asarray(coords), scores, patch, class_name, settings.method)
         rows.append((slide_id, np.asarray(coords), scores))
     if rows:
         table = write_scores_table(settings.out / TILE_SCORES_FILENAME, rows, previous)

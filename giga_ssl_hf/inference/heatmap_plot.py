@@ -23,7 +23,7 @@ def scores_schema():
 def score_label(method: str, class_name: str) -> str:
     if method == "occlusion":
         return f"drop in the slide's log-odds of '{class_name}' when removed"
-    return f"tile log-odds of '{class_name}'"
+    return f"contribution to the slide's log-odds of '{class_name}'"
 
 
 def render_tile_scores(

@@ -2,16 +2,20 @@
 
 Two methods:
 
-- ``embedding``: every tile of the slide goes through the encoder at once (whole-slide context), each tile
-  gets its output site's embedding (``GigaSSLModel(..., output_tile_embeddings=True)``), L2-normalised like the
-  slide embeddings the probe was fit on, and the probe's log-odds of the class. Slides with more tiles than
-  ``max_tiles_per_pass`` go in square chunks of the grid, each with the 8-cell margin that ``layer4`` sees and
-  the slide's extreme tiles (which fix the grid origin and map size), so the result equals one pass.
+- ``embedding`` (additive): every tile of the slide goes through the encoder at once (whole-slide context) and
+  gets its share of the slide embedding (:func:`tile_contributions`), whose mean over the tiles is the slide's
+  one-pass embedding before its L2 norm. Through the norm, the probe's standardisation and its linear map,
+  each tile's score is its contribution to the slide's log-odds, in the same units: **the slide's log-odds
+  equal the probe's intercept plus the mean of its tile scores** (:func:`additive_scores`). Slides with more
+  tiles than ``max_tiles_per_pass`` go in square chunks of the grid, each with the margin that ``layer4``
+  sees and the slide's extreme tiles (which fix the grid origin and map size), so the result equals one pass.
 - ``occlusion`` (model-agnostic, a check on the first): the drop in the slide's log-odds when the tiles within
   ``radius`` cells of a tile are removed (positive: that neighbourhood speaks for the class). With ``stride``
   ``s > 1`` the tiles are grouped in ``s x s``-cell blocks that are removed together (with the margin). Each
   block's result equals a whole-slide pass without it, but only the output sites the block can change are
   recomputed (:mod:`~giga_ssl_hf.inference.occlusion`): the cost per block does not grow with the slide.
+
+:func:`tile_embeddings` (each tile's own output site, no sharing) stays available for other uses.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 # Cells around a tile whose tiles can change its layer4 output site (stride-2 window, then 3 more 3x3 convs).
 RECEPTIVE_MARGIN = 8
+# The output sites whose 3x3 / stride-2 window holds a tile reach one site (2 cells) further than its own.
+CONTRIBUTION_MARGIN = RECEPTIVE_MARGIN + 2
 
 
 def tile_cells(model, coords: np.ndarray, patch_size_level0: int) -> np.ndarray:
@@ -69,9 +75,11 @@ def _forward(
     )
 
 
-def _chunks(coords: np.ndarray, cells: np.ndarray, side: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``(core tiles, tiles of the pass)`` per square block of ``side`` cells: the block, its margin, and the
-    tiles that set the slide's grid origin (lowest coordinates) and map size (highest cells)."""
+def _chunks(
+    coords: np.ndarray, cells: np.ndarray, side: int, margin: int = RECEPTIVE_MARGIN
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(core tiles, tiles of the pass)`` per square block of ``side`` cells: the block, its ``margin``, and
+    the tiles that set the slide's grid origin (lowest coordinates) and map size (highest cells)."""
     extremes = np.unique(
         [coords[:, 0].argmin(), coords[:, 1].argmin(), cells[:, 0].argmax(), cells[:, 1].argmax()]
     )
@@ -79,35 +87,183 @@ def _chunks(coords: np.ndarray, cells: np.ndarray, side: int) -> list[tuple[np.n
     chunks = []
     for block in np.unique(blocks, axis=0):
         core = np.flatnonzero((blocks == block).all(axis=1))
-        low, high = block * side - RECEPTIVE_MARGIN, (block + 1) * side - 1 + RECEPTIVE_MARGIN
+        low, high = block * side - margin, (block + 1) * side - 1 + margin
         context = np.flatnonzero(((cells >= low) & (cells <= high)).all(axis=1))
         chunks.append((core, np.union1d(context, extremes)))
     return chunks
+
+
+def _passes(model, coords: np.ndarray, patch_size_level0: int, max_tiles_per_pass: int, margin: int):
+    """``(core tiles, tiles of the pass)`` of each forward pass over one slide (one pass when it fits)."""
+    n = len(coords)
+    if n <= max_tiles_per_pass:
+        return [(np.arange(n), np.arange(n))]
+    if model.config.encoder_type == "mlp":  # no spatial context: any split of the tiles is exact
+        parts = np.array_split(np.arange(n), -(-n // max_tiles_per_pass))
+        return [(part, part) for part in parts]
+    side = int(np.sqrt(max_tiles_per_pass)) - 2 * margin
+    if side < 2:
+        raise ValueError(f"max_tiles_per_pass must be at least {(2 + 2 * margin) ** 2}")
+    return _chunks(coords, tile_cells(model, coords, patch_size_level0), side, margin)
 
 
 def tile_embeddings(
     model, features: np.ndarray, coords: np.ndarray, patch_size_level0: int, max_tiles_per_pass: int = 20000
 ) -> np.ndarray:
     """`(n, E)` float32 tile embeddings of one slide in whole-slide context (chunked above ``max_tiles_per_pass``)."""
-    n = len(features)
-    if n <= max_tiles_per_pass:
-        out = _forward(model, features, coords, np.ones((1, n), dtype=bool), patch_size_level0, True)
-        return out.tile_embeddings[0].float().cpu().numpy()
-    if model.config.encoder_type == "mlp":  # no spatial context: any split of the tiles is exact
-        parts = np.array_split(np.arange(n), -(-n // max_tiles_per_pass))
-        chunks = [(part, part) for part in parts]
-    else:
-        side = int(np.sqrt(max_tiles_per_pass)) - 2 * RECEPTIVE_MARGIN
-        if side < 2:
-            raise ValueError(f"max_tiles_per_pass must be at least {(2 + 2 * RECEPTIVE_MARGIN) ** 2}")
-        chunks = _chunks(coords, tile_cells(model, coords, patch_size_level0), side)
-    result = np.zeros((n, model.config.hidden_dim), dtype=np.float32)
-    logger.info("%d tiles in %d chunks", n, len(chunks))
+    chunks = _passes(model, coords, patch_size_level0, max_tiles_per_pass, RECEPTIVE_MARGIN)
+    result = np.zeros((len(features), model.config.hidden_dim), dtype=np.float32)
+    logger.info("%d tiles in %d pass(es)", len(features), len(chunks))
     for core, context in chunks:
         everything = np.ones((1, len(context)), dtype=bool)
         out = _forward(model, features[context], coords[context], everything, patch_size_level0, True)
         result[core] = out.tile_embeddings[0, np.searchsorted(context, core)].float().cpu().numpy()
     return result
+
+
+def _site_windows(cells: np.ndarray, last_site: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(tile, site (x, y))`` pairs: every output site whose 3x3 / stride-2 window holds the tile's cell.
+
+    ``cells`` `(T, 2)`, ``last_site`` `(T, 2)` or `(2,)`: the last site index the tile's map allows. The strided
+    convolution makes a site active when its window holds a tile, so these pairs cover every output site
+    (windows overlap: a tile on an even cell sits in two sites along that axis)."""
+    tiles, sites = [], []
+    for shift in ((0, 0), (0, -1), (-1, 0), (-1, -1)):
+        site = cells // 2 + np.array(shift)
+        inside = ((site >= 0) & (site <= last_site) & (2 * site <= cells) & (cells <= 2 * site + 2)).all(
+            axis=1
+        )
+        tiles.append(np.flatnonzero(inside))
+        sites.append(site[inside])
+    return np.concatenate(tiles), np.concatenate(sites)
+
+
+@torch.no_grad()
+def _site_shares(model, features, coords, index: np.ndarray, mask: np.ndarray, patch_size_level0: int):
+    """The sparse encoder on views ``(V, k)`` of one slide (tile ``index``, ``mask``), each output site split
+    equally between the tiles in its window. Returns, per (tile occurrence, site) pair: its view, its tile (an
+    index into ``features``) and the share `(P, E)`; then the number of output sites of each view, and the
+    last output-site index (x, y) of each view's map."""
+    encoder, device = model.encoder, next(model.parameters()).device
+    features_t = torch.from_numpy(np.array(features)[index]).to(device=device, dtype=model.dtype)
+    coords_t = torch.from_numpy(np.array(coords, dtype=np.int64)[index]).to(device)
+    mask_t = torch.from_numpy(mask).to(device)
+    cell_size = model.config.grid_cell_size if model.config.fixed_grid_cell_size else patch_size_level0
+    cell_size_t = torch.full((len(index),), cell_size, device=device)
+    grid = input_grid = encoder.build_grid(features_t, coords_t, mask_t, cell_size_t)
+    for block in encoder.layer4:
+        grid = block(grid)
+    cells = encoder.tile_cells(coords_t, mask_t, cell_size_t).cpu().numpy()  # (V, k, 2)
+    last_site = ((input_grid.spatial_size - 3) // 2).cpu().numpy()  # (V, 2)
+    view, position = np.nonzero(mask)
+    occurrence, site = _site_windows(cells[view, position], last_site[view])
+    view, position = view[occurrence], position[occurrence]
+    keys, inverse, sharing = np.unique(
+        np.column_stack([view, site]), axis=0, return_inverse=True, return_counts=True
+    )
+    inverse = inverse.reshape(-1)
+    rows = grid.rows_of(torch.from_numpy(keys[:, 0]).to(device), torch.from_numpy(keys[:, 1:]).to(device))
+    shares = grid.features[rows].double().cpu().numpy()[inverse] / sharing[inverse, None]
+    return view, index[view, position], shares, np.bincount(keys[:, 0], minlength=len(index)), last_site
+
+
+def _one_pass_contributions(model, features, coords, patch_size_level0: int, max_tiles_per_pass: int):
+    """Contributions (see :func:`tile_contributions`) to the embedding of one pass of all the tiles."""
+    n = len(features)
+    chunks = _passes(model, coords, patch_size_level0, max_tiles_per_pass, CONTRIBUTION_MARGIN)
+    logger.info("%d tiles in %d pass(es)", n, len(chunks))
+    result = np.zeros((n, model.config.hidden_dim))
+    for core, context in chunks:
+        everything = np.ones((1, len(context)), dtype=bool)
+        _, tiles, shares, _, last_site = _site_shares(
+            model, features, coords, context[None], everything, patch_size_level0
+        )
+        in_core = np.isin(tiles, core)  # the chunk's margin makes these sites and their sharing exact
+        np.add.at(result, tiles[in_core], shares[in_core])
+    _, sites = _site_windows(tile_cells(model, coords, patch_size_level0), last_site[0])
+    return result * (n / len(np.unique(sites, axis=0)))
+
+
+def tile_contributions(
+    model,
+    features: np.ndarray,
+    coords: np.ndarray,
+    patch_size_level0: int,
+    max_tiles_per_pass: int = 20000,
+    views: tuple[np.ndarray, np.ndarray] | None = None,
+    max_views_per_batch: int = 256,
+) -> np.ndarray:
+    """`(n, E)` float64 shares of the slide embedding, before its L2 norm: their mean over the tiles is it.
+
+    The slide embedding is the model on one pass of all its tiles (``model(...).slide_embedding``) or, with
+    ``views`` (tile ``index`` and ``mask``, `(V, k)`, as :func:`~giga_ssl_hf.inference.views.slide_views`
+    draws them), the mean of those views' embeddings, as ``giga-ssl embed`` computes it. The sparse encoder
+    averages each pass's ``S`` output sites; each site is split equally between the ``m`` tiles in its 3x3 /
+    stride-2 window, and a tile holds the sum of its shares over the passes, times ``n / (S V)``. The ``mlp``
+    encoder averages its tiles: each tile holds its own embedding. Above ``max_tiles_per_pass`` the one pass
+    goes in chunks whose margin makes every needed site exact, so the identity still holds."""
+    n = len(features)
+    if views is None and model.config.encoder_type == "mlp":
+        return tile_embeddings(model, features, coords, patch_size_level0, max_tiles_per_pass).astype(
+            np.float64
+        )
+    if views is None:
+        return _one_pass_contributions(model, features, coords, patch_size_level0, max_tiles_per_pass)
+    index, mask = views
+    result = np.zeros((n, model.config.hidden_dim))
+    for start in range(0, len(index), max_views_per_batch):
+        part, part_mask = (
+            index[start : start + max_views_per_batch],
+            mask[start : start + max_views_per_batch],
+        )
+        if model.config.encoder_type == "mlp":  # each view's mean of its tiles' embeddings
+            view, position = np.nonzero(part_mask)
+            tiles = part[view, position]
+            shares = tile_embeddings(model, features[tiles], coords[tiles], patch_size_level0).astype(
+                np.float64
+            )
+            per_view = part_mask.sum(axis=1)
+        else:
+            view, tiles, shares, per_view, _ = _site_shares(
+                model, features, coords, part, part_mask, patch_size_level0
+            )
+        np.add.at(result, tiles, shares / per_view[view, None])
+    return result * (n / len(index))
+
+
+def additive_direction(probe: SavedProbe, class_name: str) -> tuple[np.ndarray, float, np.ndarray]:
+    """``(w, b, centre)`` such that the probe's score of ``class_name`` on an embedding ``x`` is
+    ``w . (x - centre) + b``, the standardisation folded in (``w = coef / scale``, ``centre = mean``).
+
+    The score is the class's log-odds for a two-class probe; for more classes, log-odds are not linear, and the
+    score is the class's logit minus the mean of all classes' logits (the softmax is unchanged by that shift).
+    """
+    k = probe.class_index(class_name)
+    if len(probe.classes) == 2:
+        sign = 1.0 if k == 1 else -1.0
+        weight, bias = sign * probe.coef[0], sign * float(probe.intercept[0])
+    else:
+        weight = probe.coef[k] - probe.coef.mean(axis=0)
+        bias = float(probe.intercept[k] - probe.intercept.mean())
+    if not probe.standardize:
+        return weight, bias, np.zeros_like(weight)
+    return weight / probe.scaler_scale, bias, probe.scaler_mean
+
+
+def additive_scores(
+    contributions: np.ndarray, probe: SavedProbe, class_name: str
+) -> tuple[np.ndarray, float]:
+    """``(scores (n,), intercept)`` of tile ``contributions`` (:func:`tile_contributions`): the probe's score of
+    the slide embedding ``normalise(mean(contributions))`` equals ``intercept + scores.mean()``.
+
+    Tile ``i`` scores ``w . (c_i / ||mean(c)|| - centre)`` (:func:`additive_direction`): the L2 norm is the
+    slide's, shared by all its tiles, so the map shows each tile's contribution in the slide's own units."""
+    weight, bias, centre = additive_direction(probe, class_name)
+    contributions = np.asarray(contributions, dtype=np.float64)
+    norm = np.linalg.norm(contributions.mean(axis=0))
+    if norm == 0:
+        raise ValueError("the slide embedding is zero: its tiles have no L2-normalisable mean")
+    return (contributions / norm - centre) @ weight, bias
 
 
 def embedding_scores(
@@ -118,10 +274,12 @@ def embedding_scores(
     probe: SavedProbe,
     class_name: str,
     max_tiles_per_pass: int = 20000,
+    views: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """`(n,)` log-odds of ``class_name`` for each tile's L2-normalised tile embedding."""
-    embeddings = tile_embeddings(model, features, coords, patch_size_level0, max_tiles_per_pass)
-    return probe.log_odds(F.normalize(torch.from_numpy(embeddings), dim=1).numpy(), class_name)
+    """`(n,)` additive tile scores: the slide's log-odds of ``class_name`` (its embedding from one pass, or the
+    mean of ``views``: see :func:`tile_contributions`) are the probe's intercept plus their mean."""
+    contributions = tile_contributions(model, features, coords, patch_size_level0, max_tiles_per_pass, views)
+    return additive_scores(contributions, probe, class_name)[0]
 
 
 def _slide_log_odds(model, features, coords, masks, patch_size_level0, probe, class_name) -> np.ndarray:

@@ -50,12 +50,14 @@ def test_mil_baselines_beside_mean_pool_in_one_table(tmp_path, capsys):
         "--mil-epochs",
         "8",
     ]
-    assert main([*argv, "--out", str(tmp_path / "out"), "--no-plots"]) == 0
+    assert main([*argv, "--out", str(tmp_path / "out"), "--no-plots", "--retrieval"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    rows = [line.split() for line in lines[2:]]
+    rows = [line.split() for line in lines if "±" in line]  # the AUC table (retrieval follows it)
     assert {(row[1], row[4]) for row in rows} == {
         (name, size) for name in ("embeddings", "mean-pool", "abmil") for size in ("8", "full")
     }
+    retrieval = (tmp_path / "out" / "retrieval.json").read_text()
+    assert "mean-pool" in retrieval and "abmil" not in retrieval  # a MIL model has no slide vector to compare
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     abmil = metrics["baselines"]["abmil"]["task"]["3-fold CV"]["train_sizes"]
     assert abmil["full"]["auc_mean"] > 0.9  # the composition signal is learnt

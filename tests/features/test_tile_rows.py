@@ -4,6 +4,7 @@ import datasets
 import numpy as np
 import pytest
 
+from giga_ssl_hf.contracts import tile_features
 from giga_ssl_hf.contracts.tile_features import (
     MAX_ROW_VALUES,
     TileArrays,
@@ -32,7 +33,9 @@ def rows(tile_counts, seed=0):
 
 def test_rows_are_batched_by_values_and_sharded_by_bytes(tmp_path, monkeypatch):
     counts = [3, 500, 1, 0, 40, 1200, 7, 7, 300]
-    monkeypatch.setattr(store, "MAX_BATCH_VALUES", 600 * DIM)  # a batch: several small slides or one big one
+    monkeypatch.setattr(
+        tile_features, "MAX_BATCH_VALUES", 600 * DIM
+    )  # a batch: several small slides or one big one
     monkeypatch.setattr(store, "SHARD_BYTES", 20_000)
     write_tile_dataset(rows(counts), tmp_path / "ds", DIM, "float16", {"feature_dim": DIM})
     assert len(list((tmp_path / "ds").glob("data-*-of-*.arrow"))) > 1

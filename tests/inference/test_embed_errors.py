@@ -12,7 +12,7 @@ from giga_ssl_hf import GigaSSLConfig, GigaSSLModel, load_embeddings
 from giga_ssl_hf.features.synthetic_features import synthetic_tile_dataset
 from giga_ssl_hf.inference.embed import embed_slide, main
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+STAGES_DOC = Path(__file__).resolve().parents[2] / "docs" / "reference" / "stages.md"
 
 
 @pytest.fixture(scope="module")
@@ -82,11 +82,11 @@ def test_a_missing_model_folder_is_named(tmp_path, capsys):
     assert not (tmp_path / "e").exists()
 
 
-def test_the_readme_python_example_gives_the_cli_embedding(model_path, tmp_path):
-    """README: `embed_slide(model, features, coords, patch_size_level0, slide_id)` equals `giga-ssl embed`."""
-    snippet = re.search(r"`(giga_ssl_hf\.inference\.embed\.embed_slide\([^`]*\))`", README.read_text()).group(
-        1
-    )
+def test_the_documented_python_example_gives_the_cli_embedding(model_path, tmp_path):
+    """docs (the stages): `embed_slide(model, features, coords, patch_size_level0, slide_id)` equals `giga-ssl embed`."""
+    snippet = re.search(
+        r"`(giga_ssl_hf\.inference\.embed\.embed_slide\([^`]*\))`", STAGES_DOC.read_text()
+    ).group(1)
     assert snippet.endswith("embed_slide(model, features, coords, patch_size_level0, slide_id)")
     dataset, _ = synthetic_tile_dataset(
         n_slides=3, feature_dim=16, tiles_per_slide=12, augmented=False, seed=2

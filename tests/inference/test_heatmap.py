@@ -7,6 +7,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
+from datasets import load_from_disk
 from PIL import Image
 
 from giga_ssl_hf import GigaSSLConfig, GigaSSLModel
@@ -16,6 +17,7 @@ from giga_ssl_hf.contracts.tile_features import TileArrays, load_tile_dataset
 from giga_ssl_hf.evaluation.saved_probe import SavedProbe, fit_saved_probe
 from giga_ssl_hf.features.synthetic_features import synthetic_region_cohort, synthetic_tile_dataset
 from giga_ssl_hf.inference.embed import embed_to_folder
+from giga_ssl_hf.inference.heatmap import probe_views
 from giga_ssl_hf.inference.tile_scores import embedding_scores, occlusion_scores, tile_cells, tile_embeddings
 
 PATCH = 448
@@ -90,19 +92,6 @@ def model_and_probe(cohort):
     return model, probe, arrays
 
 
-def test_embedding_scores_are_the_probe_on_normalised_tile_embeddings(model_and_probe):
-    model, probe, arrays = model_and_probe
-    features, coords = arrays.row(1)
-    scores = embedding_scores(model, features, coords, PATCH, probe, "1")
-    embeddings = tile_embeddings(model, features, coords, PATCH)
-    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
-    expected = unit @ probe.coef[0] + probe.intercept[0]  # two classes: log-odds of '1' = decision value
-    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(
-        embedding_scores(model, features, coords, PATCH, probe, "0"), -scores, rtol=1e-6
-    )
-
-
 def _slide_log_odds(model, probe, features, coords, keep):
     with torch.no_grad():
         embedding = model(
@@ -159,14 +148,14 @@ def test_heatmap_cli_writes_pngs_and_the_score_table(heatmap_inputs, shared_dir,
     shutil.copyfile(shared_dir / "fixtures" / "wsi" / "small.svs", slides / "region_0001.svs")
     shutil.copyfile(shared_dir / "fixtures" / "wsi" / "broken.svs", slides / "region_0003.svs")
     base = ["heatmap", "--model", str(root / "model"), "--features", str(root / "features"), "--probe"]
-    argv = [*base, str(root / "probe"), "--out", str(root / "maps"), "--slides-dir", str(slides)]
+    argv = [*base, str(root / "probe"), "--out", str(root / "maps"), "--slides-dir", str(slides), "--geojson"]
     assert cli_main(argv) == 0
     printed = capsys.readouterr().out
     assert "region_0001: " in printed and "over the slide" in printed and "bare tile grid" in printed
     dataset = load_tile_dataset(root / "features" / "exhaustive")
     ids = dataset["slide_id"]
     assert sorted(p.name for p in (root / "maps").iterdir()) == sorted(
-        [f"{i}.png" for i in ids] + [TILE_SCORES_FILENAME]
+        [f"{i}{suffix}" for i in ids for suffix in (".png", ".geojson")] + [TILE_SCORES_FILENAME]
     )
     for slide in ids:
         with Image.open(root / "maps" / f"{slide}.png") as image:
@@ -180,8 +169,19 @@ def test_heatmap_cli_writes_pngs_and_the_score_table(heatmap_inputs, shared_dir,
         features, coords = arrays.row(row)
         part = table[table["slide_id"] == slide]
         np.testing.assert_array_equal(part[["x", "y"]].to_numpy(), coords)
-        expected = embedding_scores(model, features, coords, PATCH, probe, probe.default_class)
+        views = probe_views(probe, slide, coords, PATCH)  # the views `embed` averaged for the probe
+        expected = embedding_scores(model, features, coords, PATCH, probe, probe.default_class, views=views)
         np.testing.assert_allclose(part["score"].to_numpy(), expected, rtol=1e-5, atol=1e-5)
+        collection = json.loads((root / "maps" / f"{slide}.geojson").read_text())
+        measured = [f["properties"]["measurements"]["score"] for f in collection["features"]]
+        np.testing.assert_allclose(measured, part["score"].to_numpy(), rtol=1e-6)
+        assert [f["geometry"]["coordinates"][0][0] for f in collection["features"]] == coords.tolist()
+    # The additive scores add up to the saved embeddings' log-odds, slide by slide.
+    saved = load_from_disk(str(root / "emb"))
+    log_odds = probe.log_odds(np.array(saved["embedding"]), probe.default_class)
+    mean_scores = table.groupby("slide_id")["score"].mean()
+    for slide, expected in zip(saved["slide_id"], log_odds):
+        assert probe.intercept[0] + mean_scores[slide] == pytest.approx(expected, rel=1e-4, abs=1e-4)
 
     # Occlusion on chosen slides, another class; finished work is never replaced silently.
     occlusion = [*base, str(root / "probe"), "--out", str(root / "occ"), "--method", "occlusion"]
@@ -264,3 +264,16 @@ def test_the_probe_is_matched_with_the_model_by_the_content_of_its_weights(heatm
     assert cli_main([*argv, "--model", str(root / "copy"), "--out", str(root / "c")]) == 2
     assert "re-save it with giga-ssl evaluate --save-probe" in capsys.readouterr().err
     assert not (root / "c").exists()
+
+
+def test_scores_that_add_up_to_the_probes_embeddings_need_their_recorded_views(heatmap_inputs, capsys):
+    root = heatmap_inputs
+    config = json.loads((root / "probe" / "probe.json").read_text())
+    del config["embeddings"]["metadata"]["strategy"]
+    (root / "probe" / "probe.json").write_text(json.dumps(config))
+    argv = ["heatmap", "--model", str(root / "model"), "--features", str(root / "features")]
+    argv += ["--probe", str(root / "probe"), "--out", str(root / "u")]
+    assert cli_main(argv) == 2
+    assert "(strategy): pass --slide-embedding one-pass" in capsys.readouterr().err
+    assert not (root / "u").exists()
+    assert cli_main([*argv, "--slide-embedding", "one-pass"]) == 0
