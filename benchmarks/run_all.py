@@ -28,6 +28,7 @@ QUICK = {
     "bench_extract.py": ["--quick", "--repeats", "1"],
     "bench_cli_startup.py": ["--repeats", "1", "--commands", "extract"],
     "bench_heatmap.py": ["--slides", "24", "--steps", "60", "--n-views", "20"],
+    "bench_mil.py": ["--quick"],
 }
 FULL = {
     "bench_ssl_step.py": ["--tiles", "5", "64", "256", "--steps", "1"],
@@ -36,6 +37,7 @@ FULL = {
     "bench_extract.py": [],
     "bench_cli_startup.py": [],
     "bench_heatmap.py": [],
+    "bench_mil.py": [],
 }
 PROGRESS = re.compile(r"(it/s|s/it|step/s|examples/s|slide/s|\d+%\|)")
 

@@ -30,6 +30,8 @@ _LAZY_ATTRIBUTES = {
     "GigaSSLConfig": ".models.gigassl",
     "GigaSSLContrastiveOutput": ".models.gigassl",
     "GigaSSLForContrastivePretraining": ".models.gigassl",
+    "GigaSSLForSlideClassification": ".models.gigassl",
+    "GigaSSLSlideClassifierOutput": ".models.gigassl",
     "GigaSSLModel": ".models.gigassl",
     "GigaSSLModelOutput": ".models.gigassl",
     "GigaSSLPreTrainedModel": ".models.gigassl",

@@ -104,6 +104,8 @@ MANAGED_FIELDS = (
     *(f"EmbedSettings.{name}" for name in ("trust_remote_code", "overwrite", "allow_encoder_mismatch")),
     *(f"EvaluateSettings.{name}" for name in ("embeddings", "task", "labels", "splits", "seed", "out")),
     *(f"EvaluateSettings.{name}" for name in ("no_plots", "save_probe", "overwrite_probe", "baseline")),
+    *(f"EvaluateSettings.{name}" for name in ("export_classifier", "classifier_encoder")),
+    *(f"EvaluateSettings.{name}" for name in ("mil_epochs", "mil_validation", "mil_device")),
 )
 # Settings that do not change what a stage makes, left out of its fingerprint.
 UNFINGERPRINTED = {"logging_steps", "report_to", "save_total_limit", "max_views_per_batch"}
@@ -322,7 +324,7 @@ def _embeddings_and_baselines(paths: dict[str, Path], settings: PipelineSettings
 
     from .contracts.slide_embeddings import load_embeddings
     from .contracts.tile_features import load_tile_dataset, resolve_tile_dataset_dir
-    from .evaluation.linear_probe import mean_pool_baseline
+    from .evaluation.baselines import mean_pool_baseline
     from .inference.embed import embed_tile_dataset
     from .models.gigassl import GigaSSLConfig, GigaSSLModel
 

@@ -27,6 +27,8 @@ PROBE_CONFIG = "probe.json"
 TILE_SCORES_FILENAME = "tile_scores.parquet"
 # Beside a trained or converted model: how it was made (read by the model card).
 TRAINING_SUMMARY_FILENAME = "training_summary.json"
+# Beside an exported slide classifier (giga-ssl evaluate --export-classifier): its probe and AUCs (read by its card).
+CLASSIFIER_SUMMARY_FILENAME = "classifier_summary.json"
 # Licence of the cards of pushed models and embeddings unless the user names another.
 DEFAULT_LICENSE = "mit"  # the original Giga-SSL code and weights are MIT
 # Tile readers of `giga-ssl extract --decode` (giga_ssl_hf.wsi.raw_tiles).

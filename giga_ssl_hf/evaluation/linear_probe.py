@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from giga_ssl_hf.evaluation.mil_recipe import MILRecipe
 from giga_ssl_hf.settings import SettingsParser, option, run_main
 
 DEFAULT_FOLDS = 5
@@ -72,7 +73,19 @@ class EvaluateSettings:
         "model; no pickle), for giga-ssl heatmap; with several labels files, one sub-folder per task.",
         metavar="DIR",
     )
-    overwrite_probe: bool = option(False, "Replace a probe already saved in --save-probe.")
+    overwrite_probe: bool = option(
+        False, "Replace a probe already saved in --save-probe (and a classifier in --export-classifier)."
+    )
+    export_classifier: Path | None = option(
+        None,
+        "With --save-probe, also write each probe there as a GigaSSLForSlideClassification model folder "
+        "(encoder weights, the probe as its head, remote code, a card with the AUCs), for giga-ssl push-model; "
+        "with several labels files, one sub-folder per task.",
+        metavar="DIR",
+    )
+    classifier_encoder: str | None = option(
+        None, "Slide encoder of --export-classifier (default: the embeddings' model).", metavar="MODEL"
+    )
     standardize: bool = option(
         False,
         "Z-score each feature, scaler fit on each training split only (default: off, the paper's probe).",
@@ -84,20 +97,30 @@ class EvaluateSettings:
         "comma-separated: one chosen per split by inner cross-validation on its training slides.",
         metavar="C[,C...]",
     )
-    baseline: Literal["mean-pool"] | None = option(
+    baseline: tuple[Literal["mean-pool", "abmil", "graph-mil"], ...] | None = option(
         None,
-        "Also probe a baseline on the same splits with the same probe: mean-pool, the mean of each slide's "
-        "exhaustive tile features (needs --features).",
+        "Also evaluate baselines on the same splits and training sizes, in the same table (needs --features): "
+        "mean-pool, the same probe on the mean of each slide's exhaustive tile features; abmil, a gated "
+        "attention MIL trained on each training split; graph-mil, the same after message passing between "
+        "neighbouring tiles of the grid (it can see arrangement).",
     )
     features: str | None = option(
         None,
         "Exhaustive tile-feature Dataset (or giga-ssl extract folder) of the slides, for --baseline.",
         metavar="DIR",
     )
+    mil_epochs: int = option(MILRecipe.epochs, "Epochs of the MIL baselines (abmil, graph-mil).")
+    mil_validation: float = option(
+        MILRecipe.validation_fraction,
+        "Held-out share of each training split for early stopping of the MIL baselines (default: 0, none).",
+        metavar="FRACTION",
+    )
+    mil_device: str = option(MILRecipe.device, "Device of the MIL baselines: cpu, cuda, cuda:1, auto...")
     retrieval: bool = option(
         False,
         "Also report leave-one-out retrieval accuracy (cosine nearest slides; top-1 and majority@5) of the "
-        "embeddings and the --baseline; with --out, in retrieval.json.",
+        "embeddings and the vector --baseline (mean-pool; MIL baselines have no slide vector); with --out, in "
+        "retrieval.json.",
     )
     patient_column: str | None = option(
         None,
@@ -121,14 +144,28 @@ class EvaluateSettings:
             raise ValueError("--folds must be at least 2")
         if self.baseline and not self.features:
             raise ValueError(
-                "--baseline mean-pool needs --features DIR (the slides' exhaustive tile features)"
+                f"--baseline {' '.join(self.baseline)} needs --features DIR (the slides' exhaustive tile features)"
             )
         if self.features and not self.baseline:
-            raise ValueError("--features is only used by --baseline; add --baseline mean-pool")
+            raise ValueError("--features is only used by --baseline; add --baseline mean-pool (or abmil...)")
+        self.mil_recipe()  # a bad recipe is refused before any work
+        if self.export_classifier and not self.save_probe:
+            raise ValueError("--export-classifier exports the saved probe: add --save-probe DIR")
+        if self.classifier_encoder and not self.export_classifier:
+            raise ValueError("--classifier-encoder is only used by --export-classifier")
         if self.save_probe and self.C and "," in self.C:
             raise ValueError(
                 "--save-probe saves one probe: give a single --C value (pick it with an evaluation first)"
             )
+
+    def mil_recipe(self) -> MILRecipe:
+        """The MIL baselines' training recipe."""
+        return MILRecipe(
+            epochs=self.mil_epochs,
+            validation_fraction=self.mil_validation,
+            seed=self.seed,
+            device=self.mil_device,
+        )
 
     @property
     def task_names(self) -> list[str]:
@@ -155,7 +192,10 @@ beyond the paper (off by default, so the paper's tables are reproduced unchanged
 each feature with a scaler fit on each training split only; --C sets the classifier's C, or lists several,
 one chosen per split by a stratified 5-fold inner cross-validation (AUC) on that split's training slides
 only; --baseline mean-pool --features DIR probes the mean of each slide's exhaustive tile features
-(L2-normalised, like the slide embeddings) on the same splits with the same probe, in the same table.
+(L2-normalised, like the slide embeddings) on the same splits with the same probe, in the same table;
+--baseline abmil graph-mil trains supervised MIL on the same tile features for each split and training
+size (AdamW, dropout 0.25, class-weighted cross-entropy, --mil-epochs, seeded; early stopping on a held-out
+share of the training slides with --mil-validation), scored with the same AUC in the same table.
 The probe's scaling can decide results as much as the encoder does: report embeddings next to mean pooling.
 
 examples:
@@ -173,6 +213,10 @@ examples:
   # standardised probe, C chosen by inner CV, mean pooling of the tile features beside the embeddings
   giga-ssl evaluate --embeddings runs/embeddings --labels labels.csv --standardize \\
       --C 0.01,0.1,1,10 --baseline mean-pool --features out/exhaustive --train-sizes 50,200
+
+  # supervised MIL on the same tile features beside mean pooling, at 50 and 200 training slides
+  giga-ssl evaluate --embeddings runs/embeddings --labels labels.csv --train-sizes 50,200 \\
+      --baseline mean-pool abmil graph-mil --features out/exhaustive --mil-device auto
 
   # leave-one-out retrieval accuracy (top-1, majority@5), a patient's other slides left out
   giga-ssl evaluate --embeddings runs/embeddings --labels labels.csv --retrieval --patient-column patient
@@ -222,8 +266,9 @@ def probe_folders(save_probe: Path, tasks: list[str]) -> list[Path]:
     return [save_probe] if len(tasks) == 1 else [save_probe / task for task in tasks]
 
 
-def save_probes(settings: EvaluateSettings, labels: list[str], embeddings) -> list[Path]:
-    """Fit each task's probe on all its labelled slides and save it (see ``giga_ssl_hf.evaluation.saved_probe``)."""
+def save_probes(settings: EvaluateSettings, labels: list[str], embeddings) -> list:
+    """Fit each task's probe on all its labelled slides and save it (see ``giga_ssl_hf.evaluation.saved_probe``);
+    returns the probes."""
     from giga_ssl_hf.contracts import read_metadata
     from giga_ssl_hf.contracts.slide_embeddings import resolve_embeddings_folder
     from giga_ssl_hf.evaluation.classifier import parse_c
@@ -233,6 +278,7 @@ def save_probes(settings: EvaluateSettings, labels: list[str], embeddings) -> li
     metadata = read_metadata(resolve_embeddings_folder(settings.embeddings))
     tasks = settings.task_names
     folders = probe_folders(settings.save_probe, tasks)
+    probes = []
     for labels_file, task, folder in zip(labels, tasks, folders):
         probe = fit_saved_probe(
             *embeddings,
@@ -245,46 +291,13 @@ def save_probes(settings: EvaluateSettings, labels: list[str], embeddings) -> li
         )
         probe.save(folder, overwrite=settings.overwrite_probe)
         print(f"saved the {task} probe ({probe.info['n_train']} slides, classes {probe.classes}) to {folder}")
-    return folders
-
-
-def mean_pool_baseline(features: str, slide_ids=None) -> tuple:
-    """The mean-pool baseline's ``(ids, L2-normalised mean tile features)``, shaped like slide embeddings; with
-    ``slide_ids`` (the embeddings' slides) of those slides only, so that both are probed on the same slides."""
-    import numpy as np
-
-    from giga_ssl_hf.features.pooling import mean_pool_folder
-
-    ids, means = mean_pool_folder(features)
-    if slide_ids is not None:
-        keep = np.isin(ids.astype(str), np.asarray(slide_ids).astype(str))
-        ids, means = ids[keep], means[keep]
-    norms = np.linalg.norm(means, axis=1, keepdims=True)
-    return ids, means / np.where(norms > 0, norms, 1.0)
-
-
-def check_baseline_slides(features: str, embedding_ids, labels: list[str]) -> None:
-    """Before any work: every labelled slide that has an embedding must have tile features for the baseline,
-    or the two would be probed on different slides (features of another cohort: on none)."""
-    from giga_ssl_hf.contracts.extraction_folder import EXHAUSTIVE
-    from giga_ssl_hf.contracts.tile_features import load_tile_dataset, resolve_tile_dataset_dir
-    from giga_ssl_hf.evaluation.data import load_labels
-
-    dataset = load_tile_dataset(resolve_tile_dataset_dir(features, EXHAUSTIVE))
-    featured = {str(slide) for slide in dataset.data.column("slide_id").to_pylist()}
-    embedded = {str(slide) for slide in embedding_ids}
-    for table in labels:
-        needed = embedded.intersection(load_labels(table).index.astype(str))
-        missing = sorted(needed - featured)
-        if missing:
-            raise ValueError(
-                f"--features {features} lacks {len(missing)} of the {len(needed)} slides of {table} that have an "
-                f"embedding (e.g. {missing[0]!r}): give the tile features of the embedded slides for --baseline"
-            )
+        probes.append(probe)
+    return probes
 
 
 def _probe_all(settings: EvaluateSettings, inputs: _Inputs, embeddings: tuple) -> tuple[dict, list]:
-    """The embeddings (and baseline) probed on every task: ``({name: (ids, vectors)}, results)``."""
+    """The embeddings (and baselines) evaluated on every task: ``({name: (ids, vectors or model)}, results)``."""
+    from giga_ssl_hf.evaluation.baselines import baseline_source
     from giga_ssl_hf.evaluation.classifier import parse_c
     from giga_ssl_hf.evaluation.probe import evaluate_embeddings
     from giga_ssl_hf.evaluation.train_sizes import parse_train_sizes
@@ -292,8 +305,8 @@ def _probe_all(settings: EvaluateSettings, inputs: _Inputs, embeddings: tuple) -
     train_sizes = parse_train_sizes(settings.train_sizes)
     probe = {"standardize": settings.standardize, "C": parse_c(settings.C)}
     sources = {"embeddings": embeddings}
-    if settings.baseline:
-        sources[settings.baseline] = mean_pool_baseline(settings.features, embeddings[0])
+    for baseline in settings.baseline or ():
+        sources[baseline] = baseline_source(baseline, settings.features, settings.mil_recipe(), embeddings[0])
     results = [
         result
         for name, vectors in sources.items()
@@ -322,6 +335,8 @@ def evaluate(settings: EvaluateSettings) -> int:
     embeddings = load_embeddings(settings.embeddings)
     # Before the evaluation, and before sklearn and matplotlib are imported: refusals come at once.
     if settings.baseline:  # another cohort's features would fail only after the embeddings' run
+        from giga_ssl_hf.evaluation.baselines import check_baseline_slides
+
         check_baseline_slides(settings.features, embeddings[0], inputs.labels)
     from giga_ssl_hf.evaluation.classifier import parse_c
     from giga_ssl_hf.evaluation.report import format_table, write_outputs
@@ -330,6 +345,11 @@ def evaluate(settings: EvaluateSettings) -> int:
     if settings.save_probe:  # a refused target should not cost a whole run
         for folder in probe_folders(settings.save_probe, settings.task_names):
             check_probe_target(folder, settings.overwrite_probe)
+    if settings.export_classifier:
+        from giga_ssl_hf.evaluation.export_classifier import check_export
+
+        export = probe_folders(settings.export_classifier, settings.task_names)
+        check_export(export, settings.embeddings, settings.classifier_encoder, settings.overwrite_probe)
     sources, results = _probe_all(settings, inputs, embeddings)
     if settings.standardize or settings.C or settings.baseline:
         c_text = ",".join(f"{c:g}" for c in parse_c(settings.C))
@@ -337,7 +357,9 @@ def evaluate(settings: EvaluateSettings) -> int:
             f"probe: logistic regression, C={c_text}, standardised features: {'yes' if settings.standardize else 'no'}"
         )
     print(format_table(results))
-    retrieval = _retrieval(settings, inputs, sources) if settings.retrieval else None
+    # Retrieval compares slide vectors: a MIL baseline has none.
+    vectors = {name: source for name, source in sources.items() if not hasattr(source[1], "fit_predict")}
+    retrieval = _retrieval(settings, inputs, vectors) if settings.retrieval else None
     if settings.out:
         config = {
             **dataclasses.asdict(settings),
@@ -352,7 +374,11 @@ def evaluate(settings: EvaluateSettings) -> int:
 
             write_json(settings.out / "retrieval.json", retrieval)
     if settings.save_probe:
-        save_probes(settings, inputs.labels, sources["embeddings"])
+        probes = save_probes(settings, inputs.labels, sources["embeddings"])
+        if settings.export_classifier:
+            from giga_ssl_hf.evaluation.export_classifier import export_classifiers
+
+            export_classifiers(probes, export, settings.classifier_encoder, results, settings.overwrite_probe)
     return 0
 
 

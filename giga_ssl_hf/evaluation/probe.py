@@ -41,7 +41,12 @@ logger = logging.getLogger(__name__)
 
 
 class AlignedTask:
-    """Embeddings aligned with one label table: ID lookups, class indices, and the drop bookkeeping."""
+    """Embeddings aligned with one label table: ID lookups, class indices, and the drop bookkeeping.
+
+    ``embeddings`` is an `(n, E)` array (the linear probe is fit on its rows), or a slide model with
+    ``fit_predict(train positions, y_train, test positions, n_classes)`` (a MIL baseline,
+    :mod:`giga_ssl_hf.evaluation.mil`), scored the same way on the same splits.
+    """
 
     def __init__(
         self,
@@ -91,9 +96,18 @@ class AlignedTask:
                     f"{where}, {name}: the {part} set has no slide of class(es) "
                     f"{[self.classes[i] for i in absent]} once IDs without embeddings are dropped"
                 )
-        scores, chosen_c = fit_predict(
-            self.embeddings[train_rows], y_train, self.embeddings[test_rows], self.standardize, self.C, True
-        )
+        if isinstance(self.embeddings, np.ndarray):
+            scores, chosen_c = fit_predict(
+                self.embeddings[train_rows],
+                y_train,
+                self.embeddings[test_rows],
+                self.standardize,
+                self.C,
+                True,
+            )
+        else:  # a model trained on the slides themselves (a MIL baseline): no C to choose
+            scores = self.embeddings.fit_predict(train_rows, y_train, test_rows, len(self.classes))
+            chosen_c = None
         auc = slide_auc(y_test, scores)
         return SplitResult(name, auc, len(train_rows), len(test_rows), y_test, scores, chosen_c)
 
@@ -183,7 +197,7 @@ def _align(embeddings, labels, task: str | None, standardize: bool, C) -> Aligne
     return AlignedTask(
         task,
         np.asarray(ids).astype(str),
-        np.asarray(array, dtype=np.float32),
+        array if hasattr(array, "fit_predict") else np.asarray(array, dtype=np.float32),
         label_series,
         standardize,
         parse_c(C),
@@ -225,7 +239,8 @@ def evaluate_embeddings(
     """Linear-probe AUCs of slide embeddings on one labelled task.
 
     Args:
-        embeddings: a source for :func:`~giga_ssl_hf.contracts.slide_embeddings.load_embeddings`, or ``(ids, array)``.
+        embeddings: a source for :func:`~giga_ssl_hf.contracts.slide_embeddings.load_embeddings`, or ``(ids, array)``,
+            or ``(ids, model)`` with a slide model trained per split instead of the probe (a MIL baseline).
         labels: a labels CSV (``ID``, ``label``) or a Series of labels indexed by slide ID.
         splits: a folder of ``split_k.csv`` files, or a folder of such folders (each evaluated);
             ``None`` for a stratified ``folds``-fold cross-validation seeded with ``seed``.

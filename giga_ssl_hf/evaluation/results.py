@@ -20,7 +20,8 @@ class SplitResult:
     n_test: int
     y_true: np.ndarray = field(repr=False)
     scores: np.ndarray = field(repr=False)
-    C: float = PAPER_C  # the classifier's inverse regularisation (chosen by inner CV when several were given)
+    # The classifier's inverse regularisation (chosen by inner CV when several were given); None for a MIL baseline.
+    C: float | None = PAPER_C
 
 
 @dataclass

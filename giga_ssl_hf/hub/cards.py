@@ -289,3 +289,43 @@ def size_category(n: int) -> str:
         if n < limit:
             return label
     return "100K<n<1M"
+
+
+def classifier_card(
+    config: GigaSSLConfig, name: str, summary: dict, license: str = DEFAULT_LICENSE
+) -> ModelCard:
+    """The README.md of an exported slide classifier, from its ``classifier_summary.json`` (``probe``: the saved
+    probe's description; ``results``: the evaluation's rows of the embeddings): task, classes, training slides
+    and AUCs."""
+    data = ModelCardData(library_name="transformers", license=license, tags=MODEL_TAGS)
+    info = _without_local_paths(summary.get("probe") or {})
+    probe_rows = [
+        ("Task", info.get("task")),
+        ("Training slides", info.get("n_train")),
+        *((f"Slides of class {label}", count) for label, count in (info.get("class_counts") or {}).items()),
+        ("Classifier", ", ".join(f"{k}={v}" for k, v in (info.get("classifier") or {}).items())),
+        ("Embeddings", (info.get("embeddings") or {}).get("source")),
+    ]
+    rows = []
+    for r in summary.get("results") or []:
+        n_train = sum(split["n_train"] for split in r["splits"]) / len(r["splits"])
+        rows.append(
+            (
+                f"{r['split_set']}, {r['train_size']} ({n_train:.0f} slides)",
+                f"{r['auc_mean']:.3f} ± {r['auc_std']:.3f}",
+            )
+        )
+    content = fill_template(
+        "classifier_card.md",
+        card_data=data.to_yaml(),
+        name=name,
+        task=info.get("task"),
+        classes=", ".join(config.id2label[i] for i in sorted(config.id2label)),
+        encoder_table=_table(_encoder_rows(config)),
+        tile_encoder_table=_table(_tile_encoder_rows(getattr(config, "tile_encoder", None))),
+        probe_table=_table(probe_rows),
+        results=_table(rows, ("Splits, training size", "AUC")) if rows else "No evaluation was recorded.",
+        feature_dim=config.feature_dim,
+        n_train=info.get("n_train"),
+    )
+    return ModelCard(content)

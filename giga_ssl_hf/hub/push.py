@@ -20,6 +20,7 @@ from huggingface_hub import HfApi  # light; the tests put a stand-in for the Hub
 from huggingface_hub.constants import REPOCARD_NAME
 
 from giga_ssl_hf.contracts import (
+    CLASSIFIER_SUMMARY_FILENAME,
     DEFAULT_LICENSE,
     METADATA_FILENAME,
     NPY_EMBEDDINGS,
@@ -60,6 +61,8 @@ def write_model_folder(
             f"{model_dir}: not a saved model folder (no {CONFIG_NAME}); expected save_pretrained output"
         )
     config = GigaSSLConfig.from_pretrained(model_dir)
+    if "GigaSSLForSlideClassification" in (config.architectures or []):
+        return _write_classifier_folder(model_dir, out, repo_id, license)
     if GigaSSLForContrastivePretraining.__name__ in (config.architectures or []):
         encoder = GigaSSLForContrastivePretraining.from_pretrained(model_dir).gigassl
     else:
@@ -73,6 +76,24 @@ def write_model_folder(
         shutil.copy2(summary_path, out / TRAINING_SUMMARY_FILENAME)
     model_card(encoder.config, repo_id, summary, license).save(out / REPOCARD_NAME)
     logger.info("wrote the Hub folder of %s to %s", repo_id, out)
+    return out
+
+
+def _write_classifier_folder(model_dir: Path, out: Path, repo_id: str, license: str) -> Path:
+    """An exported slide classifier (``evaluate --export-classifier``) published whole: encoder, head, its
+    summary, and its card made again for ``repo_id``."""
+    from giga_ssl_hf.hub.cards import classifier_card
+    from giga_ssl_hf.models.gigassl import GigaSSLForSlideClassification
+
+    model = GigaSSLForSlideClassification.from_pretrained(model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)  # writes the classification code and its auto_map
+    summary_path = model_dir / CLASSIFIER_SUMMARY_FILENAME
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if summary:
+        shutil.copy2(summary_path, out / CLASSIFIER_SUMMARY_FILENAME)
+    classifier_card(model.config, repo_id, summary, license).save(out / REPOCARD_NAME)
+    logger.info("wrote the Hub folder of the slide classifier %s to %s", repo_id, out)
     return out
 
 

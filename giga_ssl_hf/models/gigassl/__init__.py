@@ -21,11 +21,14 @@ _MODELING_NAMES = (
     "GigaSSLPreTrainedModel",
     "nt_xent_loss",
 )
+_CLASSIFICATION_NAMES = ("GigaSSLForSlideClassification", "GigaSSLSlideClassifierOutput")
 
 
 def __getattr__(name: str):
     if name in _MODELING_NAMES:
         return getattr(importlib.import_module(".modeling_gigassl", __name__), name)
+    if name in _CLASSIFICATION_NAMES:
+        return getattr(importlib.import_module(".modeling_gigassl_classification", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -41,10 +44,14 @@ def register_with_imported_auto_classes() -> None:
     modeling_auto = sys.modules.get("transformers.models.auto.modeling_auto")
     if modeling_auto is not None and hasattr(modeling_auto, "AutoModel"):
         from .modeling_gigassl import GigaSSLModel
+        from .modeling_gigassl_classification import GigaSSLForSlideClassification
 
         modeling_auto.AutoModel.register(GigaSSLConfig, GigaSSLModel, exist_ok=True)
+        modeling_auto.AutoModelForSequenceClassification.register(
+            GigaSSLConfig, GigaSSLForSlideClassification, exist_ok=True
+        )
 
 
 register_with_imported_auto_classes()
 
-__all__ = ["GigaSSLConfig", *_MODELING_NAMES]
+__all__ = ["GigaSSLConfig", *_MODELING_NAMES, *_CLASSIFICATION_NAMES]
