@@ -1,6 +1,6 @@
 """How the slide-sized steps scale: assembly over many slides, one huge slide end to end, occlusion per tile.
 
-Each case runs in a fresh Python process that reports its own wall time and peak RSS (``ru_maxrss``), so no
+Each case runs in a fresh Python process that reports its own wall time and peak RSS (``VmHWM``), so no
 case inherits another's memory; the libraries are imported before the clock starts, and the RSS they take alone
 is the ``imports MiB`` column. Inputs are synthetic (random float16 features on a grid)
 and written to a temporary folder; models are the default architecture (``layer4`` 512-d) at the features'
@@ -298,7 +298,14 @@ def _time_occlusion(n_tiles: int, hidden_dim: int) -> None:
 
 
 def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+    """This process's peak RSS. Linux's ``ru_maxrss`` starts a child at its parent's peak (it survives fork and
+    exec), so a case started by a large parent would report the parent's memory; ``VmHWM`` belongs to the
+    process's own address space."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        line = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # no /proc: ru_maxrss, in KiB on BSDs
 
 
 def _report(seconds: float) -> None:
