@@ -10,6 +10,7 @@ width, randomly initialised.
 - ``store`` / ``assemble`` / ``embed <strategy>`` / ``heatmap embedding``: one slide of T tiles x D features
   committed to a PartStore, assembled into its Dataset, embedded by ``giga-ssl embed`` (random, chunks,
   window) and mapped by ``giga-ssl heatmap --method embedding``.
+- ``assemble cohort`` / ``embed cohort random``: several such slides in one Dataset (per slide).
 - ``occlusion``: ``occlusion_scores`` (radius 1, stride 1) of a square slide of T tiles (256-d); the unit time is
   per tile.
 
@@ -52,12 +53,14 @@ FULL = {
         (10_000, 2_560),
         (150_000, 2_560),
     ),
+    "cohort": (3, 150_000, 2_560),  # several foundation-model slides in one Dataset
     "occlusion_tiles": (400, 4_000, 40_000),
     "hidden_dim": 512,
 }
 QUICK = {
     "assembly_slides": (20, 60),
     "slides": ((300, 16),),
+    "cohort": (2, 300, 16),
     "occlusion_tiles": (64, 256),
     "hidden_dim": 32,
 }
@@ -75,6 +78,7 @@ def measure(quick: bool) -> list[dict]:
         rows += _assembly_rows(root / "cohort", sizes["assembly_slides"])
         for n_tiles, dim in sizes["slides"]:
             rows += _slide_rows(root / f"slide_{n_tiles}x{dim}", n_tiles, dim, sizes["hidden_dim"])
+        rows += _cohort_rows(root / "cohort_of_large_slides", *sizes["cohort"], sizes["hidden_dim"])
         for n_tiles in sizes["occlusion_tiles"]:
             result = _in_fresh_process("occlusion", n_tiles=n_tiles, hidden_dim=sizes["hidden_dim"])
             rows.append(_row("occlusion r=1", f"{n_tiles:,} tiles x 256", result, n_tiles))
@@ -136,6 +140,18 @@ def _slide_rows(folder: Path, n_tiles: int, dim: int, hidden_dim: int) -> list[d
         rows.append(_row(f"embed {strategy}", size, result, 1))
     result = _in_fresh_process("heatmap", folder=str(folder))
     rows.append(_row("heatmap embedding", size, result, n_tiles))
+    return rows
+
+
+def _cohort_rows(folder: Path, n_slides: int, n_tiles: int, dim: int, hidden_dim: int) -> list[dict]:
+    """Several large slides assembled into one Dataset (the record batches keep each in a chunk of its own),
+    then embedded."""
+    _write_parts(folder, n_slides, n_tiles, dim)
+    size = f"{n_slides} x {n_tiles:,} x {dim:,}"
+    rows = [_row("assemble cohort", size, _in_fresh_process("assemble", folder=str(folder)), n_slides)]
+    _in_fresh_process("model", folder=str(folder), dim=dim, hidden_dim=hidden_dim)
+    result = _in_fresh_process("embed", folder=str(folder), strategy="random")
+    rows.append(_row("embed cohort random", size, result, n_slides))
     return rows
 
 
