@@ -3,6 +3,7 @@ import fnmatch
 import json
 import resource
 import signal
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -69,23 +70,25 @@ def test_plots_are_written(results, tmp_path):
             assert image.format == "PNG" and min(image.size) > 400
 
 
-@pytest.fixture
-def file_size_limit():
-    """Set a limit (bytes) on the size of the files this process writes: writes past it fail (EFBIG), as on a
-    full disk."""
+@contextmanager
+def file_size_limit(limit: int):
+    """Limit (bytes) the size of the files this process writes, as a full disk would: writes past it fail
+    (EFBIG). Lifted on leaving the block, before pytest writes its report (a file stdout would fail too)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of killing the process
-    yield lambda limit: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-    signal.signal(signal.SIGXFSZ, handler)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
 
 
-def test_a_plot_failing_mid_write_leaves_the_previous_one(results, tmp_path, file_size_limit):
+def test_a_plot_failing_mid_write_leaves_the_previous_one(results, tmp_path):
     """The ROC plots, few-shot curves and heatmap PNGs all go through the same atomic writer."""
     path = plot_roc(results[0], tmp_path / "roc.png")
     before = path.read_bytes()
-    file_size_limit(len(before) // 4)
-    with pytest.raises(OSError):
+    with file_size_limit(len(before) // 4), pytest.raises(OSError):
         plot_roc(results[1], path)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["roc.png"]
 
