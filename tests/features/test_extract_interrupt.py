@@ -30,7 +30,16 @@ def test_ctrl_c_is_one_line_exit_130_and_the_rerun_resumes(tmp_path):
     ]
     command += [*FAST, "--n-aug", "40"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A job started in the background (CI under nohup, `cmd &`) inherits SIGINT ignored, and Python then installs
+    # no KeyboardInterrupt handler: give the child the disposition a terminal's foreground process has.
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     first_part = out / "parts" / "a.json"
     deadline = time.monotonic() + 120
     while not first_part.exists() and process.poll() is None and time.monotonic() < deadline:
