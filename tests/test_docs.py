@@ -92,7 +92,7 @@ def test_readme_and_docs_test_command_is_what_ci_runs():
         test_blocks = [block for block, _ in code_blocks(page, "bash") if "pytest" in block]
         assert test_blocks, f"{page.name} shows no test command"
         assert test_blocks[0].strip() in ci_lines, f"{page.name}'s test command is not the one .ci/run runs"
-    assert 'python -m pip install -q -e ".[dev,docs]"' in ci_lines
+    assert 'python -m pip install -q -e ".[dev,docs,search]"' in ci_lines
     assert "mkdocs build --strict" in " ".join(ci_lines)
 
 
