@@ -154,7 +154,17 @@ def weights_sha256(folder: Path) -> str | None:
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.name.encode() + b"\0")
-        with open(path, "rb") as handle:
-            while chunk := handle.read(HASH_CHUNK_BYTES):
-                digest.update(chunk)
+        _hash_file(digest, path)
     return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of one file, read in chunks."""
+    return _hash_file(hashlib.sha256(), Path(path)).hexdigest()
+
+
+def _hash_file(digest, path: Path):
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest

@@ -18,7 +18,6 @@ its published size).
 from __future__ import annotations
 
 import difflib
-import hashlib
 import importlib.util
 import logging
 import re
@@ -237,14 +236,6 @@ def download_preset_weights(preset: EncoderPreset, revision: str | None = None) 
         f"must hold them (HF_HUB_OFFLINE=1), or pass --weights FILE. {'; '.join(errors)}",
         gated=preset.gated,
     )
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def presets_table() -> str:

@@ -22,12 +22,11 @@ import timm
 import torch
 from torch import nn
 
-from giga_ssl_hf.checkpoints import load_state_dict_file
+from giga_ssl_hf.checkpoints import file_sha256, load_state_dict_file
 from giga_ssl_hf.features.encoder_presets import (
     PRESETS,
     EncoderPreset,
     download_preset_weights,
-    file_sha256,
     resolve_encoder_name,
     unknown_encoder_message,
 )
