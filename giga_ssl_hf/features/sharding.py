@@ -48,6 +48,7 @@ STALE_SECONDS = 600.0  # a lock of another host untouched this long is abandoned
 _BREAKER_SECONDS = 60.0  # a lock-breaking marker older than this was left by a killed breaker
 _BUSY_POLL_SECONDS = 2.0  # how often a run retries the slides other processes hold
 _BUSY_LOG_SECONDS = 60.0
+_HOLD_LOG_SECONDS = 5.0  # a wait for a folder-wide lock (setup, assembly) is logged once it lasts this long
 _RUN_PREFIX = ".run-"  # the lock a running extraction holds from its settings check to its end
 
 
@@ -230,11 +231,13 @@ class SlideLocks:
     @contextmanager
     def hold(self, name: str, *, poll_seconds: float = 0.5):
         """Wait until the lock ``name`` is ours, hold it for the ``with`` body."""
-        waited = False
+        started, logged = time.monotonic(), False
         while not self.acquire(name):
-            if not waited:
+            # A short wait (another process writing its settings) is not news: a refusal that follows it stays
+            # one line. A long one is said once.
+            if not logged and time.monotonic() - started >= _HOLD_LOG_SECONDS:
                 logger.info("waiting for %s (held by another process)", self.path(name))
-                waited = True
+                logged = True
             time.sleep(poll_seconds)
         try:
             yield
