@@ -8,6 +8,11 @@ too, and the help shows one), its annotation the conversion (``int``, ``float``,
 check the same things in one place. :class:`SettingsParser` turns the dataclasses into an argparse parser and
 the command line back into dataclass instances, the way ``transformers.HfArgumentParser`` does, with one-line
 errors and an optional ``--config`` YAML/JSON file of the same names.
+
+A composing command (``giga-ssl pipeline``) puts each stage's dataclasses under a namespace (``nested``):
+``--train.max-steps``, ``train: {max_steps: ...}`` in its config file. Two marks in a field's metadata serve it:
+``managed`` (the composing command sets the field itself, so it has no flag there) and ``affects_results=False``
+(the field changes how a stage runs, not what it makes: left out of the fingerprints that decide what to redo).
 """
 
 from __future__ import annotations
@@ -19,11 +24,11 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
-_ARGPARSE_KEYS = (
+_OPTION_KEYS = (
     "metavar",
     "positional",
     "flag",
@@ -35,6 +40,8 @@ _ARGPARSE_KEYS = (
     "negatable",
     "choices",
     "switch_help",
+    "managed",
+    "affects_results",
 )
 
 
@@ -47,8 +54,9 @@ def option(default: Any = dataclasses.MISSING, help: str = "", **cli: Any) -> An
     a default is required too); ``negatable=True`` (a bool with both ``--x`` and ``--no-x``, for a default that a
     composing command changes); ``choices`` (the allowed values when they live in a constant rather than a
     ``Literal`` annotation); ``switch_help`` (with ``exclusive``: the help of each switch but the default one,
-    which gets ``help``)."""
-    unknown = set(cli) - set(_ARGPARSE_KEYS)
+    which gets ``help``); ``managed=True`` (a composing command sets it: no flag under its namespace there);
+    ``affects_results=False`` (changes how a stage runs, not what it makes: no part of a fingerprint)."""
+    unknown = set(cli) - set(_OPTION_KEYS)
     if unknown:
         raise TypeError(f"option() got unknown keyword(s): {', '.join(sorted(unknown))}")
     metadata = {"help": help, **cli}
@@ -114,54 +122,55 @@ class SettingsParser(argparse.ArgumentParser):
     def __init__(
         self,
         *settings: type,
+        nested: dict[str, tuple[type, ...]] | None = None,
         config_file: bool = False,
-        exclude: Collection[str] = (),
         defaults: dict[str, Any] | None = None,
         **kwargs: Any,
     ):
-        """``exclude``: fields left off the command line, ``"name"`` or ``"Class.name"`` (a composing command sets
-        them itself; they keep their defaults in :meth:`parse`'s instances); ``defaults``: other defaults than
-        the dataclasses' (the demo's)."""
+        """``settings``: dataclasses of flat flags; ``nested``: namespace -> dataclasses whose flags go under it
+        (``--train.max-steps``), less their ``managed`` fields; ``defaults``: other defaults than the
+        dataclasses' (the demo's), as a config file gives them (``{"train": {"max_steps": 60}}``)."""
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(**kwargs)
-        self.settings = settings
+        self.entries = [("", cls) for cls in settings]
+        self.entries += [(name + ".", cls) for name, classes in (nested or {}).items() for cls in classes]
         self.config_file = config_file
-        self.exclude = frozenset(exclude)
         self.field_actions: dict[str, argparse.Action] = {}
         seen: dict[str, type] = {}
-        for cls in settings:
-            title = (cls.__doc__ or "").strip().splitlines()[0] if len(settings) > 1 and cls.__doc__ else None
-            target = self.add_argument_group(title) if title else self
-            for item in dataclasses.fields(cls):
-                if not item.init or self._excluded(cls, item.name):
-                    continue
-                if item.name in seen:
-                    raise TypeError(
-                        f"{item.name!r} is a field of both {seen[item.name].__name__} and {cls.__name__}"
-                    )
-                seen[item.name] = cls
-                self._add_field(target, item, typing.get_type_hints(cls)[item.name])
-        self.set_defaults(**(defaults or {}))
+        for prefix, cls in self.entries:
+            target = self._group(prefix, cls)
+            for item in command_line_fields(cls, composed=bool(prefix)):
+                dest = prefix + item.name
+                if dest in seen:
+                    raise TypeError(f"{dest!r} is a field of both {seen[dest].__name__} and {cls.__name__}")
+                seen[dest] = cls
+                self._add_field(target, item, typing.get_type_hints(cls)[item.name], prefix)
+        self.dests = frozenset(seen)
+        self.set_defaults(**self._flat_values(defaults or {}, "defaults"))
         if config_file:
             self.add_argument(
                 "--config",
                 metavar="FILE",
-                help="YAML or JSON file of these options (their names with underscores); flags given on the "
-                "command line override it",
+                help="YAML or JSON file of these options (their names with underscores, a mapping per namespace); "
+                "flags given on the command line override it",
             )
 
-    def _excluded(self, cls: type, name: str) -> bool:
-        return name in self.exclude or f"{cls.__name__}.{name}" in self.exclude
+    def _group(self, prefix: str, cls: type):
+        """Where a dataclass's flags go: a titled group when the parser has several (its docstring's first line)."""
+        if len(self.entries) == 1 or not cls.__doc__:
+            return self
+        title = cls.__doc__.strip().splitlines()[0]
+        return self.add_argument_group(f"--{prefix}*: {title}" if prefix else title)
 
     def error(self, message: str) -> NoReturn:
         """A malformed command line raises ValueError, which :func:`run_main` reports as one line with exit
         status 2 (argparse would print the usage and exit the interpreter, even when called in-process)."""
         raise ValueError(f"{message} (see --help)")
 
-    def _add_field(self, target, item: dataclasses.Field, annotation) -> None:
+    def _add_field(self, target, item: dataclasses.Field, annotation, prefix: str) -> None:
         meta = dict(item.metadata)
         # argparse %-formats help strings; the default is appended by the formatter
-        kwargs: dict[str, Any] = {"help": meta.get("help", "").replace("%", "%%"), "dest": item.name}
+        kwargs: dict[str, Any] = {"help": meta.get("help", "").replace("%", "%%"), "dest": prefix + item.name}
         if "metavar" in meta:
             kwargs["metavar"] = meta["metavar"]
         base, is_sequence, choices = _unwrap(annotation)
@@ -172,47 +181,38 @@ class SettingsParser(argparse.ArgumentParser):
             for flag, value in meta["exclusive"].items():
                 help_text = meta["help"] if value == default else meta.get("switch_help", {}).get(flag, "")
                 group.add_argument(
-                    flag, action="store_const", const=value, dest=item.name, help=help_text.replace("%", "%%")
-                )
-            self.set_defaults(**{item.name: default})
+                    _under(prefix, flag), action="store_const", const=value, dest=kwargs["dest"],
+                    help=help_text.replace("%", "%%"),
+                )  # fmt: skip
+            self.set_defaults(**{kwargs["dest"]: default})
             return
         if meta.get("positional"):
+            if prefix:
+                raise TypeError(f"{item.name}: a positional field cannot be nested")
             kwargs.pop("dest")
             nargs = meta.get("nargs", "*" if is_sequence else None)
             target.add_argument(item.name, nargs=nargs, type=base, default=default, **kwargs)
             return
-        flag = meta.get("flag", flag_of(item.name))
-        aliases = [*meta.get("aliases", ()), "--" + item.name]
-        if base is bool and meta.get("negatable"):
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif base is bool:
-            if meta.get("flag") is None and default is True:
-                flag = "--no-" + item.name.replace("_", "-")
-                kwargs["help"] = "turn off: " + kwargs["help"]
-            # the underscore spelling becomes the optional-value flag below, not an alias
-            aliases = [*meta.get("aliases", ()), *(["--no_" + item.name] if default is True else [])]
-            if "--" + item.name not in (flag, *aliases):
-                # transformers' HfArgumentParser spelling, which train took before: --name [true|false]
-                target.add_argument(
-                    "--" + item.name, type=_as_bool, nargs="?", const=True, dest=item.name,
-                    default=argparse.SUPPRESS, help=argparse.SUPPRESS,
-                )  # fmt: skip
-            kwargs["action"] = "store_false" if default is True else "store_true"
+        flags = [meta.get("flag", flag_of(item.name)), *meta.get("aliases", ()), "--" + item.name]
+        if base is bool:
+            flags = _bool_flags(item.name, default, meta, kwargs)
         else:
+            kwargs.setdefault("metavar", item.name.upper())  # not the dest's TRAIN.MAX_STEPS
             kwargs["type"] = meta.get("type", base)
             if is_sequence:
                 kwargs["nargs"] = meta.get("nargs", "+")
             if choices:
                 kwargs["choices"] = choices
         required = bool(meta.get("required")) or item.default is dataclasses.MISSING
-        aliases = sorted(set(aliases) - {flag})
-        self.field_actions[item.name] = target.add_argument(
-            flag, *aliases, default=default, required=required, **kwargs
+        flags = list(dict.fromkeys(_under(prefix, flag) for flag in flags))
+        self.field_actions[kwargs["dest"]] = target.add_argument(
+            *flags, default=default, required=required, **kwargs
         )
 
     def parse(self, argv: list[str] | None = None) -> tuple:
-        """The settings instances from ``argv`` (and ``--config``). A malformed command line, a bad config file
-        and a setting that fails validation all raise ValueError (:func:`run_main` reports it in one line)."""
+        """The settings instances from ``argv`` (and ``--config``), in the order of the dataclasses given (the
+        nested ones last). A malformed command line, a bad config file and a setting that fails validation all
+        raise ValueError (:func:`run_main` reports it in one line)."""
         if self.config_file:
             # --config alone first: the full parse would refuse required options that the file gives
             config_only = argparse.ArgumentParser(prog=self.prog, add_help=False, exit_on_error=False)
@@ -222,51 +222,104 @@ class SettingsParser(argparse.ArgumentParser):
             except argparse.ArgumentError as error:
                 raise ValueError(f"{error} (see --help)") from None
             if known.config:
-                values = {
-                    name: self._checked(name, value)
-                    for name, value in read_config_file(known.config, self.settings).items()
-                }
-                self.set_defaults(**values)
-                for name in values:
-                    if name in self.field_actions:
-                        self.field_actions[name].required = False  # given by the file
+                values = self._flat_values(read_config_file(known.config), f"{known.config}")
+                self.set_defaults(**{dest: self._checked(dest, value) for dest, value in values.items()})
+                for dest in values:
+                    if dest in self.field_actions:
+                        self.field_actions[dest].required = False  # given by the file
         namespace = vars(self.parse_args(argv))
         return tuple(
             cls(
                 **{
-                    f.name: _immutable(namespace[f.name])
-                    for f in dataclasses.fields(cls)
-                    if f.name in namespace and not self._excluded(cls, f.name)
+                    item.name: _immutable(namespace[prefix + item.name])
+                    for item in command_line_fields(cls, composed=bool(prefix))
+                    if prefix + item.name in namespace
                 }
             )
-            for cls in self.settings
+            for prefix, cls in self.entries
         )
 
-    def _checked(self, name: str, value: Any) -> Any:
+    def _flat_values(self, values: dict, source: str) -> dict:
+        """``{"train": {"max_steps": 3}}`` as ``{"train.max_steps": 3}``; an unknown name is an error (a typo would
+        otherwise be ignored)."""
+        flat = {}
+        for name, value in values.items():
+            if isinstance(value, dict):
+                flat.update({f"{name}.{inner}": v for inner, v in self._flat_values(value, "").items()})
+            else:
+                flat[name] = value
+        unknown = sorted(set(flat) - self.dests) if source else []
+        if unknown:
+            raise ValueError(f"unknown option(s) in {source}: {', '.join(unknown)}")
+        return flat
+
+    def _checked(self, dest: str, value: Any) -> Any:
         """A value from the config file, converted and checked as the same value on the command line would be."""
-        action = self.field_actions.get(name)
+        action = self.field_actions.get(dest)
         if action is None or value is None:
             return value
         if isinstance(value, str) and callable(action.type):
             try:
                 value = action.type(value)
             except (TypeError, ValueError) as error:
-                raise ValueError(f"{name}: {value!r} in the config file: {error}") from None
+                raise ValueError(f"{dest}: {value!r} in the config file: {error}") from None
         if action.choices is not None and value not in action.choices:
             raise ValueError(
-                f"{name}: {value!r} in the config file is not one of {', '.join(map(str, action.choices))}"
+                f"{dest}: {value!r} in the config file is not one of {', '.join(map(str, action.choices))}"
             )
         return value
 
 
-def _as_bool(text: str) -> bool:
-    """``true`` / ``false`` (and yes/no, 1/0) as HfArgumentParser reads them."""
-    lowered = text.lower()
-    if lowered in ("true", "yes", "y", "1"):
-        return True
-    if lowered in ("false", "no", "n", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+class _Negatable(argparse.Action):
+    """``--x`` / ``--no-x`` of a bool (argparse's BooleanOptionalAction would spell a nested one ``--no-ns.x``)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any):
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string: str | None = None) -> None:
+        negated = option_string.rpartition(".")[2].lstrip("-").startswith(("no-", "no_"))
+        setattr(namespace, self.dest, not negated)
+
+
+def _bool_flags(name: str, default: bool, meta: dict, kwargs: dict) -> list[str]:
+    """The flags of a bool field (and its action in ``kwargs``): ``--x`` to turn on, ``--no-x`` to turn off a
+    default of True, both with ``negatable``; each with its underscore spelling."""
+    if meta.get("negatable"):
+        kwargs["action"] = _Negatable
+        return [flag_of(name), "--no-" + name.replace("_", "-"), "--" + name, "--no_" + name]
+    kwargs["action"] = "store_false" if default is True else "store_true"
+    if meta.get("flag") is not None:
+        return [meta["flag"], *meta.get("aliases", ())]
+    if default is True:
+        kwargs["help"] = "turn off: " + kwargs["help"]
+        return ["--no-" + name.replace("_", "-"), "--no_" + name]
+    return [flag_of(name), "--" + name]
+
+
+def _under(prefix: str, flag: str) -> str:
+    """A flag under a namespace: ``--max-steps`` -> ``--train.max-steps`` (a short ``-k`` -> ``--ns.k``)."""
+    return f"--{prefix}{flag.lstrip('-')}" if prefix else flag
+
+
+def command_line_fields(cls: type, composed: bool = False) -> list[dataclasses.Field]:
+    """The fields of a settings dataclass that the command line sets (under a composing command's namespace:
+    less those it manages)."""
+    return [
+        item
+        for item in dataclasses.fields(cls)
+        if item.init and not (composed and item.metadata.get("managed"))
+    ]
+
+
+def settings_values(*instances: Any, composed: bool = False, results_only: bool = False) -> dict:
+    """The values of settings instances by field name, as a ``--config`` file holds them; ``composed``: the fields
+    of a composing command's namespace; ``results_only``: less the fields marked ``affects_results=False``."""
+    return {
+        item.name: getattr(instance, item.name)
+        for instance in instances
+        for item in command_line_fields(type(instance), composed)
+        if not (results_only and item.metadata.get("affects_results") is False)
+    }
 
 
 def _immutable(value: Any) -> Any:
@@ -289,8 +342,8 @@ def _unwrap(annotation) -> tuple[Any, bool, tuple | None]:
     raise TypeError(f"settings field type not supported on the command line: {annotation!r}")
 
 
-def read_config_file(path: str | Path, settings: tuple[type, ...]) -> dict:
-    """Option values from a YAML or JSON file; an unknown name is an error (a typo would otherwise be ignored)."""
+def read_config_file(path: str | Path) -> dict:
+    """Option values from a YAML or JSON file (a mapping; a nested mapping per namespace)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"config file not found: {path}")
@@ -303,8 +356,4 @@ def read_config_file(path: str | Path, settings: tuple[type, ...]) -> dict:
         values = yaml.safe_load(text)
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a mapping of option names to values")
-    known = {f.name for cls in settings for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown option(s) in {path}: {', '.join(unknown)}")
     return values

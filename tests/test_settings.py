@@ -1,11 +1,12 @@
 """The settings -> command line generator every stage uses (giga_ssl_hf/settings.py)."""
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import pytest
 
-from giga_ssl_hf.settings import SettingsParser, flag_of, option, run_main
+from giga_ssl_hf.settings import SettingsParser, flag_of, option, run_main, settings_values
 
 
 @dataclass
@@ -92,41 +93,85 @@ def test_config_file_gives_required_values_and_the_command_line_wins(tmp_path):
         parser(config_file=True).parse(["--config", str(config)])
 
 
-def test_a_composing_command_excludes_fields_and_changes_defaults():
-    composed = parser(exclude=("Knobs.seed", "passes"), defaults={"max_steps": 99, "standardize": True})
-    text = composed.format_help()
-    assert "--seed" not in text and "--aug" not in text and "(default: 99)" in text
-    _, knobs = composed.parse(["--out", "o"])
-    assert (knobs.max_steps, knobs.seed, knobs.passes, knobs.standardize) == (99, 0, "both", True)
-    with pytest.raises(ValueError, match="unrecognized arguments: --seed"):
-        composed.parse(["--out", "o", "--seed", "3"])
+@dataclass
+class Stage:
+    """a stage"""
+
+    max_steps: int = option(5, "the stage's steps")
+    out: str | None = option(None, "where the stage writes", managed=True)
+    verbose: bool = option(False, "say more", affects_results=False)
+    standardize: bool = option(False, "standardise", negatable=True)
+    k: int = option(10, "neighbours", flag="-k", aliases=("--k",))
 
 
-def test_a_field_in_two_dataclasses_must_be_excluded_from_one():
+def nested_parser(**kwargs) -> SettingsParser:
+    return SettingsParser(
+        Inputs, nested={"train": (Knobs,), "embed": (Stage,)}, prog="giga-ssl test", **kwargs
+    )
+
+
+def test_a_composing_command_nests_each_stage_under_its_namespace():
+    inputs, knobs, stage = nested_parser().parse(
+        ["--out", "o", "--train.max-steps", "3", "--embed.max_steps", "4", "--train.no-pretrained",
+         "--train.aug", "--embed.no-standardize", "--embed.k", "2"]
+    )  # fmt: skip
+    assert (inputs.out, knobs.max_steps, knobs.pretrained, knobs.passes) == ("o", 3, False, "augmented")
+    assert (stage.max_steps, stage.standardize, stage.k) == (4, False, 2)
+    assert nested_parser().parse(["--out", "o", "--embed.standardize"])[2].standardize is True
+    text = nested_parser().format_help()
+    assert "--train.max-steps MAX_STEPS" in text and "--embed.standardize, --embed.no-standardize" in text
+    with pytest.raises(ValueError, match="unrecognized arguments: --max-steps"):
+        nested_parser().parse(["--out", "o", "--max-steps", "3"])
+
+
+def test_a_composing_command_leaves_managed_fields_off_and_changes_defaults():
+    composed = nested_parser(defaults={"train": {"max_steps": 99, "standardize": True}})
+    assert "--embed.out" not in composed.format_help() and "(default: 99)" in composed.format_help()
+    _, knobs, stage = composed.parse(["--out", "o"])
+    assert (knobs.max_steps, knobs.standardize, stage.out) == (99, True, None)
+    with pytest.raises(ValueError, match="unrecognized arguments: --embed.out"):
+        composed.parse(["--out", "o", "--embed.out", "x"])
+    with pytest.raises(ValueError, match="unknown option.*train.max_stepz"):
+        nested_parser(defaults={"train": {"max_stepz": 1}})
+    # alone, the stage's command has the managed field as a flag
+    assert SettingsParser(Stage, prog="x").parse(["--out", "y"])[0].out == "y"
+
+
+def test_nested_config_file_and_the_values_it_is_written_from(tmp_path):
+    config = tmp_path / "run.json"
+    inputs, knobs, stage = nested_parser().parse(["--out", "o", "--train.rate", "0.5", "--embed.verbose"])
+    written = {"train": settings_values(knobs, composed=True), "embed": settings_values(stage, composed=True)}
+    assert "out" not in written["embed"] and written["embed"]["verbose"] is True
+    assert "verbose" not in settings_values(stage, composed=True, results_only=True)
+    config.write_text(json.dumps(written))
+    again = nested_parser(config_file=True).parse(["--out", "o", "--config", str(config), "--embed.k", "3"])
+    assert again[1] == knobs and again[2] == replace(stage, k=3)
+    config.write_text(json.dumps({"train": {"mode": "medium"}}))
+    with pytest.raises(ValueError, match="train.mode: 'medium' in the config file is not one of fast, slow"):
+        nested_parser(config_file=True).parse(["--out", "o", "--config", str(config)])
+    config.write_text(json.dumps({"embed": {"out": "x"}}))  # managed: not an option of the composing command
+    with pytest.raises(ValueError, match="unknown option.*embed.out"):
+        nested_parser(config_file=True).parse(["--out", "o", "--config", str(config)])
+
+
+def test_a_field_in_two_dataclasses_of_one_namespace_is_refused():
     @dataclass
     class Other:
         seed: int = option(1, "another seed")
 
     with pytest.raises(TypeError, match="'seed' is a field of both Knobs and Other"):
         SettingsParser(Knobs, Other, prog="x")
-    assert SettingsParser(Knobs, Other, prog="x", exclude=("Other.seed",)).parse([])[1] == Other()
+    assert SettingsParser(Knobs, nested={"other": (Other,)}, prog="x").parse(["--other.seed", "3"])[
+        1
+    ] == Other(3)
 
 
-def test_hfargumentparser_bool_spellings_still_work():
-    """train took transformers' HfArgumentParser flags before: --name [true|false] and --no_name."""
-    _, knobs = parser().parse(["--out", "o", "--pretrained", "false", "--verbose", "true"])
-    assert (knobs.pretrained, knobs.verbose) == (False, True)
+def test_bools_take_no_value():
+    """--name true|false (transformers' HfArgumentParser spelling) is not accepted: a bool is a switch."""
+    with pytest.raises(ValueError, match="unrecognized arguments: false"):
+        SettingsParser(Knobs, prog="x").parse(["--verbose", "false"])
     _, knobs = parser().parse(["--out", "o", "--verbose", "--no_pretrained"])
     assert (knobs.pretrained, knobs.verbose) == (False, True)
-
-    @dataclass
-    class Run:
-        overwrite_output_dir: bool = option(False, "start afresh")
-
-    assert SettingsParser(Run, prog="x").parse(["--overwrite_output_dir", "true"])[0].overwrite_output_dir
-    assert SettingsParser(Run, prog="x").parse(["--overwrite_output_dir"])[0].overwrite_output_dir
-    with pytest.raises(ValueError, match="expected true or false, got 'maybe'"):
-        SettingsParser(Run, prog="x").parse(["--overwrite_output_dir", "maybe"])
 
 
 def test_config_file_values_are_converted_and_checked_like_flags(tmp_path):
