@@ -45,12 +45,12 @@ def run(n_slides: int = 4, n_tiles: int = 10_000) -> list[dict]:
     model = GigaSSLModel(GigaSSLConfig()).eval()
     dataset = make_exhaustive(n_slides, n_tiles)
     rows = []
-    for strategy, n_views in (("random", 100), ("chunks", None)):
+    for tile_sampling, n_views in (("random", 100), ("chunks", None)):
         start = time.perf_counter()
-        embed_tile_dataset(model, dataset, strategy=strategy, n_views=n_views or 1, progress=False)
+        embed_tile_dataset(model, dataset, tile_sampling=tile_sampling, n_views=n_views or 1, progress=False)
         seconds = time.perf_counter() - start
         views = n_views or -(-n_tiles // 5)
-        rows.append({"strategy": strategy, "views/slide": views, "slides/s": n_slides / seconds})
+        rows.append({"tile_sampling": tile_sampling, "views/slide": views, "slides/s": n_slides / seconds})
     return rows
 
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> str:
     rows = run(args.slides, args.tiles)
     lines = [
         f"giga-ssl embed on CPU ({torch.get_num_threads()} threads), {args.tiles:,} tiles/slide, 5 tiles/view, 256 -> 512",
-        text_table(rows, [("strategy", "<8"), ("views/slide", ">11,"), ("slides/s", ">8.2f")]),
+        text_table(rows, [("tile_sampling", "<8"), ("views/slide", ">11,"), ("slides/s", ">8.2f")]),
     ]
     table = "\n".join(lines)
     print(table)

@@ -42,7 +42,7 @@ def train_model(augmented: datasets.Dataset, folder: Path, steps: int, seed: int
     augmented.save_to_disk(str(folder / "augmented"))
     argv = [
         "--features", str(folder / "augmented"), "--output_dir", str(folder / "run"), "--hidden_dim", str(HIDDEN),
-        "--projection_dims", "64,64,32", "--batch_size", "16", "--max_steps", str(steps), "--learning_rate", "0.01",
+        "--projection_dims", "64", "64", "32", "--batch_size", "16", "--max_steps", str(steps), "--learning_rate", "0.01",
         "--temperature", "0.1", "--save_steps", "0", "--report_to", "none", "--seed", str(seed),
     ]  # fmt: skip
     train(*parse_arguments(argv))

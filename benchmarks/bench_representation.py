@@ -21,8 +21,8 @@ vectors) and with ``standardize=True`` (C=10):
 
 - ``paper``: 5-tile random views, Adam at 0.03 x batch/256, 10% warm-up then cosine (the paper's recipe);
 - ``paper lr=0.002``: the same views with a 3.75x lower learning rate (does the optimiser hold it back?);
-- ``window``: window views (``--view_sampling window``, ``--n_tiles`` 16), Adam at 0.002 (warm-up, cosine),
-  embedded with ``embed --strategy window``;
+- ``window``: window views (``--tile_sampling window``, ``--n_tiles`` 16), Adam at 0.002 (warm-up, cosine),
+  embedded with ``embed --tile_sampling window``;
 - ``untrained``: the same encoder, random initialisation, embedded with window views;
 - ``mean-pool``: the mean of each slide's exhaustive tile features;
 - ``hybrid``: the window embedding with the standardised mean pool appended (``embed --concat-mean-pool``).
@@ -163,7 +163,7 @@ def make_cohort(
 @dataclass
 class Recipe:
     name: str
-    view_sampling: str
+    tile_sampling: str
     n_tiles: int
     learning_rate: float | None = None  # None: the paper's 0.03 x batch / 256
 
@@ -171,9 +171,9 @@ class Recipe:
 def train_recipe(recipe: Recipe, features: Path, out: Path, args) -> tuple[GigaSSLModel, dict]:
     argv = [
         "--features", str(features), "--output_dir", str(out), "--report_to", "none", "--save_steps", "0",
-        "--hidden_dim", str(args.hidden_dim), "--projection_dims", f"{args.hidden_dim},{args.hidden_dim},64",
+        "--hidden_dim", str(args.hidden_dim), "--projection_dims", str(args.hidden_dim), str(args.hidden_dim), "64",
         "--batch_size", str(args.batch_size), "--max_steps", str(args.steps), "--n_tiles", str(recipe.n_tiles),
-        "--view_sampling", recipe.view_sampling, "--seed", str(args.seed), "--logging_steps", str(args.steps),
+        "--tile_sampling", recipe.tile_sampling, "--seed", str(args.seed), "--logging_steps", str(args.steps),
     ]  # fmt: skip
     if recipe.learning_rate is not None:
         argv += ["--learning_rate", str(recipe.learning_rate)]
@@ -181,9 +181,9 @@ def train_recipe(recipe: Recipe, features: Path, out: Path, args) -> tuple[GigaS
     return GigaSSLModel.from_pretrained(out / "final").eval(), summary
 
 
-def embed(model, exhaustive, strategy: str, n_tiles: int, args) -> tuple[np.ndarray, np.ndarray]:
+def embed(model, exhaustive, tile_sampling: str, n_tiles: int, args) -> tuple[np.ndarray, np.ndarray]:
     return embed_tile_dataset(
-        model, exhaustive, strategy=strategy, n_views=args.n_views, n_tiles=n_tiles, seed=args.seed,
+        model, exhaustive, tile_sampling=tile_sampling, n_views=args.n_views, n_tiles=n_tiles, seed=args.seed,
         max_views_per_batch=2048, progress=False,
     )  # fmt: skip
 
@@ -245,9 +245,9 @@ def run(args) -> None:
             for recipe in recipes:
                 model, summary = train_recipe(recipe, augmented_dir, Path(tmp) / signal / recipe.name, args)
                 losses.append((signal, recipe.name, loss_report(summary, args.batch_size)))
-                strategy = "window" if recipe.view_sampling == "window" else "random"
+                tile_sampling = "window" if recipe.tile_sampling == "window" else "random"
                 log.info("%s: %s trained at %.0f s", signal, recipe.name, time.perf_counter() - start)
-                _, vectors[recipe.name] = embed(model, exhaustive, strategy, recipe.n_tiles, args)
+                _, vectors[recipe.name] = embed(model, exhaustive, tile_sampling, recipe.n_tiles, args)
                 log.info("%s: %s embedded at %.0f s", signal, recipe.name, time.perf_counter() - start)
             torch.manual_seed(args.seed)
             untrained = GigaSSLModel(model.config).eval()

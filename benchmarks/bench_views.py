@@ -70,7 +70,7 @@ def bench_sampler(path: Path, batch_size: int = 512, n_tiles: int = 5, seconds: 
 def bench_training(path: Path, out: Path, steps: int, batch_size: int, hidden_dim: int) -> dict:
     argv = [
         "--features", str(path), "--output_dir", str(out), "--max_steps", str(steps), "--batch_size", str(batch_size),
-        "--hidden_dim", str(hidden_dim), "--projection_dims", f"{hidden_dim},{hidden_dim},{hidden_dim // 2}",
+        "--hidden_dim", str(hidden_dim), "--projection_dims", str(hidden_dim), str(hidden_dim), str(hidden_dim // 2),
         "--report_to", "none", "--save_steps", "0", "--logging_steps", str(steps),
     ]  # fmt: skip
     start = time.perf_counter()

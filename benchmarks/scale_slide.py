@@ -7,7 +7,7 @@ and written to a temporary folder; models are the default architecture (``layer4
 width, randomly initialised.
 
 - ``assemble``: ``assemble_datasets`` of an extraction folder of N committed tiny slides (16 tiles, 64-d).
-- ``store`` / ``assemble`` / ``embed <strategy>`` / ``heatmap embedding``: one slide of T tiles x D features
+- ``store`` / ``assemble`` / ``embed <tile_sampling>`` / ``heatmap embedding``: one slide of T tiles x D features
   committed to a PartStore, assembled into its Dataset, embedded by ``giga-ssl embed`` (random, chunks,
   window) and mapped by ``giga-ssl heatmap --method embedding``.
 - ``assemble cohort`` / ``embed cohort random``: several such slides in one Dataset (per slide).
@@ -135,9 +135,9 @@ def _slide_rows(folder: Path, n_tiles: int, dim: int, hidden_dim: int) -> list[d
     ]
     rows.append(_row("assemble", size, _in_fresh_process("assemble", folder=str(folder)), 1))
     _in_fresh_process("model", folder=str(folder), dim=dim, hidden_dim=hidden_dim)
-    for strategy in ("random", "chunks", "window"):
-        result = _in_fresh_process("embed", folder=str(folder), strategy=strategy)
-        rows.append(_row(f"embed {strategy}", size, result, 1))
+    for tile_sampling in ("random", "chunks", "window"):
+        result = _in_fresh_process("embed", folder=str(folder), tile_sampling=tile_sampling)
+        rows.append(_row(f"embed {tile_sampling}", size, result, 1))
     result = _in_fresh_process("heatmap", folder=str(folder))
     rows.append(_row("heatmap embedding", size, result, n_tiles))
     return rows
@@ -150,7 +150,7 @@ def _cohort_rows(folder: Path, n_slides: int, n_tiles: int, dim: int, hidden_dim
     size = f"{n_slides} x {n_tiles:,} x {dim:,}"
     rows = [_row("assemble cohort", size, _in_fresh_process("assemble", folder=str(folder)), n_slides)]
     _in_fresh_process("model", folder=str(folder), dim=dim, hidden_dim=hidden_dim)
-    result = _in_fresh_process("embed", folder=str(folder), strategy="random")
+    result = _in_fresh_process("embed", folder=str(folder), tile_sampling="random")
     rows.append(_row("embed cohort random", size, result, n_slides))
     return rows
 
@@ -247,9 +247,9 @@ def _run_case(arguments: dict) -> None:
         from giga_ssl_hf.cli import main
 
         if case == "embed":
-            out = folder / f"embeddings_{arguments['strategy']}"
+            out = folder / f"embeddings_{arguments['tile_sampling']}"
             argv = ["embed", "--model", str(folder / "model"), "--features", str(folder), "--out", str(out)]
-            argv += ["--strategy", arguments["strategy"], "--device", "cpu", "--overwrite"]
+            argv += ["--tile_sampling", arguments["tile_sampling"], "--device", "cpu", "--overwrite"]
         else:
             argv = ["heatmap", "--model", str(folder / "model"), "--features", str(folder), "--out"]
             argv += [

@@ -41,7 +41,7 @@ from giga_ssl_hf.contracts.extraction_folder import AUGMENTED, EXHAUSTIVE
 from giga_ssl_hf.contracts.training_run import FINAL_DIRNAME
 from giga_ssl_hf.features.extract import ExtractionConfig, extract_slides
 from giga_ssl_hf.features.synthetic_features import synthetic_region_cohort
-from giga_ssl_hf.inference.embed import embed_to_folder
+from giga_ssl_hf.inference.embed import EmbedSettings, embed_to_folder
 from giga_ssl_hf.training.arguments import parse_arguments
 from giga_ssl_hf.training.train import train
 from giga_ssl_hf.wsi.synthetic import write_synthetic_slide
@@ -69,13 +69,15 @@ def planted_region_cohort(out: Path, n_slides: int, steps: int, seed: int) -> di
         exhaustive.save_to_disk(str(features / EXHAUSTIVE))
     train(*parse_arguments([
         "--features", str(features / AUGMENTED), "--output-dir", str(out / "run"), "--hidden-dim", "64",
-        "--projection-dims", "64,64,32", "--batch-size", "16", "--max-steps", str(steps), "--learning-rate", "0.01",
+        "--projection-dims", "64", "64", "32", "--batch-size", "16", "--max-steps", str(steps), "--learning-rate", "0.01",
         "--temperature", "0.1", "--save-steps", "0", "--report-to", "none", "--seed", str(seed),
         "--overwrite-output-dir",  # a demo: a rerun trains afresh instead of refusing the earlier run's folder
     ]))  # fmt: skip
     model_dir = out / "run" / FINAL_DIRNAME
     model = giga_ssl_hf.GigaSSLModel.from_pretrained(model_dir).eval()
-    embed_to_folder(model, features, out / "embeddings", n_views=50)
+    embed_to_folder(
+        EmbedSettings(features=str(features), out=str(out / "embeddings"), n_views=50, overwrite=True), model
+    )
     labels = write_labels(
         out / "labels.csv", {s: ("positive" if c else "negative") for s, c in classes.items()}
     )
@@ -132,7 +134,12 @@ def real_pixels(out: Path, seed: int, n_per_class: int = 4) -> dict:
             model_dir
         )
     model = giga_ssl_hf.GigaSSLModel.from_pretrained(model_dir).eval()
-    embed_to_folder(model, out / "features", out / "embeddings", n_views=50)
+    embed_to_folder(
+        EmbedSettings(
+            features=str(out / "features"), out=str(out / "embeddings"), n_views=50, overwrite=True
+        ),
+        model,
+    )
     run_cli("evaluate", "--embeddings", out / "embeddings", "--labels", write_labels(out / "labels.csv", labels),
             "--folds", "3", "--save-probe", out / "probe", "--overwrite-probe")  # fmt: skip
     shown = ["CMU-1-Small-Region", "synthetic_region_0"]

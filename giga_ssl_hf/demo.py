@@ -63,21 +63,12 @@ def write_demo_slides(folder: str | Path, n_per_class: int = 6, seed: int = 0) -
 # The pipeline's settings that differ for the demo: an offline random-init ResNet18 (pretrained weights need
 # the Hub), small tiles, few steps, window views.
 DEMO_DEFAULTS = {
-    "pretrained": False,
-    "tile_size": 112,
-    "n_aug": 4,
-    "n_tiles_per_aug": 64,
-    "aug_sampling": "window",
-    "max_steps": 60,
-    "batch_size": 12,
-    "hidden_dim": 64,
-    "n_tiles": 16,
-    "view_sampling": "window",
-    "learning_rate": 0.01,
-    "n_views": 20,
-    "folds": 3,
-    "standardize": True,
-}
+    "extract": {"pretrained": False, "tile_size": 112, "n_aug": 4, "n_tiles_per_aug": 64, "tile_sampling": "window"},
+    "train": {"max_steps": 60, "batch_size": 12, "hidden_dim": 64, "n_tiles": 16, "tile_sampling": "window",
+              "learning_rate": 0.01},
+    "embed": {"n_views": 20},
+    "evaluate": {"folds": 3, "standardize": True},
+}  # fmt: skip
 
 
 @dataclass
@@ -91,8 +82,8 @@ class DemoData:
 def main(argv: list[str] | None = None) -> int:
     parser = pipeline_parser(DemoData, prog="giga-ssl demo", description=__doc__, defaults=DEMO_DEFAULTS)
 
-    def run(data: DemoData, *stage_settings) -> int:
-        settings = PipelineSettings.from_parsed(stage_settings)
+    def run(data: DemoData, *settings_parts) -> int:
+        settings = PipelineSettings.from_parsed(settings_parts)
         slides, labels = write_demo_slides(
             Path(data.out) / "slides", data.slides_per_class, settings.options.seed
         )

@@ -26,13 +26,13 @@ import hashlib
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import get_type_hints
 
 import numpy as np
 
-from .contracts import TRAINING_SUMMARY_FILENAME
+from .contracts import PIPELINE_CONFIG_FILENAME, PIPELINE_STATE_FILENAME, TRAINING_SUMMARY_FILENAME
 from .contracts.extraction_folder import AUGMENTED, EXHAUSTIVE, MANIFEST_FILENAME, THUMBNAILS_DIRNAME
 from .contracts.training_run import FINAL_DIRNAME
 from .evaluation.linear_probe import DEFAULT_FOLDS, EvaluateSettings
@@ -40,7 +40,7 @@ from .features.extraction import extract_slides
 from .features.extraction_settings import ExtractionConfig
 from .files import write_json
 from .inference.embed import EmbedSettings
-from .settings import SettingsParser, option, run_main
+from .settings import SettingsParser, option, run_main, settings_values
 from .training.arguments import DataArguments, ModelArguments, TrainArguments
 from .training.checkpointing import latest_checkpoint
 
@@ -64,10 +64,6 @@ class PipelineInputs:
     labels: str | None = option(None, "CSV with ID (slide file stem) and label columns")
 
 
-# The pipeline's defaults where they are not the stages': the projection head follows --hidden-dim.
-PIPELINE_DEFAULTS = {"projection_dims": None}
-
-
 @dataclass
 class PipelineSettings:
     """The settings of every stage, each in its stage's own dataclass."""
@@ -75,51 +71,43 @@ class PipelineSettings:
     options: PipelineOptions = field(default_factory=PipelineOptions)
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
     data: DataArguments = field(default_factory=DataArguments)
-    model: ModelArguments = field(default_factory=lambda: ModelArguments(**PIPELINE_DEFAULTS))
+    model: ModelArguments = field(default_factory=ModelArguments)
     training: TrainArguments = field(default_factory=TrainArguments)
     embedding: EmbedSettings = field(default_factory=EmbedSettings)
     evaluation: EvaluateSettings = field(default_factory=EvaluateSettings)
 
     @classmethod
     def from_parsed(cls, parsed: tuple) -> PipelineSettings:
-        """The settings from :func:`pipeline_parser`'s instances, in the order of :data:`STAGE_SETTINGS`."""
+        """The settings from :func:`pipeline_parser`'s instances (less the inputs), in the order of the fields."""
         return cls(**{item.name: value for item, value in zip(fields(cls), parsed, strict=True)})
 
+    def stages(self) -> dict[str, tuple]:
+        """Each stage's settings, by the namespace of its flags (``--train.max-steps``)."""
+        return {name: tuple(getattr(self, part) for part in parts) for name, parts in STAGE_PARTS.items()}
 
-STAGE_SETTINGS = tuple(get_type_hints(PipelineSettings)[item.name] for item in fields(PipelineSettings))
+    def resolved_config(self) -> dict:
+        """The settings as a ``--config`` file of ``giga-ssl pipeline`` holds them (the stages' fields that the
+        pipeline does not set itself, a mapping per stage)."""
+        stages = {name: settings_values(*parts, composed=True) for name, parts in self.stages().items()}
+        return {**settings_values(self.options), **stages}
 
-# Set by the pipeline between stages, so not options of its own: the paths, resuming, checkpoint spacing, the
-# stages' seeds and devices (one --seed, one --device), the embedding strategy (the training views'), and
-# what the pipeline always does (npy embeddings, every baseline, no saved probe).
-MANAGED_FIELDS = (
-    "features",
-    "output_dir",
-    "resume_from_checkpoint",
-    "overwrite_output_dir",
-    "save_steps",
-    "ExtractionConfig.seed",
-    "TrainArguments.seed",
-    "TrainArguments.allow_changed_settings",
-    *(f"EmbedSettings.{name}" for name in ("model", "out", "strategy", "n_tiles", "seed", "device", "npy")),
-    *(f"EmbedSettings.{name}" for name in ("trust_remote_code", "overwrite", "allow_encoder_mismatch")),
-    *(f"EvaluateSettings.{name}" for name in ("embeddings", "task", "labels", "splits", "seed", "out")),
-    *(f"EvaluateSettings.{name}" for name in ("no_plots", "save_probe", "overwrite_probe", "baseline")),
-    *(f"EvaluateSettings.{name}" for name in ("export_classifier", "classifier_encoder")),
-    *(f"EvaluateSettings.{name}" for name in ("mil_epochs", "mil_validation", "mil_device")),
-)
-# Settings that do not change what a stage makes, left out of its fingerprint.
-UNFINGERPRINTED = {"logging_steps", "report_to", "save_total_limit", "max_views_per_batch"}
-# The training settings the previous release fingerprinted (in this order), kept so that its folders are reused.
-TRAIN_FINGERPRINT = ("max_steps", "batch_size", "hidden_dim", "n_tiles", "learning_rate", "view_sampling")
+
+# The namespace of each stage's flags and the PipelineSettings fields that hold its settings.
+STAGE_PARTS = {
+    "extract": ("extraction",),
+    "train": ("data", "model", "training"),
+    "embed": ("embedding",),
+    "evaluate": ("evaluation",),
+}
+_FIELD_TYPES = get_type_hints(PipelineSettings)
+STAGE_SETTINGS = {name: tuple(_FIELD_TYPES[part] for part in parts) for name, parts in STAGE_PARTS.items()}
 
 
 class PipelineState:
     """Per stage: the fingerprint of its inputs and settings, and whether its output is complete."""
 
-    FILENAME = "pipeline_state.json"
-
     def __init__(self, out: Path):
-        self.path = out / self.FILENAME
+        self.path = out / PIPELINE_STATE_FILENAME
         self.stages = json.loads(self.path.read_text()) if self.path.exists() else {}
 
     @staticmethod
@@ -147,7 +135,7 @@ class PipelineState:
 
 
 def _stage_settings(settings: PipelineSettings, paths: dict[str, Path]) -> PipelineSettings:
-    """The stages' settings with what the pipeline manages filled in."""
+    """The stages' settings with what the pipeline manages (their fields marked ``managed``) filled in."""
     seed, training = settings.options.seed, settings.training
     return replace(
         settings,
@@ -165,58 +153,35 @@ def _stage_settings(settings: PipelineSettings, paths: dict[str, Path]) -> Pipel
             model=str(paths["model"]),
             features=str(paths["features"]),
             out=str(paths["embeddings"]),
-            strategy="window" if settings.data.view_sampling == "window" else "random",
+            tile_sampling=settings.data.tile_sampling,  # views drawn alike in training and embedding
             seed=seed,
             device=settings.options.device,
             npy=True,
+            overwrite=True,  # the pipeline's own folder, redone when its fingerprint changes
         ),
+        evaluation=replace(settings.evaluation, folds=settings.evaluation.folds or DEFAULT_FOLDS),
     )
-
-
-def _changed(before: tuple[str, ...], *settings) -> list[dict]:
-    """The settings that change what a stage makes, beyond those its fingerprint held before, that are not at
-    their defaults (``[]`` when there are none, so that the fingerprint stays the previous release's)."""
-    changed = {}
-    for instance in settings:
-        defaults = asdict(type(instance)())
-        for name, value in asdict(instance).items():
-            default = PIPELINE_DEFAULTS.get(name, defaults[name])
-            left_out = _managed(type(instance), name) or name in (*before, *UNFINGERPRINTED, "seed")
-            if not left_out and value != default:
-                changed[name] = value
-    return [changed] if changed else []
-
-
-def _managed(cls: type, name: str) -> bool:
-    return name in MANAGED_FIELDS or f"{cls.__name__}.{name}" in MANAGED_FIELDS
 
 
 def _fingerprints(
     state: PipelineState, settings: PipelineSettings, extracted: list, labels: str | None
 ) -> dict:
-    """Per stage, a fingerprint of its inputs and the settings that change what it makes (paths, resuming and
-    logging left out)."""
-    seed, data, training = settings.options.seed, settings.data, settings.training
-    embedding, evaluation = settings.embedding, settings.evaluation
-    fingerprints = {"features": state.fingerprint(extracted, asdict(settings.extraction))}
-    trained = {**asdict(data), **asdict(settings.model), **asdict(training)}
-    fingerprints["train"] = state.fingerprint(
-        fingerprints["features"], [trained[name] for name in TRAIN_FINGERPRINT], seed,
-        *_changed(TRAIN_FINGERPRINT, data, settings.model, training),
-    )  # fmt: skip
-    fingerprints["embed"] = state.fingerprint(
-        fingerprints["train"], embedding.n_views, seed, *_changed(("n_views",), embedding)
-    )
+    """Per stage, a fingerprint of its inputs (the previous stage's fingerprint, the slides, the labels), the
+    seed and its settings that change what it makes: the fields under its namespace less those marked
+    ``affects_results=False``."""
+    seed = settings.options.seed
+    recipes = {
+        name: settings_values(*parts, composed=True, results_only=True)
+        for name, parts in settings.stages().items()
+    }
+    fingerprints = {"features": state.fingerprint(extracted, seed, recipes["extract"])}
+    fingerprints["train"] = state.fingerprint(fingerprints["features"], seed, recipes["train"])
+    fingerprints["embed"] = state.fingerprint(fingerprints["train"], seed, recipes["embed"])
     if labels is not None:
         fingerprints["evaluate"] = state.fingerprint(
-            fingerprints["embed"], Path(labels).read_text(), _folds(settings), seed, evaluation.standardize,
-            *_changed(("folds", "standardize"), evaluation),
-        )  # fmt: skip
+            fingerprints["embed"], Path(labels).read_text(), seed, recipes["evaluate"]
+        )
     return fingerprints
-
-
-def _folds(settings: PipelineSettings) -> int:
-    return settings.evaluation.folds or DEFAULT_FOLDS
 
 
 def _extract(slides: list, paths: dict[str, Path], settings: PipelineSettings) -> list:
@@ -260,13 +225,13 @@ def _train(
 def _embed(
     paths: dict[str, Path], settings: PipelineSettings, state: PipelineState, fingerprint: str
 ) -> None:
-    from .inference.embed import embed_with
+    from .inference.embed import embed_to_folder
 
     if state.status("embed", fingerprint, paths["embeddings"]) == "done":
         return
     embedding = settings.embedding
     logger.info("stage embed: %d views per slide -> %s", embedding.n_views, paths["embeddings"])
-    embed_with(embedding)
+    embed_to_folder(embedding)
     state.record("embed", fingerprint, complete=True)
 
 
@@ -277,7 +242,7 @@ def _evaluate(
 
     if state.status("evaluate", fingerprint, paths["results"]) == "done":
         return
-    evaluation, folds = settings.evaluation, _folds(settings)
+    evaluation, folds = settings.evaluation, settings.evaluation.folds
     shutil.rmtree(paths["results"], ignore_errors=True)
     logger.info("stage evaluate: %d-fold linear probe -> %s", folds, paths["results"])
     results = [
@@ -306,6 +271,8 @@ def run_pipeline(
         "results": out / "results",
     }
     settings = _stage_settings(settings, paths)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / PIPELINE_CONFIG_FILENAME, settings.resolved_config(), sort_keys=False)
     extracted = _extract(slides, paths, settings)
     state = PipelineState(out)
     fingerprints = _fingerprints(state, settings, extracted, labels)
@@ -336,7 +303,7 @@ def _embeddings_and_baselines(paths: dict[str, Path], settings: PipelineSettings
         "untrained": embed_tile_dataset(
             untrained,
             exhaustive,
-            settings.embedding.strategy,
+            settings.embedding.tile_sampling,
             settings.embedding.n_views,
             seed=settings.options.seed,
             progress=False,
@@ -350,10 +317,11 @@ def pipeline_parser(
     inputs: type, prog: str, description: str, defaults: dict | None = None
 ) -> SettingsParser:
     """The command line of ``giga-ssl pipeline`` (``inputs`` = :class:`PipelineInputs`) and ``giga-ssl demo``:
-    the stages' settings dataclasses, less what the pipeline manages."""
+    the run's options, then each stage's settings under its namespace (``--train.max-steps``), less what the
+    pipeline manages; a ``--config`` file may give them all (``OUT/pipeline_config.json`` of an earlier run)."""
     return SettingsParser(
-        inputs, *STAGE_SETTINGS, prog=prog, description=description, exclude=MANAGED_FIELDS,
-        defaults={**PIPELINE_DEFAULTS, **(defaults or {})},
+        inputs, PipelineOptions, nested=STAGE_SETTINGS, config_file=True, prog=prog, description=description,
+        defaults=defaults,
     )  # fmt: skip
 
 
@@ -392,10 +360,10 @@ def run_and_report(slides: list, out: str, labels: str | None, settings: Pipelin
 def main(argv: list[str] | None = None) -> int:
     parser = pipeline_parser(PipelineInputs, prog="giga-ssl pipeline", description=__doc__)
 
-    def run(inputs: PipelineInputs, *stage_settings) -> int:
+    def run(inputs: PipelineInputs, *settings_parts) -> int:
         if not inputs.slides:
             raise ValueError("give the slides: files or folders of slides")
-        settings = PipelineSettings.from_parsed(stage_settings)
+        settings = PipelineSettings.from_parsed(settings_parts)
         return run_and_report(list(inputs.slides), inputs.out, inputs.labels, settings)
 
     return run_main(parser, run, argv)

@@ -197,12 +197,13 @@ class SettingsParser(argparse.ArgumentParser):
         if base is bool:
             flags = _bool_flags(item.name, default, meta, kwargs)
         else:
-            kwargs.setdefault("metavar", item.name.upper())  # not the dest's TRAIN.MAX_STEPS
             kwargs["type"] = meta.get("type", base)
             if is_sequence:
                 kwargs["nargs"] = meta.get("nargs", "+")
             if choices:
                 kwargs["choices"] = choices
+            else:
+                kwargs.setdefault("metavar", item.name.upper())  # not the dest's TRAIN.MAX_STEPS
         required = bool(meta.get("required")) or item.default is dataclasses.MISSING
         flags = list(dict.fromkeys(_under(prefix, flag) for flag in flags))
         self.field_actions[kwargs["dest"]] = target.add_argument(

@@ -17,7 +17,7 @@ KEY_OPTIONS = {
     "export-h5": ["FEATURES_DIR", "--out", "--layout", "--overwrite"],
     "train": ["--config", "--features", "--output-dir", "--max-steps", "--batch-size", "--n-tiles",
               "--resume-from-checkpoint", "--init-from", "--allow-encoder-mismatch"],
-    "embed": ["--model", "--features", "--out", "--strategy", "--n-views", "--npy", "--allow-encoder-mismatch"],
+    "embed": ["--model", "--features", "--out", "--tile-sampling", "--n-views", "--npy", "--allow-encoder-mismatch"],
     "evaluate": ["--embeddings", "--labels", "--splits", "--folds", "--train-sizes", "--out", "--save-probe",
                  "--task", "--retrieval", "--patient-column"],
     "heatmap": ["--model", "--features", "--probe", "--out", "--slides-dir", "--slide-ids", "--method",

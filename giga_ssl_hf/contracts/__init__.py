@@ -29,6 +29,9 @@ TILE_SCORES_FILENAME = "tile_scores.parquet"
 TRAINING_SUMMARY_FILENAME = "training_summary.json"
 # Beside an exported slide classifier (giga-ssl evaluate --export-classifier): its probe and AUCs (read by its card).
 CLASSIFIER_SUMMARY_FILENAME = "classifier_summary.json"
+# In a giga-ssl pipeline folder: each stage's fingerprint, and the settings of the run (reloadable with --config).
+PIPELINE_STATE_FILENAME = "pipeline_state.json"
+PIPELINE_CONFIG_FILENAME = "pipeline_config.json"
 # Licence of the cards of pushed models and embeddings unless the user names another.
 DEFAULT_LICENSE = "mit"  # the original Giga-SSL code and weights are MIT
 # Tile readers of `giga-ssl extract --decode` (giga_ssl_hf.wsi.raw_tiles).

@@ -32,6 +32,7 @@ class EvaluateSettings:
         "or a Hub dataset repo id (read from the HF cache when HF_HUB_OFFLINE=1).",
         metavar="SOURCE",
         required=True,
+        managed=True,
     )
     task: tuple[str, ...] | None = option(
         None,
@@ -39,12 +40,14 @@ class EvaluateSettings:
         "is given) are in the embeddings folder or Hub repo itself, as scripts/publish_tcga.py lays them out; "
         "instead of --labels.",
         metavar="NAME",
+        managed=True,
     )
     labels: tuple[str, ...] | None = option(
         None,
         "Labels CSV(s) with columns ID (slide ID) and label; other columns are ignored; each file is one task, "
         "named after its file stem (this or --task is required).",
         metavar="CSV",
+        managed=True,
     )
     splits: tuple[str, ...] | None = option(
         None,
@@ -52,6 +55,7 @@ class EvaluateSettings:
         "e.g. splitdirs/lung with full, 25p, 50, 100); one for all labels files or one per labels file. "
         "Default: stratified k-fold (--folds).",
         metavar="DIR",
+        managed=True,
     )
     # None: not given (with --task, the repo's split folders are then used); the k-fold's k is DEFAULT_FOLDS.
     folds: int | None = option(
@@ -63,18 +67,23 @@ class EvaluateSettings:
         "split's training set is subsampled, stratified and seeded, every class kept (default: full only).",
         metavar="LIST",
     )
-    seed: int = option(0, "Seed of the k-fold and of the subsampling.")
-    out: Path | None = option(None, "Write metrics.json, metrics.csv and PNG plots there.", metavar="DIR")
-    no_plots: bool = option(False, "With --out, skip the PNG plots.")
+    seed: int = option(0, "Seed of the k-fold and of the subsampling.", managed=True)
+    out: Path | None = option(
+        None, "Write metrics.json, metrics.csv and PNG plots there.", metavar="DIR", managed=True
+    )
+    no_plots: bool = option(False, "With --out, skip the PNG plots.", managed=True)
     save_probe: Path | None = option(
         None,
         "After the evaluation, fit the probe on every labelled slide with an embedding and save it there "
         "(probe.safetensors + probe.json: coefficients, intercept, classes, standardisation, the embedding "
         "model; no pickle), for giga-ssl heatmap; with several labels files, one sub-folder per task.",
         metavar="DIR",
+        managed=True,
     )
     overwrite_probe: bool = option(
-        False, "Replace a probe already saved in --save-probe (and a classifier in --export-classifier)."
+        False,
+        "Replace a probe already saved in --save-probe (and a classifier in --export-classifier).",
+        managed=True,
     )
     export_classifier: Path | None = option(
         None,
@@ -82,9 +91,13 @@ class EvaluateSettings:
         "(encoder weights, the probe as its head, remote code, a card with the AUCs), for giga-ssl push-model; "
         "with several labels files, one sub-folder per task.",
         metavar="DIR",
+        managed=True,
     )
     classifier_encoder: str | None = option(
-        None, "Slide encoder of --export-classifier (default: the embeddings' model).", metavar="MODEL"
+        None,
+        "Slide encoder of --export-classifier (default: the embeddings' model).",
+        metavar="MODEL",
+        managed=True,
     )
     standardize: bool = option(
         False,
@@ -103,29 +116,38 @@ class EvaluateSettings:
         "mean-pool, the same probe on the mean of each slide's exhaustive tile features; abmil, a gated "
         "attention MIL trained on each training split; graph-mil, the same after message passing between "
         "neighbouring tiles of the grid (it can see arrangement).",
+        managed=True,
     )
     features: str | None = option(
         None,
         "Exhaustive tile-feature Dataset (or giga-ssl extract folder) of the slides, for --baseline.",
         metavar="DIR",
+        managed=True,
     )
-    mil_epochs: int = option(MILRecipe.epochs, "Epochs of the MIL baselines (abmil, graph-mil).")
+    mil_epochs: int = option(
+        MILRecipe.epochs, "Epochs of the MIL baselines (abmil, graph-mil).", managed=True
+    )
     mil_validation: float = option(
         MILRecipe.validation_fraction,
         "Held-out share of each training split for early stopping of the MIL baselines (default: 0, none).",
         metavar="FRACTION",
+        managed=True,
     )
-    mil_device: str = option(MILRecipe.device, "Device of the MIL baselines: cpu, cuda, cuda:1, auto...")
+    mil_device: str = option(
+        MILRecipe.device, "Device of the MIL baselines: cpu, cuda, cuda:1, auto...", managed=True
+    )
     retrieval: bool = option(
         False,
         "Also report leave-one-out retrieval accuracy (cosine nearest slides; top-1 and majority@5) of the "
         "embeddings and the vector --baseline (mean-pool; MIL baselines have no slide vector); with --out, in "
         "retrieval.json.",
+        managed=True,
     )
     patient_column: str | None = option(
         None,
         "With --retrieval: the labels CSV column naming each slide's patient (the query's patient is left out).",
         metavar="COLUMN",
+        managed=True,
     )
 
     def __post_init__(self):

@@ -9,7 +9,7 @@
 - ``probe.json``: ``format``, ``format_version``, ``classes`` (in column order), ``embedding_dim``,
   ``standardize`` (whether the scaler arrays are present), the classifier's settings, the training counts,
   and ``embeddings``: the source it was fit on and that source's metadata (the embedding model and revision,
-  strategy, views, and the sha256 of its weight files), so that a probe is never applied to another model's
+  tile sampling, views, and the sha256 of its weight files), so that a probe is never applied to another model's
   embeddings unnoticed (``giga-ssl heatmap`` compares that hash with its ``--model``'s).
 
 :meth:`SavedProbe.load` reads it back with numpy and no sklearn; scores match ``LogisticRegression`` exactly.

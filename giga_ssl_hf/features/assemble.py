@@ -171,7 +171,7 @@ def _metadata(config: ExtractionConfig, which: str, feature_dim: int, encoder_re
             n_aug=config.n_aug,
             n_tiles_per_aug=config.n_tiles_per_aug,
             seed=config.seed,
-            aug_sampling=config.aug_sampling,
+            tile_sampling=config.tile_sampling,
         )
     else:
         metadata["augmentation"] = None

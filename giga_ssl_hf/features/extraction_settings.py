@@ -5,20 +5,18 @@ them (:mod:`giga_ssl_hf.features.extract`); their validation serves the command 
 
 from __future__ import annotations
 
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from giga_ssl_hf.contracts import TILE_DECODERS
 from giga_ssl_hf.contracts.extraction_folder import AUGMENTED, EXHAUSTIVE
+from giga_ssl_hf.contracts.tile_sampling import AUGMENTATION_SAMPLINGS, AugmentationSampling
 from giga_ssl_hf.features.encoder_presets import PRESETS, resolve_encoder_name
 from giga_ssl_hf.features.sharding import parse_shard
 from giga_ssl_hf.settings import flag_of, option
 
 BOTH_PASSES = (EXHAUSTIVE, AUGMENTED)
-AugSampling = Literal["random", "window", "all"]
-AUG_SAMPLINGS = typing.get_args(AugSampling)
 # Without a preset (another timm name, an hf-hub: id) the tiles are those of the paper's ResNet18.
 DEFAULT_TILE_SIZE, DEFAULT_TARGET_MPP = 224, 1.0
 
@@ -58,13 +56,13 @@ class ExtractionConfig:
     min_saturation: float = option(0.05, "lower bound of the Otsu threshold, so blank slides stay blank")
     n_aug: int = option(50, "augmented views per slide")
     n_tiles_per_aug: int = option(256, "tiles sampled with replacement per view")
-    aug_sampling: AugSampling = option(
+    tile_sampling: AugmentationSampling = option(
         "random",
         "tiles of each augmentation: random (drawn with replacement, the paper), window (the "
-        "--n-tiles-per-aug tiles nearest a random tile, contiguous, for train --view-sampling window) or all "
+        "--n-tiles-per-aug tiles nearest a random tile, contiguous, for train --tile-sampling window) or all "
         "(every tissue tile: n_aug x the exhaustive pass's storage)",
     )
-    seed: int = option(0, "global seed; each slide's draws derive from it and the slide id")
+    seed: int = option(0, "global seed; each slide's draws derive from it and the slide id", managed=True)
     dtype: Literal["float16", "float32"] = option("float16", "stored feature dtype")
     precision: Literal["auto", "bf16", "fp32"] = option(
         "auto", "bf16 autocast on CUDA and on CPUs with AMX when auto"
@@ -89,8 +87,10 @@ class ExtractionConfig:
             self.tile_size = preset.input_size if preset else DEFAULT_TILE_SIZE
         if self.target_mpp is None:
             self.target_mpp = preset.target_mpp if preset else DEFAULT_TARGET_MPP
-        if self.aug_sampling not in AUG_SAMPLINGS:
-            raise ValueError(f"aug_sampling must be one of {AUG_SAMPLINGS}, got {self.aug_sampling!r}")
+        if self.tile_sampling not in AUGMENTATION_SAMPLINGS:
+            raise ValueError(
+                f"tile_sampling must be one of {AUGMENTATION_SAMPLINGS}, got {self.tile_sampling!r}"
+            )
         if self.coords_from is not None and self.tissue_geojson is not None:
             raise ValueError(
                 f"{flag_of('coords_from')} and {flag_of('tissue_geojson')} are exclusive "

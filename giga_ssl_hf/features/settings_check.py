@@ -26,9 +26,8 @@ def changed_settings(out_dir: Path, config: ExtractionConfig) -> str:
     path = out_dir / CONFIG_FILENAME
     if not path.exists():
         return ""
-    # A setting added since the folder was made compares as its default (None): not a change; folders from
-    # before --aug-sampling drew their augmentations at random.
-    existing = {"aug_sampling": "random", **json.loads(path.read_text())}
+    # A setting added since the folder was made compares as its default (None): not a change.
+    existing = json.loads(path.read_text())
     wanted = dataclasses.asdict(config)
     changed = sorted(k for k in set(existing) | set(wanted) if existing.get(k) != wanted.get(k))
     return ", ".join(f"{k}: {existing.get(k)!r} there, {wanted.get(k)!r} now" for k in changed)

@@ -92,9 +92,9 @@ def augmented_tile_indices(
     from giga_ssl_hf.features.windows import window_indices
 
     n = len(grid)
-    if config.aug_sampling == "random":
+    if config.tile_sampling == "random":
         return torch.randint(n, (config.n_aug, config.n_tiles_per_aug), generator=generator).numpy()
-    if config.aug_sampling == "all":
+    if config.tile_sampling == "all":
         return np.broadcast_to(np.arange(n), (config.n_aug, n))
     rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
     centres = rng.integers(0, n, size=config.n_aug)

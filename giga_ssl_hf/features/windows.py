@@ -2,15 +2,13 @@
 
 A window around a tissue tile is the connected patch of cells, growing outwards from it, that holds ``k``
 tissue tiles (a disc on solid tissue, the tissue's shape near its edges). Used by the window views of
-training (``--view_sampling window``), the window strategy of ``embed`` and ``extract --aug-sampling window``,
+training, embedding and extraction (``--tile-sampling window``: :mod:`giga_ssl_hf.contracts.tile_sampling`),
 so that a sparse CNN sees neighbourhoods instead of tiles scattered over the slide.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-VIEW_SAMPLINGS = ("random", "window")
 
 
 def window_indices(grid_xy: np.ndarray, centres: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

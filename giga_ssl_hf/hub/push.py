@@ -236,7 +236,7 @@ Only the slide encoder is published.
 {UPLOAD_NOTE}"""
 
 PUSH_EMBEDDINGS_DESCRIPTION = f"""Publish slide embeddings on the Hub as a dataset (Dataset.push_to_hub, parquet under data/) with a dataset
-card (cohort, model and revision, strategy, number of slides, dimension, how to load) and the
+card (cohort, model and revision, tile sampling, number of slides, dimension, how to load) and the
 {METADATA_FILENAME} provenance record.
 
 {UPLOAD_NOTE}"""

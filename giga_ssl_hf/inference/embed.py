@@ -1,8 +1,7 @@
 """``giga-ssl embed``: slide embeddings from a trained Giga-SSL encoder, the mean of many views, L2-normalised.
 
 Its settings are :class:`EmbedSettings`, from which the command line is generated; the work is
-:func:`~giga_ssl_hf.inference.embed_folder.embed_to_folder`, which takes the same fields (the pipeline calls it
-directly). The embedding itself: :mod:`.views` (one slide) and :mod:`.slides` (a tile-feature Dataset); the
+:func:`~giga_ssl_hf.inference.embed_folder.embed_to_folder`, which takes them (the pipeline calls it directly). The embedding itself: :mod:`.views` (one slide) and :mod:`.slides` (a tile-feature Dataset); the
 library names are importable from here.
 
     giga-ssl embed --model runs/ssl/final --features out/exhaustive --out runs/embeddings --npy
@@ -10,15 +9,14 @@ library names are importable from here.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
+from ..contracts.tile_sampling import EmbeddingSampling
 from ..settings import SettingsParser, flag_of, option, run_main
 from .embed_folder import embed_to_folder, load_model, save_embeddings
 from .slides import embed_tile_dataset
-from .views import Strategy, embed_slide, view_indices
+from .views import embed_slide, view_indices
 
 # The library's names, importable from the command's module as the README and examples do.
 __all__ = [
@@ -26,7 +24,6 @@ __all__ = [
     "embed_slide",
     "embed_tile_dataset",
     "embed_to_folder",
-    "embed_with",
     "load_model",
     "main",
     "save_embeddings",
@@ -41,39 +38,40 @@ FEATURES_HELP = "Exhaustive tile-feature Dataset, or a giga-ssl extract folder. 
 
 @dataclass
 class EmbedSettings:
-    """embedding: the views of each slide and their mean (the arguments of :func:`embed_to_folder`, and
-    whether to replace ``out``)"""
+    """embedding: the views of each slide and their mean (what :func:`embed_to_folder` does)"""
 
-    model: str | None = option(None, MODEL_HELP, required=True)
-    features: str | None = option(None, FEATURES_HELP, required=True)
-    out: str | None = option(None, "Output folder of the embeddings Dataset.", required=True)
-    strategy: Strategy = option(
+    model: str | None = option(None, MODEL_HELP, required=True, managed=True)
+    features: str | None = option(None, FEATURES_HELP, required=True, managed=True)
+    out: str | None = option(None, "Output folder of the embeddings Dataset.", required=True, managed=True)
+    tile_sampling: EmbeddingSampling = option(
         "random",
         "random views (the paper), tile chunks, or spatially contiguous windows (for encoders trained with "
-        "--view-sampling window).",
+        "--tile-sampling window).",
+        managed=True,
     )
     n_views: int = option(100, "Views per slide (random and window).")
-    n_tiles: int | None = option(None, "Tiles per view (default: the model's n_tiles).")
-    seed: int = option(0, "Seed of the random views.")
-    max_views_per_batch: int = option(4096, "Views per forward pass.")
-    device: str = option("auto", "auto, cpu, cuda, cuda:1, ...")
-    npy: bool = option(False, "Also write embeddings.npy + ids.npy (paper format).")
+    n_tiles: int | None = option(None, "Tiles per view (default: the model's n_tiles).", managed=True)
+    seed: int = option(0, "Seed of the random views.", managed=True)
+    max_views_per_batch: int = option(4096, "Views per forward pass.", affects_results=False)
+    device: str = option("auto", "auto, cpu, cuda, cuda:1, ...", managed=True)
+    npy: bool = option(False, "Also write embeddings.npy + ids.npy (paper format).", managed=True)
     concat_mean_pool: bool = option(
         False,
         "Append each slide's mean tile feature, standardised over the embedded slides, to its embedding (the "
         "hybrid: better on composition tasks).",
     )
-    trust_remote_code: bool = option(False, "Load Hub models with their own code.")
+    trust_remote_code: bool = option(False, "Load Hub models with their own code.", managed=True)
     skip_bad_slides: bool = option(
         False,
         "Leave out slides without tiles or with NaN / inf features (listed in the log and the metadata) "
         "instead of refusing to start.",
     )
-    overwrite: bool = option(False, "Replace the embeddings already in --out.")
+    overwrite: bool = option(False, "Replace the embeddings already in --out.", managed=True)
     allow_encoder_mismatch: bool = option(
         False,
         "Embed tile features of another tile encoder than the model was trained on (refused by default: the "
         "model's config.tile_encoder and the features' metadata must agree).",
+        managed=True,
     )
 
     def __post_init__(self):
@@ -86,22 +84,7 @@ of many views' embeddings, L2-normalised. Writes an HF Dataset (slide_id, embedd
 
 EPILOG = """examples:
   giga-ssl embed --model runs/ssl/final --features out/exhaustive --out runs/embeddings
-  giga-ssl embed --model org/giga-ssl-tcga --features out --out emb --strategy chunks --npy"""
-
-
-def run(settings: EmbedSettings) -> int:
-    """Embed as the command line asks: never over earlier embeddings unless ``overwrite``."""
-    if Path(settings.out).exists() and not settings.overwrite:
-        raise ValueError(
-            f"{settings.out} already exists: choose another --out, or pass --overwrite to replace it"
-        )
-    embed_with(settings)
-    return 0
-
-
-def embed_with(settings: EmbedSettings) -> Path:
-    """:func:`embed_to_folder` on the settings (``overwrite`` is the command line's refusal, :func:`run`)."""
-    return embed_to_folder(**{k: v for k, v in dataclasses.asdict(settings).items() if k != "overwrite"})
+  giga-ssl embed --model org/giga-ssl-tcga --features out --out emb --tile-sampling chunks --npy"""
 
 
 def build_parser() -> SettingsParser:
@@ -109,6 +92,10 @@ def build_parser() -> SettingsParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    def run(settings: EmbedSettings) -> int:
+        embed_to_folder(settings)
+        return 0
+
     return run_main(build_parser(), run, argv)
 
 

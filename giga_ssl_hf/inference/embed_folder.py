@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..files import staged_directory
 from ..runtime import resolve_device
 from .slides import bad_slides, embed_tile_dataset, refuse_bad_slides
+
+if TYPE_CHECKING:
+    from .embed import EmbedSettings
 
 logger = logging.getLogger(__name__)
 
@@ -93,23 +97,23 @@ def save_embeddings(
     return out_dir
 
 
-def _checked_features(model, features, skip_bad_slides, trust_remote_code, allow_encoder_mismatch):
+def _checked_features(model, settings: EmbedSettings):
     """The exhaustive tile features to embed, after the checks that need no weight: ``(folder, dataset, slides
     to leave out, tile encoder of the features, tile encoder of the model)``."""
     from ..contracts import read_metadata
     from ..contracts.extraction_folder import EXHAUSTIVE
     from ..contracts.tile_features import load_tile_dataset, require_same_encoder, resolve_tile_dataset_dir
 
-    features_dir = resolve_tile_dataset_dir(features, EXHAUSTIVE)
+    features_dir = resolve_tile_dataset_dir(settings.features, EXHAUSTIVE)
     dataset = load_tile_dataset(features_dir)
     skipped = bad_slides(dataset)
-    if not skip_bad_slides:
+    if not settings.skip_bad_slides:
         refuse_bad_slides(skipped)
     elif skipped:
         logger.warning("left out %d slide(s) that cannot be embedded: %s", len(skipped), skipped)
     features_encoder = read_metadata(features_dir).get("tile_encoder")
-    model_encoder = getattr(_model_config(model, trust_remote_code), "tile_encoder", None)
-    require_same_encoder(model_encoder, features_encoder, allow_encoder_mismatch, "embed")
+    model_encoder = getattr(_model_config(model, settings.trust_remote_code), "tile_encoder", None)
+    require_same_encoder(model_encoder, features_encoder, settings.allow_encoder_mismatch, "embed")
     return features_dir, dataset, skipped, features_encoder, model_encoder
 
 
@@ -121,54 +125,46 @@ def _append_mean_pool(dataset, ids: np.ndarray, embeddings: np.ndarray, skipped)
     return np.concatenate([embeddings, standardise_over_slides(means)], axis=1)
 
 
-def embed_to_folder(
-    model,
-    features: str | Path,
-    out: str | Path,
-    strategy: str = "random",
-    n_views: int = 100,
-    n_tiles: int | None = None,
-    seed: int = 0,
-    max_views_per_batch: int = 4096,
-    npy: bool = False,
-    skip_bad_slides: bool = False,
-    device: str = "auto",
-    trust_remote_code: bool = False,
-    allow_encoder_mismatch: bool = False,
-    concat_mean_pool: bool = False,
-) -> Path:
-    """Embed an exhaustive tile-feature Dataset (or an extraction folder) into an embeddings folder.
+def embed_to_folder(settings: EmbedSettings, model=None) -> Path:
+    """Embed an exhaustive tile-feature Dataset (or an extraction folder) into an embeddings folder, as
+    ``giga-ssl embed`` does with these settings (:class:`~giga_ssl_hf.inference.embed.EmbedSettings`).
 
-    ``model`` is a loaded model, or a model folder / Hub id loaded (on ``device``) once the features passed
-    their checks. Slides that cannot be embedded (no tiles, NaN / inf features) are refused before any work,
-    or, with ``skip_bad_slides``, left out and listed in the metadata (``skipped_slides``). Features of
-    another tile encoder than the model's (``config.tile_encoder``) are refused with an
-    :class:`~giga_ssl_hf.contracts.tile_features.EncoderMismatchError` unless ``allow_encoder_mismatch``.
-    The other arguments are ``giga-ssl embed``'s options (:class:`~giga_ssl_hf.inference.embed.EmbedSettings`).
+    ``model``, a loaded model, stands in for ``settings.model`` (a model folder or Hub id, loaded on
+    ``settings.device`` once the features passed their checks). Embeddings already in ``settings.out`` are
+    refused unless ``settings.overwrite``; so are slides that cannot be embedded (no tiles, NaN / inf features),
+    before any work, unless ``skip_bad_slides`` leaves them out (listed in the metadata's ``skipped_slides``),
+    and features of another tile encoder than the model's (``config.tile_encoder``, an
+    :class:`~giga_ssl_hf.contracts.tile_features.EncoderMismatchError`) unless ``allow_encoder_mismatch``.
     """
-    features_dir, dataset, skipped, features_encoder, model_encoder = _checked_features(
-        model, features, skip_bad_slides, trust_remote_code, allow_encoder_mismatch
-    )
+    model = settings.model if model is None else model
+    if model is None or settings.features is None or settings.out is None:
+        raise ValueError("embedding needs a model, the tile features and an output folder")
+    if Path(settings.out).exists() and not settings.overwrite:
+        raise ValueError(
+            f"{settings.out} already exists: choose another --out, or pass --overwrite to replace it"
+        )
+    features_dir, dataset, skipped, features_encoder, model_encoder = _checked_features(model, settings)
     if isinstance(model, (str, Path)):
-        model = load_model(str(model), resolve_device(device), trust_remote_code)
+        model = load_model(str(model), resolve_device(settings.device), settings.trust_remote_code)
     ids, embeddings = embed_tile_dataset(
-        model, dataset, strategy, n_views, n_tiles, seed, max_views_per_batch, exclude=set(skipped)
-    )
-    if concat_mean_pool:
+        model, dataset, settings.tile_sampling, settings.n_views, settings.n_tiles, settings.seed,
+        settings.max_views_per_batch, exclude=set(skipped),
+    )  # fmt: skip
+    if settings.concat_mean_pool:
         embeddings = _append_mean_pool(dataset, ids, embeddings, skipped)
     metadata = {
         **model_identity(model),
-        "strategy": strategy,
-        "n_views": None if strategy == "chunks" else n_views,
-        "n_tiles": n_tiles or model.config.n_tiles,
-        "seed": seed,
-        "concat_mean_pool": concat_mean_pool,
+        "tile_sampling": settings.tile_sampling,
+        "n_views": None if settings.tile_sampling == "chunks" else settings.n_views,
+        "n_tiles": settings.n_tiles or model.config.n_tiles,
+        "seed": settings.seed,
+        "concat_mean_pool": settings.concat_mean_pool,
         "n_slides": len(ids),
         "embedding_dim": int(embeddings.shape[1]),
         "features": str(features_dir),
         "skipped_slides": skipped,
         "tile_encoder": features_encoder or model_encoder,
     }
-    out = save_embeddings(out, ids, embeddings, metadata, npy)
+    out = save_embeddings(settings.out, ids, embeddings, metadata, settings.npy)
     logger.info("wrote %d slide embeddings to %s", len(ids), out)
     return out

@@ -58,7 +58,7 @@ class HeatmapSettings:
     slide_embedding: Literal["views", "one-pass"] = option(
         "views",
         "What the embedding method's tile scores add up to: the slide embedding the probe scores (the views "
-        "recorded in the probe: strategy, n_views, n_tiles, seed) or one pass of all the tiles.",
+        "recorded in the probe: tile_sampling, n_views, n_tiles, seed) or one pass of all the tiles.",
     )
     class_name: str | None = option(
         None, "Class to score (default: the probe's last class).", flag="--class", metavar="CLASS_NAME"
@@ -213,7 +213,9 @@ def _refuse_existing(out: Path, wanted: list[str], overwrite: bool, geojson: boo
 def recorded_views(probe: SavedProbe) -> dict:
     """How the embeddings ``probe`` was fit on were made (``giga-ssl embed``'s settings, from its metadata)."""
     recorded = (probe.info.get("embeddings") or {}).get("metadata", {})
-    if missing := [key for key in ("strategy", "n_views", "n_tiles", "seed") if recorded.get(key) is None]:
+    if missing := [
+        key for key in ("tile_sampling", "n_views", "n_tiles", "seed") if recorded.get(key) is None
+    ]:
         raise ValueError(
             f"the probe does not record how its embeddings were made ({', '.join(missing)}): pass "
             "--slide-embedding one-pass"
@@ -227,7 +229,7 @@ def probe_views(probe: SavedProbe, slide_id: str, coords: np.ndarray, patch: int
 
     recorded = recorded_views(probe)
     return slide_views(
-        len(coords), np.asarray(coords) // patch, slide_id, recorded["strategy"], int(recorded["n_views"]),
+        len(coords), np.asarray(coords) // patch, slide_id, recorded["tile_sampling"], int(recorded["n_views"]),
         int(recorded["n_tiles"]), int(recorded["seed"]),
     )  # fmt: skip
 

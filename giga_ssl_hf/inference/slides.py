@@ -90,7 +90,7 @@ def _exhaustive_slide_ids(dataset) -> list[str]:
 def embed_tile_dataset(
     model,
     dataset,
-    strategy: str = "random",
+    tile_sampling: str = "random",
     n_views: int = 100,
     n_tiles: int | None = None,
     seed: int = 0,
@@ -125,11 +125,13 @@ def embed_tile_dataset(
     for slide in tqdm(kept, desc="embedding slides", unit="slide", disable=not progress):
         features, coords = arrays.row(slide)
         grid_xy = coords // patch_sizes[slide]
-        index, mask = slide_views(len(features), grid_xy, slide_ids[slide], strategy, n_views, n_tiles, seed)
+        index, mask = slide_views(
+            len(features), grid_xy, slide_ids[slide], tile_sampling, n_views, n_tiles, seed
+        )
         if len(index) > max_views_per_batch or not share_batches:
             passes.flush()
             embeddings[slide] = embed_slide(
-                model, features, coords, patch_sizes[slide], slide_ids[slide], strategy, n_views, n_tiles, seed,
+                model, features, coords, patch_sizes[slide], slide_ids[slide], tile_sampling, n_views, n_tiles, seed,
                 max_views_per_batch,
             )  # fmt: skip
             continue

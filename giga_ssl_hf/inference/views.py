@@ -1,13 +1,13 @@
 """A slide's embedding: which tiles form each view, the encoder run on the views, their mean L2-normalised.
 
-Strategies:
+Tile sampling (:mod:`giga_ssl_hf.contracts.tile_sampling`):
 
 - ``random`` (the paper): ``n_views`` views of ``n_tiles`` tiles drawn with replacement from the slide's
   exhaustive (non-augmented) tiles;
 - ``chunks`` (the successor package): the tiles in their stored order cut into consecutive chunks of
   ``n_tiles`` that cover every tile exactly once (the last chunk may be shorter);
 - ``window``: ``n_views`` spatially contiguous windows, the ``n_tiles`` tiles nearest a random tile (for
-  encoders trained with ``--view-sampling window``).
+  encoders trained with ``--tile-sampling window``).
 
 A slide's views depend only on its own tiles and the seed: its random stream is derived from
 ``(seed, slide_id)`` (:func:`giga_ssl_hf.runtime.slide_seed`).
@@ -15,23 +15,20 @@ A slide's views depend only on its own tiles and the seed: its random stream is 
 
 from __future__ import annotations
 
-import typing
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..contracts.tile_sampling import EMBEDDING_SAMPLINGS
 from ..runtime import slide_seed
 
 if TYPE_CHECKING:
     import torch
 
-Strategy = Literal["random", "chunks", "window"]
-STRATEGIES: tuple[str, ...] = typing.get_args(Strategy)
-
 
 def view_indices(
     n_available: int,
-    strategy: str,
+    tile_sampling: str,
     n_views: int,
     n_tiles: int,
     rng: np.random.Generator,
@@ -39,36 +36,36 @@ def view_indices(
 ):
     """Tile indices of each view ``(V, n_tiles)`` and a validity mask ``(V, n_tiles)``.
 
-    ``grid_xy`` `(n_available, 2)`, the tiles' grid positions, is needed by the ``window`` strategy only.
+    ``grid_xy`` `(n_available, 2)`, the tiles' grid positions, is needed by the ``window`` sampling only.
     """
-    if strategy == "window":
+    if tile_sampling == "window":
         from ..features.windows import random_windows
 
         index = random_windows(grid_xy, n_views, n_tiles, rng)
         return index, np.ones_like(index, dtype=bool)
-    if strategy == "random":
+    if tile_sampling == "random":
         index = rng.integers(0, n_available, size=(n_views, n_tiles))
         return index, np.ones_like(index, dtype=bool)
-    if strategy == "chunks":
+    if tile_sampling == "chunks":
         n_chunks = -(-n_available // n_tiles)
         flat = np.arange(n_chunks * n_tiles)
         mask = (flat < n_available).reshape(n_chunks, n_tiles)
         return np.minimum(flat, n_available - 1).reshape(n_chunks, n_tiles), mask
-    raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    raise ValueError(f"tile_sampling must be one of {EMBEDDING_SAMPLINGS}, got {tile_sampling!r}")
 
 
 def slide_views(
     n_tiles_in_slide: int,
     grid_xy: np.ndarray,
     slide_id: str,
-    strategy: str,
+    tile_sampling: str,
     n_views: int,
     n_tiles: int,
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The views of one slide, drawn from its own random stream ``(seed, slide_id)``: see :func:`view_indices`."""
     rng = np.random.default_rng(slide_seed(seed, slide_id))
-    return view_indices(n_tiles_in_slide, strategy, n_views, n_tiles, rng, grid_xy)
+    return view_indices(n_tiles_in_slide, tile_sampling, n_views, n_tiles, rng, grid_xy)
 
 
 def embed_views(
@@ -101,7 +98,7 @@ def embed_slide(
     tile_coords: np.ndarray,
     patch_size_level0: int,
     slide_id: str,
-    strategy: str = "random",
+    tile_sampling: str = "random",
     n_views: int = 100,
     n_tiles: int | None = None,
     seed: int = 0,
@@ -119,7 +116,7 @@ def embed_slide(
     if len(tile_features) == 0:
         raise ValueError(f"slide {slide_id!r} has no tiles to embed")
     grid_xy = np.asarray(tile_coords) // patch_size_level0
-    index, mask = slide_views(len(tile_features), grid_xy, slide_id, strategy, n_views, n_tiles, seed)
+    index, mask = slide_views(len(tile_features), grid_xy, slide_id, tile_sampling, n_views, n_tiles, seed)
     outputs = []
     for start in range(0, len(index), max_views_per_batch):
         part, part_mask = (

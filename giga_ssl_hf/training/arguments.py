@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ..contracts.tile_sampling import ViewSampling
 from ..settings import SettingsParser, flag_of, option
 
 
@@ -19,13 +20,14 @@ class DataArguments:
         "extraction folder holding augmented/.",
         metavar="DIR",
         required=True,
+        managed=True,
     )
     n_tiles: int = option(5, "Tiles per view, drawn with replacement (released model: 5).")
-    view_sampling: Literal["random", "window"] = option(
+    tile_sampling: ViewSampling = option(
         "random",
         "random: n_tiles tiles drawn at random from an augmentation row (the paper). window: the "
         "n_tiles tiles nearest a random tile, a spatially contiguous patch, so the sparse CNN sees "
-        "neighbourhoods; needs augmentation rows of contiguous tiles (extract --aug-sampling window or all). "
+        "neighbourhoods; needs augmentation rows of contiguous tiles (extract --tile-sampling window or all). "
         "giga-ssl pipeline also embeds the slides with views of this kind.",
     )
     allow_no_augmentations: bool = option(
@@ -50,18 +52,24 @@ class DataArguments:
 
 @dataclass
 class ModelArguments:
-    """model: the slide encoder and its projection head"""
+    """model: the slide encoder and its projection head (unset: GigaSSLConfig's defaults, the paper's)"""
 
-    encoder_type: Literal["sparse_conv", "mlp"] = option("sparse_conv", "sparse_conv (SparseConvMIL) or mlp.")
+    encoder_type: str | None = option(
+        None,
+        "Slide encoder, one of GigaSSLConfig's encoder types (default: sparse_conv, SparseConvMIL).",
+        metavar="TYPE",
+    )
     feature_dim: int | None = option(
         None, "Tile feature dimension; defaults to the Dataset's. A mismatch is an error."
     )
-    hidden_dim: int = option(512, "Slide embedding dimension.")
-    projection_dims: str | None = option(
-        "512,512,256",
-        "Projection head sizes, comma separated (a library caller's None: HIDDEN_DIM,HIDDEN_DIM,HIDDEN_DIM/2).",
+    hidden_dim: int | None = option(None, "Slide embedding dimension (default: GigaSSLConfig.hidden_dim).")
+    projection_dims: tuple[int, ...] | None = option(
+        None,
+        "Projection head sizes (default: HIDDEN_DIM HIDDEN_DIM HIDDEN_DIM/2 with --hidden-dim, else "
+        "GigaSSLConfig.projection_dims).",
+        metavar="SIZE",
     )
-    temperature: float = option(0.05, "NT-Xent temperature.")
+    temperature: float | None = option(None, "NT-Xent temperature (default: GigaSSLConfig.temperature).")
     init_from: str | None = option(
         None,
         "Continue from a trained Giga-SSL slide encoder (folder or Hub id): its architecture and weights; "
@@ -74,22 +82,24 @@ class ModelArguments:
     )
 
     def __post_init__(self):
-        try:
-            sizes = self.projection_sizes
-        except ValueError:
-            sizes = []
-        if not sizes or min(sizes) < 1:
-            raise ValueError(
-                f"{flag_of('projection_dims')} must be positive integers separated by commas, got "
-                f"{self.projection_dims!r}"
-            )
+        from ..models.gigassl import GigaSSLConfig  # the checks are the config's own (no --help imports it)
 
-    @property
-    def projection_sizes(self) -> list[int]:
-        """The projection head's layer sizes: ``--projection-dims``, or the hidden size twice and its half."""
-        if self.projection_dims is None:
-            return [self.hidden_dim, self.hidden_dim, max(2, self.hidden_dim // 2)]
-        return [int(size) for size in self.projection_dims.split(",")]
+        GigaSSLConfig(**self.config_overrides())
+
+    def config_overrides(self) -> dict:
+        """The GigaSSLConfig arguments these settings give (the others keep the config's defaults, or with
+        ``init_from`` the initial model's); the projection head follows ``hidden_dim`` unless given."""
+        projection_dims = self.projection_dims
+        if projection_dims is None and self.hidden_dim is not None:
+            projection_dims = (self.hidden_dim, self.hidden_dim, max(2, self.hidden_dim // 2))
+        given = {
+            "encoder_type": self.encoder_type,
+            "feature_dim": self.feature_dim,
+            "hidden_dim": self.hidden_dim,
+            "projection_dims": projection_dims,
+            "temperature": self.temperature,
+        }
+        return {name: value for name, value in given.items() if value is not None}
 
 
 @dataclass
@@ -100,6 +110,7 @@ class TrainArguments:
         None,
         "Checkpoints go to OUTPUT_DIR/checkpoints/checkpoint_<step>, the exported encoder to OUTPUT_DIR/final.",
         required=True,
+        managed=True,
     )
     batch_size: int = option(256, "Slides per batch per process (2 views each).")
     max_steps: int = option(1000, "Optimiser steps (at least 1).")
@@ -116,26 +127,33 @@ class TrainArguments:
     mixed_precision: Literal["no", "fp16", "bf16", "fp8"] = option(
         "no", "no, fp16, bf16 or fp8 (through Accelerate)."
     )
-    seed: int = option(0, "Seed of the data order, the views and the initialisation.")
-    save_steps: int = option(500, "Save a resumable checkpoint every N steps (0: never).")
-    save_total_limit: int | None = option(3, "Keep at most this many checkpoints, the newest (0: all).")
+    seed: int = option(0, "Seed of the data order, the views and the initialisation.", managed=True)
+    save_steps: int = option(500, "Save a resumable checkpoint every N steps (0: never).", managed=True)
+    save_total_limit: int | None = option(
+        3, "Keep at most this many checkpoints, the newest (0: all).", affects_results=False
+    )
     overwrite_output_dir: bool = option(
         False,
         "Start afresh in an OUTPUT_DIR that holds an earlier run (its model and checkpoints are deleted).",
+        managed=True,
     )
     resume_from_checkpoint: str | None = option(
         None,
         "'latest' (OUTPUT_DIR/checkpoints/checkpoint_<step> of the highest step; step_<step> folders of earlier "
         "versions count too) or a checkpoint path.",
+        managed=True,
     )
     allow_changed_settings: bool = option(
         False,
         "With --resume-from-checkpoint: continue with settings that differ from those the run was started with "
         "(refused by default; logging, checkpoint spacing and --max-steps may always change).",
+        managed=True,
     )
-    logging_steps: int = option(10, "Log loss, lr and embedding std every N steps.")
+    logging_steps: int = option(10, "Log loss, lr and embedding std every N steps.", affects_results=False)
     report_to: str = option(
-        "tensorboard", "Tracker of Accelerate's log_with (tensorboard, wandb, mlflow, all, ...) or none."
+        "tensorboard",
+        "Tracker of Accelerate's log_with (tensorboard, wandb, mlflow, all, ...) or none.",
+        affects_results=False,
     )
 
     def __post_init__(self):

@@ -36,7 +36,7 @@ class NTXentLoss(nn.Module):
     gather is differentiable: each process backpropagates into its own slides' projections.
     """
 
-    def __init__(self, temperature: float = 0.05, gather_across_processes: bool = False):
+    def __init__(self, temperature: float, gather_across_processes: bool = False):
         super().__init__()
         self.temperature = temperature
         self.gather_across_processes = gather_across_processes

@@ -62,20 +62,12 @@ def build_config(
     the features' encoder record, which the trained model carries."""
     from ..models.gigassl import GigaSSLConfig
 
-    training = {
-        "projection_dims": model_args.projection_sizes,
-        "temperature": model_args.temperature,
-        "n_tiles": n_tiles,
-        "tile_encoder": tile_encoder,
-    }
-    if init_config is not None:
-        return GigaSSLConfig.from_dict({**init_config.to_dict(), **training})
-    return GigaSSLConfig(
-        feature_dim=model_args.feature_dim if model_args.feature_dim is not None else data_feature_dim,
-        hidden_dim=model_args.hidden_dim,
-        encoder_type=model_args.encoder_type,
-        **training,
-    )
+    overrides = model_args.config_overrides()
+    training = {"n_tiles": n_tiles, "tile_encoder": tile_encoder}
+    if init_config is not None:  # its architecture; the projection head and temperature may change
+        head = {name: overrides[name] for name in ("projection_dims", "temperature") if name in overrides}
+        return GigaSSLConfig.from_dict({**init_config.to_dict(), **head, **training})
+    return GigaSSLConfig(**{"feature_dim": data_feature_dim, **overrides, **training})
 
 
 def _init_source(name_or_path: str, load):
@@ -154,7 +146,7 @@ def load_views_and_config(
         n_tiles=data_args.n_tiles,
         seed=seed,
         coordinate_augmentation=CoordinateAugmentation() if data_args.coordinate_augmentation else None,
-        view_sampling=data_args.view_sampling,
+        tile_sampling=data_args.tile_sampling,
     )
     extraction = read_metadata(features_dir)
     init_config = load_init_config(model_args.init_from) if model_args.init_from else None
@@ -168,11 +160,11 @@ def load_views_and_config(
     config = build_config(
         model_args, views.arrays.feature_dim, data_args.n_tiles, extraction.get("tile_encoder"), init_config
     )
-    drawn_at_random = extraction.get("augmentation") and extraction.get("aug_sampling", "random") == "random"
-    if data_args.view_sampling == "window" and drawn_at_random:
+    drawn_at_random = extraction.get("augmentation") and extraction.get("tile_sampling") == "random"
+    if data_args.tile_sampling == "window" and drawn_at_random:
         logger.warning(
             "window views from augmentation rows of tiles drawn at random: the windows are not contiguous; "
-            "extract with --aug-sampling window or all"
+            "extract with --tile-sampling window or all"
         )
     return views, config
 

@@ -23,7 +23,8 @@ import torch
 
 from ..contracts import NO_AUGMENTATION
 from ..contracts.tile_features import TileArrays, without_indices_mapping
-from ..features.windows import VIEW_SAMPLINGS, window_indices
+from ..contracts.tile_sampling import VIEW_SAMPLINGS
+from ..features.windows import window_indices
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,9 @@ class SlideViews(torch.utils.data.Dataset):
         n_views: views per slide (2 for SimCLR).
         seed: base seed.
         coordinate_augmentation: None keeps the tiles' positions as they are.
-        view_sampling: ``random`` (tiles drawn with replacement from the row, the paper's) or ``window`` (the
+        tile_sampling: ``random`` (tiles drawn with replacement from the row, the paper's) or ``window`` (the
             ``n_tiles`` tiles nearest a random tile of the row: a spatially contiguous window; meaningful when
-            the augmentation rows hold contiguous tiles, e.g. ``extract --aug-sampling window`` or ``all``).
+            the augmentation rows hold contiguous tiles, e.g. ``extract --tile-sampling window`` or ``all``).
     """
 
     def __init__(
@@ -80,11 +81,11 @@ class SlideViews(torch.utils.data.Dataset):
         n_views: int = 2,
         seed: int = 0,
         coordinate_augmentation: CoordinateAugmentation | None = CoordinateAugmentation(),
-        view_sampling: str = "random",
+        tile_sampling: str = "random",
     ):
-        if view_sampling not in VIEW_SAMPLINGS:
-            raise ValueError(f"view_sampling must be one of {VIEW_SAMPLINGS}, got {view_sampling!r}")
-        self.view_sampling = view_sampling
+        if tile_sampling not in VIEW_SAMPLINGS:
+            raise ValueError(f"tile_sampling must be one of {VIEW_SAMPLINGS}, got {tile_sampling!r}")
+        self.tile_sampling = tile_sampling
         dataset = without_indices_mapping(dataset)
         self.arrays = TileArrays.from_dataset(dataset)
         self.n_tiles, self.n_views, self.seed = n_tiles, n_views, seed
@@ -122,7 +123,7 @@ class SlideViews(torch.utils.data.Dataset):
         if (lengths == 0).any():
             raise ValueError("a slide row without tiles reached the view sampler")
         patch = self.patch_size_level0[slide_indices]  # (B,)
-        if self.view_sampling == "window":
+        if self.tile_sampling == "window":
             tile_index = self._window_index(rows.reshape(-1), np.repeat(patch, self.n_views), rng)
         else:
             tile_index = (rng.random((*shape, self.n_tiles)) * lengths[..., None]).astype(np.int64)

@@ -15,7 +15,7 @@ from giga_ssl_hf.contracts.slide_embeddings import load_embeddings
 from giga_ssl_hf.contracts.tile_features import TileArrays, load_tile_dataset
 from giga_ssl_hf.evaluation.linear_probe import main
 from giga_ssl_hf.evaluation.saved_probe import SavedProbe
-from giga_ssl_hf.inference.embed_folder import embed_to_folder
+from giga_ssl_hf.inference.embed import EmbedSettings, embed_to_folder
 from giga_ssl_hf.inference.views import slide_views
 
 from .synthetic import PATCH, write_labels, write_tile_cohort
@@ -33,7 +33,13 @@ def exported(tmp_path, tiny_config):
     GigaSSLModel(tiny_config(n_tiles=N_TILES)).save_pretrained(tmp_path / "encoder")
     labels = write_tile_cohort(tmp_path / "exhaustive", 24, 5, arrangement=False, feature_dim=8)
     embed_to_folder(
-        str(tmp_path / "encoder"), tmp_path / "exhaustive", tmp_path / "emb", strategy="chunks", device="cpu"
+        EmbedSettings(
+            model=str(tmp_path / "encoder"),
+            features=str(tmp_path / "exhaustive"),
+            out=str(tmp_path / "emb"),
+            tile_sampling="chunks",
+            device="cpu",
+        )
     )
     argv = [
         "--embeddings",

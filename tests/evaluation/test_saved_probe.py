@@ -121,7 +121,12 @@ def test_load_rejects_what_is_not_a_probe(tmp_path):
 def test_evaluate_save_probe_records_the_embedding_model(tmp_path, capsys):
     ids, x, labels = planted(60)
     embeddings = write_dataset(tmp_path / "emb", ids, x)
-    metadata = {"model": "org/gigassl-tcga", "model_revision": "abc123", "strategy": "random", "n_views": 100}
+    metadata = {
+        "model": "org/gigassl-tcga",
+        "model_revision": "abc123",
+        "tile_sampling": "random",
+        "n_views": 100,
+    }
     (embeddings / "giga_ssl_metadata.json").write_text(json.dumps(metadata))
     labels_csv = write_labels(tmp_path / "lung.csv", labels)
     argv = ["--embeddings", str(embeddings), "--labels", str(labels_csv), "--folds", "3"]

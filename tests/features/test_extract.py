@@ -205,15 +205,15 @@ def test_sigkill_mid_job_then_rerun_equals_uninterrupted_run(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sampling", ["window", "all"])
-def test_aug_sampling_stores_contiguous_tiles_for_window_views(tmp_path, sampling):
+def test_tile_sampling_stores_contiguous_tiles_for_window_views(tmp_path, sampling):
     from giga_ssl_hf.training.views import SlideViews
 
     out = tmp_path / "out"
-    assert main([str(CMU), "--out", str(out), "--no-progress", "--aug-sampling", sampling, *FAST]) == 0
+    assert main([str(CMU), "--out", str(out), "--no-progress", "--tile-sampling", sampling, *FAST]) == 0
     (exhaustive,) = rows(out / "exhaustive")
     augmented = rows(out / "augmented")
     grid = exhaustive["coords"] // exhaustive["patch_size_level0"]
-    assert len(augmented) == 3 and read_metadata(out / "augmented")["aug_sampling"] == sampling
+    assert len(augmented) == 3 and read_metadata(out / "augmented")["tile_sampling"] == sampling
     for row in augmented:
         cells = row["coords"] // row["patch_size_level0"]
         if sampling == "all":  # every tissue tile, in the exhaustive pass's order
@@ -223,6 +223,6 @@ def test_aug_sampling_stores_contiguous_tiles_for_window_views(tmp_path, samplin
             nearest = np.sort(np.linalg.norm(grid - cells[0], axis=1))[7]
             assert np.linalg.norm(cells - cells[0], axis=1).max() <= nearest + 1e-9
         assert not np.array_equal(row["features"], exhaustive["features"][: len(row["features"])])
-    views = SlideViews(datasets.load_from_disk(str(out / "augmented")), n_tiles=4, view_sampling="window")
+    views = SlideViews(datasets.load_from_disk(str(out / "augmented")), n_tiles=4, tile_sampling="window")
     batch = views.sample(np.array([0]))
     assert batch["tile_features"].shape == (1, 2, 4, exhaustive["features"].shape[1])

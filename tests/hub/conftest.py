@@ -29,7 +29,7 @@ METADATA = {
     "cohort": "TCGA-TINY",
     "model_id": MODEL_REPO,
     "model_revision": "0123abc",
-    "strategy": "views",
+    "tile_sampling": "views",
     "n_views": 4,
     "n_tiles": 5,
     "seed": 0,

@@ -80,7 +80,7 @@ def test_dataset_card_metadata_and_provenance(dry_runs):
         "| Cohort | TCGA-TINY |",
         f"| Model | [{MODEL_REPO}](https://huggingface.co/{MODEL_REPO}) |",
         "| Model revision | 0123abc |",
-        "| Strategy | views |",
+        "| Tile sampling | views |",
         "| Number of slides | 12 |",
         "| Embedding dimension | 16 |",
         "| Tile encoder | resnet18-layer3 |",
@@ -110,7 +110,7 @@ def test_cards_do_not_publish_local_paths():
     }
     card = str(model_card(GigaSSLConfig(), "org/name", training_summary=summary))
     assert "/home/alice" not in card and "/scratch" not in card and "(local) augmented" in card
-    metadata = {"model": "/home/alice/runs/final", "strategy": "random", "n_views": 100}
+    metadata = {"model": "/home/alice/runs/final", "tile_sampling": "random", "n_views": 100}
     card = str(dataset_card(metadata, "org/emb", n_slides=3, dim=8))
     assert "/home/alice" not in card and "(local) final" in card
 

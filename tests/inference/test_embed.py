@@ -27,26 +27,36 @@ def exhaustive():
     return dataset
 
 
-@pytest.mark.parametrize("strategy", ["random", "chunks", "window"])
-def test_embeddings_are_deterministic_unit_norm_and_batch_independent(model, exhaustive, strategy):
+@pytest.mark.parametrize("tile_sampling", ["random", "chunks", "window"])
+def test_embeddings_are_deterministic_unit_norm_and_batch_independent(model, exhaustive, tile_sampling):
     model, _ = model
     ids, together = embed_tile_dataset(
-        model, exhaustive, strategy=strategy, n_views=12, seed=5, progress=False
+        model, exhaustive, tile_sampling=tile_sampling, n_views=12, seed=5, progress=False
     )
-    _, again = embed_tile_dataset(model, exhaustive, strategy=strategy, n_views=12, seed=5, progress=False)
+    _, again = embed_tile_dataset(
+        model, exhaustive, tile_sampling=tile_sampling, n_views=12, seed=5, progress=False
+    )
     assert np.array_equal(together, again)
     np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, rtol=1e-6)
     arrays = TileArrays.from_dataset(exhaustive)
     for slide in range(len(ids)):
         features, coords = arrays.row(slide)
-        alone = embed_slide(model, features, coords, 448, ids[slide], strategy=strategy, n_views=12, seed=5)
+        alone = embed_slide(
+            model, features, coords, 448, ids[slide], tile_sampling=tile_sampling, n_views=12, seed=5
+        )
         np.testing.assert_allclose(alone, together[slide], rtol=1e-5, atol=1e-6)
     # Tiny forward batches (one slide per pass) give the same vectors as large shared ones.
     _, small_batches = embed_tile_dataset(
-        model, exhaustive, strategy=strategy, n_views=12, seed=5, max_views_per_batch=12, progress=False
+        model,
+        exhaustive,
+        tile_sampling=tile_sampling,
+        n_views=12,
+        seed=5,
+        max_views_per_batch=12,
+        progress=False,
     )
     np.testing.assert_allclose(small_batches, together, rtol=1e-5, atol=1e-6)
-    if strategy == "random":
+    if tile_sampling == "random":
         _, other_seed = embed_tile_dataset(model, exhaustive, n_views=12, seed=6, progress=False)
         assert not np.allclose(other_seed, together)
 
@@ -77,15 +87,15 @@ def test_cli_writes_dataset_metadata_and_npy(model, exhaustive, tmp_path, capsys
     assert np.array_equal(np.load(out / "embeddings.npy"), embeddings)
     assert np.load(out / "ids.npy").tolist() == ids.tolist()
     metadata = json.loads((out / "giga_ssl_metadata.json").read_text())
-    assert metadata["strategy"] == "random" and metadata["n_views"] == 10 and metadata["n_tiles"] == 5
+    assert metadata["tile_sampling"] == "random" and metadata["n_views"] == 10 and metadata["n_tiles"] == 5
     assert metadata["model"] == str(model_path)
     # A rerun never replaces finished embeddings silently: --overwrite does, atomically.
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert main([*argv, "--strategy", "chunks"]) == 2
+    assert main([*argv, "--tile_sampling", "chunks"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert main([*argv, "--strategy", "chunks", "--overwrite"]) == 0
-    assert json.loads((out / "giga_ssl_metadata.json").read_text())["strategy"] == "chunks"
+    assert main([*argv, "--tile_sampling", "chunks", "--overwrite"]) == 0
+    assert json.loads((out / "giga_ssl_metadata.json").read_text())["tile_sampling"] == "chunks"
 
 
 def test_augmented_dataset_is_refused(model, tmp_path, capsys):

@@ -29,7 +29,7 @@ EXTRACT = [
     "--target-mpp",
     "2.0",
 ]
-TRAIN = ["--batch_size", "2", "--max_steps", "2", "--hidden_dim", "16", "--projection_dims", "16,8"]
+TRAIN = ["--batch_size", "2", "--max_steps", "2", "--hidden_dim", "16", "--projection_dims", "16", "8"]
 TRAIN += ["--report_to", "none", "--save_steps", "0", "--n_tiles", "3"]
 
 

@@ -16,7 +16,7 @@ from giga_ssl_hf.contracts import TILE_SCORES_FILENAME
 from giga_ssl_hf.contracts.tile_features import TileArrays, load_tile_dataset
 from giga_ssl_hf.evaluation.saved_probe import SavedProbe, fit_saved_probe
 from giga_ssl_hf.features.synthetic_features import synthetic_region_cohort, synthetic_tile_dataset
-from giga_ssl_hf.inference.embed import embed_to_folder
+from giga_ssl_hf.inference.embed import EmbedSettings, embed_to_folder
 from giga_ssl_hf.inference.heatmap import probe_views
 from giga_ssl_hf.inference.tile_scores import embedding_scores, occlusion_scores, tile_cells, tile_embeddings
 
@@ -133,7 +133,9 @@ def heatmap_inputs(cohort, model_and_probe, tmp_path):
     model.save_pretrained(tmp_path / "model")
     exhaustive.save_to_disk(str(tmp_path / "features" / "exhaustive"))
     loaded = GigaSSLModel.from_pretrained(tmp_path / "model").eval()
-    embed_to_folder(loaded, tmp_path / "features", tmp_path / "emb", n_views=10)
+    embed_to_folder(
+        EmbedSettings(features=str(tmp_path / "features"), out=str(tmp_path / "emb"), n_views=10), loaded
+    )
     (tmp_path / "labels.csv").write_text("ID,label\n" + "".join(f"{k},{v}\n" for k, v in labels.items()))
     argv = ["evaluate", "--embeddings", str(tmp_path / "emb"), "--labels", str(tmp_path / "labels.csv")]
     assert cli_main([*argv, "--folds", "3", "--save-probe", str(tmp_path / "probe")]) == 0
@@ -269,11 +271,11 @@ def test_the_probe_is_matched_with_the_model_by_the_content_of_its_weights(heatm
 def test_scores_that_add_up_to_the_probes_embeddings_need_their_recorded_views(heatmap_inputs, capsys):
     root = heatmap_inputs
     config = json.loads((root / "probe" / "probe.json").read_text())
-    del config["embeddings"]["metadata"]["strategy"]
+    del config["embeddings"]["metadata"]["tile_sampling"]
     (root / "probe" / "probe.json").write_text(json.dumps(config))
     argv = ["heatmap", "--model", str(root / "model"), "--features", str(root / "features")]
     argv += ["--probe", str(root / "probe"), "--out", str(root / "u")]
     assert cli_main(argv) == 2
-    assert "(strategy): pass --slide-embedding one-pass" in capsys.readouterr().err
+    assert "(tile_sampling): pass --slide-embedding one-pass" in capsys.readouterr().err
     assert not (root / "u").exists()
     assert cli_main([*argv, "--slide-embedding", "one-pass"]) == 0

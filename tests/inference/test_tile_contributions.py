@@ -89,13 +89,13 @@ def test_contributions_average_to_the_one_pass_embedding_in_one_pass_or_chunks(m
         np.testing.assert_allclose(chunked, one_pass, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("strategy", ["random", "chunks", "window"])
-def test_contributions_of_views_average_to_embed_slides_embedding(model, slide, strategy):
+@pytest.mark.parametrize("tile_sampling", ["random", "chunks", "window"])
+def test_contributions_of_views_average_to_embed_slides_embedding(model, slide, tile_sampling):
     features, coords = slide
-    views = slide_views(len(features), coords // PATCH, "slide_a", strategy, 30, 16, seed=3)
+    views = slide_views(len(features), coords // PATCH, "slide_a", tile_sampling, 30, 16, seed=3)
     shares = tile_contributions(model, features, coords, PATCH, views=views, max_views_per_batch=7)
     mean = shares.mean(axis=0)
-    expected = embed_slide(model, features, coords, PATCH, "slide_a", strategy, 30, 16, seed=3)
+    expected = embed_slide(model, features, coords, PATCH, "slide_a", tile_sampling, 30, 16, seed=3)
     np.testing.assert_allclose(mean / np.linalg.norm(mean), expected, rtol=1e-5, atol=1e-6)
 
 

@@ -18,7 +18,7 @@ from giga_ssl_hf.training.arguments import parse_arguments
 from giga_ssl_hf.training.train import main, train
 from giga_ssl_hf.training.views import SlideViews
 
-TINY = ["--hidden_dim", "32", "--projection_dims", "32,32,16", "--report_to", "none"]
+TINY = ["--hidden_dim", "32", "--projection_dims", "32", "32", "16", "--report_to", "none"]
 
 
 def run_train(features, output_dir, *extra):
@@ -212,7 +212,7 @@ def test_layer4_initialised_from_a_resnet18_weights_file(tmp_path):
     dataset.save_to_disk(str(tmp_path / "features"))
     run_train(
         tmp_path / "features", tmp_path / "run", "--init_layer4", str(tmp_path / "resnet18.pth"),
-        "--hidden_dim", "512", "--projection_dims", "64,32", "--batch_size", "4", "--max_steps", "1",
+        "--hidden_dim", "512", "--projection_dims", "64", "32", "--batch_size", "4", "--max_steps", "1",
         "--learning_rate", "0", "--weight_decay", "0", "--save_steps", "0",
     )  # fmt: skip
     encoder = GigaSSLModel.from_pretrained(tmp_path / "run" / "final")
@@ -279,7 +279,7 @@ def test_tensorboard_logs_loss_lr_and_embedding_std(synthetic_features, tmp_path
 
     features, _ = synthetic_features
     argv = ["--features", str(features), "--output_dir", str(tmp_path / "run"), "--hidden_dim", "32"]
-    argv += ["--projection_dims", "32,16", "--batch_size", "8", "--max_steps", "4", "--logging_steps", "2"]
+    argv += ["--projection_dims", "32", "16", "--batch_size", "8", "--max_steps", "4", "--logging_steps", "2"]
     train(*parse_arguments([*argv, "--save_steps", "0", "--report_to", "tensorboard"]))
     (events,) = (tmp_path / "run" / "logs" / "giga_ssl").glob(
         "events.out.tfevents*"
@@ -294,16 +294,16 @@ def test_tensorboard_logs_loss_lr_and_embedding_std(synthetic_features, tmp_path
 def test_window_views_train_and_are_recorded(synthetic_features, tmp_path):
     features, _ = synthetic_features
     summary = run_train(
-        features, tmp_path / "run", "--view_sampling", "window", "--batch_size", "8", "--max_steps", "3",
+        features, tmp_path / "run", "--tile_sampling", "window", "--batch_size", "8", "--max_steps", "3",
         "--save_steps", "0",
     )  # fmt: skip
     assert summary["steps"] == 3 and np.isfinite(summary["final_loss"])
     recorded = json.loads((tmp_path / "run" / "final" / "training_summary.json").read_text())
-    assert recorded["arguments"]["view_sampling"] == "window"
+    assert recorded["arguments"]["tile_sampling"] == "window"
 
 
-def test_unknown_view_sampling_is_a_usage_error(synthetic_features, tmp_path, capsys):
+def test_unknown_tile_sampling_is_a_usage_error(synthetic_features, tmp_path, capsys):
     features, _ = synthetic_features
-    argv = ["--features", str(features), "--output_dir", str(tmp_path / "run"), "--view_sampling", "grid"]
+    argv = ["--features", str(features), "--output_dir", str(tmp_path / "run"), "--tile_sampling", "grid"]
     assert main([*argv, *TINY]) == 2
-    assert "view_sampling" in capsys.readouterr().err
+    assert "tile_sampling" in capsys.readouterr().err

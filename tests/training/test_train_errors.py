@@ -8,7 +8,7 @@ import torch
 from giga_ssl_hf.features.synthetic_features import synthetic_tile_dataset
 from giga_ssl_hf.training.train import main
 
-TINY = ["--hidden_dim", "32", "--projection_dims", "32,16", "--report_to", "none", "--batch_size", "4"]
+TINY = ["--hidden_dim", "32", "--projection_dims", "32", "16", "--report_to", "none", "--batch_size", "4"]
 
 
 @pytest.fixture(scope="module")

@@ -92,9 +92,9 @@ def test_dataloader_workers_give_the_same_batches(augmented, tmp_path):
 
 
 def test_window_views_hold_neighbouring_tiles_of_one_augmentation():
-    # Augmentation rows holding every tile of a 40-tile slide (extract --aug-sampling all).
+    # Augmentation rows holding every tile of a 40-tile slide (extract --tile-sampling all).
     dataset, _ = synthetic_tile_dataset(n_slides=6, feature_dim=8, n_aug=3, tiles_per_slide=40, seed=2)
-    window = SlideViews(dataset, n_tiles=6, seed=0, coordinate_augmentation=None, view_sampling="window")
+    window = SlideViews(dataset, n_tiles=6, seed=0, coordinate_augmentation=None, tile_sampling="window")
     scattered = SlideViews(dataset, n_tiles=6, seed=0, coordinate_augmentation=None)
     spread = {}
     for name, views in (("window", window), ("random", scattered)):
@@ -112,6 +112,6 @@ def test_window_views_hold_neighbouring_tiles_of_one_augmentation():
     assert np.linalg.norm(coords - coords[0], axis=1).max() <= distances[5] + 1e-6
 
 
-def test_unknown_view_sampling_is_refused(augmented):
-    with pytest.raises(ValueError, match="view_sampling"):
-        SlideViews(augmented, n_tiles=5, view_sampling="grid")
+def test_unknown_tile_sampling_is_refused(augmented):
+    with pytest.raises(ValueError, match="tile_sampling"):
+        SlideViews(augmented, n_tiles=5, tile_sampling="grid")

@@ -1,0 +1,25 @@
+"""How a stage picks a slide's tiles: one vocabulary, one setting (``tile_sampling``, ``--tile-sampling``) in every
+stage that draws tiles, each taking the words that mean something to it:
+
+- ``random``: tiles drawn at random with replacement (the paper's augmentation rows, training views and
+  embedding views);
+- ``window``: the ``n`` tiles nearest a random tile, a spatially contiguous patch, so that the sparse CNN sees
+  neighbourhoods (:mod:`giga_ssl_hf.features.windows`);
+- ``all``: every tissue tile (an augmentation row of ``extract``);
+- ``chunks``: every tile once, in consecutive chunks of ``n`` (the views of ``embed``).
+
+Training's views and embedding's views are drawn alike, so ``giga-ssl pipeline`` embeds with training's word.
+"""
+
+from typing import Literal, get_args
+
+# extract: the tiles of each shared augmentation row
+AugmentationSampling = Literal["random", "window", "all"]
+# train: the tiles of each view
+ViewSampling = Literal["random", "window"]
+# embed: the views of each slide
+EmbeddingSampling = Literal["random", "window", "chunks"]
+
+AUGMENTATION_SAMPLINGS: tuple[str, ...] = get_args(AugmentationSampling)
+VIEW_SAMPLINGS: tuple[str, ...] = get_args(ViewSampling)
+EMBEDDING_SAMPLINGS: tuple[str, ...] = get_args(EmbeddingSampling)
