@@ -15,9 +15,12 @@ slides or labels, or changing a setting redoes exactly the stages concerned:
 The results table puts the trained encoder beside two baselines under the same probe and splits: the same
 encoder untrained (random initialisation) and mean pooling of the tile features.
 
-The settings are the stages' own: extraction's (:class:`ExtractionConfig`) and training's (data, model and
-optimisation arguments) with the same flags as ``giga-ssl extract`` and ``giga-ssl train``, plus the embedding
-and evaluation options below; the pipeline sets the paths between stages and one ``--seed`` for all.
+The settings are the stages' own, each stage's flags under its name (``--extract.encoder``,
+``--train.max-steps``, ``--embed.n-views``, ``--evaluate.folds``), less the fields the pipeline sets itself
+(marked ``managed``: the paths between stages, resuming, the seeds and devices: one ``--seed`` and one
+``--device`` for all). The resolved settings go to ``OUT/pipeline_config.json``, which ``--config`` reloads.
+A stage's fingerprint holds its settings less those marked ``affects_results=False`` (logging, checkpoint
+spacing).
 """
 
 from __future__ import annotations

@@ -27,8 +27,10 @@ KEY_OPTIONS = {
     "push-embeddings": ["--repo-id", "--dry-run", "--private"],
     "download": ["REPO_OR_PATH", "--out", "--npy"],
     "convert": ["checkpoint", "--out"],
-    "pipeline": ["slides", "--out", "--labels", "--max-steps", "--n-views", "--folds", "--no-pretrained"],
-    "demo": ["--out", "--slides-per-class", "--max-steps", "--batch-size", "--n-views", "--folds"],
+    "pipeline": ["slides", "--out", "--labels", "--config", "--train.max-steps", "--embed.n-views", "--evaluate.folds",
+                 "--extract.no-pretrained"],
+    "demo": ["--out", "--slides-per-class", "--train.max-steps", "--train.batch-size", "--embed.n-views",
+             "--evaluate.folds"],
 }  # fmt: skip
 
 
@@ -81,8 +83,7 @@ def test_console_script_help():
 
 
 # Libraries that take seconds to import: a subcommand's --help must not wait for them (the speed itself is
-# measured in benchmarks/bench_cli_startup.py). transformers is allowed where the parser is transformers'
-# HfArgumentParser (train), never torch.
+# measured in benchmarks/bench_cli_startup.py).
 HEAVY_MODULES = ("torch", "datasets", "timm", "accelerate", "sklearn", "matplotlib", "openslide", "h5py")
 
 

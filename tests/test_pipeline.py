@@ -1,6 +1,5 @@
 """`giga-ssl demo` / `giga-ssl pipeline` end to end, with stage skipping and a broken slide in the input."""
 
-import dataclasses
 import json
 import logging
 import shutil
@@ -20,13 +19,13 @@ pytestmark = pytest.mark.slow
 DEMO_ARGS = [
     "--slides-per-class",
     "3",
-    "--max-steps",
+    "--train.max-steps",
     "10",
-    "--batch-size",
+    "--train.batch-size",
     "4",
-    "--n-views",
+    "--embed.n-views",
     "5",
-    "--folds",
+    "--evaluate.folds",
     "2",
 ]
 
@@ -73,6 +72,17 @@ def test_demo_outputs(demo_run):
     assert isinstance(model, giga_ssl_hf.GigaSSLModel) and model.config.hidden_dim == 64
     assert (out / "features" / "thumbnails").is_dir()
 
+    # The resolved settings, a mapping per stage, less what the pipeline sets itself (paths, seeds, ...).
+    config = json.loads((out / "pipeline_config.json").read_text())
+    assert (config["seed"], config["train"]["max_steps"], config["train"]["hidden_dim"]) == (0, 10, 64)
+    assert config["extract"]["tile_sampling"] == config["train"]["tile_sampling"] == "window"
+    assert (config["embed"]["n_views"], config["evaluate"]["folds"]) == (5, 2)
+    assert (
+        "output_dir" not in config["train"]
+        and "out" not in config["embed"]
+        and "seed" not in config["extract"]
+    )
+
 
 def test_demo_rerun_skips_finished_stages(demo_run, caplog, capsys):
     out = demo_run
@@ -92,6 +102,15 @@ def test_demo_rerun_skips_finished_stages(demo_run, caplog, capsys):
     assert {path: path.stat().st_mtime_ns for path in watched} == before
     assert "Giga-SSL pipeline finished" in capsys.readouterr().out
 
+    # The saved settings reload as they were: every stage is found complete.
+    caplog.clear()
+    config = out / "pipeline_config.json"
+    assert cli_main(["demo", "--out", str(out), "--slides-per-class", "3", "--config", str(config)]) == 0
+    messages = _stage_messages(caplog)
+    assert all(
+        any(m.startswith(f"stage {s}: complete already") for m in messages) for s in ("train", "embed")
+    )
+
     # A missing stage output is redone, and only that stage.
     shutil.rmtree(out / "results")
     caplog.clear()
@@ -108,7 +127,7 @@ def test_changed_settings_or_slides_redo_the_stages_they_feed(demo_run, caplog):
     model_before = (out / "model" / "final" / "model.safetensors").stat().st_mtime_ns
     caplog.set_level(logging.INFO, logger="giga_ssl_hf")
     # More views per slide: the embeddings and the metrics are redone, the trained model is kept.
-    assert cli_main(["demo", "--out", str(out), *DEMO_ARGS, "--n-views", "6"]) == 0
+    assert cli_main(["demo", "--out", str(out), *DEMO_ARGS, "--embed.n-views", "6"]) == 0
     messages = _stage_messages(caplog)
     assert any(m.startswith("stage train: complete already") for m in messages), messages
     assert any(m.startswith("stage embed: inputs or settings changed") for m in messages), messages
@@ -118,7 +137,10 @@ def test_changed_settings_or_slides_redo_the_stages_they_feed(demo_run, caplog):
 
     # One more slide per class: training, embedding and evaluation all see it.
     caplog.clear()
-    assert cli_main(["demo", "--out", str(out), *DEMO_ARGS, "--n-views", "6", "--slides-per-class", "4"]) == 0
+    assert (
+        cli_main(["demo", "--out", str(out), *DEMO_ARGS, "--embed.n-views", "6", "--slides-per-class", "4"])
+        == 0
+    )
     messages = _stage_messages(caplog)
     assert any(m.startswith("stage train: inputs or settings changed") for m in messages), messages
     assert len(load_from_disk(str(out / "embeddings"))) == 9
@@ -136,9 +158,9 @@ def test_pipeline_with_a_broken_slide(tmp_path, shared_dir, caplog):
         write_synthetic_slide(slides / f"synthetic_{index}.tiff", 2000, 2000, mpp=0.5, seed=index)
     out = tmp_path / "run"
     caplog.set_level(logging.INFO, logger="giga_ssl_hf")
-    argv = ["pipeline", str(slides), "--out", str(out), "--no-pretrained", "--n-aug", "2",
-            "--n-tiles-per-aug", "16", "--max-steps", "3", "--batch-size", "2", "--hidden-dim", "32",
-            "--n-views", "5"]  # fmt: skip
+    argv = ["pipeline", str(slides), "--out", str(out), "--extract.no-pretrained", "--extract.n-aug", "2",
+            "--extract.n-tiles-per-aug", "16", "--train.max-steps", "3", "--train.batch-size", "2",
+            "--train.hidden-dim", "32", "--embed.n-views", "5"]  # fmt: skip
     assert cli_main(argv) == 0
 
     manifest = {
@@ -156,9 +178,9 @@ def test_pipeline_with_a_broken_slide(tmp_path, shared_dir, caplog):
     assert not (out / "results").exists()  # no --labels: evaluation skipped
 
 
-def test_fingerprints_keep_the_previous_release_folders_and_follow_what_changes_the_output(tmp_path):
-    """The previous release fingerprinted a few settings per stage; with every other setting at its default the
-    fingerprints are the same (its output folders are reused), logging options never count, others do."""
+def test_fingerprints_follow_what_changes_each_stages_output(tmp_path):
+    """A stage's fingerprint holds its inputs, the seed and its settings less those marked as not changing its
+    output (logging) and those the pipeline sets itself (paths); a change redoes that stage and the later ones."""
     from dataclasses import replace
 
     from giga_ssl_hf.pipeline import PipelineSettings, PipelineState, _fingerprints
@@ -168,17 +190,22 @@ def test_fingerprints_keep_the_previous_release_folders_and_follow_what_changes_
     labels.write_text("ID,label\na,x\nb,y\n")
     settings = PipelineSettings()
     fingerprints = _fingerprints(state, settings, extracted, str(labels))
-    features = state.fingerprint(extracted, dataclasses.asdict(settings.extraction))
-    train = state.fingerprint(features, [1000, 256, 512, 5, None, "random"], 0)  # the previous release's form
-    embed = state.fingerprint(train, 100, 0)
-    evaluate = state.fingerprint(embed, labels.read_text(), 5, 0, False)
-    assert fingerprints == {"features": features, "train": train, "embed": embed, "evaluate": evaluate}
+    assert set(fingerprints) == {"features", "train", "embed", "evaluate"}
+    assert len(set(fingerprints.values())) == 4
 
     quiet = replace(settings, training=replace(settings.training, report_to="none", logging_steps=1))
     assert _fingerprints(state, quiet, extracted, str(labels)) == fingerprints
+    elsewhere = replace(settings, training=replace(settings.training, output_dir="/elsewhere"))
+    assert _fingerprints(state, elsewhere, extracted, str(labels)) == fingerprints
     warmer = replace(settings, model=replace(settings.model, temperature=0.1))
     changed = _fingerprints(state, warmer, extracted, str(labels))
-    assert changed["features"] == features and changed["train"] != train and changed["evaluate"] != evaluate
+    assert changed["features"] == fingerprints["features"]
+    assert changed["train"] != fingerprints["train"] and changed["evaluate"] != fingerprints["evaluate"]
     hybrid = replace(settings, embedding=replace(settings.embedding, concat_mean_pool=True))
     changed = _fingerprints(state, hybrid, extracted, str(labels))
-    assert changed["train"] == train and changed["embed"] != embed
+    assert changed["train"] == fingerprints["train"] and changed["embed"] != fingerprints["embed"]
+    reseeded = replace(settings, options=replace(settings.options, seed=1))
+    changed = _fingerprints(state, reseeded, extracted, str(labels))
+    assert all(changed[stage] != fingerprints[stage] for stage in fingerprints)
+    more_slides = _fingerprints(state, settings, [*extracted, ("c", 5)], str(labels))
+    assert all(more_slides[stage] != fingerprints[stage] for stage in fingerprints)

@@ -81,7 +81,7 @@ def _write_datasets(
     feature_dim = runner.feature_dim if runner is not None else _feature_dim(store, ok_records)
     if feature_dim is None:
         return {}
-    encoder_record = tile_encoder_record(config, runner, out_dir)
+    encoder_record = extraction_encoder_record(config, runner, out_dir)
     written = {}
     for which in passes:
         usable = [r for r in ok_records if which in r.get("passes", [])]
@@ -119,12 +119,15 @@ def _dataset_rows(store: PartStore, records: list[dict], which: str) -> Iterator
                 yield {**common, "aug_id": aug_id, "features": features, "coords": coords}
 
 
-def tile_encoder_record(config: ExtractionConfig, runner: EncoderRunner | None, out_dir: Path) -> dict | None:
-    """The provenance record of the tile encoder: of ``runner``, else as saved by a process that built it."""
-    from giga_ssl_hf.contracts.tile_features import tile_encoder_record as record_of
+def extraction_encoder_record(
+    config: ExtractionConfig, runner: EncoderRunner | None, out_dir: Path
+) -> dict | None:
+    """The provenance record of an extraction's tile encoder: of ``runner``, else as saved in ``out_dir`` by a
+    process that built it."""
+    from giga_ssl_hf.contracts.tile_features import tile_encoder_record
 
     if runner is not None:
-        return record_of(runner.encoder, config.tile_size, config.target_mpp)
+        return tile_encoder_record(runner.encoder, config.tile_size, config.target_mpp)
     path = out_dir / ENCODER_FILENAME
     return json.loads(path.read_text()) if path.is_file() else None
 

@@ -43,7 +43,7 @@ from giga_ssl_hf.contracts.extraction_folder import (
     THUMBNAILS_DIRNAME,
 )
 from giga_ssl_hf.features import sharding
-from giga_ssl_hf.features.assemble import assemble_datasets, tile_encoder_record, write_manifest
+from giga_ssl_hf.features.assemble import assemble_datasets, extraction_encoder_record, write_manifest
 from giga_ssl_hf.features.cohort import SlideEntry, collect_slides
 from giga_ssl_hf.features.extraction_settings import BOTH_PASSES, ExtractionConfig, ExtractionRun
 from giga_ssl_hf.features.settings_check import changed_settings, claim_settings
@@ -173,7 +173,7 @@ def _prepare_folder(
                 )
     if runner is not None:
         text = dumps_strict(
-            tile_encoder_record(config, runner, out_dir), indent=1, sort_keys=True, default=str
+            extraction_encoder_record(config, runner, out_dir), indent=1, sort_keys=True, default=str
         )
         path = out_dir / ENCODER_FILENAME
         if not path.is_file() or path.read_text() != text:  # reruns write nothing (a full disk stays usable)

@@ -48,7 +48,8 @@ def run_settings(*arguments) -> dict:
     """The settings of a run: every field of its argument dataclasses, and the processes it runs on (the
     launcher's ``WORLD_SIZE``, read without starting Accelerate: the global batch depends on it)."""
     settings = {name: value for instance in arguments for name, value in asdict(instance).items()}
-    return {**settings, "num_processes": int(os.environ.get("WORLD_SIZE", "1"))}
+    # as read back from the settings file (a tuple as a list), so that an unchanged setting compares equal
+    return json.loads(json.dumps({**settings, "num_processes": int(os.environ.get("WORLD_SIZE", "1"))}))
 
 
 def check_resumed_settings(checkpoint: Path, settings: dict, allow_changed: bool) -> None:

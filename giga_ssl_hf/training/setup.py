@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -228,12 +228,7 @@ def setup_training(
     validate_training_data(views, data_args, config, train_args.batch_size, accelerator.num_processes)
     total_batch = train_args.batch_size * accelerator.num_processes * train_args.gradient_accumulation_steps
     learning_rate = 0.03 * total_batch / 256 if train_args.learning_rate is None else train_args.learning_rate
-    run_config = {
-        **asdict(data_args),
-        **asdict(model_args),
-        **asdict(train_args),
-        "learning_rate": learning_rate,
-    }
+    run_config = {**settings, "learning_rate": learning_rate}
     model = build_model(config, model_args)
     run = TrainingRun(
         accelerator=accelerator, views=views, progress=TrainingProgress(), learning_rate=learning_rate,
@@ -250,7 +245,11 @@ def setup_training(
         record_settings(output_dir, settings)
     accelerator.wait_for_everyone()
     if accelerator.log_with:
-        accelerator.init_trackers("giga_ssl", config={k: v for k, v in run_config.items() if v is not None})
+        # trackers' hyperparameters are scalars: a list (projection_dims) as its text
+        hyperparameters = {
+            k: str(v) if isinstance(v, list) else v for k, v in run_config.items() if v is not None
+        }
+        accelerator.init_trackers("giga_ssl", config=hyperparameters)
     return run
 
 
