@@ -25,13 +25,13 @@ FIRST_RUN = DOCS / "tutorials" / "first-run.md"
 SMALL_DEMO = [
     "--slides-per-class",
     "3",
-    "--max-steps",
+    "--train.max-steps",
     "6",
-    "--batch-size",
+    "--train.batch-size",
     "4",
-    "--n-views",
+    "--embed.n-views",
     "4",
-    "--folds",
+    "--evaluate.folds",
     "2",
 ]
 MODULE_COMMANDS = {module: name for name, (module, _) in SUBCOMMANDS.items()}
