@@ -229,16 +229,22 @@ class SettingsParser(argparse.ArgumentParser):
                     if dest in self.field_actions:
                         self.field_actions[dest].required = False  # given by the file
         namespace = vars(self.parse_args(argv))
-        return tuple(
-            cls(
-                **{
-                    item.name: _immutable(namespace[prefix + item.name])
-                    for item in command_line_fields(cls, composed=bool(prefix))
-                    if prefix + item.name in namespace
-                }
-            )
-            for prefix, cls in self.entries
-        )
+        return tuple(self._instance(prefix, cls, namespace) for prefix, cls in self.entries)
+
+    @staticmethod
+    def _instance(prefix: str, cls: type, namespace: dict) -> Any:
+        """One settings instance; a failed validation under a namespace names it (``train: --max-steps ...``)."""
+        values = {
+            item.name: _immutable(namespace[prefix + item.name])
+            for item in command_line_fields(cls, composed=bool(prefix))
+            if prefix + item.name in namespace
+        }
+        try:
+            return cls(**values)
+        except ValueError as error:
+            if not prefix:
+                raise
+            raise ValueError(f"{prefix[:-1]}: {error}") from None
 
     def _flat_values(self, values: dict, source: str) -> dict:
         """``{"train": {"max_steps": 3}}`` as ``{"train.max_steps": 3}``; an unknown name is an error (a typo would

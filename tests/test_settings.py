@@ -122,6 +122,8 @@ def test_a_composing_command_nests_each_stage_under_its_namespace():
     assert "--train.max-steps MAX_STEPS" in text and "--embed.standardize, --embed.no-standardize" in text
     with pytest.raises(ValueError, match="unrecognized arguments: --max-steps"):
         nested_parser().parse(["--out", "o", "--max-steps", "3"])
+    with pytest.raises(ValueError, match="^train: --max-steps must be at least 1, got 0$"):
+        nested_parser().parse(["--out", "o", "--train.max-steps", "0"])
 
 
 def test_a_composing_command_leaves_managed_fields_off_and_changes_defaults():
