@@ -21,8 +21,8 @@ vectors) and with ``standardize=True`` (C=10):
 
 - ``paper``: 5-tile random views, Adam at 0.03 x batch/256, 10% warm-up then cosine (the paper's recipe);
 - ``paper lr=0.002``: the same views with a 3.75x lower learning rate (does the optimiser hold it back?);
-- ``window``: window views (``--tile_sampling window``, ``--n_tiles`` 16), Adam at 0.002 (warm-up, cosine),
-  embedded with ``embed --tile_sampling window``;
+- ``window``: window views (``--tile-sampling window``, ``--n_tiles`` 16), Adam at 0.002 (warm-up, cosine),
+  embedded with ``embed --tile-sampling window``;
 - ``untrained``: the same encoder, random initialisation, embedded with window views;
 - ``mean-pool``: the mean of each slide's exhaustive tile features;
 - ``hybrid``: the window embedding with the standardised mean pool appended (``embed --concat-mean-pool``).
@@ -245,9 +245,8 @@ def run(args) -> None:
             for recipe in recipes:
                 model, summary = train_recipe(recipe, augmented_dir, Path(tmp) / signal / recipe.name, args)
                 losses.append((signal, recipe.name, loss_report(summary, args.batch_size)))
-                tile_sampling = "window" if recipe.tile_sampling == "window" else "random"
                 log.info("%s: %s trained at %.0f s", signal, recipe.name, time.perf_counter() - start)
-                _, vectors[recipe.name] = embed(model, exhaustive, tile_sampling, recipe.n_tiles, args)
+                _, vectors[recipe.name] = embed(model, exhaustive, recipe.tile_sampling, recipe.n_tiles, args)
                 log.info("%s: %s embedded at %.0f s", signal, recipe.name, time.perf_counter() - start)
             torch.manual_seed(args.seed)
             untrained = GigaSSLModel(model.config).eval()
