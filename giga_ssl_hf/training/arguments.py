@@ -34,6 +34,7 @@ class DataArguments:
         False,
         "Train on a Dataset without shared augmentations (views then differ only by tile sampling and "
         "coordinate transforms). Off by default: the method needs augmented tile features.",
+        affects_results=False,
     )
     coordinate_augmentation: bool = option(
         True, "Random rotation, flips and scale of the tile grid per view."
@@ -43,6 +44,7 @@ class DataArguments:
         False,
         "With --init-from: accept tile features of another encoder than the one the model was trained "
         "on (refused by default: the model would meet features it has never seen).",
+        affects_results=False,
     )
 
     def __post_init__(self):
@@ -111,6 +113,7 @@ class TrainArguments:
         "Checkpoints go to OUTPUT_DIR/checkpoints/checkpoint_<step>, the exported encoder to OUTPUT_DIR/final.",
         required=True,
         managed=True,
+        affects_results=False,
     )
     batch_size: int = option(256, "Slides per batch per process (2 views each).")
     max_steps: int = option(1000, "Optimiser steps (at least 1).")
@@ -128,7 +131,9 @@ class TrainArguments:
         "no", "no, fp16, bf16 or fp8 (through Accelerate)."
     )
     seed: int = option(0, "Seed of the data order, the views and the initialisation.", managed=True)
-    save_steps: int = option(500, "Save a resumable checkpoint every N steps (0: never).", managed=True)
+    save_steps: int = option(
+        500, "Save a resumable checkpoint every N steps (0: never).", managed=True, affects_results=False
+    )
     save_total_limit: int | None = option(
         3, "Keep at most this many checkpoints, the newest (0: all).", affects_results=False
     )
@@ -136,18 +141,21 @@ class TrainArguments:
         False,
         "Start afresh in an OUTPUT_DIR that holds an earlier run (its model and checkpoints are deleted).",
         managed=True,
+        affects_results=False,
     )
     resume_from_checkpoint: str | None = option(
         None,
         "'latest' (OUTPUT_DIR/checkpoints/checkpoint_<step> of the highest step; step_<step> folders of earlier "
         "versions count too) or a checkpoint path.",
         managed=True,
+        affects_results=False,
     )
     allow_changed_settings: bool = option(
         False,
         "With --resume-from-checkpoint: continue with settings that differ from those the run was started with "
         "(refused by default; logging, checkpoint spacing and --max-steps may always change).",
         managed=True,
+        affects_results=False,
     )
     logging_steps: int = option(10, "Log loss, lr and embedding std every N steps.", affects_results=False)
     report_to: str = option(

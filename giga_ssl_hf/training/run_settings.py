@@ -2,7 +2,8 @@
 ``--resume-from-checkpoint`` continues the same recipe: a resume whose settings differ is refused, in one line
 naming the differences, before anything is built (unless ``--allow-changed-settings``).
 
-May differ on a resume (:data:`MAY_CHANGE`), as they change neither the model nor the data it sees:
+May differ on a resume (:data:`MAY_CHANGE`: the fields marked ``affects_results=False``, and ``max_steps``), as
+they change neither the model nor the data it sees:
 
 - where and how the run starts: ``output_dir`` (a checkpoint of one run may start another folder),
   ``resume_from_checkpoint``, ``overwrite_output_dir``, ``allow_changed_settings``;
@@ -20,28 +21,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from ..contracts.training_run import SETTINGS_FILENAME
 from ..files import write_json
 from ..settings import flag_of
+from .arguments import ARGUMENT_CLASSES
 
 logger = logging.getLogger(__name__)
 
+# The fields marked as not changing what the run makes, and its length.
 MAY_CHANGE = {
-    "output_dir",
-    "resume_from_checkpoint",
-    "overwrite_output_dir",
-    "allow_changed_settings",
-    "logging_steps",
-    "report_to",
-    "save_steps",
-    "save_total_limit",
-    "allow_no_augmentations",
-    "allow_encoder_mismatch",
-    "max_steps",
-}
+    item.name
+    for cls in ARGUMENT_CLASSES
+    for item in fields(cls)
+    if item.metadata.get("affects_results") is False
+} | {"max_steps"}
 
 
 def run_settings(*arguments) -> dict:
