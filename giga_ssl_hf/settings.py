@@ -125,16 +125,20 @@ class SettingsParser(argparse.ArgumentParser):
         nested: dict[str, tuple[type, ...]] | None = None,
         config_file: bool = False,
         defaults: dict[str, Any] | None = None,
+        run_facts: tuple[str, ...] = (),
         **kwargs: Any,
     ):
         """``settings``: dataclasses of flat flags; ``nested``: namespace -> dataclasses whose flags go under it
         (``--train.max-steps``), less their ``managed`` fields; ``defaults``: other defaults than the
-        dataclasses' (the demo's), as a config file gives them (``{"train": {"max_steps": 60}}``)."""
+        dataclasses' (the demo's), as a config file gives them (``{"train": {"max_steps": 60}}``); ``run_facts``:
+        names that a run's recorded settings hold beside the options (train's ``num_processes``), so that the
+        record reloads as a ``--config`` file: read and left aside."""
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(**kwargs)
         self.entries = [("", cls) for cls in settings]
         self.entries += [(name + ".", cls) for name, classes in (nested or {}).items() for cls in classes]
         self.config_file = config_file
+        self.run_facts = frozenset(run_facts)
         self.field_actions: dict[str, argparse.Action] = {}
         seen: dict[str, type] = {}
         for prefix, cls in self.entries:
@@ -223,7 +227,9 @@ class SettingsParser(argparse.ArgumentParser):
             except argparse.ArgumentError as error:
                 raise ValueError(f"{error} (see --help)") from None
             if known.config:
-                values = self._flat_values(read_config_file(known.config), f"{known.config}")
+                recorded = read_config_file(known.config)
+                options = {name: value for name, value in recorded.items() if name not in self.run_facts}
+                values = self._flat_values(options, f"{known.config}")
                 self.set_defaults(**{dest: self._checked(dest, value) for dest, value in values.items()})
                 for dest in values:
                     if dest in self.field_actions:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..contracts.tile_sampling import ViewSampling
+from ..contracts.training_run import NUM_PROCESSES
 from ..settings import SettingsParser, flag_of, option
 
 
@@ -186,7 +187,8 @@ tiles, a random rotation / flip / scale of their grid), encodes them with Sparse
 NT-Xent. Runs on one CPU or GPU, or under `accelerate launch` / torchrun on many. Checkpoints go to
 OUTPUT_DIR/checkpoints/checkpoint_<step>, the exported encoder (AutoModel.from_pretrained) to OUTPUT_DIR/final.
 
-Options come from --config (YAML or JSON, same names with underscores) and the command line, which wins."""
+Options come from --config (YAML or JSON, same names with underscores; OUTPUT_DIR/training_settings.json of an
+earlier run reloads its settings) and the command line, which wins."""
 
 EPILOG = """examples:
   giga-ssl train --features out/augmented --output-dir runs/ssl --max-steps 2000
@@ -196,8 +198,9 @@ EPILOG = """examples:
 
 def build_parser() -> SettingsParser:
     return SettingsParser(
-        *ARGUMENT_CLASSES, config_file=True, prog="giga-ssl train", description=DESCRIPTION, epilog=EPILOG
-    )
+        *ARGUMENT_CLASSES, config_file=True, run_facts=(NUM_PROCESSES,), prog="giga-ssl train",
+        description=DESCRIPTION, epilog=EPILOG,
+    )  # fmt: skip
 
 
 def parse_arguments(argv: list[str] | None) -> tuple[DataArguments, ModelArguments, TrainArguments]:

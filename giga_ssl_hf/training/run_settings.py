@@ -24,7 +24,7 @@ import os
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from ..contracts.training_run import SETTINGS_FILENAME
+from ..contracts.training_run import NUM_PROCESSES, SETTINGS_FILENAME
 from ..files import write_json
 from ..settings import flag_of
 from .arguments import ARGUMENT_CLASSES
@@ -45,7 +45,7 @@ def run_settings(*arguments) -> dict:
     launcher's ``WORLD_SIZE``, read without starting Accelerate: the global batch depends on it)."""
     settings = {name: value for instance in arguments for name, value in asdict(instance).items()}
     # as read back from the settings file (a tuple as a list), so that an unchanged setting compares equal
-    return json.loads(json.dumps({**settings, "num_processes": int(os.environ.get("WORLD_SIZE", "1"))}))
+    return json.loads(json.dumps({**settings, NUM_PROCESSES: int(os.environ.get("WORLD_SIZE", "1"))}))
 
 
 def check_resumed_settings(checkpoint: Path, settings: dict, allow_changed: bool) -> None:

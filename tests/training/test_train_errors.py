@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from giga_ssl_hf.features.synthetic_features import synthetic_tile_dataset
+from giga_ssl_hf.training.arguments import parse_arguments
+from giga_ssl_hf.training.run_settings import run_settings
 from giga_ssl_hf.training.train import main
 
 TINY = ["--hidden_dim", "32", "--projection_dims", "32", "16", "--report_to", "none", "--batch_size", "4"]
@@ -89,3 +91,6 @@ def test_a_resume_keeps_the_recipe_of_its_run(features, tmp_path, capsys, snapsh
     changed = [*resume, "--max_steps", "6", "--temperature", "0.1", "--allow-changed-settings"]
     assert train_into(features, run, *changed) == 0
     assert load_strict_json((run / "training_settings.json").read_text())["temperature"] == 0.1
+    # The recorded settings reload as a --config file, as they were.
+    reloaded = parse_arguments(["--config", str(run / "training_settings.json")])
+    assert run_settings(*reloaded) == load_strict_json((run / "training_settings.json").read_text())
