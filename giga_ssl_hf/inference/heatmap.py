@@ -54,12 +54,16 @@ class HeatmapSettings:
     out: Path | None = option(None, "Output folder.", required=True)
     slides_dir: Path | None = option(None, "Folder of the slide files (file stem = slide_id).")
     slide_ids: tuple[str, ...] | None = option(None, "Slides to map (default: all).")
-    method: Literal["embedding", "occlusion"] = option("embedding", "How tiles are scored.")
-    slide_embedding: Literal["views", "one-pass"] = option(
-        "views",
-        "What the embedding method's tile scores add up to: the slide embedding the probe scores (the views "
-        "recorded in the probe: strategy, n_views, n_tiles, seed) or one pass of all the tiles.",
+    method: Literal["embedding", "integrated-gradients", "occlusion"] = option(
+        "embedding", "How tiles are scored."
     )
+    slide_embedding: Literal["views", "one-pass", "tiles"] = option(
+        "views",
+        "The slide embedding that the embedding and integrated-gradients scores add up to: the one the probe "
+        "scores (the views recorded in the probe: strategy, n_views, n_tiles, seed), one pass of all the tiles, "
+        "or the mean of every tile embedded alone (sharper maps: see the heatmap stage's docs).",
+    )
+    ig_steps: int = option(32, "Integrated gradients: points on the path from the baseline.")
     class_name: str | None = option(
         None, "Class to score (default: the probe's last class).", flag="--class", metavar="CLASS_NAME"
     )
@@ -85,6 +89,8 @@ class HeatmapSettings:
             raise ValueError("--max-tiles-per-pass must be positive and --thumbnail-size at least 64")
         if self.occlusion_radius < 0 or self.occlusion_stride < 1:
             raise ValueError("--occlusion-radius must be >= 0 and --occlusion-stride >= 1")
+        if self.ig_steps < 1:
+            raise ValueError("--ig-steps must be positive")
         if self.slides_dir is not None and not Path(self.slides_dir).is_dir():
             raise ValueError(f"--slides-dir {self.slides_dir}: no such folder")
 
@@ -97,8 +103,16 @@ EPILOG = """methods:
   embedding  each tile's additive share of the slide's log-odds of the class: the probe's intercept
              plus the mean of the slide's tile scores is its log-odds (--slide-embedding: of the
              embedding the probe scores, or of one pass of all tiles); 0 is neutral
+  integrated-gradients
+             integrated gradients of the slide's log-odds w.r.t. each tile's feature vector, from a
+             baseline where every tile is the slide's mean tile: the baseline's log-odds plus the mean
+             of the tile scores is the slide's (up to the path's quadrature error, logged)
   occlusion  drop of the slide's log-odds when the tiles within --occlusion-radius cells are removed
              (model-agnostic; one forward pass per tile, or per block with --occlusion-stride)
+
+--slide-embedding tiles (each tile through the encoder alone, as the paper's 5-tile views nearly
+always see it) localises best of the three in benchmarks/bench_localisation.py; views (the default)
+adds up to the probe's own prediction, but only the tiles its views drew get a score.
 
 examples:
   giga-ssl heatmap --model runs/ssl/final --features out --probe probe --out heatmaps --slides-dir slides
@@ -235,14 +249,24 @@ def probe_views(probe: SavedProbe, slide_id: str, coords: np.ndarray, patch: int
 def score_slide(
     settings: HeatmapSettings, slide_id: str, model, features, coords, patch, probe, class_name
 ) -> np.ndarray:
-    from giga_ssl_hf.inference.tile_scores import embedding_scores, occlusion_scores
+    from giga_ssl_hf.inference.tile_scores import embedding_scores, occlusion_scores, single_tile_views
 
     if settings.method == "occlusion":
         return occlusion_scores(
             model, features, coords, patch, probe, class_name, settings.occlusion_radius,
             settings.occlusion_stride, settings.max_tiles_per_pass,
         )  # fmt: skip
-    views = probe_views(probe, slide_id, coords, patch) if settings.slide_embedding == "views" else None
+    views = {
+        "views": lambda: probe_views(probe, slide_id, coords, patch),
+        "tiles": lambda: single_tile_views(len(coords)),
+        "one-pass": lambda: None,
+    }[settings.slide_embedding]()
+    if settings.method == "integrated-gradients":
+        from giga_ssl_hf.inference.input_attributions import integrated_gradient_scores
+
+        return integrated_gradient_scores(
+            model, np.asarray(features), coords, patch, probe, class_name, views, settings.ig_steps
+        )[0]
     return embedding_scores(
         model, features, coords, patch, probe, class_name, settings.max_tiles_per_pass, views
     )
@@ -277,7 +301,7 @@ def write_heatmaps(settings: HeatmapSettings) -> int:
     dataset, slide_ids, wanted = _exhaustive_features(settings)
     _refuse_existing(settings.out, wanted, settings.overwrite, settings.geojson)
     previous = previous_scores(settings.out, settings.overwrite)
-    if settings.method == "embedding" and settings.slide_embedding == "views":
+    if settings.method != "occlusion" and settings.slide_embedding == "views":
         recorded_views(probe)  # a usage error before any work
     slide_files = find_slide_files(settings.slides_dir)
     model = load_model(settings.model, resolve_device(settings.device), settings.trust_remote_code)

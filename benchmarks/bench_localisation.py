@@ -1,0 +1,283 @@
+"""Do tile maps find the region a slide's label comes from? Tile AUC of every map method on held-out cohorts.
+
+Cohorts with a known region in every class-1 slide: ``rare`` and ``broad`` from ``bench_representation.py`` (a
+region of 3-20% / 5-30% of the tissue whose tissue type differs between the classes, per-slide stain shifts,
+4x stronger on broad) and ``region`` (``synthetic_region_cohort``: a discriminative disc beside a decoy disc in
+every slide, a fixed direction of the raw features). Per cohort the paper's recipe (5 random tiles per view)
+and the window recipe are trained with SimCLR and the slides embedded as ``giga-ssl embed`` does; linear probes
+are fit on every slide. Each class-1 slide's tiles are then scored for class 1, and the AUC of its scores
+against its region mask is averaged over those slides (0.5 = chance). Rows (probe: the recommended
+standardised one, C=10, unless named):
+
+- ``embedding (views | one pass | tiles alone)``: ``giga-ssl heatmap --method embedding`` with each
+  ``--slide-embedding``; ``(16x views)``: views as embed draws them, 16 per tile on average;
+- ``IG (one pass | tiles alone)``: integrated gradients w.r.t. the tile features (``--method integrated-
+  gradients``); ``occlusion`` (``--occlusion``: slow) drops the tiles within one cell;
+- ``tiles alone, paper probe`` / ``std C=0.01``: the same tile shares under another probe;
+- ``hybrid (tiles alone)``: the hybrid probe (window + ``--concat-mean-pool``), window half's shares of each
+  tile alone plus the mean-pool half on each tile's own feature; ``hybrid mean-pool half``: the latter alone;
+- ``ABMIL attention`` and ``x instance`` (their product with each tile's class-1 logit: the slide's logit is
+  their sum plus the bias); ``raw-feature probe``: the mean-pooling probe applied to each tile's feature;
+- ``oracle tile probe``: a logistic regression fit on the mapped slides' tiles-alone embeddings against their
+  masks (in-sample): how well the encoder's tile embeddings could separate the region at all.
+
+    python benchmarks/bench_localisation.py             # the table: 3 cohorts x 120 slides, ~2 min on 1 core
+    python benchmarks/bench_localisation.py --quick     # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import datasets
+import numpy as np
+import pandas as pd
+import torch
+from bench_representation import CohortSettings, Recipe, embed, make_cohort, train_recipe
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from table import text_table
+
+from giga_ssl_hf.contracts.tile_features import TileArrays
+from giga_ssl_hf.evaluation.mil import MILBaseline
+from giga_ssl_hf.evaluation.mil_recipe import MILRecipe
+from giga_ssl_hf.evaluation.probe import evaluate_embeddings
+from giga_ssl_hf.evaluation.saved_probe import SavedProbe, fit_saved_probe
+from giga_ssl_hf.features.pooling import mean_pool, standardise_over_slides
+from giga_ssl_hf.features.synthetic_features import synthetic_region_cohort
+from giga_ssl_hf.inference.input_attributions import integrated_gradient_scores
+from giga_ssl_hf.inference.tile_scores import embedding_scores, occlusion_scores, tile_contributions
+from giga_ssl_hf.inference.views import slide_views
+
+COHORTS = ("rare", "broad", "region")
+
+
+def cohort(name: str, args) -> tuple[datasets.Dataset, datasets.Dataset, pd.Series, dict]:
+    """(augmented, exhaustive, labels as strings, region mask per slide)."""
+    if name == "region":
+        augmented, exhaustive, labels, masks = synthetic_region_cohort(
+            n_slides=args.slides, feature_dim=args.feature_dim, seed=args.seed
+        )
+        return augmented, exhaustive, pd.Series({k: str(v) for k, v in labels.items()}), masks
+    masks: dict = {}
+    settings = CohortSettings(
+        n_slides=args.slides, feature_dim=args.feature_dim, min_tiles=args.min_tiles, max_tiles=args.max_tiles,
+        seed=args.seed,
+    )  # fmt: skip
+    augmented, exhaustive, labels = make_cohort(name, settings, masks)
+    return augmented, exhaustive, labels, masks
+
+
+def abmil_maps(exhaustive, ids, labels: pd.Series, seed: int):
+    """A gated-attention MIL trained on every slide: per Dataset row, ``(attention, attention x logit)``."""
+    arrays = TileArrays.from_dataset(exhaustive)
+    patches = np.asarray(exhaustive.data.column("patch_size_level0").to_numpy(), dtype=np.float64)
+    baseline = MILBaseline("abmil", arrays, patches, MILRecipe(seed=seed), np.arange(len(ids)))
+    torch.manual_seed(seed)
+    model = baseline._new_model(2)  # the baseline's own model and training loop, kept to read its attention
+    none = np.array([], dtype=np.int64)
+    y = np.array([int(labels[s]) for s in ids])
+    baseline._train(model, np.arange(len(ids)), y, none, none, 2, np.random.default_rng(seed))
+    model.eval()
+
+    def maps(row: int) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            tiles = model.embed(torch.from_numpy(np.asarray(arrays.row(row)[0], dtype=np.float32)))
+            pool = model.pool
+            attention = torch.softmax(pool.score(pool.value(tiles) * pool.gate(tiles)).squeeze(1), dim=0)
+            logits = model.classifier(tiles)
+        return attention.numpy(), (attention * (logits[:, 1] - logits[:, 0])).numpy()
+
+    return maps
+
+
+def split_hybrid(probe: SavedProbe, hidden: int) -> tuple[SavedProbe, np.ndarray]:
+    """The hybrid probe's window half (a probe on the window embedding) and its mean-pool half's weights on the
+    standardised mean feature (its own scaler folded in); the intercept stays with the window half."""
+    window = SavedProbe(probe.classes, probe.coef[:, :hidden], probe.intercept, probe.scaler_mean[:hidden],
+                        probe.scaler_scale[:hidden])  # fmt: skip
+    return window, probe.coef[0, hidden:] / probe.scaler_scale[hidden:]
+
+
+@dataclass
+class Fitted:
+    """One cohort's trained encoders, probes and baselines."""
+
+    paper: object
+    window: object
+    probes: dict
+    means: np.ndarray
+    abmil: object
+    hidden: int
+
+    def mean_pool_half(self, features: np.ndarray) -> np.ndarray:
+        """The hybrid's mean-pool half on each tile's own feature, standardised as the slides' means were
+        (the constant part of the hybrid scaler's centring is left out: it shifts every tile alike)."""
+        std = self.means.std(axis=0)
+        standardised = (features - self.means.mean(axis=0)) / np.where(std > 0, std, 1.0)
+        return (
+            standardised / np.sqrt(self.means.shape[1]) @ split_hybrid(self.probes["hybrid"], self.hidden)[1]
+        )
+
+
+def tiles_alone_sign_agreement(model, exhaustive, ids, embeddings, probe) -> float:
+    """Share of slides whose log-odds have the same sign from the tiles-alone embedding as from the views."""
+    arrays = TileArrays.from_dataset(exhaustive)
+    patch = int(exhaustive[0]["patch_size_level0"])
+    alone = []
+    for row in range(len(ids)):
+        features, coords = arrays.row(row)
+        index = np.arange(len(coords))[:, None]
+        contributions = tile_contributions(model, np.asarray(features, np.float32), coords, patch,
+                                           views=(index, np.ones_like(index, dtype=bool)))  # fmt: skip
+        mean = contributions.mean(axis=0)
+        alone.append(mean / np.linalg.norm(mean))
+    return float(
+        np.mean(np.sign(probe.log_odds(np.array(alone), "1")) == np.sign(probe.log_odds(embeddings, "1")))
+    )
+
+
+def fit_cohort(name: str, exhaustive, augmented_dir: Path, labels: pd.Series, tmp: Path, args):
+    """Train both recipes, embed, fit the probes; returns ``(Fitted, slide ids, slide AUC rows)``."""
+    ids, means = mean_pool(exhaustive)
+    train_args = SimpleNamespace(hidden_dim=args.hidden_dim, batch_size=args.batch_size, steps=args.steps,
+                                 seed=args.seed, n_views=args.n_views)  # fmt: skip
+    paper, _ = train_recipe(Recipe("paper", "random", 5), augmented_dir, tmp / name / "paper", train_args)
+    window, _ = train_recipe(Recipe("window", "window", 16), augmented_dir, tmp / name / "window", train_args)
+    _, paper_embeddings = embed(paper, exhaustive, "random", 5, train_args)
+    _, window_embeddings = embed(window, exhaustive, "window", 16, train_args)
+    hybrid = np.concatenate([window_embeddings, standardise_over_slides(means)], axis=1)
+    sources = {  # name: (vectors, standardize, C)
+        "paper": (paper_embeddings, True, None), "paper, paper probe": (paper_embeddings, False, None),
+        "paper, std C=0.01": (paper_embeddings, True, 0.01), "hybrid": (hybrid, True, None),
+        "mean-pool": (means, True, None),
+    }  # fmt: skip
+    probes, slide_aucs = {}, []
+    for key, (vectors, standardize, C) in sources.items():
+        probes[key] = fit_saved_probe(ids, vectors, labels, standardize=standardize, C=C)
+        result = evaluate_embeddings((ids, vectors), labels, folds=3, standardize=standardize, C=C)[-1]
+        slide_aucs.append({"cohort": name, "probe": key, "slide AUC (3-fold)": result.mean})
+    abmil = abmil_maps(exhaustive, ids, labels, args.seed)
+    slide_aucs.append({"cohort": name, "probe": "paper: tiles alone = views, sign", "slide AUC (3-fold)":
+                       tiles_alone_sign_agreement(paper, exhaustive, ids, paper_embeddings, probes["paper"])})  # fmt: skip
+    return Fitted(paper, window, probes, means, abmil, args.hidden_dim), ids, slide_aucs
+
+
+def slide_methods(fitted: Fitted, slide: str, features, coords, patch: int, args) -> dict:
+    """Every map of one slide, as zero-argument callables (timed one by one)."""
+    paper, probes, grid = fitted.paper, fitted.probes, coords // patch
+    views = slide_views(len(coords), grid, slide, "random", args.n_views, 5, args.seed)
+    many = slide_views(len(coords), grid, slide, "random", 16 * len(coords) // 5, 5, args.seed)
+    alone = (np.arange(len(coords))[:, None], np.ones((len(coords), 1), dtype=bool))
+    window_probe, _ = split_hybrid(probes["hybrid"], fitted.hidden)
+
+    def shares(probe_name: str, slide_embedding=alone, model=paper, probe=None):
+        probe = probe or probes[probe_name]
+        return lambda: embedding_scores(model, features, coords, patch, probe, "1", views=slide_embedding)
+
+    def gradients(slide_embedding):
+        return lambda: integrated_gradient_scores(paper, features, coords, patch, probes["paper"], "1",
+                                                  views=slide_embedding)[0]  # fmt: skip
+
+    methods = {
+        "embedding (views)": shares("paper", views), "embedding (one pass)": shares("paper", None),
+        "embedding (16x views)": shares("paper", many), "embedding (tiles alone)": shares("paper"),
+        "IG (one pass)": gradients(None), "IG (tiles alone)": gradients(alone),
+        "tiles alone, paper probe": shares("paper, paper probe"),
+        "tiles alone, std C=0.01": shares("paper, std C=0.01"),
+        "hybrid (tiles alone)": lambda: shares("", model=fitted.window, probe=window_probe)()
+        + fitted.mean_pool_half(features),
+        "hybrid mean-pool half": lambda: fitted.mean_pool_half(features),
+        "raw-feature probe": lambda: probes["mean-pool"].log_odds(features, "1"),
+    }  # fmt: skip
+    if args.occlusion:
+        methods["occlusion"] = lambda: occlusion_scores(paper, features, coords, patch, probes["paper"], "1")
+    return methods
+
+
+def run_cohort(name: str, args, tmp: Path) -> tuple[list[dict], list[dict]]:
+    augmented, exhaustive, labels, masks = cohort(name, args)
+    augmented.save_to_disk(str(tmp / name / "augmented"))
+    fitted, ids, slide_aucs = fit_cohort(name, exhaustive, tmp / name / "augmented", labels, tmp, args)
+    arrays = TileArrays.from_dataset(exhaustive)
+    patch = int(exhaustive[0]["patch_size_level0"])
+    mapped = [row for row, slide in enumerate(ids) if labels[slide] == "1"][: args.maps]
+    tiles = {row: np.asarray(arrays.row(row)[0], dtype=np.float32) for row in mapped}
+    alone = {
+        row: tile_contributions(fitted.paper, tiles[row], arrays.row(row)[1], patch,
+                                views=(np.arange(len(tiles[row]))[:, None], np.ones((len(tiles[row]), 1), bool)))
+        for row in mapped
+    }  # fmt: skip
+    oracle = LogisticRegression(C=10, max_iter=2000, class_weight="balanced").fit(
+        np.concatenate([alone[row] for row in mapped]), np.concatenate([masks[ids[row]] for row in mapped])
+    )
+    results: dict[str, list[tuple[float, float]]] = {}
+    for row in mapped:
+        methods = slide_methods(fitted, ids[row], tiles[row], arrays.row(row)[1], patch, args)
+        methods |= {"ABMIL attention": lambda row=row: fitted.abmil(row)[0],
+                    "ABMIL attention x instance": lambda row=row: fitted.abmil(row)[1],
+                    "oracle tile probe": lambda row=row: oracle.decision_function(alone[row])}  # fmt: skip
+        for method, score in methods.items():
+            began = time.perf_counter()
+            scores = score()
+            seconds = time.perf_counter() - began
+            results.setdefault(method, []).append((roc_auc_score(masks[ids[row]], scores), seconds))
+    rows = [
+        {"cohort": name, "method": method, "tile AUC": float(np.mean([a for a, _ in values])),
+         "worst slide": float(np.min([a for a, _ in values])), "s / slide": float(np.mean([s for _, s in values]))}
+        for method, values in results.items()
+    ]  # fmt: skip
+    return rows, slide_aucs
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke test: small cohorts, a few steps")
+    parser.add_argument("--cohorts", nargs="+", choices=COHORTS, default=list(COHORTS))
+    parser.add_argument("--slides", type=int, default=120, help="slides per cohort, half of class 1")
+    parser.add_argument("--maps", type=int, default=20, help="class-1 slides mapped per cohort")
+    parser.add_argument("--steps", type=int, default=100, help="SimCLR steps per recipe")
+    parser.add_argument("--batch-size", type=int, default=32, help="slides per SimCLR batch")
+    parser.add_argument("--hidden-dim", type=int, default=64, help="slide embedding dimension")
+    parser.add_argument("--feature-dim", type=int, default=32, help="tile feature dimension")
+    parser.add_argument("--min-tiles", type=int, default=200, help="tiles per slide, at least (rare, broad)")
+    parser.add_argument("--max-tiles", type=int, default=600, help="tiles per slide, at most (rare, broad)")
+    parser.add_argument("--n-views", type=int, default=32, help="views per slide embedding")
+    parser.add_argument("--occlusion", action="store_true", help="also occlusion at radius 1 (slow)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.slides, args.maps, args.steps, args.batch_size, args.n_views = 16, 2, 3, 8, 4
+        args.min_tiles, args.max_tiles = 60, 120
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    logging.disable(logging.WARNING)
+    datasets.disable_progress_bars()
+    began = time.perf_counter()
+    rows, slide_aucs = [], []
+    with tempfile.TemporaryDirectory(prefix="bench_localisation_") as tmp:
+        for name in args.cohorts:
+            cohort_rows, cohort_aucs = run_cohort(name, args, Path(tmp))
+            rows += cohort_rows
+            slide_aucs += cohort_aucs
+    text = "\n\n".join([
+        f"tile AUC against the region mask, mean (and worst) over {args.maps} class-1 slides per cohort",
+        text_table(rows, [("cohort", "<7"), ("method", "<27"), ("tile AUC", ">8.3f"), ("worst slide", ">11.3f"),
+                          ("s / slide", ">9.3f")]),
+        text_table(slide_aucs, [("cohort", "<7"), ("probe", "<18"), ("slide AUC (3-fold)", ">18.3f")]),
+        f"total {time.perf_counter() - began:.0f} s",
+    ])  # fmt: skip
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Maps that localise: tiles embedded alone (exactly additive) and integrated gradients (complete up to the
+path's quadrature), on a real small model and, through the command, on features and a probe on disk."""
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+from test_heatmap import PATCH, blob_slide, cohort, heatmap_inputs, model_and_probe, trained_like  # noqa: F401
+from test_tile_contributions import probe_score, probes
+
+from giga_ssl_hf import GigaSSLConfig, GigaSSLModel
+from giga_ssl_hf.cli import main as cli_main
+from giga_ssl_hf.contracts import TILE_SCORES_FILENAME
+from giga_ssl_hf.contracts.tile_features import TileArrays, load_tile_dataset
+from giga_ssl_hf.evaluation.saved_probe import SavedProbe
+from giga_ssl_hf.inference.input_attributions import integrated_gradient_scores
+from giga_ssl_hf.inference.tile_scores import additive_direction, embedding_scores, single_tile_views
+
+
+@pytest.fixture(scope="module", params=["sparse", "mlp"])
+def model(request):
+    overrides = {"encoder_type": "mlp"} if request.param == "mlp" else {}
+    return trained_like(GigaSSLConfig(feature_dim=8, hidden_dim=12, projection_dims=[8], **overrides))
+
+
+@pytest.fixture(scope="module")
+def slide():
+    features, coords = blob_slide(120, seed=4, side=16)
+    return features.astype(np.float32), coords
+
+
+def embedding(model, features, coords) -> np.ndarray:
+    """`(1, E)` L2-normalised slide embedding of one pass of ``features``, computed directly by the model."""
+    with torch.no_grad():
+        out = model(torch.from_numpy(features)[None], torch.from_numpy(coords)[None], patch_size_level0=PATCH)
+    return torch.nn.functional.normalize(out.slide_embedding, dim=1).numpy()
+
+
+def tiles_alone_embedding(model, features, coords) -> np.ndarray:
+    """`(1, E)`: the mean of every tile's own one-tile embedding, L2-normalised, one forward pass per tile."""
+    with torch.no_grad():
+        each = [
+            model(torch.from_numpy(features[i : i + 1])[None], torch.from_numpy(coords[i : i + 1])[None],
+                  patch_size_level0=PATCH).slide_embedding[0].numpy()
+            for i in range(len(features))
+        ]  # fmt: skip
+    mean = np.mean(each, axis=0)
+    return (mean / np.linalg.norm(mean))[None]
+
+
+def test_scores_of_tiles_alone_add_up_to_the_tiles_alone_embeddings_score(model, slide):
+    features, coords = slide
+    target = tiles_alone_embedding(model, features, coords)
+    for probe in probes(2) + probes(3):  # the paper's and the standardised probe, two and three classes
+        for class_name in probe.classes:
+            scores = embedding_scores(
+                model, features, coords, PATCH, probe, class_name, views=single_tile_views(len(features))
+            )
+            assert scores.shape == (len(features),)
+            intercept = additive_direction(probe, class_name)[1]
+            assert intercept + scores.mean() == pytest.approx(
+                probe_score(probe, target, class_name), rel=1e-5, abs=1e-5
+            )
+
+
+@pytest.mark.parametrize("slide_embedding", ["one-pass", "tiles"])
+def test_integrated_gradients_are_complete_from_the_slides_mean_tile(model, slide, slide_embedding):
+    features, coords = slide
+    views = single_tile_views(len(features)) if slide_embedding == "tiles" else None
+    direct = tiles_alone_embedding if slide_embedding == "tiles" else embedding
+    baseline_features = np.repeat(features.mean(axis=0, keepdims=True), len(features), axis=0)
+    for probe in probes(2):
+        expected = probe_score(probe, direct(model, features, coords), "c1")
+        scores, baseline = integrated_gradient_scores(
+            model, features, coords, PATCH, probe, "c1", views=views, steps=64
+        )
+        assert baseline == pytest.approx(
+            probe_score(probe, direct(model, baseline_features, coords), "c1"), rel=1e-4, abs=1e-4
+        )
+        gap = abs(baseline + scores.mean() - expected)
+        assert gap < 1e-3 * max(1.0, abs(expected - baseline)) * len(features)
+        coarse, _ = integrated_gradient_scores(
+            model, features, coords, PATCH, probe, "c1", views=views, steps=2
+        )
+        assert gap <= abs(baseline + coarse.mean() - expected) + 1e-9  # finer paths are closer
+        assert np.corrcoef(scores, coarse)[0, 1] > 0.5  # and both rank the tiles alike
+
+
+def test_integrated_gradients_of_a_linear_encoder_are_the_probes_gradient_on_each_tiles_deviation():
+    """An MLP encoder reduced to one Linear layer makes the slide embedding ``W mean(x) + b``: the baseline (every
+    tile the slide's mean) has the slide's own embedding, so every path point has the same gradient, and tile
+    ``i`` scores exactly ``(x_i - mean) . W^T dF/de`` (``F`` the probe's score of the L2-normalised ``e``)."""
+    model = trained_like(GigaSSLConfig(feature_dim=8, hidden_dim=12, projection_dims=[8], encoder_type="mlp"))
+    linear = torch.nn.Linear(8, 12)
+    model.encoder.tile_encoder = linear
+    features, coords = blob_slide(60, seed=5, side=12)
+    features = features.astype(np.float32)
+    weight, bias = linear.weight.detach().double().numpy(), linear.bias.detach().double().numpy()
+    for probe in probes(2):
+        direction, _, _ = additive_direction(probe, "c1")
+        e = weight @ features.mean(axis=0, dtype=np.float64) + bias
+        unit = e / np.linalg.norm(e)
+        gradient = (direction - (direction @ unit) * unit) / np.linalg.norm(e)  # dF/de through the L2 norm
+        scores, baseline = integrated_gradient_scores(model, features, coords, PATCH, probe, "c1", steps=4)
+        expected = (features - features.mean(axis=0)) @ (weight.T @ gradient)
+        np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-5)
+        assert baseline == pytest.approx(
+            probe_score(probe, embedding(model, features, coords), "c1"), rel=1e-5
+        )
+
+
+@pytest.mark.slow
+def test_heatmap_command_scores_tiles_alone_and_by_integrated_gradients(heatmap_inputs, capsys):  # noqa: F811
+    root = heatmap_inputs
+    argv = ["heatmap", "--model", str(root / "model"), "--features", str(root / "features")]
+    argv += ["--probe", str(root / "probe"), "--slide-ids", "region_0001"]
+    assert cli_main([*argv, "--out", str(root / "bad"), "--ig-steps", "0"]) == 2
+    assert "--ig-steps must be positive" in capsys.readouterr().err
+    dataset = load_tile_dataset(root / "features" / "exhaustive")
+    row = [str(s) for s in dataset["slide_id"]].index("region_0001")
+    features, coords = TileArrays.from_dataset(dataset).row(row)
+    probe = SavedProbe.load(root / "probe")
+    model = GigaSSLModel.from_pretrained(root / "model").eval()
+    for method, out in (("embedding", "tiles"), ("integrated-gradients", "ig")):
+        assert (
+            cli_main([*argv, "--out", str(root / out), "--method", method, "--slide-embedding", "tiles"]) == 0
+        )
+        table = pq.read_table(root / out / TILE_SCORES_FILENAME).to_pandas()
+        assert (root / out / "region_0001.png").is_file() and len(table) == len(coords)
+        views = single_tile_views(len(coords))
+        if method == "embedding":
+            expected = embedding_scores(model, features, coords, PATCH, probe, "1", views=views)
+        else:
+            expected = integrated_gradient_scores(
+                model, np.asarray(features), coords, PATCH, probe, "1", views=views
+            )[0]
+        np.testing.assert_allclose(table["score"].to_numpy(), expected, rtol=1e-4, atol=1e-6)
+    assert pd.Series(table["slide_id"]).eq("region_0001").all()
