@@ -52,8 +52,14 @@ from giga_ssl_hf.evaluation.probe import evaluate_embeddings
 from giga_ssl_hf.evaluation.saved_probe import SavedProbe, fit_saved_probe
 from giga_ssl_hf.features.pooling import mean_pool, standardise_over_slides
 from giga_ssl_hf.features.synthetic_features import synthetic_region_cohort
+from giga_ssl_hf.inference.hybrid_scores import HybridProbe
 from giga_ssl_hf.inference.input_attributions import integrated_gradient_scores
-from giga_ssl_hf.inference.tile_scores import embedding_scores, occlusion_scores, tile_contributions
+from giga_ssl_hf.inference.tile_scores import (
+    embedding_scores,
+    occlusion_scores,
+    single_tile_views,
+    tile_contributions,
+)
 from giga_ssl_hf.inference.views import slide_views
 
 COHORTS = ("rare", "broad", "region")
@@ -98,14 +104,6 @@ def abmil_maps(exhaustive, ids, labels: pd.Series, seed: int):
     return maps
 
 
-def split_hybrid(probe: SavedProbe, hidden: int) -> tuple[SavedProbe, np.ndarray]:
-    """The hybrid probe's window half (a probe on the window embedding) and its mean-pool half's weights on the
-    standardised mean feature (its own scaler folded in); the intercept stays with the window half."""
-    window = SavedProbe(probe.classes, probe.coef[:, :hidden], probe.intercept, probe.scaler_mean[:hidden],
-                        probe.scaler_scale[:hidden])  # fmt: skip
-    return window, probe.coef[0, hidden:] / probe.scaler_scale[hidden:]
-
-
 @dataclass
 class Fitted:
     """One cohort's trained encoders, probes and baselines."""
@@ -113,35 +111,28 @@ class Fitted:
     paper: object
     window: object
     probes: dict
-    means: np.ndarray
     abmil: object
-    hidden: int
-
-    def mean_pool_half(self, features: np.ndarray) -> np.ndarray:
-        """The hybrid's mean-pool half on each tile's own feature, standardised as the slides' means were
-        (the constant part of the hybrid scaler's centring is left out: it shifts every tile alike)."""
-        std = self.means.std(axis=0)
-        standardised = (features - self.means.mean(axis=0)) / np.where(std > 0, std, 1.0)
-        return (
-            standardised / np.sqrt(self.means.shape[1]) @ split_hybrid(self.probes["hybrid"], self.hidden)[1]
-        )
+    hybrid: HybridProbe
 
 
-def tiles_alone_sign_agreement(model, exhaustive, ids, embeddings, probe) -> float:
-    """Share of slides whose log-odds have the same sign from the tiles-alone embedding as from the views."""
+def tiles_alone_embeddings(model, exhaustive) -> np.ndarray:
+    """`(N, E)` every slide's tiles-alone embedding (``--slide-embedding tiles``): the mean of its tiles' own
+    embeddings, L2-normalised."""
     arrays = TileArrays.from_dataset(exhaustive)
     patch = int(exhaustive[0]["patch_size_level0"])
-    alone = []
-    for row in range(len(ids)):
+    result = []
+    for row in range(len(exhaustive)):
         features, coords = arrays.row(row)
-        index = np.arange(len(coords))[:, None]
-        contributions = tile_contributions(model, np.asarray(features, np.float32), coords, patch,
-                                           views=(index, np.ones_like(index, dtype=bool)))  # fmt: skip
-        mean = contributions.mean(axis=0)
-        alone.append(mean / np.linalg.norm(mean))
-    return float(
-        np.mean(np.sign(probe.log_odds(np.array(alone), "1")) == np.sign(probe.log_odds(embeddings, "1")))
-    )
+        shares = tile_contributions(model, np.asarray(features, np.float32), coords, patch,
+                                    views=single_tile_views(len(coords)))  # fmt: skip
+        mean = shares.mean(axis=0)
+        result.append(mean / np.linalg.norm(mean))
+    return np.array(result)
+
+
+def sign_agreement(probe: SavedProbe, views: np.ndarray, alone: np.ndarray) -> float:
+    """Share of slides whose log-odds from the tiles-alone embedding have the sign of the probe's prediction."""
+    return float(np.mean(np.sign(probe.log_odds(alone, "1")) == np.sign(probe.log_odds(views, "1"))))
 
 
 def fit_cohort(name: str, exhaustive, augmented_dir: Path, labels: pd.Series, tmp: Path, args):
@@ -153,21 +144,31 @@ def fit_cohort(name: str, exhaustive, augmented_dir: Path, labels: pd.Series, tm
     window, _ = train_recipe(Recipe("window", "window", 16), augmented_dir, tmp / name / "window", train_args)
     _, paper_embeddings = embed(paper, exhaustive, "random", 5, train_args)
     _, window_embeddings = embed(window, exhaustive, "window", 16, train_args)
-    hybrid = np.concatenate([window_embeddings, standardise_over_slides(means)], axis=1)
-    sources = {  # name: (vectors, standardize, C)
-        "paper": (paper_embeddings, True, None), "paper, paper probe": (paper_embeddings, False, None),
-        "paper, std C=0.01": (paper_embeddings, True, 0.01), "hybrid": (hybrid, True, None),
-        "mean-pool": (means, True, None),
+    mean, std = means.mean(axis=0, dtype=np.float64), means.std(axis=0, dtype=np.float64)
+    hybrid = np.concatenate([window_embeddings, standardise_over_slides(means, mean, std)], axis=1)
+    recorded = {"concat_mean_pool": True, "mean_pool_mean": mean.tolist(), "mean_pool_std": std.tolist()}
+    alone = {
+        "paper": tiles_alone_embeddings(paper, exhaustive),
+        "window": tiles_alone_embeddings(window, exhaustive),
+    }
+    alone["hybrid"] = np.concatenate([alone["window"], hybrid[:, args.hidden_dim :]], axis=1)
+    sources = {  # name: (vectors, tiles-alone vectors, standardize, C)
+        "paper": (paper_embeddings, alone["paper"], True, None),
+        "paper, paper probe": (paper_embeddings, alone["paper"], False, None),
+        "paper, std C=0.01": (paper_embeddings, alone["paper"], True, 0.01),
+        "hybrid": (hybrid, alone["hybrid"], True, None), "mean-pool": (means, means, True, None),
     }  # fmt: skip
-    probes, slide_aucs = {}, []
-    for key, (vectors, standardize, C) in sources.items():
-        probes[key] = fit_saved_probe(ids, vectors, labels, standardize=standardize, C=C)
+    probes, slide_rows = {}, []
+    for key, (vectors, alone_vectors, standardize, C) in sources.items():
+        probes[key] = fit_saved_probe(
+            ids, vectors, labels, standardize=standardize, C=C, embeddings_metadata=recorded
+        )
         result = evaluate_embeddings((ids, vectors), labels, folds=3, standardize=standardize, C=C)[-1]
-        slide_aucs.append({"cohort": name, "probe": key, "slide AUC (3-fold)": result.mean})
+        slide_rows.append({"cohort": name, "probe": key, "slide AUC (3-fold)": result.mean,
+                           "sign, tiles alone": sign_agreement(probes[key], vectors, alone_vectors)})  # fmt: skip
     abmil = abmil_maps(exhaustive, ids, labels, args.seed)
-    slide_aucs.append({"cohort": name, "probe": "paper: tiles alone = views, sign", "slide AUC (3-fold)":
-                       tiles_alone_sign_agreement(paper, exhaustive, ids, paper_embeddings, probes["paper"])})  # fmt: skip
-    return Fitted(paper, window, probes, means, abmil, args.hidden_dim), ids, slide_aucs
+    hybrid_probe = HybridProbe.split(probes["hybrid"], args.hidden_dim)
+    return Fitted(paper, window, probes, abmil, hybrid_probe), ids, slide_rows
 
 
 def slide_methods(fitted: Fitted, slide: str, features, coords, patch: int, args) -> dict:
@@ -176,11 +177,18 @@ def slide_methods(fitted: Fitted, slide: str, features, coords, patch: int, args
     views = slide_views(len(coords), grid, slide, "random", args.n_views, 5, args.seed)
     many = slide_views(len(coords), grid, slide, "random", 16 * len(coords) // 5, 5, args.seed)
     alone = (np.arange(len(coords))[:, None], np.ones((len(coords), 1), dtype=bool))
-    window_probe, _ = split_hybrid(probes["hybrid"], fitted.hidden)
+    hybrid, windows = (
+        fitted.hybrid,
+        slide_views(len(coords), grid, slide, "window", args.n_views, 16, args.seed),
+    )
 
     def shares(probe_name: str, slide_embedding=alone, model=paper, probe=None):
         probe = probe or probes[probe_name]
         return lambda: embedding_scores(model, features, coords, patch, probe, "1", views=slide_embedding)
+
+    def hybrid_shares(slide_embedding):
+        encoder_half = shares("", slide_embedding, fitted.window, hybrid.encoder_half)
+        return lambda: encoder_half() + hybrid.mean_pool_scores(features, "1")
 
     def gradients(slide_embedding):
         return lambda: integrated_gradient_scores(paper, features, coords, patch, probes["paper"], "1",
@@ -192,9 +200,8 @@ def slide_methods(fitted: Fitted, slide: str, features, coords, patch: int, args
         "IG (one pass)": gradients(None), "IG (tiles alone)": gradients(alone),
         "tiles alone, paper probe": shares("paper, paper probe"),
         "tiles alone, std C=0.01": shares("paper, std C=0.01"),
-        "hybrid (tiles alone)": lambda: shares("", model=fitted.window, probe=window_probe)()
-        + fitted.mean_pool_half(features),
-        "hybrid mean-pool half": lambda: fitted.mean_pool_half(features),
+        "hybrid (views)": hybrid_shares(windows), "hybrid (tiles alone)": hybrid_shares(alone),
+        "hybrid mean-pool half": lambda: hybrid.mean_pool_scores(features, "1"),
         "raw-feature probe": lambda: probes["mean-pool"].log_odds(features, "1"),
     }  # fmt: skip
     if args.occlusion:
@@ -212,7 +219,7 @@ def run_cohort(name: str, args, tmp: Path) -> tuple[list[dict], list[dict]]:
     tiles = {row: np.asarray(arrays.row(row)[0], dtype=np.float32) for row in mapped}
     alone = {
         row: tile_contributions(fitted.paper, tiles[row], arrays.row(row)[1], patch,
-                                views=(np.arange(len(tiles[row]))[:, None], np.ones((len(tiles[row]), 1), bool)))
+                                views=single_tile_views(len(tiles[row])))
         for row in mapped
     }  # fmt: skip
     oracle = LogisticRegression(C=10, max_iter=2000, class_weight="balanced").fit(
@@ -272,7 +279,10 @@ def main(argv: list[str] | None = None) -> str:
         f"tile AUC against the region mask, mean (and worst) over {args.maps} class-1 slides per cohort",
         text_table(rows, [("cohort", "<7"), ("method", "<27"), ("tile AUC", ">8.3f"), ("worst slide", ">11.3f"),
                           ("s / slide", ">9.3f")]),
-        text_table(slide_aucs, [("cohort", "<7"), ("probe", "<18"), ("slide AUC (3-fold)", ">18.3f")]),
+        "slide AUC of each probe (3-fold CV) and share of slides whose tiles-alone log-odds have the sign of "
+        "the probe's prediction",
+        text_table(slide_aucs, [("cohort", "<7"), ("probe", "<18"), ("slide AUC (3-fold)", ">18.3f"),
+                                ("sign, tiles alone", ">17.3f")]),
         f"total {time.perf_counter() - began:.0f} s",
     ])  # fmt: skip
     print(text)

@@ -113,12 +113,15 @@ def _checked_features(model, features, skip_bad_slides, trust_remote_code, allow
     return features_dir, dataset, skipped, features_encoder, model_encoder
 
 
-def _append_mean_pool(dataset, ids: np.ndarray, embeddings: np.ndarray, skipped) -> np.ndarray:
+def _append_mean_pool(dataset, ids: np.ndarray, embeddings: np.ndarray, skipped) -> tuple[np.ndarray, dict]:
+    """The hybrid embeddings and the statistics of their standardised half (the heatmap applies them to tiles)."""
     from ..features.pooling import mean_pool, standardise_over_slides
 
     mean_ids, means = mean_pool(dataset, exclude=set(skipped))
     assert mean_ids.tolist() == ids.tolist()  # both in the Dataset's row order, same slides left out
-    return np.concatenate([embeddings, standardise_over_slides(means)], axis=1)
+    mean, std = means.mean(axis=0, dtype=np.float64), means.std(axis=0, dtype=np.float64)
+    hybrid = np.concatenate([embeddings, standardise_over_slides(means, mean, std)], axis=1)
+    return hybrid, {"mean_pool_mean": mean.tolist(), "mean_pool_std": std.tolist()}
 
 
 def embed_to_folder(
@@ -154,8 +157,9 @@ def embed_to_folder(
     ids, embeddings = embed_tile_dataset(
         model, dataset, strategy, n_views, n_tiles, seed, max_views_per_batch, exclude=set(skipped)
     )
+    statistics = {}
     if concat_mean_pool:
-        embeddings = _append_mean_pool(dataset, ids, embeddings, skipped)
+        embeddings, statistics = _append_mean_pool(dataset, ids, embeddings, skipped)
     metadata = {
         **model_identity(model),
         "strategy": strategy,
@@ -168,6 +172,7 @@ def embed_to_folder(
         "features": str(features_dir),
         "skipped_slides": skipped,
         "tile_encoder": features_encoder or model_encoder,
+        **statistics,
     }
     out = save_embeddings(out, ids, embeddings, metadata, npy)
     logger.info("wrote %d slide embeddings to %s", len(ids), out)

@@ -33,6 +33,7 @@ from giga_ssl_hf.inference.heatmap_plot import (
     scores_schema,
     write_scores_table,
 )
+from giga_ssl_hf.inference.hybrid_scores import HybridProbe, is_hybrid
 from giga_ssl_hf.runtime import resolve_device
 from giga_ssl_hf.settings import SettingsParser, option, run_main
 
@@ -155,7 +156,9 @@ def check_probe_model(probe: SavedProbe, model: str, allow_mismatch: bool) -> No
     if not (folder / "config.json").is_file():
         raise ValueError(f"--model {model}: no config.json there (not a saved model folder)")
     hidden_dim = json.loads((folder / "config.json").read_text()).get("hidden_dim")
-    if probe.embedding_dim != hidden_dim:
+    if is_hybrid(probe):
+        HybridProbe.split(probe, hidden_dim)  # refuses other dimensions, or no recorded mean-pool statistics
+    elif probe.embedding_dim != hidden_dim:
         raise ValueError(
             f"the probe takes {probe.embedding_dim}-d embeddings but the model's are {hidden_dim}-d"
         )
@@ -256,6 +259,7 @@ def score_slide(
             model, features, coords, patch, probe, class_name, settings.occlusion_radius,
             settings.occlusion_stride, settings.max_tiles_per_pass,
         )  # fmt: skip
+    hybrid = HybridProbe.split(probe, model.config.hidden_dim) if is_hybrid(probe) else None
     views = {
         "views": lambda: probe_views(probe, slide_id, coords, patch),
         "tiles": lambda: single_tile_views(len(coords)),
@@ -267,9 +271,14 @@ def score_slide(
         return integrated_gradient_scores(
             model, np.asarray(features), coords, patch, probe, class_name, views, settings.ig_steps
         )[0]
-    return embedding_scores(
-        model, features, coords, patch, probe, class_name, settings.max_tiles_per_pass, views
+    if hybrid is None:
+        return embedding_scores(
+            model, features, coords, patch, probe, class_name, settings.max_tiles_per_pass, views
+        )
+    encoder_half = embedding_scores(
+        model, features, coords, patch, hybrid.encoder_half, class_name, settings.max_tiles_per_pass, views
     )
+    return encoder_half + hybrid.mean_pool_scores(features, class_name)
 
 
 def _draw(settings: HeatmapSettings, slide_id, slide_file, coords, scores, patch, class_name) -> None:
@@ -302,7 +311,11 @@ def write_heatmaps(settings: HeatmapSettings) -> int:
     _refuse_existing(settings.out, wanted, settings.overwrite, settings.geojson)
     previous = previous_scores(settings.out, settings.overwrite)
     if settings.method != "occlusion" and settings.slide_embedding == "views":
-        recorded_views(probe)  # a usage error before any work
+        recorded_views(probe)
+    if is_hybrid(probe) and settings.method != "embedding":
+        raise ValueError(
+            "a probe of hybrid embeddings (--concat-mean-pool) is decomposed by --method embedding only"
+        )  # a usage error before any work
     slide_files = find_slide_files(settings.slides_dir)
     model = load_model(settings.model, resolve_device(settings.device), settings.trust_remote_code)
     settings.out.mkdir(parents=True, exist_ok=True)

@@ -137,3 +137,48 @@ def test_heatmap_command_scores_tiles_alone_and_by_integrated_gradients(heatmap_
             )[0]
         np.testing.assert_allclose(table["score"].to_numpy(), expected, rtol=1e-4, atol=1e-6)
     assert pd.Series(table["slide_id"]).eq("region_0001").all()
+
+
+@pytest.mark.slow
+def test_a_hybrid_probes_tile_scores_add_up_to_its_prediction(heatmap_inputs, capsys):  # noqa: F811
+    from giga_ssl_hf import load_embeddings
+    from giga_ssl_hf.inference.embed import embed_to_folder
+    from giga_ssl_hf.inference.hybrid_scores import HybridProbe
+
+    root = heatmap_inputs
+    model = GigaSSLModel.from_pretrained(root / "model").eval()
+    embed_to_folder(model, root / "features", root / "hybrid", n_views=10, concat_mean_pool=True)
+    argv = [
+        "evaluate",
+        "--embeddings",
+        str(root / "hybrid"),
+        "--labels",
+        str(root / "labels.csv"),
+        "--folds",
+        "3",
+    ]
+    assert cli_main([*argv, "--standardize", "--save-probe", str(root / "hybrid-probe")]) == 0
+    argv = ["heatmap", "--model", str(root / "model"), "--features", str(root / "features")]
+    argv += ["--probe", str(root / "hybrid-probe"), "--slide-ids", "region_0001", "region_0002"]
+    assert cli_main([*argv, "--out", str(root / "occlusion"), "--method", "occlusion"]) == 2
+    assert "decomposed by --method embedding only" in capsys.readouterr().err
+    assert cli_main([*argv, "--out", str(root / "h")]) == 0
+    assert cli_main([*argv, "--out", str(root / "h-tiles"), "--slide-embedding", "tiles"]) == 0
+    probe = SavedProbe.load(root / "hybrid-probe")
+    ids, embeddings = load_embeddings(str(root / "hybrid"))
+    table = pq.read_table(root / "h" / TILE_SCORES_FILENAME).to_pandas()
+    dataset = load_tile_dataset(root / "features" / "exhaustive")
+    arrays = TileArrays.from_dataset(dataset)
+    hybrid = HybridProbe.split(probe, model.config.hidden_dim)
+    for slide in ("region_0001", "region_0002"):
+        scores = table.loc[table["slide_id"] == slide, "score"].to_numpy()
+        embedding = embeddings[list(ids).index(slide)][None]
+        assert probe.intercept[0] + scores.mean() == pytest.approx(
+            probe.log_odds(embedding, "1")[0], abs=1e-5
+        )
+        features, _ = arrays.row([str(s) for s in dataset["slide_id"]].index(slide))
+        mean_pool_share = hybrid.mean_pool_scores(np.asarray(features), "1")
+        half = hybrid.mean_pool_half.decision_function(embedding[:, model.config.hidden_dim :])[0, 0]
+        assert mean_pool_share.mean() == pytest.approx(half, abs=1e-5)
+    tiles = pq.read_table(root / "h-tiles" / TILE_SCORES_FILENAME).to_pandas()
+    assert len(tiles) == len(table) and np.isfinite(tiles["score"]).all()
