@@ -6,22 +6,29 @@ region of 3-20% / 5-30% of the tissue whose tissue type differs between the clas
 every slide, a fixed direction of the raw features). Per cohort the paper's recipe (5 random tiles per view)
 and the window recipe are trained with SimCLR and the slides embedded as ``giga-ssl embed`` does; linear probes
 are fit on every slide. Each class-1 slide's tiles are then scored for class 1, and the AUC of its scores
-against its region mask is averaged over those slides (0.5 = chance). Rows (probe: the recommended
-standardised one, C=10, unless named):
+against its region mask is averaged over those slides (0.5 = chance). Rows (probe: the recommended standardised
+one, C=10, unless named; every map but IG, occlusion and the baselines adds up exactly to the probe's score of
+the slide's embedding as ``embed`` made it, from its views, unless ``one pass``):
 
-- ``embedding (views | one pass | tiles alone)``: ``giga-ssl heatmap --method embedding`` with each
-  ``--slide-embedding``; ``(16x views)``: views as embed draws them, 16 per tile on average;
-- ``IG (one pass | tiles alone)``: integrated gradients w.r.t. the tile features (``--method integrated-
-  gradients``); ``occlusion`` (``--occlusion``: slow) drops the tiles within one cell;
-- ``tiles alone, paper probe`` / ``std C=0.01``: the same tile shares under another probe;
-- ``hybrid (tiles alone)``: the hybrid probe (window + ``--concat-mean-pool``), window half's shares of each
-  tile alone plus the mean-pool half on each tile's own feature; ``hybrid mean-pool half``: the latter alone;
+- ``tiles (the default)``: ``giga-ssl heatmap`` (``--method tiles``): each tile's own embedding plus an equal
+  share of the views' context; ``tiles, paper probe`` / ``std C=0.01``: the same under other probes;
+- ``embedding (views | one pass)``: ``--method embedding`` (site shares) with each ``--slide-embedding``;
+  ``(16x views)``: views drawn as embed draws them, 16 per tile on average (not the probe's own);
+- ``IG (views | one pass)``: ``--method integrated-gradients``; ``IG (single tiles)``: IG of the log-odds of
+  the mean of the tiles' own embeddings;
+- ``occlusion`` (``--occlusion``: slow): drop of the log-odds without each tile's 3x3 neighbourhood;
+- ``hybrid, tiles`` / ``hybrid, embedding``: the hybrid probe (window recipe + ``--concat-mean-pool``), its
+  window half by each method (16-tile windows) plus its mean-pool half on each tile's own feature;
+  ``hybrid mean-pool half``: the latter alone;
 - ``ABMIL attention`` and ``x instance`` (their product with each tile's class-1 logit: the slide's logit is
   their sum plus the bias); ``raw-feature probe``: the mean-pooling probe applied to each tile's feature;
-- ``oracle tile probe``: a logistic regression fit on the mapped slides' tiles-alone embeddings against their
+- ``oracle tile probe``: a logistic regression fit on the mapped slides' own tile embeddings against their
   masks (in-sample): how well the encoder's tile embeddings could separate the region at all.
 
-    python benchmarks/bench_localisation.py             # the table: 3 cohorts x 120 slides, ~2 min on 1 core
+The second table: each probe's slide AUC (3-fold CV) and the share of slides whose log-odds from the mean of
+their tiles' own embeddings (no context term) have the sign of the probe's prediction.
+
+    python benchmarks/bench_localisation.py             # the table: 3 cohorts x 120 slides, ~3-4 min on 1 core
     python benchmarks/bench_localisation.py --quick     # smoke test
 """
 
@@ -54,12 +61,8 @@ from giga_ssl_hf.features.pooling import mean_pool, standardise_over_slides
 from giga_ssl_hf.features.synthetic_features import synthetic_region_cohort
 from giga_ssl_hf.inference.hybrid_scores import HybridProbe
 from giga_ssl_hf.inference.input_attributions import integrated_gradient_scores
-from giga_ssl_hf.inference.tile_scores import (
-    embedding_scores,
-    occlusion_scores,
-    single_tile_views,
-    tile_contributions,
-)
+from giga_ssl_hf.inference.own_tiles import own_tile_scores, single_tile_views
+from giga_ssl_hf.inference.tile_scores import embedding_scores, occlusion_scores, tile_contributions
 from giga_ssl_hf.inference.views import slide_views
 
 COHORTS = ("rare", "broad", "region")
@@ -116,8 +119,7 @@ class Fitted:
 
 
 def tiles_alone_embeddings(model, exhaustive) -> np.ndarray:
-    """`(N, E)` every slide's tiles-alone embedding (``--slide-embedding tiles``): the mean of its tiles' own
-    embeddings, L2-normalised."""
+    """`(N, E)` every slide's tiles-alone embedding: the mean of its tiles' own embeddings, L2-normalised."""
     arrays = TileArrays.from_dataset(exhaustive)
     patch = int(exhaustive[0]["patch_size_level0"])
     result = []
@@ -176,18 +178,16 @@ def slide_methods(fitted: Fitted, slide: str, features, coords, patch: int, args
     paper, probes, grid = fitted.paper, fitted.probes, coords // patch
     views = slide_views(len(coords), grid, slide, "random", args.n_views, 5, args.seed)
     many = slide_views(len(coords), grid, slide, "random", 16 * len(coords) // 5, 5, args.seed)
-    alone = (np.arange(len(coords))[:, None], np.ones((len(coords), 1), dtype=bool))
-    hybrid, windows = (
-        fitted.hybrid,
-        slide_views(len(coords), grid, slide, "window", args.n_views, 16, args.seed),
-    )
+    alone = single_tile_views(len(coords))
+    hybrid = fitted.hybrid
+    windows = slide_views(len(coords), grid, slide, "window", args.n_views, 16, args.seed)
 
-    def shares(probe_name: str, slide_embedding=alone, model=paper, probe=None):
+    def scored(scorer, probe_name: str, slide_embedding=views, model=paper, probe=None):
         probe = probe or probes[probe_name]
-        return lambda: embedding_scores(model, features, coords, patch, probe, "1", views=slide_embedding)
+        return lambda: scorer(model, features, coords, patch, probe, "1", views=slide_embedding)
 
-    def hybrid_shares(slide_embedding):
-        encoder_half = shares("", slide_embedding, fitted.window, hybrid.encoder_half)
+    def hybrid_scores(scorer):  # the window half with its own views, plus the mean-pool half
+        encoder_half = scored(scorer, "", windows, fitted.window, hybrid.encoder_half)
         return lambda: encoder_half() + hybrid.mean_pool_scores(features, "1")
 
     def gradients(slide_embedding):
@@ -195,12 +195,14 @@ def slide_methods(fitted: Fitted, slide: str, features, coords, patch: int, args
                                                   views=slide_embedding)[0]  # fmt: skip
 
     methods = {
-        "embedding (views)": shares("paper", views), "embedding (one pass)": shares("paper", None),
-        "embedding (16x views)": shares("paper", many), "embedding (tiles alone)": shares("paper"),
-        "IG (one pass)": gradients(None), "IG (tiles alone)": gradients(alone),
-        "tiles alone, paper probe": shares("paper, paper probe"),
-        "tiles alone, std C=0.01": shares("paper, std C=0.01"),
-        "hybrid (views)": hybrid_shares(windows), "hybrid (tiles alone)": hybrid_shares(alone),
+        "tiles (the default)": scored(own_tile_scores, "paper"),
+        "embedding (views)": scored(embedding_scores, "paper"),
+        "embedding (one pass)": scored(embedding_scores, "paper", None),
+        "embedding (16x views)": scored(embedding_scores, "paper", many),
+        "IG (views)": gradients(views), "IG (one pass)": gradients(None), "IG (single tiles)": gradients(alone),
+        "tiles, paper probe": scored(own_tile_scores, "paper, paper probe"),
+        "tiles, std C=0.01": scored(own_tile_scores, "paper, std C=0.01"),
+        "hybrid, tiles": hybrid_scores(own_tile_scores), "hybrid, embedding": hybrid_scores(embedding_scores),
         "hybrid mean-pool half": lambda: hybrid.mean_pool_scores(features, "1"),
         "raw-feature probe": lambda: probes["mean-pool"].log_odds(features, "1"),
     }  # fmt: skip

@@ -55,14 +55,13 @@ class HeatmapSettings:
     out: Path | None = option(None, "Output folder.", required=True)
     slides_dir: Path | None = option(None, "Folder of the slide files (file stem = slide_id).")
     slide_ids: tuple[str, ...] | None = option(None, "Slides to map (default: all).")
-    method: Literal["embedding", "integrated-gradients", "occlusion"] = option(
-        "embedding", "How tiles are scored."
+    method: Literal["tiles", "embedding", "integrated-gradients", "occlusion"] = option(
+        "tiles", "How tiles are scored (see below)."
     )
-    slide_embedding: Literal["views", "one-pass", "tiles"] = option(
+    slide_embedding: Literal["views", "one-pass"] = option(
         "views",
-        "The slide embedding that the embedding and integrated-gradients scores add up to: the one the probe "
-        "scores (the views recorded in the probe: strategy, n_views, n_tiles, seed), one pass of all the tiles, "
-        "or the mean of every tile embedded alone (sharper maps: see the heatmap stage's docs).",
+        "What the scores of tiles, embedding and integrated-gradients add up to: the slide embedding the probe "
+        "scores (the views recorded in the probe: strategy, n_views, n_tiles, seed) or one pass of all the tiles.",
     )
     ig_steps: int = option(32, "Integrated gradients: points on the path from the baseline.")
     class_name: str | None = option(
@@ -101,9 +100,12 @@ OUT/<slide_id>.png over the slide thumbnail (or the bare tile grid) and OUT/tile
 (slide_id, x, y, score)."""
 
 EPILOG = """methods:
-  embedding  each tile's additive share of the slide's log-odds of the class: the probe's intercept
-             plus the mean of the slide's tile scores is its log-odds (--slide-embedding: of the
-             embedding the probe scores, or of one pass of all tiles); 0 is neutral
+  tiles      each tile's own embedding (the tile through the encoder alone), plus an equal share of
+             what the slide embedding's context adds, through the probe: the probe's intercept plus
+             the mean of the slide's tile scores is its log-odds of the class (--slide-embedding: of
+             the embedding the probe scores, or of one pass of all tiles); 0 is neutral
+  embedding  the same additivity from the encoder's output sites, each shared by the tiles in its
+             window (only the tiles that the views drew get a share: blurred, partial maps)
   integrated-gradients
              integrated gradients of the slide's log-odds w.r.t. each tile's feature vector, from a
              baseline where every tile is the slide's mean tile: the baseline's log-odds plus the mean
@@ -111,9 +113,8 @@ EPILOG = """methods:
   occlusion  drop of the slide's log-odds when the tiles within --occlusion-radius cells are removed
              (model-agnostic; one forward pass per tile, or per block with --occlusion-stride)
 
---slide-embedding tiles (each tile through the encoder alone, as the paper's 5-tile views nearly
-always see it) localises best of the three in benchmarks/bench_localisation.py; views (the default)
-adds up to the probe's own prediction, but only the tiles its views drew get a score.
+A probe of hybrid embeddings (embed --concat-mean-pool) is decomposed by tiles and embedding: the
+encoder half as above plus the mean-pool half's weights on each tile's own feature.
 
 examples:
   giga-ssl heatmap --model runs/ssl/final --features out --probe probe --out heatmaps --slides-dir slides
@@ -252,33 +253,28 @@ def probe_views(probe: SavedProbe, slide_id: str, coords: np.ndarray, patch: int
 def score_slide(
     settings: HeatmapSettings, slide_id: str, model, features, coords, patch, probe, class_name
 ) -> np.ndarray:
-    from giga_ssl_hf.inference.tile_scores import embedding_scores, occlusion_scores, single_tile_views
+    from giga_ssl_hf.inference.own_tiles import own_tile_scores
+    from giga_ssl_hf.inference.tile_scores import embedding_scores, occlusion_scores
 
     if settings.method == "occlusion":
         return occlusion_scores(
             model, features, coords, patch, probe, class_name, settings.occlusion_radius,
             settings.occlusion_stride, settings.max_tiles_per_pass,
         )  # fmt: skip
-    hybrid = HybridProbe.split(probe, model.config.hidden_dim) if is_hybrid(probe) else None
-    views = {
-        "views": lambda: probe_views(probe, slide_id, coords, patch),
-        "tiles": lambda: single_tile_views(len(coords)),
-        "one-pass": lambda: None,
-    }[settings.slide_embedding]()
+    views = probe_views(probe, slide_id, coords, patch) if settings.slide_embedding == "views" else None
     if settings.method == "integrated-gradients":
         from giga_ssl_hf.inference.input_attributions import integrated_gradient_scores
 
         return integrated_gradient_scores(
             model, np.asarray(features), coords, patch, probe, class_name, views, settings.ig_steps
         )[0]
-    if hybrid is None:
-        return embedding_scores(
-            model, features, coords, patch, probe, class_name, settings.max_tiles_per_pass, views
-        )
-    encoder_half = embedding_scores(
-        model, features, coords, patch, hybrid.encoder_half, class_name, settings.max_tiles_per_pass, views
-    )
-    return encoder_half + hybrid.mean_pool_scores(features, class_name)
+    hybrid = HybridProbe.split(probe, model.config.hidden_dim) if is_hybrid(probe) else None
+    scorer = own_tile_scores if settings.method == "tiles" else embedding_scores
+    scores = scorer(
+        model, features, coords, patch, hybrid.encoder_half if hybrid else probe, class_name,
+        settings.max_tiles_per_pass, views,
+    )  # fmt: skip
+    return scores if hybrid is None else scores + hybrid.mean_pool_scores(features, class_name)
 
 
 def _draw(settings: HeatmapSettings, slide_id, slide_file, coords, scores, patch, class_name) -> None:
@@ -312,9 +308,9 @@ def write_heatmaps(settings: HeatmapSettings) -> int:
     previous = previous_scores(settings.out, settings.overwrite)
     if settings.method != "occlusion" and settings.slide_embedding == "views":
         recorded_views(probe)
-    if is_hybrid(probe) and settings.method != "embedding":
+    if is_hybrid(probe) and settings.method not in ("tiles", "embedding"):
         raise ValueError(
-            "a probe of hybrid embeddings (--concat-mean-pool) is decomposed by --method embedding only"
+            "a probe of hybrid embeddings (--concat-mean-pool) is decomposed by --method tiles or embedding only"
         )  # a usage error before any work
     slide_files = find_slide_files(settings.slides_dir)
     model = load_model(settings.model, resolve_device(settings.device), settings.trust_remote_code)

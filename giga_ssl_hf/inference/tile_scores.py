@@ -231,12 +231,6 @@ def tile_contributions(
     return result * (n / len(index))
 
 
-def single_tile_views(n_tiles: int) -> tuple[np.ndarray, np.ndarray]:
-    """Views ``(index, mask)`` `(n, 1)` of every tile alone: the slide embedding they make (the mean of its tiles'
-    own embeddings, L2-normalised) is what ``--slide-embedding tiles`` decomposes."""
-    return np.arange(n_tiles)[:, None], np.ones((n_tiles, 1), dtype=bool)
-
-
 def additive_direction(probe: SavedProbe, class_name: str) -> tuple[np.ndarray, float, np.ndarray]:
     """``(w, b, centre)`` such that the probe's score of ``class_name`` on an embedding ``x`` is
     ``w . (x - centre) + b``, the standardisation folded in (``w = coef / scale``, ``centre = mean``).

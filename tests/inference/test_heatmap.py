@@ -18,7 +18,8 @@ from giga_ssl_hf.evaluation.saved_probe import SavedProbe, fit_saved_probe
 from giga_ssl_hf.features.synthetic_features import synthetic_region_cohort, synthetic_tile_dataset
 from giga_ssl_hf.inference.embed import embed_to_folder
 from giga_ssl_hf.inference.heatmap import probe_views
-from giga_ssl_hf.inference.tile_scores import embedding_scores, occlusion_scores, tile_cells, tile_embeddings
+from giga_ssl_hf.inference.own_tiles import own_tile_scores
+from giga_ssl_hf.inference.tile_scores import occlusion_scores, tile_cells, tile_embeddings
 
 PATCH = 448
 
@@ -170,7 +171,7 @@ def test_heatmap_cli_writes_pngs_and_the_score_table(heatmap_inputs, shared_dir,
         part = table[table["slide_id"] == slide]
         np.testing.assert_array_equal(part[["x", "y"]].to_numpy(), coords)
         views = probe_views(probe, slide, coords, PATCH)  # the views `embed` averaged for the probe
-        expected = embedding_scores(model, features, coords, PATCH, probe, probe.default_class, views=views)
+        expected = own_tile_scores(model, features, coords, PATCH, probe, probe.default_class, views=views)
         np.testing.assert_allclose(part["score"].to_numpy(), expected, rtol=1e-5, atol=1e-5)
         collection = json.loads((root / "maps" / f"{slide}.geojson").read_text())
         measured = [f["properties"]["measurements"]["score"] for f in collection["features"]]
