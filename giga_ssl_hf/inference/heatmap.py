@@ -7,7 +7,8 @@ Writes ``OUT/<slide_id>.png`` (the scores as coloured tiles over the slide's thu
 ``--slides-dir``, else on the bare tile grid, with a colour bar naming the class), ``OUT/tile_scores.parquet``
 (``slide_id``, ``x``, ``y``: the tile's level-0 top-left corner, ``score``) and, with ``--geojson``,
 ``OUT/<slide_id>.geojson`` for QuPath (:mod:`giga_ssl_hf.inference.heatmap_geojson`). Methods: see
-:mod:`giga_ssl_hf.inference.tile_scores`; drawing: :mod:`giga_ssl_hf.inference.heatmap_plot`. The settings are
+:mod:`giga_ssl_hf.inference.own_tiles` (the default), :mod:`giga_ssl_hf.inference.tile_scores`,
+:mod:`giga_ssl_hf.inference.input_attributions`; hybrid probes: :mod:`giga_ssl_hf.inference.hybrid_scores`; drawing: :mod:`giga_ssl_hf.inference.heatmap_plot`. The settings are
 :class:`HeatmapSettings`, from which the command line is generated; :func:`write_heatmaps` does the work.
 """
 

@@ -81,7 +81,6 @@ def integrated_gradient_scores(
     views: tuple[np.ndarray, np.ndarray] | None = None,
     steps: int = 32,
     steps_per_pass: int = 8,
-    baseline: str = "slide-mean",
 ) -> tuple[np.ndarray, float]:
     """``(tile scores (n,), baseline score)``: the slide's score is the baseline's plus the mean tile score
     (up to the quadrature error of ``steps`` midpoints; see the module's docstring). ``views`` (tile ``index``,
@@ -94,7 +93,7 @@ def integrated_gradient_scores(
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     score = _SlideScore(model, coords, patch_size_level0, probe, class_name, views)
     x = torch.from_numpy(np.array(features, dtype=np.float32)).to(device=device, dtype=dtype)
-    baseline = x.mean(dim=0, keepdim=True).expand_as(x) if baseline == "slide-mean" else torch.zeros_like(x)
+    baseline = x.mean(dim=0, keepdim=True).expand_as(x)
     alphas = (torch.arange(steps, dtype=torch.float64) + 0.5) / steps
     gradient_sum = torch.zeros_like(x, dtype=torch.float64)
     try:
