@@ -90,13 +90,14 @@ def export_classifier(
     from huggingface_hub.constants import REPOCARD_NAME
     from transformers import AutoModel
 
-    import giga_ssl_hf  # noqa: F401  (registers the GigaSSL classes with AutoModel)
     from giga_ssl_hf.contracts import CLASSIFIER_SUMMARY_FILENAME
     from giga_ssl_hf.files import staged_directory, write_json
     from giga_ssl_hf.hub.cards import classifier_card
+    from giga_ssl_hf.models.gigassl import register_auto_classes
 
     out = Path(out)
     check_classifier_target(out, overwrite)
+    register_auto_classes()
     metadata = (probe.info.get("embeddings") or {}).get("metadata") or {}
     encoder_model = AutoModel.from_pretrained(
         classifier_encoder(metadata, encoder), trust_remote_code=trust_remote_code

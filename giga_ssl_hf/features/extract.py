@@ -13,7 +13,6 @@ size, µm/px, normalisation), which trained models carry and check.
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from giga_ssl_hf.features.assemble import assemble_datasets
@@ -120,5 +119,6 @@ def format_summary(summary: ExtractionSummary) -> str:
 
 
 if __name__ == "__main__":  # `accelerate launch` / `torchrun` ... -m giga_ssl_hf.features.extract
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sys.exit(main())
+    from giga_ssl_hf.cli import main as giga_ssl
+
+    sys.exit(giga_ssl(["extract", *sys.argv[1:]]))  # starts as `giga-ssl extract` does (logging, OpenMP)

@@ -98,6 +98,9 @@ def load_init_model(name_or_path: str):
     """The slide encoder (:class:`GigaSSLModel`) of a trained model folder or Hub id, for ``--init-from``."""
     from transformers import AutoModel
 
+    from ..models.gigassl import register_auto_classes
+
+    register_auto_classes()
     model = _init_source(name_or_path, AutoModel.from_pretrained)
     return getattr(model, "gigassl", model)
 
