@@ -34,7 +34,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("giga_ssl_hf.training.train", "slide-level SimCLR pretraining (Accelerate)"),
     "embed": ("giga_ssl_hf.inference.embed", "embed slides with a trained model (ensemble of views)"),
     "evaluate": (
-        "giga_ssl_hf.evaluation.linear_probe",
+        "giga_ssl_hf.evaluation.evaluate_command",
         "linear-probe AUC on slide embeddings (paper protocol)",
     ),
     "heatmap": (

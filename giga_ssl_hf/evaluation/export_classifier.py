@@ -26,7 +26,7 @@ def classifier_encoder(embeddings_metadata: dict, encoder: str | None) -> str:
     """The slide encoder of the exported model: ``encoder`` if given, else the model that made the embeddings
     (recorded in their metadata). Checked from the files, before any work: its weights must be those that made
     the embeddings (their sha256, recorded by ``giga-ssl embed``), and the embeddings not hybrid."""
-    from giga_ssl_hf.checkpoints import model_folder, weights_sha256
+    from giga_ssl_hf.weight_files import model_folder, weights_sha256
 
     name = encoder or embeddings_metadata.get("model")
     if not name:

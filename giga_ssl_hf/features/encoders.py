@@ -22,7 +22,6 @@ import timm
 import torch
 from torch import nn
 
-from giga_ssl_hf.checkpoints import file_sha256, load_state_dict_file
 from giga_ssl_hf.features.encoder_presets import (
     PRESETS,
     EncoderPreset,
@@ -31,6 +30,7 @@ from giga_ssl_hf.features.encoder_presets import (
     unknown_encoder_message,
 )
 from giga_ssl_hf.runtime import resolve_device
+from giga_ssl_hf.weight_files import file_sha256, load_state_dict_file
 
 logger = logging.getLogger(__name__)
 

@@ -106,7 +106,7 @@ def format_summary(summary: ExtractionSummary) -> str:
             f"  waited for {len(summary.busy)} slide(s) another process held: {', '.join(summary.busy)}"
         )
     if summary.waiting_for:
-        share, count = summary.share
+        share, count = summary.shard
         lines.append(
             f"share {share}/{count} done; the last share to finish assembles the Datasets (not finished: "
             f"{', '.join(f'{i}/{count}' for i in summary.waiting_for)}; or: giga-ssl extract --assemble "

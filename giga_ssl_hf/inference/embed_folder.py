@@ -65,7 +65,7 @@ def _model_config(model, trust_remote_code: bool):
 def model_identity(model) -> dict:
     """The model's name (folder or Hub id), revision and weights' sha256 (what a saved probe is matched by;
     None for a model built in memory), as recorded beside its embeddings."""
-    from ..checkpoints import model_folder, weights_sha256
+    from ..weight_files import model_folder, weights_sha256
 
     name = str(getattr(model.config, "_name_or_path", ""))
     try:

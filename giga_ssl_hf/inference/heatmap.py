@@ -135,7 +135,7 @@ def check_probe_model(probe: SavedProbe, model: str, allow_mismatch: bool) -> No
     """The probe must have been fit on embeddings of this model: the same weights (sha256 of the weight files,
     recorded by embed and carried by evaluate --save-probe), wherever the model now lies. Read from the files,
     before any weight is loaded, so that a mismatch is refused at once."""
-    from giga_ssl_hf.checkpoints import model_folder, weights_sha256
+    from giga_ssl_hf.weight_files import model_folder, weights_sha256
 
     folder = model_folder(model)
     if not (folder / "config.json").is_file():

@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..checkpoints import load_state_dict_file
 from ..contracts.training_run import CHECKPOINTS_DIRNAME, FINAL_DIRNAME
 from ..settings import flag_of
+from ..weight_files import load_state_dict_file
 from .arguments import DataArguments, ModelArguments, TrainArguments
 from .checkpointing import TrainingProgress, find_checkpoint, refuse_foreign_entries
 from .run_settings import check_resumed_settings, record_settings, run_settings
