@@ -297,8 +297,5 @@ def _prepare(
 
 
 def _resume(run: TrainingRun, checkpoint: Path) -> None:
-    from .optim import follow_resumed_schedule
-
     run.accelerator.load_state(str(checkpoint))
-    follow_resumed_schedule(run.scheduler)
     logger.info("resumed from %s at step %d", checkpoint, run.progress.step)
