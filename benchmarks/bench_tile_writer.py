@@ -28,7 +28,7 @@ import scale_slide  # noqa: E402
 
 COLUMNS = [
     ("route", "<30"),
-    ("size", "<22"),
+    ("size", "<26"),
     ("seconds", ">8.1f"),
     ("peak RSS MiB", ">12.0f"),
     ("MB written", ">10.1f"),

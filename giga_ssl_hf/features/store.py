@@ -138,10 +138,10 @@ def _write_shards(rows: Iterable[dict], folder: Path, schema: datasets.Features)
     """Stream ``rows`` into ``data-NNNNN.arrow`` shards of about :data:`SHARD_BYTES`; their final names.
 
     Through ``datasets``' own writer (what ``save_to_disk`` uses; not exported at the top level): the public
-    route, ``Dataset.from_generator`` into a cache folder then ``save_to_disk``, writes every byte twice (twice
-    the disk, +33-65% time on 150,000 x 2,560 slides) and lets ``save_to_disk`` size record batches by the
-    average row, so a large slide shares its chunk with small ones past :data:`MAX_BATCH_VALUES`
-    (``benchmarks/bench_tile_writer.py``).
+    route, ``Dataset.from_generator`` into a cache folder then ``save_to_disk``, holds the same memory but
+    writes every byte twice (twice the disk; +10-65% time on 150,000 x 2,560 slides) and lets ``save_to_disk``
+    size record batches by the average row, so a large slide shares its chunk with small ones beyond
+    :data:`MAX_BATCH_VALUES` (near the row limit, past the int32 offsets): ``benchmarks/bench_tile_writer.py``.
     """
     from datasets.arrow_writer import ArrowWriter
 
