@@ -35,7 +35,7 @@ import numpy as np
 from .contracts import TRAINING_SUMMARY_FILENAME
 from .contracts.extraction_folder import AUGMENTED, EXHAUSTIVE, MANIFEST_FILENAME, THUMBNAILS_DIRNAME
 from .contracts.training_run import FINAL_DIRNAME
-from .evaluation.linear_probe import DEFAULT_FOLDS, EvaluateSettings
+from .evaluation.evaluate_command import DEFAULT_FOLDS, EvaluateSettings
 from .features.extraction import extract_slides
 from .features.extraction_settings import ExtractionConfig
 from .files import write_json

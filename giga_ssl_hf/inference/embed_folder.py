@@ -37,7 +37,9 @@ def load_model(model_name_or_path: str, device: str, trust_remote_code: bool = F
     """A Giga-SSL model from a folder or the Hub, on ``device``, in eval mode."""
     from transformers import AutoModel
 
-    import giga_ssl_hf  # noqa: F401  (registers the GigaSSL classes with AutoModel)
+    from ..models.gigassl import register_auto_classes
+
+    register_auto_classes()
 
     if not Path(model_name_or_path).exists() and not _check_hub_id(model_name_or_path):
         raise FileNotFoundError(f"no model folder at {model_name_or_path} (and not a Hub repo id)")
@@ -51,7 +53,9 @@ def _model_config(model, trust_remote_code: bool):
         return model.config
     from transformers import AutoConfig
 
-    import giga_ssl_hf  # noqa: F401  (registers GigaSSLConfig with AutoConfig)
+    from ..models.gigassl import register_auto_classes
+
+    register_auto_classes()
 
     if not Path(model).exists() and not _check_hub_id(str(model)):
         return None  # load_model says what is wrong with the name
@@ -61,7 +65,7 @@ def _model_config(model, trust_remote_code: bool):
 def model_identity(model) -> dict:
     """The model's name (folder or Hub id), revision and weights' sha256 (what a saved probe is matched by;
     None for a model built in memory), as recorded beside its embeddings."""
-    from ..checkpoints import model_folder, weights_sha256
+    from ..weight_files import model_folder, weights_sha256
 
     name = str(getattr(model.config, "_name_or_path", ""))
     try:

@@ -152,7 +152,7 @@ def check_probe_model(probe: SavedProbe, model: str, allow_mismatch: bool) -> No
     """The probe must have been fit on embeddings of this model: the same weights (sha256 of the weight files,
     recorded by embed and carried by evaluate --save-probe), wherever the model now lies. Read from the files,
     before any weight is loaded, so that a mismatch is refused at once."""
-    from giga_ssl_hf.checkpoints import model_folder, weights_sha256
+    from giga_ssl_hf.weight_files import model_folder, weights_sha256
 
     folder = model_folder(model)
     if not (folder / "config.json").is_file():
@@ -168,11 +168,12 @@ def check_probe_model(probe: SavedProbe, model: str, allow_mismatch: bool) -> No
         return
     recorded, given = probe.embedding_model_sha256, weights_sha256(folder)
     if recorded is None:
-        # Probes saved before the hash was recorded (never released) would be matched by path, which lets a
-        # model retrained in place meet its stale probe: they are re-saved instead.
+        # Embeddings of a model built in memory, or not written by giga-ssl embed, record no hash. Matching
+        # by path instead would let a model retrained in place meet its stale probe.
         raise ValueError(
-            "the probe records no hash of its model's weights (saved by an earlier version): embed again and "
-            "re-save it with giga-ssl evaluate --save-probe, or pass --allow-model-mismatch"
+            "the probe records no hash of its model's weights (its embeddings were not made by giga-ssl embed "
+            "from a saved model): embed with --model and re-save it with giga-ssl evaluate --save-probe, or "
+            "pass --allow-model-mismatch"
         )
     if recorded != given:
         raise ValueError(

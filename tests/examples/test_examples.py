@@ -14,6 +14,9 @@ from transformers import AutoModel
 import giga_ssl_hf
 from giga_ssl_hf.cli import main as cli_main
 
+# The tests load the saved models with AutoModel, as a user does after registering the classes.
+giga_ssl_hf.register_auto_classes()
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 

@@ -258,7 +258,7 @@ def test_the_probe_is_matched_with_the_model_by_the_content_of_its_weights(heatm
         cli_main([*argv, "--model", str(root / "model"), "--out", str(root / "b"), "--allow-model-mismatch"])
         == 0
     )
-    # A probe that records no hash (saved by an earlier version) is refused with what to do.
+    # A probe that records no hash (embeddings not made by giga-ssl embed) is refused with what to do.
     config = json.loads((root / "probe" / "probe.json").read_text())
     del config["embeddings"]["metadata"]["model_sha256"]
     (root / "probe" / "probe.json").write_text(json.dumps(config))
