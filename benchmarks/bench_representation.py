@@ -123,9 +123,11 @@ def label_types(signal: str, label: int, cells: np.ndarray, types: np.ndarray, r
 
 
 def make_cohort(
-    signal: str, settings: CohortSettings
+    signal: str, settings: CohortSettings, region_masks: dict | None = None
 ) -> tuple[datasets.Dataset, datasets.Dataset, pd.Series]:
-    """(augmented Dataset with every tile in each augmentation row, exhaustive Dataset, labels)."""
+    """(augmented Dataset with every tile in each augmentation row, exhaustive Dataset, labels). A
+    ``region_masks`` dict receives each slide's `(n,)` bool mask of its label tissue (types A and B), in tile
+    order (``bench_localisation.py`` scores heatmaps against it)."""
     rng = np.random.default_rng([settings.seed, SIGNALS.index(signal)])
     dim = settings.feature_dim
     prototypes = rng.normal(size=(N_BACKGROUND_TYPES + 2, dim)) * 1.0
@@ -143,6 +145,8 @@ def make_cohort(
         cells = tissue_blob(n, rng)
         types = background_types(cells, rng)
         label_types(signal, label, cells, types, rng)
+        if region_masks is not None:
+            region_masks[slide_id] = types >= N_BACKGROUND_TYPES
         slide_prototypes = prototypes + settings.slide_variation * rng.normal(size=prototypes.shape)
         tiles = slide_prototypes[types] + settings.tile_noise * rng.normal(size=(n, dim))
         tiles += (stain * rng.normal(size=STAIN_DIMS)) @ stain_basis

@@ -11,7 +11,7 @@ and does one matmul per convolution.
 
 ``--contended`` measures each variant alone and beside a competing process (a 2-thread matmul loop, as
 another job on the same cores), alternately, ``--repeats`` times, under two OpenMP wait policies, each in
-its own process: "passive" (what importing giga_ssl_hf before torch sets: idle threads sleep at once) and
+its own process: "passive" (what the `giga-ssl` commands set before torch loads: idle threads sleep at once) and
 "spin" (libgomp's default, ``GOMP_SPINCOUNT=300000``: idle threads spin a while before sleeping).
 """
 
@@ -181,7 +181,7 @@ while True:
     a @ a
 """
 
-# Set explicitly: this script imports torch before giga_ssl_hf, too late for the package's default.
+# Set explicitly in each child: the commands' default (giga_ssl_hf.runtime) acts only before torch loads.
 WAIT_POLICIES = {"passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "spin": {"GOMP_SPINCOUNT": "300000"}}
 
 

@@ -29,6 +29,8 @@ QUICK = {
     "bench_cli_startup.py": ["--repeats", "1", "--commands", "extract"],
     "bench_heatmap.py": ["--slides", "24", "--steps", "60", "--n-views", "20"],
     "bench_mil.py": ["--quick"],
+    "bench_localisation.py": ["--slides", "60", "--maps", "10", "--steps", "60"],
+    "bench_retrieval.py": ["--slides", "200", "--steps", "60"],
 }
 FULL = {
     "bench_ssl_step.py": ["--tiles", "5", "64", "256", "--steps", "1"],
@@ -38,6 +40,8 @@ FULL = {
     "bench_cli_startup.py": [],
     "bench_heatmap.py": [],
     "bench_mil.py": [],
+    "bench_localisation.py": ["--occlusion"],
+    "bench_retrieval.py": [],
 }
 PROGRESS = re.compile(r"(it/s|s/it|step/s|examples/s|slide/s|\d+%\|)")
 

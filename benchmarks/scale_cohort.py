@@ -152,7 +152,7 @@ def measure_views(slide_counts: tuple[int, ...], seconds: float) -> list[dict]:
 
 def _evaluate_seconds(n_slides: int) -> float:
     """Seconds of ``evaluate`` (5-fold linear probe) on ``n_slides`` 64-d embeddings of two classes."""
-    from giga_ssl_hf.evaluation.linear_probe import EvaluateSettings, evaluate
+    from giga_ssl_hf.evaluation.evaluate_command import EvaluateSettings, evaluate
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, n_slides)

@@ -275,7 +275,7 @@ def _save_model_and_probe(folder: Path, dim: int, hidden_dim: int) -> None:
     import torch
 
     from giga_ssl_hf import GigaSSLConfig, GigaSSLModel
-    from giga_ssl_hf.checkpoints import weights_sha256
+    from giga_ssl_hf.weight_files import weights_sha256
 
     torch.manual_seed(0)
     GigaSSLModel(GigaSSLConfig(feature_dim=dim, hidden_dim=hidden_dim)).save_pretrained(folder / "model")

@@ -5,7 +5,7 @@ What it shows:
 1. tiling the bundled real H&E crop (``CMU-1-Small-Region.svs``, Aperio, 0.499 µm/px) into 224 px tiles at
    1 µm/px and encoding every tile with ResNet18 cut after ``layer3`` (256 features per tile): the exhaustive
    tile-feature Dataset of ``giga-ssl extract``;
-2. loading a Giga-SSL slide encoder with ``AutoModel.from_pretrained`` (``import giga_ssl_hf`` registers it);
+2. loading a Giga-SSL slide encoder with ``AutoModel.from_pretrained`` (``giga_ssl_hf.register_auto_classes()`` registers it);
 3. ``embed_slide``: the mean of many random views of the slide's tiles, L2-normalised -> one vector.
 
 Everything runs offline: the tile encoder is randomly initialised (real use takes pretrained weights: pass
@@ -31,7 +31,7 @@ import torch
 import transformers
 from transformers import AutoModel
 
-import giga_ssl_hf  # registers GigaSSLConfig / GigaSSLModel with AutoConfig / AutoModel
+import giga_ssl_hf
 from giga_ssl_hf.contracts.extraction_folder import EXHAUSTIVE
 from giga_ssl_hf.contracts.tile_features import load_tile_dataset
 from giga_ssl_hf.features.extract import ExtractionConfig, extract_slides
@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{tiles['slide_id']}: {len(features)} tiles of {int(tiles['patch_size_level0'])} level-0 px, "
           f"features {features.shape}")  # fmt: skip
 
-    # 2. A Giga-SSL slide encoder through AutoModel.
+    # 2. A Giga-SSL slide encoder through AutoModel, once the Giga-SSL classes are registered with it.
+    giga_ssl_hf.register_auto_classes()
     model_path = args.model
     if model_path is None:
         torch.manual_seed(args.seed)

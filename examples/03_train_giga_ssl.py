@@ -34,7 +34,7 @@ from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 from transformers import AutoModel
 
-import giga_ssl_hf  # noqa: F401  (registers GigaSSLModel with AutoModel)
+import giga_ssl_hf
 from giga_ssl_hf.contracts.extraction_folder import AUGMENTED
 from giga_ssl_hf.contracts.training_run import FINAL_DIRNAME
 from giga_ssl_hf.features.synthetic_features import synthetic_tile_dataset
@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{summary['total_batch_size']}: mean loss of the first 5 steps {np.mean(losses[:5]):.3f}, "
               f"of the last 5 {np.mean(losses[-5:]):.3f}")  # fmt: skip
 
+        giga_ssl_hf.register_auto_classes()  # AutoModel builds GigaSSLModel from a Giga-SSL folder
         model = AutoModel.from_pretrained(final).eval()
         tiles = synthetic_tile_dataset(
             n_slides=1, feature_dim=16, tiles_per_slide=30, augmented=False, seed=args.data_seed

@@ -5,9 +5,9 @@ What it shows:
 
 1. a synthetic cohort of tile features whose class is decided by a planted, spatially contiguous region (a known
    tile mask per slide; every slide also holds a decoy region of another kind): SimCLR training, slide
-   embeddings, ``giga-ssl evaluate --save-probe``, then ``giga-ssl heatmap`` with both methods (``embedding``:
-   each tile's output-site embedding in whole-slide context, scored by the probe; ``occlusion``: the drop of the
-   slide's score when a tile's neighbourhood is removed), and how well the tile scores find the planted region
+   embeddings, ``giga-ssl evaluate --save-probe``, then ``giga-ssl heatmap`` with two methods (``tiles``, the
+   default: each tile's own embedding, its share of the slide's log-odds under the probe; ``occlusion``: the drop
+   of the slide's score when a tile's neighbourhood is removed), and how well the tile scores find the planted region
    (per-slide AUC against the mask, averaged);
 2. real pixels: the bundled real H&E crop (``CMU-1-Small-Region.svs``) plus synthetic whole-slide images, half
    of them with a planted dark-purple region: extraction (random-init ResNet18, offline), a random-init slide
@@ -91,7 +91,7 @@ def planted_region_cohort(out: Path, n_slides: int, steps: int, seed: int) -> di
         "heatmap", *common, "--out", out / "occlusion", "--method", "occlusion", "--slide-ids", *positives[:4]
     )
     result = {}
-    for method, folder in (("embedding", "heatmaps"), ("occlusion", "occlusion")):
+    for method, folder in (("tiles", "heatmaps"), ("occlusion", "occlusion")):
         table = pq.read_table(out / folder / "tile_scores.parquet").to_pandas()
         aucs = [
             roc_auc_score(masks[slide], part["score"])

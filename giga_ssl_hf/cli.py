@@ -11,6 +11,8 @@ import importlib
 import logging
 import sys
 
+from giga_ssl_hf.runtime import prefer_passive_openmp_wait
+
 # subcommand -> (module, one-line summary); modules are imported lazily so `giga-ssl --help` stays fast.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "extract": (
@@ -32,7 +34,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("giga_ssl_hf.training.train", "slide-level SimCLR pretraining (Accelerate)"),
     "embed": ("giga_ssl_hf.inference.embed", "embed slides with a trained model (ensemble of views)"),
     "evaluate": (
-        "giga_ssl_hf.evaluation.linear_probe",
+        "giga_ssl_hf.evaluation.evaluate_command",
         "linear-probe AUC on slide embeddings (paper protocol)",
     ),
     "heatmap": (
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint file is noise here
+    prefer_passive_openmp_wait()  # before the command's module imports torch
     module = importlib.import_module(SUBCOMMANDS[command][0])
     entry = getattr(module, "main_" + command.replace("-", "_"), None) or module.main
     return int(entry(rest) or 0)

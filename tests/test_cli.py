@@ -1,5 +1,6 @@
 """The `giga-ssl` dispatcher: top-level help, every subcommand's --help, unknown commands."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -102,14 +103,41 @@ def test_subcommand_help_imports_no_heavy_library(command):
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout[-300:]
 
 
-def test_importing_the_package_is_light_and_still_registers_with_auto_classes():
+def test_importing_the_package_changes_nothing_global_and_registration_is_explicit():
     probe = (
-        "import sys\n"
+        "import os, sys\n"
+        "environ, finders = dict(os.environ), list(sys.meta_path)\n"
         "import giga_ssl_hf\n"
-        "light = not any(m in sys.modules for m in ('torch', 'transformers'))\n"
+        "print(os.environ == environ, sys.meta_path == finders)\n"
+        "print(not any(m in sys.modules for m in ('torch', 'transformers')))\n"
         "from transformers import AutoConfig, AutoModel\n"
+        "try:\n"
+        "    AutoConfig.for_model('gigassl')\n"
+        "except ValueError:\n"
+        "    print('unregistered')\n"
+        "giga_ssl_hf.register_auto_classes()\n"
+        "giga_ssl_hf.register_auto_classes()  # again: harmless\n"
         "model = AutoModel.from_config(AutoConfig.for_model('gigassl', feature_dim=8, hidden_dim=16))\n"
-        "print(light, type(model).__name__, giga_ssl_hf.GigaSSLModel is type(model))\n"
+        "print(type(model).__name__, giga_ssl_hf.GigaSSLModel is type(model))\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert result.stdout.split() == ["True", "GigaSSLModel", "True"]
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env
+    )
+    assert result.stdout.split() == ["True", "True", "True", "unregistered", "GigaSSLModel", "True"]
+
+
+@pytest.mark.parametrize(("inherited", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_commands_start_with_passive_openmp_waiting_unless_the_environment_says(inherited, expected):
+    probe = (
+        "import os, sys\n"
+        "from giga_ssl_hf.cli import main\n"
+        "main(['encoders'])\n"
+        "print(os.environ.get('OMP_WAIT_POLICY'))\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    env.update({"OMP_WAIT_POLICY": inherited} if inherited else {})
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env
+    )
+    assert result.stdout.split()[-1] == expected

@@ -13,6 +13,9 @@ from giga_ssl_hf.cli import main as cli_main
 from giga_ssl_hf.demo import SAMPLE_SLIDE
 from giga_ssl_hf.wsi.synthetic import write_synthetic_slide
 
+# The tests load the saved models with AutoModel, as a user does after registering the classes.
+giga_ssl_hf.register_auto_classes()
+
 pytestmark = pytest.mark.slow
 
 # Small enough for ~20 s on 2 CPU cores: 3 synthetic slides per class + the real CMU crop.

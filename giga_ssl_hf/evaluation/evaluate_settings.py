@@ -1,5 +1,5 @@
 """``giga-ssl evaluate``'s settings (:class:`EvaluateSettings`): the probe, its tasks and splits, and what to write.
-The command line is generated from them (:mod:`giga_ssl_hf.evaluation.linear_probe`); ``giga-ssl pipeline``
+The command line is generated from them (:mod:`giga_ssl_hf.evaluation.evaluate_command`); ``giga-ssl pipeline``
 composes them and sets the fields marked ``managed`` itself.
 """
 

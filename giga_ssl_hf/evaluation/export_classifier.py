@@ -26,7 +26,7 @@ def classifier_encoder(embeddings_metadata: dict, encoder: str | None) -> str:
     """The slide encoder of the exported model: ``encoder`` if given, else the model that made the embeddings
     (recorded in their metadata). Checked from the files, before any work: its weights must be those that made
     the embeddings (their sha256, recorded by ``giga-ssl embed``), and the embeddings not hybrid."""
-    from giga_ssl_hf.checkpoints import model_folder, weights_sha256
+    from giga_ssl_hf.weight_files import model_folder, weights_sha256
 
     name = encoder or embeddings_metadata.get("model")
     if not name:
@@ -90,13 +90,14 @@ def export_classifier(
     from huggingface_hub.constants import REPOCARD_NAME
     from transformers import AutoModel
 
-    import giga_ssl_hf  # noqa: F401  (registers the GigaSSL classes with AutoModel)
     from giga_ssl_hf.contracts import CLASSIFIER_SUMMARY_FILENAME
     from giga_ssl_hf.files import staged_directory, write_json
     from giga_ssl_hf.hub.cards import classifier_card
+    from giga_ssl_hf.models.gigassl import register_auto_classes
 
     out = Path(out)
     check_classifier_target(out, overwrite)
+    register_auto_classes()
     metadata = (probe.info.get("embeddings") or {}).get("metadata") or {}
     encoder_model = AutoModel.from_pretrained(
         classifier_encoder(metadata, encoder), trust_remote_code=trust_remote_code

@@ -95,28 +95,33 @@ def _write_datasets(
 
 
 def _dataset_rows(store: PartStore, records: list[dict], which: str) -> Iterator[dict]:
+    for record in records:
+        # A generator per slide: it ends, releasing the slide's arrays, before the next slide is read.
+        yield from _slide_rows(store, record, which)
+
+
+def _slide_rows(store: PartStore, record: dict, which: str) -> Iterator[dict]:
     from giga_ssl_hf.contracts import NO_AUGMENTATION
 
-    for record in records:
-        arrays = store.arrays(record["slide_id"])
-        common = {
-            "slide_id": record["slide_id"],
-            "patch_size_level0": record["patch_size_level0"],
-            "mpp": record["mpp"],
-            "magnification": float("nan") if record["magnification"] is None else record["magnification"],
+    arrays = store.arrays(record["slide_id"])
+    common = {
+        "slide_id": record["slide_id"],
+        "patch_size_level0": record["patch_size_level0"],
+        "mpp": record["mpp"],
+        "magnification": float("nan") if record["magnification"] is None else record["magnification"],
+    }
+    if which == EXHAUSTIVE:
+        yield {
+            **common,
+            "aug_id": NO_AUGMENTATION,
+            "features": arrays["exhaustive_features"],
+            "coords": arrays["exhaustive_coords"],
         }
-        if which == EXHAUSTIVE:
-            yield {
-                **common,
-                "aug_id": NO_AUGMENTATION,
-                "features": arrays["exhaustive_features"],
-                "coords": arrays["exhaustive_coords"],
-            }
-        else:
-            for aug_id, (features, coords) in enumerate(
-                zip(arrays["augmented_features"], arrays["augmented_coords"])
-            ):
-                yield {**common, "aug_id": aug_id, "features": features, "coords": coords}
+    else:
+        for aug_id, (features, coords) in enumerate(
+            zip(arrays["augmented_features"], arrays["augmented_coords"])
+        ):
+            yield {**common, "aug_id": aug_id, "features": features, "coords": coords}
 
 
 def extraction_encoder_record(

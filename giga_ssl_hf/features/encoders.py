@@ -22,7 +22,6 @@ import timm
 import torch
 from torch import nn
 
-from giga_ssl_hf.checkpoints import file_sha256, load_state_dict_file
 from giga_ssl_hf.features.encoder_presets import (
     PRESETS,
     EncoderPreset,
@@ -31,6 +30,7 @@ from giga_ssl_hf.features.encoder_presets import (
     unknown_encoder_message,
 )
 from giga_ssl_hf.runtime import resolve_device
+from giga_ssl_hf.weight_files import file_sha256, load_state_dict_file
 
 logger = logging.getLogger(__name__)
 
@@ -123,16 +123,6 @@ class ConchVisionTower(nn.Module):
         return self.ln_contrast(self.attn_pool_contrast(tokens)[:, 0])  # (batch, 768)
 
 
-def _import_auto_classes_first() -> None:
-    """Import transformers' auto classes before a model class such as ``Dinov2Model``.
-
-    The package registers its model with the auto classes when they are imported; reached first through
-    ``transformers.Dinov2Model``, that registration runs while ``transformers.modeling_utils`` is still
-    initialising and fails on a circular import.
-    """
-    from transformers import AutoModel  # noqa: F401
-
-
 def build_preset_backbone(preset: EncoderPreset) -> nn.Module:
     """The preset's network, images ``(B, 3, S, S)`` (normalised) -> features ``(B, feature_dim)``, no weights."""
     if preset.family == "resnet-layer3":
@@ -149,8 +139,6 @@ def build_preset_backbone(preset: EncoderPreset) -> nn.Module:
     if preset.family in ("transformers-vit", "transformers-dinov2"):
         import transformers
 
-        _import_auto_classes_first()
-
         if preset.family == "transformers-vit":
             model = transformers.ViTModel(transformers.ViTConfig(**preset.kwargs), add_pooling_layer=False)
         else:
@@ -163,7 +151,6 @@ def load_transformers_preset(preset: EncoderPreset, name_or_path: str | Path) ->
     """A transformers preset with its weights: ``from_pretrained`` of the Hub repo (HF cache) or a local folder."""
     import transformers
 
-    _import_auto_classes_first()
     model_class = getattr(transformers, preset.architecture)
     extra = {"add_pooling_layer": False} if preset.family == "transformers-vit" else {}
     try:

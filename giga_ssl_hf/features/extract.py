@@ -13,7 +13,6 @@ size, µm/px, normalisation), which trained models carry and check.
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from giga_ssl_hf.features.assemble import assemble_datasets
@@ -107,7 +106,7 @@ def format_summary(summary: ExtractionSummary) -> str:
             f"  waited for {len(summary.busy)} slide(s) another process held: {', '.join(summary.busy)}"
         )
     if summary.waiting_for:
-        share, count = summary.share
+        share, count = summary.shard
         lines.append(
             f"share {share}/{count} done; the last share to finish assembles the Datasets (not finished: "
             f"{', '.join(f'{i}/{count}' for i in summary.waiting_for)}; or: giga-ssl extract --assemble "
@@ -120,5 +119,6 @@ def format_summary(summary: ExtractionSummary) -> str:
 
 
 if __name__ == "__main__":  # `accelerate launch` / `torchrun` ... -m giga_ssl_hf.features.extract
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sys.exit(main())
+    from giga_ssl_hf.cli import main as giga_ssl
+
+    sys.exit(giga_ssl(["extract", *sys.argv[1:]]))  # starts as `giga-ssl extract` does (logging, OpenMP)

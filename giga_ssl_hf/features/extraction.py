@@ -67,7 +67,7 @@ class ExtractionSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     busy: list[str] = field(default_factory=list)  # held by another live process when reached: waited for
-    share: tuple[int, int] | None = None  # (I, N) when this process ran share I of N
+    shard: tuple[int, int] | None = None  # (I, N) when this process ran share I of N
     waiting_for: list[int] = field(default_factory=list)  # shares not done yet: the last one assembles
     unsupported_files: list[Path] = field(default_factory=list)  # in the input folders, not slide formats
     n_tiles: int = 0  # tissue tiles of the slides done by this run
@@ -102,21 +102,21 @@ def _find_inputs(
     return slides, unsupported
 
 
-def _share_of(
-    slides: list[SlideEntry], shard: tuple[int, int] | None
+def _shard_of(
+    slides: list[SlideEntry], asked: tuple[int, int] | None
 ) -> tuple[tuple[int, int] | None, list[SlideEntry]]:
-    """(share I of N this process runs, or None; its slides)."""
+    """(the shard (I, N) this process runs: ``asked``, the launcher's or None; the slides of its share)."""
     launched = sharding.launcher_share()
-    if shard is not None and launched is not None:
+    if asked is not None and launched is not None:
         raise ValueError("--shard splits the slides by itself: run it without a multi-process launcher")
-    share = shard or launched
-    if share is None:
+    shard = asked or launched
+    if shard is None:
         return None, slides
     # Every process computes the same split from the whole list, whatever is already done.
     owners = sharding.assign_shares(
-        [e.path.stat().st_size for e in slides], [e.slide_id for e in slides], share[1]
+        [e.path.stat().st_size for e in slides], [e.slide_id for e in slides], shard[1]
     )
-    return share, [e for e, owner in zip(slides, owners) if owner == share[0]]
+    return shard, [e for e, owner in zip(slides, owners) if owner == shard[0]]
 
 
 def _finished(previous: dict | None, passes) -> bool:
@@ -260,20 +260,20 @@ def _extract_todo(
 
 def _others_done(summary: ExtractionSummary, key: str, job, store, wait_for_shares: bool) -> bool:
     """Mark this share done; whether every share is (this process then assembles the Datasets)."""
-    out_dir, share = summary.out_dir, summary.share
-    sharding.mark_share_done(out_dir, *share, key, [e.slide_id for e in job])
-    summary.waiting_for = sharding.unfinished_shares(out_dir, share[1], key)
+    out_dir, shard = summary.out_dir, summary.shard
+    sharding.mark_share_done(out_dir, *shard, key, [e.slide_id for e in job])
+    summary.waiting_for = sharding.unfinished_shares(out_dir, shard[1], key)
     if summary.waiting_for and wait_for_shares:
-        logger.info("share %d/%d done; waiting for shares %s", *share, summary.waiting_for)
+        logger.info("share %d/%d done; waiting for shares %s", *shard, summary.waiting_for)
         while summary.waiting_for:
             time.sleep(2.0)
-            summary.waiting_for = sharding.unfinished_shares(out_dir, share[1], key)
+            summary.waiting_for = sharding.unfinished_shares(out_dir, shard[1], key)
     if not summary.waiting_for:
         return True
     logger.info(
         "share %d/%d done; the last share to finish assembles the Datasets (still running: %s)",
-        *share,
-        ", ".join(f"{i}/{share[1]}" for i in summary.waiting_for),
+        *shard,
+        ", ".join(f"{i}/{shard[1]}" for i in summary.waiting_for),
     )
     with store.disk_full_names("the manifest of " + str(out_dir)):
         write_manifest(store.records(), out_dir)
@@ -316,7 +316,7 @@ def extract_slides(
     on the inputs (slides, settings, encoder weights) runs before anything is written; a full disk raises
     :class:`~giga_ssl_hf.features.store.DiskFullError` after removing what was half-written. The keyword
     arguments are :class:`~giga_ssl_hf.features.extraction_settings.ExtractionRun`'s fields, checked by it as
-    the command line's are: ``shard=(I, N)`` (or a launcher's ``RANK`` / ``WORLD_SIZE``) runs share I of N,
+    the command line's are: ``shard_spec="I/N"`` (or a launcher's ``RANK`` / ``WORLD_SIZE``) runs share I of N,
     and the last share to finish builds the Datasets; with ``wait_for_shares`` every share waits for the
     others and returns with the Datasets (for callers that go on with them, such as the pipeline).
     """
@@ -360,7 +360,7 @@ def _run_in_folder(
     with locks.hold(".setup", poll_seconds=0.1):
         discard = claim_settings(out_dir, config, store, run.overwrite, locks)
     slides, summary.unsupported_files = _find_inputs(run.inputs, run.recursive, run.slides_csv)
-    summary.share, job = _share_of(slides, run.share)
+    summary.shard, job = _shard_of(slides, run.shard)
     todo, summary.skipped = _plan(job, store, passes, redo_all=discard or run.overwrite)
     _log_plan(summary)
     runner = build_runner(config, run.device) if todo else None
@@ -373,7 +373,7 @@ def _run_in_folder(
     redo = run.overwrite or discard
     _extract_todo(todo, runner, config, slide_options, store, summary, locks, redo, run.progress)
     summary.seconds = time.perf_counter() - start
-    if summary.share is not None:
+    if summary.shard is not None:
         key = sharding.run_key([e.slide_id for e in slides], passes)
         if not _others_done(summary, key, job, store, wait_for_shares):
             return

@@ -125,10 +125,11 @@ class ExtractionRun:
         "stem) and 'mpp' (that slide's level-0 µm/px, as --mpp for it alone)",
     )
     recursive: bool = option(False, "list folders with all their subfolders (slide ids must stay unique)")
-    shard: str | None = option(
+    shard_spec: str | None = option(
         None,
         "run share I of N of the slides (0-based; for job arrays without a launcher: Slurm "
         "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT); the last share to finish assembles the Datasets",
+        flag="--shard",
         metavar="I/N",
     )
     assemble: Path | None = option(
@@ -159,12 +160,11 @@ class ExtractionRun:
     thumbnails: bool = option(False, "write OUT/thumbnails/<slide_id>.png (tissue outline + kept tiles)")
     overwrite: bool = option(False, "redo slides already extracted in --out")
     progress: bool = option(True, "progress bars")
-    share: tuple[int, int] | None = field(init=False, default=None)  # --shard, parsed
+    shard: tuple[int, int] | None = field(init=False, default=None)  # (I, N): shard_spec parsed
 
     def __post_init__(self):
         self.inputs = tuple(self.inputs)
-        # the command line's "I/N", or (I, N) from a library caller
-        self.share = parse_shard(self.shard) if isinstance(self.shard, str) else self.shard
+        self.shard = parse_shard(self.shard_spec) if self.shard_spec is not None else None
         if self.assemble is not None:
             return
         if self.out is None or not (self.inputs or self.slides_csv):

@@ -42,8 +42,13 @@ def mean_pool_folder(features: str) -> tuple[np.ndarray, np.ndarray]:
     return mean_pool(load_tile_dataset(resolve_tile_dataset_dir(features, EXHAUSTIVE)))
 
 
-def standardise_over_slides(values: np.ndarray) -> np.ndarray:
-    """Z-score each column over the slides, scaled by 1/sqrt(D) so that a row has unit norm on average."""
-    std = values.std(axis=0)
-    centred = (values - values.mean(axis=0)) / np.where(std > 0, std, 1.0)
+def standardise_over_slides(
+    values: np.ndarray, mean: np.ndarray | None = None, std: np.ndarray | None = None
+) -> np.ndarray:
+    """Z-score each column over the slides, scaled by 1/sqrt(D) so that a row has unit norm on average.
+    ``mean`` and ``std`` (default: the columns' own over ``values``) apply the statistics of another set of rows
+    (the hybrid heatmap standardises each tile's feature as its cohort's slide means were)."""
+    mean = values.mean(axis=0) if mean is None else np.asarray(mean)
+    std = values.std(axis=0) if std is None else np.asarray(std)
+    centred = (values - mean) / np.where(std > 0, std, 1.0)
     return (centred / np.sqrt(values.shape[1])).astype(np.float32)

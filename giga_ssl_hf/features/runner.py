@@ -38,8 +38,8 @@ def build_runner(config: ExtractionConfig, device: str) -> EncoderRunner:
     """
     from huggingface_hub import constants
 
-    from giga_ssl_hf.checkpoints import check_weights_file
     from giga_ssl_hf.features.encoder_presets import PRESETS, WeightsUnavailableError, download_preset_weights
+    from giga_ssl_hf.weight_files import check_weights_file
 
     if config.weights is not None and Path(config.weights).is_file():
         check_weights_file(config.weights)  # a wrong or truncated file, before torch is imported

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import secrets
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -134,7 +135,14 @@ def write_tile_dataset(
 
 
 def _write_shards(rows: Iterable[dict], folder: Path, schema: datasets.Features) -> list[str]:
-    """Stream ``rows`` into ``data-NNNNN.arrow`` shards of about :data:`SHARD_BYTES`; their final names."""
+    """Stream ``rows`` into ``data-NNNNN.arrow`` shards of about :data:`SHARD_BYTES`; their final names.
+
+    Through ``datasets``' own writer (what ``save_to_disk`` uses; not exported at the top level): the public
+    route, ``Dataset.from_generator`` into a cache folder then ``save_to_disk``, holds the same memory but
+    writes every byte twice (twice the disk; +10-65% time on 150,000 x 2,560 slides) and lets ``save_to_disk``
+    size record batches by the average row, so a large slide shares its chunk with small ones beyond
+    :data:`MAX_BATCH_VALUES` (near the row limit, past the int32 offsets): ``benchmarks/bench_tile_writer.py``.
+    """
     from datasets.arrow_writer import ArrowWriter
 
     from giga_ssl_hf.contracts.tile_features import MAX_BATCH_VALUES, check_row_size
@@ -158,11 +166,14 @@ def _write_shards(rows: Iterable[dict], folder: Path, schema: datasets.Features)
                     writer.close()
                 shards.append(folder / f"data-{len(shards):05d}.arrow")
                 writer, shard_bytes = ArrowWriter(features=schema, path=str(shards[-1])), 0
-            if batch_values + values > MAX_BATCH_VALUES or len(batch) == BATCH_ROWS:
+            if batch_values + values > MAX_BATCH_VALUES:
                 flush()
             batch.append(row)
             batch_values += values
             shard_bytes += np.asarray(row["features"]).nbytes + np.asarray(row["coords"]).nbytes
+            if batch_values >= MAX_BATCH_VALUES or len(batch) == BATCH_ROWS:
+                flush()  # now, before the next row is read: memory holds one full batch, not two
+            del row  # nor does this name hold a written row while the next one is read
         flush()
     finally:
         if writer is not None:
@@ -176,11 +187,9 @@ def _write_shards(rows: Iterable[dict], folder: Path, schema: datasets.Features)
 
 def _state(shard_names: list[str]) -> dict:
     """The ``state.json`` that ``Dataset.save_to_disk`` writes, for a plain Dataset of these shards."""
-    from datasets.fingerprint import generate_random_fingerprint
-
     return {
         "_data_files": [{"filename": name} for name in shard_names],
-        "_fingerprint": generate_random_fingerprint(),
+        "_fingerprint": secrets.token_hex(8),  # a random 64-bit fingerprint, as datasets makes one
         "_format_columns": None,
         "_format_kwargs": {},
         "_format_type": None,

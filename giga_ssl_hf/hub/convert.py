@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from giga_ssl_hf.checkpoints import safe_torch_load
 from giga_ssl_hf.contracts import TRAINING_SUMMARY_FILENAME
 from giga_ssl_hf.files import write_json
 from giga_ssl_hf.settings import SettingsParser, option, run_main
+from giga_ssl_hf.weight_files import safe_torch_load
 
 if TYPE_CHECKING:
     from giga_ssl_hf.models.gigassl import GigaSSLForContrastivePretraining, GigaSSLModel

@@ -68,7 +68,7 @@ def write_model_folder(
     else:
         encoder = GigaSSLModel.from_pretrained(model_dir)
     out.mkdir(parents=True, exist_ok=True)
-    # Registered for AutoModel by `import giga_ssl_hf`: writes the modeling files and `auto_map`.
+    # GigaSSLModel is registered for AutoModel (register_for_auto_class): writes the modeling files and `auto_map`.
     encoder.save_pretrained(out)
     summary_path = model_dir / TRAINING_SUMMARY_FILENAME
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None

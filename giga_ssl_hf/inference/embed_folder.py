@@ -41,7 +41,9 @@ def load_model(model_name_or_path: str, device: str, trust_remote_code: bool = F
     """A Giga-SSL model from a folder or the Hub, on ``device``, in eval mode."""
     from transformers import AutoModel
 
-    import giga_ssl_hf  # noqa: F401  (registers the GigaSSL classes with AutoModel)
+    from ..models.gigassl import register_auto_classes
+
+    register_auto_classes()
 
     if not Path(model_name_or_path).exists() and not _check_hub_id(model_name_or_path):
         raise FileNotFoundError(f"no model folder at {model_name_or_path} (and not a Hub repo id)")
@@ -55,7 +57,9 @@ def _model_config(model, trust_remote_code: bool):
         return model.config
     from transformers import AutoConfig
 
-    import giga_ssl_hf  # noqa: F401  (registers GigaSSLConfig with AutoConfig)
+    from ..models.gigassl import register_auto_classes
+
+    register_auto_classes()
 
     if not Path(model).exists() and not _check_hub_id(str(model)):
         return None  # load_model says what is wrong with the name
@@ -65,7 +69,7 @@ def _model_config(model, trust_remote_code: bool):
 def model_identity(model) -> dict:
     """The model's name (folder or Hub id), revision and weights' sha256 (what a saved probe is matched by;
     None for a model built in memory), as recorded beside its embeddings."""
-    from ..checkpoints import model_folder, weights_sha256
+    from ..weight_files import model_folder, weights_sha256
 
     name = str(getattr(model.config, "_name_or_path", ""))
     try:
@@ -117,12 +121,15 @@ def _checked_features(model, settings: EmbedSettings):
     return features_dir, dataset, skipped, features_encoder, model_encoder
 
 
-def _append_mean_pool(dataset, ids: np.ndarray, embeddings: np.ndarray, skipped) -> np.ndarray:
+def _append_mean_pool(dataset, ids: np.ndarray, embeddings: np.ndarray, skipped) -> tuple[np.ndarray, dict]:
+    """The hybrid embeddings and the statistics of their standardised half (the heatmap applies them to tiles)."""
     from ..features.pooling import mean_pool, standardise_over_slides
 
     mean_ids, means = mean_pool(dataset, exclude=set(skipped))
     assert mean_ids.tolist() == ids.tolist()  # both in the Dataset's row order, same slides left out
-    return np.concatenate([embeddings, standardise_over_slides(means)], axis=1)
+    mean, std = means.mean(axis=0, dtype=np.float64), means.std(axis=0, dtype=np.float64)
+    hybrid = np.concatenate([embeddings, standardise_over_slides(means, mean, std)], axis=1)
+    return hybrid, {"mean_pool_mean": mean.tolist(), "mean_pool_std": std.tolist()}
 
 
 def embed_to_folder(settings: EmbedSettings, model=None) -> Path:
@@ -150,8 +157,9 @@ def embed_to_folder(settings: EmbedSettings, model=None) -> Path:
         model, dataset, settings.tile_sampling, settings.n_views, settings.n_tiles, settings.seed,
         settings.max_views_per_batch, exclude=set(skipped),
     )  # fmt: skip
+    statistics = {}
     if settings.concat_mean_pool:
-        embeddings = _append_mean_pool(dataset, ids, embeddings, skipped)
+        embeddings, statistics = _append_mean_pool(dataset, ids, embeddings, skipped)
     metadata = {
         **model_identity(model),
         "tile_sampling": settings.tile_sampling,
@@ -164,6 +172,7 @@ def embed_to_folder(settings: EmbedSettings, model=None) -> Path:
         "features": str(features_dir),
         "skipped_slides": skipped,
         "tile_encoder": features_encoder or model_encoder,
+        **statistics,
     }
     out = save_embeddings(settings.out, ids, embeddings, metadata, settings.npy)
     logger.info("wrote %d slide embeddings to %s", len(ids), out)

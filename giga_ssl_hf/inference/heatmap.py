@@ -7,7 +7,8 @@ Writes ``OUT/<slide_id>.png`` (the scores as coloured tiles over the slide's thu
 ``--slides-dir``, else on the bare tile grid, with a colour bar naming the class), ``OUT/tile_scores.parquet``
 (``slide_id``, ``x``, ``y``: the tile's level-0 top-left corner, ``score``) and, with ``--geojson``,
 ``OUT/<slide_id>.geojson`` for QuPath (:mod:`giga_ssl_hf.inference.heatmap_geojson`). Methods: see
-:mod:`giga_ssl_hf.inference.tile_scores`; drawing: :mod:`giga_ssl_hf.inference.heatmap_plot`. The settings are
+:mod:`giga_ssl_hf.inference.own_tiles` (the default), :mod:`giga_ssl_hf.inference.tile_scores`,
+:mod:`giga_ssl_hf.inference.input_attributions`; hybrid probes: :mod:`giga_ssl_hf.inference.hybrid_scores`; drawing: :mod:`giga_ssl_hf.inference.heatmap_plot`. The settings are
 :class:`HeatmapSettings`, from which the command line is generated; :func:`write_heatmaps` does the work.
 """
 
@@ -33,6 +34,7 @@ from giga_ssl_hf.inference.heatmap_plot import (
     scores_schema,
     write_scores_table,
 )
+from giga_ssl_hf.inference.hybrid_scores import HybridProbe, is_hybrid
 from giga_ssl_hf.runtime import resolve_device
 from giga_ssl_hf.settings import SettingsParser, option, run_main
 
@@ -54,12 +56,16 @@ class HeatmapSettings:
     out: Path | None = option(None, "Output folder.", required=True)
     slides_dir: Path | None = option(None, "Folder of the slide files (file stem = slide_id).")
     slide_ids: tuple[str, ...] | None = option(None, "Slides to map (default: all).")
-    method: Literal["embedding", "occlusion"] = option("embedding", "How tiles are scored.")
+    method: Literal["tiles", "embedding", "integrated-gradients", "occlusion"] = option(
+        "tiles", "How tiles are scored (see below)."
+    )
     slide_embedding: Literal["views", "one-pass"] = option(
         "views",
-        "What the embedding method's tile scores add up to: the slide embedding the probe scores (the views "
-        "recorded in the probe: tile_sampling, n_views, n_tiles, seed) or one pass of all the tiles.",
+        "What the scores of tiles, embedding and integrated-gradients add up to: the slide embedding the probe "
+        "scores (the views recorded in the probe: tile_sampling, n_views, n_tiles, seed) or one pass of all the "
+        "tiles.",
     )
+    ig_steps: int = option(32, "Integrated gradients: points on the path from the baseline.")
     class_name: str | None = option(
         None, "Class to score (default: the probe's last class).", flag="--class", metavar="CLASS_NAME"
     )
@@ -85,6 +91,8 @@ class HeatmapSettings:
             raise ValueError("--max-tiles-per-pass must be positive and --thumbnail-size at least 64")
         if self.occlusion_radius < 0 or self.occlusion_stride < 1:
             raise ValueError("--occlusion-radius must be >= 0 and --occlusion-stride >= 1")
+        if self.ig_steps < 1:
+            raise ValueError("--ig-steps must be positive")
         if self.slides_dir is not None and not Path(self.slides_dir).is_dir():
             raise ValueError(f"--slides-dir {self.slides_dir}: no such folder")
 
@@ -94,11 +102,21 @@ OUT/<slide_id>.png over the slide thumbnail (or the bare tile grid) and OUT/tile
 (slide_id, x, y, score)."""
 
 EPILOG = """methods:
-  embedding  each tile's additive share of the slide's log-odds of the class: the probe's intercept
-             plus the mean of the slide's tile scores is its log-odds (--slide-embedding: of the
-             embedding the probe scores, or of one pass of all tiles); 0 is neutral
+  tiles      each tile's own embedding (the tile through the encoder alone), plus an equal share of
+             what the slide embedding's context adds, through the probe: the probe's intercept plus
+             the mean of the slide's tile scores is its log-odds of the class (--slide-embedding: of
+             the embedding the probe scores, or of one pass of all tiles); 0 is neutral
+  embedding  the same additivity from the encoder's output sites, each shared by the tiles in its
+             window (only the tiles that the views drew get a share: blurred, partial maps)
+  integrated-gradients
+             integrated gradients of the slide's log-odds w.r.t. each tile's feature vector, from a
+             baseline where every tile is the slide's mean tile: the baseline's log-odds plus the mean
+             of the tile scores is the slide's (up to the path's quadrature error, logged)
   occlusion  drop of the slide's log-odds when the tiles within --occlusion-radius cells are removed
              (model-agnostic; one forward pass per tile, or per block with --occlusion-stride)
+
+A probe of hybrid embeddings (embed --concat-mean-pool) is decomposed by tiles and embedding: the
+encoder half as above plus the mean-pool half's weights on each tile's own feature.
 
 examples:
   giga-ssl heatmap --model runs/ssl/final --features out --probe probe --out heatmaps --slides-dir slides
@@ -135,13 +153,15 @@ def check_probe_model(probe: SavedProbe, model: str, allow_mismatch: bool) -> No
     """The probe must have been fit on embeddings of this model: the same weights (sha256 of the weight files,
     recorded by embed and carried by evaluate --save-probe), wherever the model now lies. Read from the files,
     before any weight is loaded, so that a mismatch is refused at once."""
-    from giga_ssl_hf.checkpoints import model_folder, weights_sha256
+    from giga_ssl_hf.weight_files import model_folder, weights_sha256
 
     folder = model_folder(model)
     if not (folder / "config.json").is_file():
         raise ValueError(f"--model {model}: no config.json there (not a saved model folder)")
     hidden_dim = json.loads((folder / "config.json").read_text()).get("hidden_dim")
-    if probe.embedding_dim != hidden_dim:
+    if is_hybrid(probe):
+        HybridProbe.split(probe, hidden_dim)  # refuses other dimensions, or no recorded mean-pool statistics
+    elif probe.embedding_dim != hidden_dim:
         raise ValueError(
             f"the probe takes {probe.embedding_dim}-d embeddings but the model's are {hidden_dim}-d"
         )
@@ -149,11 +169,12 @@ def check_probe_model(probe: SavedProbe, model: str, allow_mismatch: bool) -> No
         return
     recorded, given = probe.embedding_model_sha256, weights_sha256(folder)
     if recorded is None:
-        # Probes saved before the hash was recorded (never released) would be matched by path, which lets a
-        # model retrained in place meet its stale probe: they are re-saved instead.
+        # Embeddings of a model built in memory, or not written by giga-ssl embed, record no hash. Matching
+        # by path instead would let a model retrained in place meet its stale probe.
         raise ValueError(
-            "the probe records no hash of its model's weights (saved by an earlier version): embed again and "
-            "re-save it with giga-ssl evaluate --save-probe, or pass --allow-model-mismatch"
+            "the probe records no hash of its model's weights (its embeddings were not made by giga-ssl embed "
+            "from a saved model): embed with --model and re-save it with giga-ssl evaluate --save-probe, or "
+            "pass --allow-model-mismatch"
         )
     if recorded != given:
         raise ValueError(
@@ -237,6 +258,7 @@ def probe_views(probe: SavedProbe, slide_id: str, coords: np.ndarray, patch: int
 def score_slide(
     settings: HeatmapSettings, slide_id: str, model, features, coords, patch, probe, class_name
 ) -> np.ndarray:
+    from giga_ssl_hf.inference.own_tiles import own_tile_scores
     from giga_ssl_hf.inference.tile_scores import embedding_scores, occlusion_scores
 
     if settings.method == "occlusion":
@@ -245,9 +267,19 @@ def score_slide(
             settings.occlusion_stride, settings.max_tiles_per_pass,
         )  # fmt: skip
     views = probe_views(probe, slide_id, coords, patch) if settings.slide_embedding == "views" else None
-    return embedding_scores(
-        model, features, coords, patch, probe, class_name, settings.max_tiles_per_pass, views
-    )
+    if settings.method == "integrated-gradients":
+        from giga_ssl_hf.inference.input_attributions import integrated_gradient_scores
+
+        return integrated_gradient_scores(
+            model, np.asarray(features), coords, patch, probe, class_name, views, settings.ig_steps
+        )[0]
+    hybrid = HybridProbe.split(probe, model.config.hidden_dim) if is_hybrid(probe) else None
+    scorer = own_tile_scores if settings.method == "tiles" else embedding_scores
+    scores = scorer(
+        model, features, coords, patch, hybrid.encoder_half if hybrid else probe, class_name,
+        settings.max_tiles_per_pass, views,
+    )  # fmt: skip
+    return scores if hybrid is None else scores + hybrid.mean_pool_scores(features, class_name)
 
 
 def _draw(settings: HeatmapSettings, slide_id, slide_file, coords, scores, patch, class_name) -> None:
@@ -279,8 +311,12 @@ def write_heatmaps(settings: HeatmapSettings) -> int:
     dataset, slide_ids, wanted = _exhaustive_features(settings)
     _refuse_existing(settings.out, wanted, settings.overwrite, settings.geojson)
     previous = previous_scores(settings.out, settings.overwrite)
-    if settings.method == "embedding" and settings.slide_embedding == "views":
-        recorded_views(probe)  # a usage error before any work
+    if settings.method != "occlusion" and settings.slide_embedding == "views":
+        recorded_views(probe)
+    if is_hybrid(probe) and settings.method not in ("tiles", "embedding"):
+        raise ValueError(
+            "a probe of hybrid embeddings (--concat-mean-pool) is decomposed by --method tiles or embedding only"
+        )  # a usage error before any work
     slide_files = find_slide_files(settings.slides_dir)
     model = load_model(settings.model, resolve_device(settings.device), settings.trust_remote_code)
     settings.out.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,8 @@ def scores_schema():
 def score_label(method: str, class_name: str) -> str:
     if method == "occlusion":
         return f"drop in the slide's log-odds of '{class_name}' when removed"
+    if method == "integrated-gradients":
+        return f"contribution to the slide's log-odds of '{class_name}' (from its mean tile)"
     return f"contribution to the slide's log-odds of '{class_name}'"
 
 

@@ -1,6 +1,7 @@
 """Per-tile scores of a saved linear probe on one slide: where on the slide the prediction comes from.
 
-Two methods:
+Two methods here (``tiles``, the heatmap's default, builds on them: :mod:`~giga_ssl_hf.inference.own_tiles`;
+``integrated-gradients``: :mod:`~giga_ssl_hf.inference.input_attributions`):
 
 - ``embedding`` (additive): every tile of the slide goes through the encoder at once (whole-slide context) and
   gets its share of the slide embedding (:func:`tile_contributions`), whose mean over the tiles is the slide's

@@ -146,8 +146,7 @@ class TrainArguments:
     )
     resume_from_checkpoint: str | None = option(
         None,
-        "'latest' (OUTPUT_DIR/checkpoints/checkpoint_<step> of the highest step; step_<step> folders of earlier "
-        "versions count too) or a checkpoint path.",
+        "'latest' (OUTPUT_DIR/checkpoints/checkpoint_<step> of the highest step) or a checkpoint path.",
         managed=True,
         affects_results=False,
     )

@@ -2,9 +2,8 @@
 
 A checkpoint is ``OUTPUT_DIR/checkpoints/checkpoint_<step>``, written by ``accelerator.save_state()`` under
 ``ProjectConfiguration(automatic_checkpoint_naming=True)``. Accelerate numbers a save with its ``iteration``
-counter; it is set to the optimiser step before every save, so the number is the step (as in the
-``step_<step>`` folders that versions before the switch wrote with ``save_state(path)``), a resume needs no
-counter of its own, and the numbers order the checkpoints of both namings alike.
+counter; it is set to the optimiser step before every save, so the number is the step, a resume needs no
+counter of its own, and the numbers order the checkpoints.
 
 ``--save-total-limit`` is applied here, after a save, not through Accelerate's ``total_limit``: Accelerate
 deletes the oldest checkpoints before it writes the new one, so with a limit of 1 a save killed half-way (or a
@@ -22,8 +21,8 @@ from pathlib import Path
 from ..contracts.training_run import CHECKPOINTS_DIRNAME, LOGS_DIRNAME
 from ..settings import flag_of
 
-# checkpoint_<step>: Accelerate's automatic naming; step_<step>: written before the switch, still resumable.
-CHECKPOINT_NAME = re.compile(r"^(checkpoint|step)_(\d+)$")
+# Accelerate's automatic naming.
+CHECKPOINT_NAME = re.compile(r"^checkpoint_(\d+)$")
 
 
 def project_configuration(output_dir: Path):
@@ -37,25 +36,24 @@ def project_configuration(output_dir: Path):
     )
 
 
-def _step_of(path: Path) -> tuple[int, bool] | None:
-    """(step, written with the current naming) of a checkpoint folder, None for any other entry."""
+def _step_of(path: Path) -> int | None:
+    """The step of a checkpoint folder, None for any other entry."""
     match = CHECKPOINT_NAME.match(path.name)
-    return (int(match.group(2)), match.group(1) == "checkpoint") if match and path.is_dir() else None
+    return int(match.group(1)) if match and path.is_dir() else None
 
 
 def checkpoint_folders(output_dir: Path) -> list[Path]:
-    """The checkpoints in ``OUTPUT_DIR/checkpoints`` (either naming), oldest first: by step, and at the same
-    step the current naming last (it was written by a resumed run, after the old one)."""
+    """The checkpoints in ``OUTPUT_DIR/checkpoints``, oldest (lowest step) first."""
     found = [
-        (key, path)
-        for path in (Path(output_dir) / CHECKPOINTS_DIRNAME).glob("*_*")
-        if (key := _step_of(path))
+        (step, path)
+        for path in (Path(output_dir) / CHECKPOINTS_DIRNAME).glob("checkpoint_*")
+        if (step := _step_of(path)) is not None
     ]
     return [path for _, path in sorted(found)]
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The checkpoint of the highest step in ``OUTPUT_DIR/checkpoints`` (either naming), or None."""
+    """The checkpoint of the highest step in ``OUTPUT_DIR/checkpoints``, or None."""
     folders = checkpoint_folders(output_dir)
     return folders[-1] if folders else None
 
@@ -81,9 +79,9 @@ def refuse_foreign_entries(output_dir: Path) -> None:
     for path in sorted(directory.iterdir()):
         if _step_of(path) is None:
             raise ValueError(
-                f"{path}: not a checkpoint; {directory} holds only the run's checkpoint_<step> folders "
-                f"(step_<step> from earlier versions), which {flag_of('resume_from_checkpoint')} latest and "
-                f"{flag_of('save_total_limit')} order by step: move it elsewhere, then run again"
+                f"{path}: not a checkpoint; {directory} holds only the run's checkpoint_<step> folders, which "
+                f"{flag_of('resume_from_checkpoint')} latest and {flag_of('save_total_limit')} order by step: "
+                "move it elsewhere, then run again"
             )
 
 

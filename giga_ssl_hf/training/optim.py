@@ -58,35 +58,10 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float)
         from timm.optim import param_groups_weight_decay
 
         # No weight decay on biases and normalisation parameters (1-D tensors), as every SimCLR recipe does.
-        adam = torch.optim.Adam(param_groups_weight_decay(model, weight_decay), lr=lr)
-        adam.register_load_state_dict_pre_hook(_one_group_to_weight_decay_groups(model))
-        return adam
+        return torch.optim.Adam(param_groups_weight_decay(model, weight_decay), lr=lr)
     if name == "lars":
         return LARS(model.parameters(), lr=lr, weight_decay=weight_decay)
     raise ValueError(f"optimizer must be 'adam' or 'lars', got {name!r}")
-
-
-def _one_group_to_weight_decay_groups(model: nn.Module):
-    """Load-state pre-hook: an Adam state of one parameter group (``model.parameters()`` order), as checkpoints
-    written before the weight-decay groups hold, redistributed over the optimiser's groups."""
-    position = {id(parameter): index for index, parameter in enumerate(model.parameters())}
-
-    def hook(optimizer: torch.optim.Optimizer, state_dict: dict) -> dict | None:
-        if len(state_dict["param_groups"]) != 1 or len(optimizer.param_groups) == 1:
-            return None
-        (saved,) = state_dict["param_groups"]
-        old_index = [position[id(p)] for group in optimizer.param_groups for p in group["params"]]
-        state = {
-            new: state_dict["state"][old] for new, old in enumerate(old_index) if old in state_dict["state"]
-        }
-        groups, start = [], 0
-        for group in optimizer.param_groups:
-            end = start + len(group["params"])
-            groups.append({**saved, "weight_decay": group["weight_decay"], "params": list(range(start, end))})
-            start = end
-        return {"state": state, "param_groups": groups}
-
-    return hook
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int):
@@ -106,9 +81,3 @@ def warmup_cosine(warmup_steps: int, total_steps: int):
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
-
-
-def follow_resumed_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
-    """After a resume: every parameter group follows the schedule from its peak rate, including groups that a
-    checkpoint written before the weight-decay groups did not have (its schedule holds one base rate)."""
-    scheduler.base_lrs = [group["initial_lr"] for group in scheduler.optimizer.param_groups]

@@ -53,8 +53,8 @@ def check_resumed_settings(checkpoint: Path, settings: dict, allow_changed: bool
     a difference outside :data:`MAY_CHANGE` raises ValueError unless ``allow_changed``."""
     path = checkpoint.resolve().parent.parent / SETTINGS_FILENAME
     if not path.is_file():
-        logger.warning("%s: no %s (written by an earlier version): the settings cannot be compared", path.parent,
-                       SETTINGS_FILENAME)  # fmt: skip
+        logger.warning("%s: no %s (a checkpoint moved out of its run folder?): the settings cannot be compared",
+                       path.parent, SETTINGS_FILENAME)  # fmt: skip
         return
     recorded = json.loads(path.read_text())
     names = sorted(set(recorded) | set(settings))

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..checkpoints import load_state_dict_file
 from ..contracts.training_run import CHECKPOINTS_DIRNAME, FINAL_DIRNAME
 from ..settings import flag_of
+from ..weight_files import load_state_dict_file
 from .arguments import DataArguments, ModelArguments, TrainArguments
 from .checkpointing import TrainingProgress, find_checkpoint, refuse_foreign_entries
 from .run_settings import check_resumed_settings, record_settings, run_settings
@@ -90,6 +90,9 @@ def load_init_model(name_or_path: str):
     """The slide encoder (:class:`GigaSSLModel`) of a trained model folder or Hub id, for ``--init-from``."""
     from transformers import AutoModel
 
+    from ..models.gigassl import register_auto_classes
+
+    register_auto_classes()
     model = _init_source(name_or_path, AutoModel.from_pretrained)
     return getattr(model, "gigassl", model)
 
@@ -285,8 +288,5 @@ def _prepare(
 
 
 def _resume(run: TrainingRun, checkpoint: Path) -> None:
-    from .optim import follow_resumed_schedule
-
     run.accelerator.load_state(str(checkpoint))
-    follow_resumed_schedule(run.scheduler)
     logger.info("resumed from %s at step %d", checkpoint, run.progress.step)

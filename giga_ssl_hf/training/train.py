@@ -39,5 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(build_parser(), run, argv)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `accelerate launch` / `torchrun` ... -m giga_ssl_hf.training.train
+    from giga_ssl_hf.cli import main as giga_ssl
+
+    sys.exit(giga_ssl(["train", *sys.argv[1:]]))  # starts as `giga-ssl train` does (logging, OpenMP)

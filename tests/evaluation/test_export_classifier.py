@@ -13,7 +13,7 @@ import torch
 
 from giga_ssl_hf.contracts.slide_embeddings import load_embeddings
 from giga_ssl_hf.contracts.tile_features import TileArrays, load_tile_dataset
-from giga_ssl_hf.evaluation.linear_probe import main
+from giga_ssl_hf.evaluation.evaluate_command import main
 from giga_ssl_hf.evaluation.saved_probe import SavedProbe
 from giga_ssl_hf.inference.embed import EmbedSettings, embed_to_folder
 from giga_ssl_hf.inference.views import slide_views

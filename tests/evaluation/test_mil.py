@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from giga_ssl_hf.evaluation.linear_probe import main
+from giga_ssl_hf.evaluation.evaluate_command import main
 from giga_ssl_hf.evaluation.mil import grid_edges, mil_baseline
 from giga_ssl_hf.evaluation.mil_recipe import MILRecipe
 from giga_ssl_hf.evaluation.probe import evaluate_embeddings

@@ -8,7 +8,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from giga_ssl_hf.contracts import PROBE_CONFIG, PROBE_WEIGHTS
-from giga_ssl_hf.evaluation.linear_probe import main
+from giga_ssl_hf.evaluation.evaluate_command import main
 from giga_ssl_hf.evaluation.saved_probe import SavedProbe, fit_saved_probe
 
 from .synthetic import planted, write_dataset, write_labels

@@ -11,7 +11,7 @@ from sklearn.preprocessing import StandardScaler
 
 from giga_ssl_hf.contracts import NO_AUGMENTATION
 from giga_ssl_hf.contracts.tile_features import tile_features_schema
-from giga_ssl_hf.evaluation.linear_probe import main
+from giga_ssl_hf.evaluation.evaluate_command import main
 from giga_ssl_hf.evaluation.probe import evaluate_embeddings, fit_predict, parse_c
 
 from .synthetic import write_labels, write_npy

@@ -15,6 +15,7 @@ import pytest
 
 from giga_ssl_hf.contracts import read_metadata
 from giga_ssl_hf.features.extract import ExtractionConfig, extract_slides, main
+from giga_ssl_hf.features.extraction_settings import ExtractionRun
 from giga_ssl_hf.features.settings_check import settings_key
 from giga_ssl_hf.features.sharding import (
     SlideLocks,
@@ -75,6 +76,12 @@ def test_parse_shard():
     for bad in ("4/4", "-1/2", "1", "a/b"):
         with pytest.raises(ValueError, match="I/N"):
             parse_shard(bad)
+
+
+def test_the_shard_flag_text_and_its_parsed_shard_have_their_own_names(tmp_path):
+    run = ExtractionRun(inputs=(str(CMU),), out=tmp_path / "out", shard_spec="1/4")
+    assert (run.shard_spec, run.shard) == ("1/4", (1, 4))
+    assert ExtractionRun(inputs=(str(CMU),), out=tmp_path / "out").shard is None
 
 
 def test_bad_shard_is_a_usage_error(tmp_path, capsys):
@@ -319,7 +326,7 @@ def test_a_share_waiting_for_the_others_returns_with_the_datasets(tmp_path):
 
     def first_share():
         results[0] = extract_slides(
-            [slides], out, FAST_CONFIG, progress=False, shard=(0, 2), wait_for_shares=True
+            [slides], out, FAST_CONFIG, progress=False, shard_spec="0/2", wait_for_shares=True
         )
 
     waiting = threading.Thread(target=first_share)
@@ -328,7 +335,7 @@ def test_a_share_waiting_for_the_others_returns_with_the_datasets(tmp_path):
     while not (out / "shares" / "0-of-2.json").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert waiting.is_alive()  # share 0/2 is done and waits for 1/2
-    results[1] = extract_slides([slides], out, FAST_CONFIG, progress=False, shard=(1, 2))
+    results[1] = extract_slides([slides], out, FAST_CONFIG, progress=False, shard_spec="1/2")
     waiting.join(timeout=120)
     assert not waiting.is_alive()
     assert set(results[0].datasets) == set(results[1].datasets) == set(PASSES)

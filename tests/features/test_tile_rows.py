@@ -1,5 +1,8 @@
 """The tile-feature writer: record batches bounded in values, several shards, rows read back whole."""
 
+import gc
+import weakref
+
 import datasets
 import numpy as np
 import pytest
@@ -56,6 +59,29 @@ def test_rows_are_batched_by_values_and_sharded_by_bytes(tmp_path, monkeypatch):
     np.testing.assert_array_equal(
         TileArrays.from_dataset(picked).row(0)[0], list(rows(counts))[5]["features"]
     )
+
+
+def test_a_full_batch_is_written_before_the_next_row_is_read(tmp_path, monkeypatch):
+    """Memory holds one batch: a slide that fills it is written out before the next slide is loaded."""
+    monkeypatch.setattr(tile_features, "MAX_BATCH_VALUES", 100 * DIM)
+    features_of_rows_given, previous_alive = [], []
+
+    def row(index: int) -> dict:
+        features = np.full((150, DIM), index, dtype=np.float16)  # 150 tiles: a full batch alone
+        features_of_rows_given.append(weakref.ref(features))
+        return {**next(rows([0], seed=index)), "features": features, "coords": np.zeros((150, 2), np.int64)}
+
+    def slides():
+        for index in range(3):
+            if features_of_rows_given:
+                gc.collect()
+                previous_alive.append(features_of_rows_given[-1]() is not None)
+            yield row(index)
+
+    write_tile_dataset(slides(), tmp_path / "ds", DIM, "float16", {})
+    assert previous_alive == [False, False]
+    arrays = TileArrays.from_dataset(load_tile_dataset(tmp_path / "ds"))
+    assert [float(arrays.row(index)[0][0, 0]) for index in range(3)] == [0.0, 1.0, 2.0]
 
 
 def test_a_row_beyond_the_arrow_offsets_is_refused_before_anything_is_written(tmp_path):

@@ -31,6 +31,7 @@ import giga_ssl_hf
 from giga_ssl_hf.cli import main
 
 out = Path(sys.argv[1])
+giga_ssl_hf.register_auto_classes()
 model = AutoModel.from_pretrained({model!r}).eval()
 assert type(model).__module__.startswith("giga_ssl_hf"), type(model).__module__
 with torch.no_grad():

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from giga_ssl_hf.evaluation.linear_probe import main as evaluate_main
+from giga_ssl_hf.evaluation.evaluate_command import main as evaluate_main
 
 from .conftest import hub_env, serve_repos
 

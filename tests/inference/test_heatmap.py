@@ -18,7 +18,8 @@ from giga_ssl_hf.evaluation.saved_probe import SavedProbe, fit_saved_probe
 from giga_ssl_hf.features.synthetic_features import synthetic_region_cohort, synthetic_tile_dataset
 from giga_ssl_hf.inference.embed import EmbedSettings, embed_to_folder
 from giga_ssl_hf.inference.heatmap import probe_views
-from giga_ssl_hf.inference.tile_scores import embedding_scores, occlusion_scores, tile_cells, tile_embeddings
+from giga_ssl_hf.inference.own_tiles import own_tile_scores
+from giga_ssl_hf.inference.tile_scores import occlusion_scores, tile_cells, tile_embeddings
 
 PATCH = 448
 
@@ -172,7 +173,7 @@ def test_heatmap_cli_writes_pngs_and_the_score_table(heatmap_inputs, shared_dir,
         part = table[table["slide_id"] == slide]
         np.testing.assert_array_equal(part[["x", "y"]].to_numpy(), coords)
         views = probe_views(probe, slide, coords, PATCH)  # the views `embed` averaged for the probe
-        expected = embedding_scores(model, features, coords, PATCH, probe, probe.default_class, views=views)
+        expected = own_tile_scores(model, features, coords, PATCH, probe, probe.default_class, views=views)
         np.testing.assert_allclose(part["score"].to_numpy(), expected, rtol=1e-5, atol=1e-5)
         collection = json.loads((root / "maps" / f"{slide}.geojson").read_text())
         measured = [f["properties"]["measurements"]["score"] for f in collection["features"]]
@@ -259,7 +260,7 @@ def test_the_probe_is_matched_with_the_model_by_the_content_of_its_weights(heatm
         cli_main([*argv, "--model", str(root / "model"), "--out", str(root / "b"), "--allow-model-mismatch"])
         == 0
     )
-    # A probe that records no hash (saved by an earlier version) is refused with what to do.
+    # A probe that records no hash (embeddings not made by giga-ssl embed) is refused with what to do.
     config = json.loads((root / "probe" / "probe.json").read_text())
     del config["embeddings"]["metadata"]["model_sha256"]
     (root / "probe" / "probe.json").write_text(json.dumps(config))

@@ -1,5 +1,5 @@
-"""Which checkpoint `--resume-from-checkpoint latest` picks among both namings; pruning after a save; what
-`checkpoints/` may hold."""
+"""Which checkpoint `--resume-from-checkpoint latest` picks; pruning after a save; what `checkpoints/` may
+hold."""
 
 import pytest
 import torch
@@ -13,22 +13,20 @@ from giga_ssl_hf.training.checkpointing import (
 from giga_ssl_hf.training.train import main
 
 
-def test_latest_is_the_highest_step_of_either_naming(tmp_path):
+def test_latest_is_the_highest_step(tmp_path):
     checkpoints = tmp_path / "checkpoints"
     assert latest_checkpoint(tmp_path) is None
     with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
         find_checkpoint(tmp_path, "latest")
-    for name in ("step_4", "step_8", "checkpoint_6", "checkpoint_x", "logs"):
+    for name in ("checkpoint_4", "checkpoint_10", "checkpoint_6", "checkpoint_x", "step_40", "logs"):
         (checkpoints / name).mkdir(parents=True)
     (checkpoints / "checkpoint_20").write_text("not a folder")
-    assert find_checkpoint(tmp_path, "latest") == checkpoints / "step_8"  # written before the switch
-    (checkpoints / "checkpoint_8").mkdir()
-    assert find_checkpoint(tmp_path, "latest") == checkpoints / "checkpoint_8"  # same step: the newer naming
+    assert find_checkpoint(tmp_path, "latest") == checkpoints / "checkpoint_10"  # by step, not by name
     (checkpoints / "checkpoint_12").mkdir()
     assert find_checkpoint(tmp_path, "latest") == checkpoints / "checkpoint_12"
-    assert find_checkpoint(tmp_path, str(checkpoints / "step_4")) == checkpoints / "step_4"
+    assert find_checkpoint(tmp_path, str(checkpoints / "checkpoint_4")) == checkpoints / "checkpoint_4"
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
-        find_checkpoint(tmp_path, str(checkpoints / "step_5"))
+        find_checkpoint(tmp_path, str(checkpoints / "checkpoint_5"))
 
 
 @pytest.fixture
@@ -46,7 +44,7 @@ def accelerator(tmp_path):
 
 def test_a_limit_of_one_keeps_the_last_complete_checkpoint_through_a_failed_save(accelerator, tmp_path):
     checkpoints = tmp_path / "checkpoints"
-    (checkpoints / "step_1").mkdir(parents=True)  # written before the switch: pruned alike
+    (checkpoints / "checkpoint_1").mkdir(parents=True)
     save_checkpoint(accelerator, 2, total_limit=1)
     assert sorted(path.name for path in checkpoints.iterdir()) == ["checkpoint_2"]
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from giga_ssl_hf.training.losses import NTXentLoss
-from giga_ssl_hf.training.optim import LARS, build_optimizer, follow_resumed_schedule, warmup_cosine
+from giga_ssl_hf.training.optim import LARS, build_optimizer, warmup_cosine
 
 
 def test_warmup_then_cosine_to_zero():
@@ -67,29 +67,6 @@ def test_adam_leaves_biases_and_normalisation_parameters_without_weight_decay():
     optimizer.step()  # zero gradients: only weight decay moves a parameter
     for old, new in zip(before, model.parameters()):
         assert torch.equal(old, new) == (new.ndim == 1), new.shape
-
-
-def test_a_one_group_adam_state_of_earlier_versions_resumes_in_the_weight_decay_groups():
-    model = _model_with_norms()
-    earlier = torch.optim.Adam(model.parameters(), lr=0.1, weight_decay=0.5)  # what earlier versions built
-    earlier_schedule = torch.optim.lr_scheduler.LambdaLR(earlier, warmup_cosine(2, 10))
-    for _ in range(3):
-        for parameter in model.parameters():
-            parameter.grad = torch.randn_like(parameter)
-        earlier.step()
-        earlier_schedule.step()
-    optimizer = build_optimizer(model, "adam", lr=0.1, weight_decay=0.5)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(2, 10))
-    optimizer.load_state_dict(earlier.state_dict())
-    schedule.load_state_dict(earlier_schedule.state_dict())
-    follow_resumed_schedule(schedule)
-    for parameter in model.parameters():
-        for name in ("exp_avg", "exp_avg_sq", "step"):
-            assert torch.equal(optimizer.state[parameter][name], earlier.state[parameter][name]), name
-    assert sorted(group["weight_decay"] for group in optimizer.param_groups) == [0.0, 0.5]
-    schedule.step()
-    earlier_schedule.step()
-    assert {group["lr"] for group in optimizer.param_groups} == {earlier.param_groups[0]["lr"]}
 
 
 def test_nt_xent_module_prefers_aligned_views():

@@ -1,6 +1,5 @@
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -243,35 +242,6 @@ def test_another_mixed_precision_in_the_same_process_is_refused(synthetic_featur
     err = capsys.readouterr().err
     assert "--mixed-precision bf16: this process already trained with mixed precision 'no'" in err
     assert "train in a new process" in err and not (tmp_path / "second" / "final").exists()
-
-
-@pytest.mark.slow
-def test_checkpoints_named_before_the_switch_resume_with_latest(synthetic_features, tmp_path):
-    """Earlier versions saved OUTPUT_DIR/checkpoints/step_<step> (save_state at that path): `latest` resumes
-    them, and the pruning orders both namings by step."""
-    features, _ = synthetic_features
-    # Weight decay 0: one Adam parameter group, as earlier versions saved (the upgrade of their one-group
-    # state to the weight-decay groups is test_optim's).
-    common = ("--max_steps", "8", "--batch_size", "16", "--save_steps", "4", "--weight_decay", "0")
-    run_train(features, tmp_path / "straight", *common)
-    legacy = tmp_path / "legacy" / "checkpoints"
-    legacy.mkdir(parents=True)
-    shutil.copytree(tmp_path / "straight" / "checkpoints" / "checkpoint_4", legacy / "step_4")
-    summary = run_train(
-        features,
-        tmp_path / "legacy",
-        *common,
-        "--save_total_limit",
-        "1",
-        "--resume_from_checkpoint",
-        "latest",
-    )
-    assert summary["steps"] == 8 and [step for step, _ in summary["loss_history"]] == [5, 6, 7, 8]
-    assert sorted(path.name for path in legacy.iterdir()) == ["checkpoint_8"]  # step_4 pruned after the save
-    straight = load_file(tmp_path / "straight" / "final" / "model.safetensors")
-    resumed = load_file(tmp_path / "legacy" / "final" / "model.safetensors")
-    for key in straight:
-        assert torch.equal(straight[key], resumed[key]), key
 
 
 def test_tensorboard_logs_loss_lr_and_embedding_std(synthetic_features, tmp_path):

@@ -1,17 +1,14 @@
 """The Giga-SSL model (shipped to the Hub as remote code: configuration, modeling, sparse ops).
 
-The configuration loads eagerly (light); the modeling classes load on first access, so that registering the
-configuration with ``AutoConfig`` never imports the modeling code while transformers is mid-import.
+The modeling classes load on first access: the configuration alone is what a settings check needs.
+:func:`register_auto_classes` adds the classes to transformers' ``AutoConfig`` / ``AutoModel`` /
+``AutoModelForSequenceClassification``; the shipped files themselves call ``register_for_auto_class``, so a
+saved folder always carries its code (``auto_map``) whichever way the classes were reached.
 """
 
 import importlib
-import sys
 
 from .configuration_gigassl import GigaSSLConfig
-
-# Not part of the shipped code: what ``register_for_auto_class`` sets (calling it would import transformers'
-# auto classes, whose import is what registers these classes with them: giga_ssl_hf/__init__.py).
-GigaSSLConfig._auto_class = "AutoConfig"
 
 _MODELING_NAMES = (
     "GigaSSLContrastiveOutput",
@@ -32,26 +29,21 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def register_with_imported_auto_classes() -> None:
-    """Register with ``AutoConfig`` / ``AutoModel`` where transformers has imported them (no import here).
+def register_auto_classes() -> None:
+    """Make ``AutoConfig`` / ``AutoModel`` / ``AutoModelForSequenceClassification`` build the Giga-SSL classes.
 
-    Called when this package is imported and by ``giga_ssl_hf``'s hook on the auto modules' import. The
-    modeling code is imported only once ``AutoModel`` exists, i.e. once transformers' modeling is loaded.
+    After this, ``AutoModel.from_pretrained`` loads a Giga-SSL folder with this package's code, without
+    ``trust_remote_code``. Calling it again is harmless. Not done on import: it imports torch and transformers
+    (seconds), and registering changes transformers' global state, which an import should not.
     """
-    configuration_auto = sys.modules.get("transformers.models.auto.configuration_auto")
-    if configuration_auto is not None and hasattr(configuration_auto, "AutoConfig"):
-        configuration_auto.AutoConfig.register(GigaSSLConfig.model_type, GigaSSLConfig, exist_ok=True)
-    modeling_auto = sys.modules.get("transformers.models.auto.modeling_auto")
-    if modeling_auto is not None and hasattr(modeling_auto, "AutoModel"):
-        from .modeling_gigassl import GigaSSLModel
-        from .modeling_gigassl_classification import GigaSSLForSlideClassification
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
-        modeling_auto.AutoModel.register(GigaSSLConfig, GigaSSLModel, exist_ok=True)
-        modeling_auto.AutoModelForSequenceClassification.register(
-            GigaSSLConfig, GigaSSLForSlideClassification, exist_ok=True
-        )
+    from .modeling_gigassl import GigaSSLModel
+    from .modeling_gigassl_classification import GigaSSLForSlideClassification
+
+    AutoConfig.register(GigaSSLConfig.model_type, GigaSSLConfig, exist_ok=True)
+    AutoModel.register(GigaSSLConfig, GigaSSLModel, exist_ok=True)
+    AutoModelForSequenceClassification.register(GigaSSLConfig, GigaSSLForSlideClassification, exist_ok=True)
 
 
-register_with_imported_auto_classes()
-
-__all__ = ["GigaSSLConfig", *_MODELING_NAMES, *_CLASSIFICATION_NAMES]
+__all__ = ["GigaSSLConfig", "register_auto_classes", *_MODELING_NAMES, *_CLASSIFICATION_NAMES]

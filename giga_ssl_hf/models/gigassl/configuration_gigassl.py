@@ -110,3 +110,7 @@ class GigaSSLConfig(PreTrainedConfig):
         self.fixed_grid_cell_size = bool(self.fixed_grid_cell_size)
         self.temperature = float(self.temperature)
         super().__post_init__(**kwargs)
+
+
+# Saving writes `auto_map` with this class for AutoConfig, so a saved folder loads with trust_remote_code=True.
+GigaSSLConfig.register_for_auto_class()

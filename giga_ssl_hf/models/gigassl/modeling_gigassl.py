@@ -293,9 +293,6 @@ class GigaSSLModel(GigaSSLPreTrainedModel):
 
     # A pretraining checkpoint also holds the SimCLR head, which the encoder does not use.
     _keys_to_ignore_on_load_unexpected = [r"^projection_head\."]
-    # What register_for_auto_class("AutoModel") sets (it would import transformers' auto classes): saving
-    # writes auto_map and copies this code, so the folder loads with trust_remote_code=True anywhere.
-    _auto_class = "AutoModel"
 
     def __init__(self, config: GigaSSLConfig):
         super().__init__(config)
@@ -487,3 +484,7 @@ class GigaSSLForContrastivePretraining(GigaSSLPreTrainedModel):
         if not return_dict:
             return tuple(value for value in (loss, embeddings, projections) if value is not None)
         return GigaSSLContrastiveOutput(loss=loss, slide_embedding=embeddings, projection=projections)
+
+
+# Saving writes `auto_map` and copies this code, so a saved encoder loads with trust_remote_code=True anywhere.
+GigaSSLModel.register_for_auto_class("AutoModel")

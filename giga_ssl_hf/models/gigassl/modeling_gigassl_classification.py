@@ -41,10 +41,6 @@ class GigaSSLForSlideClassification(GigaSSLPreTrainedModel):
     probe had none), so a probe fitted on those embeddings scores exactly as this model does.
     """
 
-    # Loaded through AutoModelForSequenceClassification, the closest Auto class: a sequence (the slide's tiles)
-    # in, one label out. Saving writes this auto_map entry and copies the code (trust_remote_code=True).
-    _auto_class = "AutoModelForSequenceClassification"
-
     def __init__(self, config: GigaSSLConfig):
         super().__init__(config)
         self.gigassl = GigaSSLModel(config)
@@ -122,3 +118,8 @@ class GigaSSLForSlideClassification(GigaSSLPreTrainedModel):
         if not return_dict:
             return tuple(value for value in (loss, logits, slide_embedding) if value is not None)
         return GigaSSLSlideClassifierOutput(loss=loss, logits=logits, slide_embedding=slide_embedding)
+
+
+# Loaded through AutoModelForSequenceClassification, the closest Auto class: a sequence (the slide's tiles) in,
+# one label out. Saving writes this auto_map entry and copies the code (trust_remote_code=True).
+GigaSSLForSlideClassification.register_for_auto_class("AutoModelForSequenceClassification")

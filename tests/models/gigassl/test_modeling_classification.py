@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from giga_ssl_hf import GigaSSLForSlideClassification
+from giga_ssl_hf import GigaSSLForSlideClassification, register_auto_classes
 
 
 def _classifier(tiny_config, n_classes=3):
@@ -74,6 +74,7 @@ def test_saved_and_loaded_with_the_auto_class(tiny_config, tmp_path):
     with torch.no_grad():
         model.embedding_scale.fill_(2.0)
     model.save_pretrained(tmp_path)
+    register_auto_classes()
     loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
     assert type(loaded) is GigaSSLForSlideClassification
     assert loaded.config.id2label == {0: "class_0", 1: "class_1"}

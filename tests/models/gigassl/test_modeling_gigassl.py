@@ -8,7 +8,7 @@ import torch
 from transformers import AutoConfig, AutoModel
 
 from giga_ssl_hf import GigaSSLConfig, GigaSSLForContrastivePretraining, GigaSSLModel
-from giga_ssl_hf.models.gigassl import nt_xent_loss
+from giga_ssl_hf.models.gigassl import nt_xent_loss, register_auto_classes
 
 PATCH = 448  # level-0 px per tile, as for 224 px tiles at level 1 of a 20x-per-level pyramid
 
@@ -326,6 +326,7 @@ def test_save_pretrained_and_auto_model_round_trip(tmp_path, tiny_config):
     assert {"configuration_gigassl.py", "modeling_gigassl.py", "sparse_ops.py"} <= {
         p.name for p in tmp_path.iterdir()
     }
+    register_auto_classes()
     config = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(config, GigaSSLConfig) and config.auto_map["AutoModel"].endswith("GigaSSLModel")
     loaded = AutoModel.from_pretrained(tmp_path).eval()

@@ -38,11 +38,11 @@ def test_no_file_of_the_model_folder_imports_the_package():
 def test_the_check_sees_absolute_and_escaping_imports(tmp_path):
     source = tmp_path / "bad.py"
     source.write_text(
-        "import giga_ssl_hf.files\nfrom giga_ssl_hf.checkpoints import safe_torch_load\n"
+        "import giga_ssl_hf.files\nfrom giga_ssl_hf.weight_files import safe_torch_load\n"
         "from ...contracts import X\nfrom .modeling_gigassl import GigaSSLModel\nimport torch\n"
     )
     assert package_imports(source) == [
         "bad.py:1: giga_ssl_hf.files",
-        "bad.py:2: giga_ssl_hf.checkpoints",
+        "bad.py:2: giga_ssl_hf.weight_files",
         "bad.py:3: ...contracts",
     ]

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from giga_ssl_hf.evaluation.linear_probe import main
+from giga_ssl_hf.evaluation.evaluate_command import main
 
 from .synthetic import planted, write_dataset, write_labels, write_split
 
