@@ -165,7 +165,7 @@ def _stage_settings(settings: PipelineSettings, paths: dict[str, Path]) -> Pipel
             model=str(paths["model"]),
             features=str(paths["features"]),
             out=str(paths["embeddings"]),
-            strategy="window" if settings.data.view_sampling == "window" else "random",
+            strategy="random" if settings.data.view_sampling == "random" else "window",
             seed=seed,
             device=settings.options.device,
             npy=True,

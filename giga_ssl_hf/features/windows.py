@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-VIEW_SAMPLINGS = ("random", "window")
+# "window-pair": the views of one slide are windows around the same place (see training.views.SlideViews).
+VIEW_SAMPLINGS = ("random", "window", "window-pair")
 
 
 def window_indices(grid_xy: np.ndarray, centres: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

@@ -21,12 +21,14 @@ class DataArguments:
         required=True,
     )
     n_tiles: int = option(5, "Tiles per view, drawn with replacement (released model: 5).")
-    view_sampling: Literal["random", "window"] = option(
+    view_sampling: Literal["random", "window", "window-pair"] = option(
         "random",
         "random: n_tiles tiles drawn at random from an augmentation row (the paper). window: the "
         "n_tiles tiles nearest a random tile, a spatially contiguous patch, so the sparse CNN sees "
         "neighbourhoods; needs augmentation rows of contiguous tiles (extract --aug-sampling window or all). "
-        "giga-ssl pipeline also embeds the slides with views of this kind.",
+        "window-pair: both views of a slide are windows around the same place, so SimCLR must match their local "
+        "arrangement, not only what is the same everywhere on the slide (see docs/how-to/recipes.md). "
+        "giga-ssl pipeline also embeds the slides with window views for both.",
     )
     allow_no_augmentations: bool = option(
         False,

@@ -169,7 +169,7 @@ def load_views_and_config(
         model_args, views.arrays.feature_dim, data_args.n_tiles, extraction.get("tile_encoder"), init_config
     )
     drawn_at_random = extraction.get("augmentation") and extraction.get("aug_sampling", "random") == "random"
-    if data_args.view_sampling == "window" and drawn_at_random:
+    if data_args.view_sampling != "random" and drawn_at_random:
         logger.warning(
             "window views from augmentation rows of tiles drawn at random: the windows are not contiguous; "
             "extract with --aug-sampling window or all"

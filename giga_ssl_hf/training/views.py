@@ -2,7 +2,8 @@
 
 A view of a slide = one of its augmentations picked at random, ``n_tiles`` of that augmentation's tiles (drawn
 with replacement for ``random`` views, the paper's; the ``n_tiles`` tiles nearest a random tile of the row for
-``window`` views, so that the sparse CNN sees neighbourhoods), and a random transform of their grid positions
+``window`` views, so that the sparse CNN sees neighbourhoods; ``window-pair``: the windows of one slide's views
+are all centred on the same grid cell), and a random transform of their grid positions
 (rotation, flip per axis, scale per axis in [0.7, 1.3]). Everything is vectorised over a batch of slides and read through zero-copy
 numpy views of the memory-mapped Arrow columns (:class:`~giga_ssl_hf.contracts.tile_features.TileArrays`).
 
@@ -70,7 +71,10 @@ class SlideViews(torch.utils.data.Dataset):
         coordinate_augmentation: None keeps the tiles' positions as they are.
         view_sampling: ``random`` (tiles drawn with replacement from the row, the paper's) or ``window`` (the
             ``n_tiles`` tiles nearest a random tile of the row: a spatially contiguous window; meaningful when
-            the augmentation rows hold contiguous tiles, e.g. ``extract --aug-sampling window`` or ``all``).
+            the augmentation rows hold contiguous tiles, e.g. ``extract --aug-sampling window`` or ``all``), or
+            ``window-pair`` (windows of every view of a slide centred on one grid cell: two views at different places
+            share only what is the same everywhere on the slide, such as composition and stain, so SimCLR would
+            reward those; views of one place must agree on its local arrangement).
     """
 
     def __init__(
@@ -122,8 +126,9 @@ class SlideViews(torch.utils.data.Dataset):
         if (lengths == 0).any():
             raise ValueError("a slide row without tiles reached the view sampler")
         patch = self.patch_size_level0[slide_indices]  # (B,)
-        if self.view_sampling == "window":
-            tile_index = self._window_index(rows.reshape(-1), np.repeat(patch, self.n_views), rng)
+        if self.view_sampling != "random":
+            shared = self.view_sampling == "window-pair"
+            tile_index = self._window_index(rows, patch, rng, shared_centre=shared)
         else:
             tile_index = (rng.random((*shape, self.n_tiles)) * lengths[..., None]).astype(np.int64)
         features, coords = self.arrays.gather(rows.reshape(-1), tile_index.reshape(-1, self.n_tiles))
@@ -138,13 +143,22 @@ class SlideViews(torch.utils.data.Dataset):
             "slide_index": torch.from_numpy(slide_indices),
         }
 
-    def _window_index(self, rows: np.ndarray, patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """``(len(rows), n_tiles)`` within-row indices: one window around a random tile of each row."""
-        index = np.empty((len(rows), self.n_tiles), dtype=np.int64)
-        for i, (row, cell) in enumerate(zip(rows, patch)):
-            _, coords = self.arrays.row(row)
-            centre = rng.integers(0, len(coords), size=1)
-            index[i] = window_indices(coords // cell, centre, self.n_tiles, rng)[0]
+    def _window_index(
+        self, rows: np.ndarray, patch: np.ndarray, rng: np.random.Generator, shared_centre: bool
+    ) -> np.ndarray:
+        """``(B * V, n_tiles)`` within-row indices of windows in rows ``(B, V)``: each around a random tile of its
+        row, or (``shared_centre``) every view of a slide around the tile of its row nearest one random cell."""
+        index = np.empty((rows.size, self.n_tiles), dtype=np.int64)
+        for slide, (slide_rows, cell) in enumerate(zip(rows, patch)):
+            centre_cell = None
+            for view, row in enumerate(slide_rows):
+                grid_xy = self.arrays.row(row)[1] // cell
+                if centre_cell is None or not shared_centre:
+                    centre = rng.integers(0, len(grid_xy), size=1)
+                    centre_cell = grid_xy[centre[0]]
+                else:  # augmentation rows may hold different tiles: the one nearest the shared cell
+                    centre = np.array([np.abs(grid_xy - centre_cell).sum(axis=1).argmin()])
+                index[slide * rows.shape[1] + view] = window_indices(grid_xy, centre, self.n_tiles, rng)[0]
         return index
 
     def __getitems__(self, keys: list[tuple[int, int]]) -> dict[str, torch.Tensor]:

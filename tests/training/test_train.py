@@ -291,15 +291,16 @@ def test_tensorboard_logs_loss_lr_and_embedding_std(synthetic_features, tmp_path
     assert all(0 < event.value < 1 for event in accumulator.Scalars("embedding_std"))
 
 
-def test_window_views_train_and_are_recorded(synthetic_features, tmp_path):
+@pytest.mark.parametrize("sampling", ["window", "window-pair"])
+def test_window_views_train_and_are_recorded(synthetic_features, tmp_path, sampling):
     features, _ = synthetic_features
     summary = run_train(
-        features, tmp_path / "run", "--view_sampling", "window", "--batch_size", "8", "--max_steps", "3",
+        features, tmp_path / "run", "--view_sampling", sampling, "--batch_size", "8", "--max_steps", "3",
         "--save_steps", "0",
     )  # fmt: skip
     assert summary["steps"] == 3 and np.isfinite(summary["final_loss"])
     recorded = json.loads((tmp_path / "run" / "final" / "training_summary.json").read_text())
-    assert recorded["arguments"]["view_sampling"] == "window"
+    assert recorded["arguments"]["view_sampling"] == sampling
 
 
 def test_unknown_view_sampling_is_a_usage_error(synthetic_features, tmp_path, capsys):

@@ -112,6 +112,23 @@ def test_window_views_hold_neighbouring_tiles_of_one_augmentation():
     assert np.linalg.norm(coords - coords[0], axis=1).max() <= distances[5] + 1e-6
 
 
+def test_window_pair_views_of_a_slide_are_windows_around_one_place():
+    dataset, _ = synthetic_tile_dataset(n_slides=6, feature_dim=8, n_aug=3, tiles_per_slide=40, seed=2)
+    paired = SlideViews(dataset, n_tiles=6, seed=0, coordinate_augmentation=None, view_sampling="window-pair")
+    window = SlideViews(dataset, n_tiles=6, seed=0, coordinate_augmentation=None, view_sampling="window")
+
+    def centre_gap(views):  # grid distance between the centres of a slide's two views, per slide
+        grid = views.sample(np.arange(6))["tile_coords"].numpy() / 448  # (B, V, n, 2)
+        return np.linalg.norm(grid[:, 0, 0] - grid[:, 1, 0], axis=-1)
+
+    # every row holds every tile, so both windows start at the very same cell (nearest tile first)
+    assert np.array_equal(centre_gap(paired), np.zeros(6))
+    assert centre_gap(window).mean() > 1.0  # independent windows sit at different places
+    batch = paired.sample(np.arange(6))
+    assert batch["tile_features"].shape == (6, 2, 6, 8)
+    assert not torch.equal(batch["tile_features"][:, 0], batch["tile_features"][:, 1])  # two augmentations
+
+
 def test_unknown_view_sampling_is_refused(augmented):
     with pytest.raises(ValueError, match="view_sampling"):
         SlideViews(augmented, n_tiles=5, view_sampling="grid")
