@@ -39,6 +39,7 @@ import math
 import os
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,12 +124,18 @@ def label_types(signal: str, label: int, cells: np.ndarray, types: np.ndarray, r
 
 
 def make_cohort(
-    signal: str, settings: CohortSettings
+    signal: str, settings: CohortSettings, member=None
 ) -> tuple[datasets.Dataset, datasets.Dataset, pd.Series]:
-    """(augmented Dataset with every tile in each augmentation row, exhaustive Dataset, labels)."""
-    rng = np.random.default_rng([settings.seed, SIGNALS.index(signal)])
+    """(augmented Dataset with every tile in each augmentation row, exhaustive Dataset, labels).
+
+    ``member`` (an ``arrangement_family.ArrangementMember``, named by ``signal``) plants its own arrangement signal
+    and tissue prototypes instead of one of ``SIGNALS``."""
+    cohort_index = SIGNALS.index(signal) if member is None else zlib.crc32(signal.encode())
+    rng = np.random.default_rng([settings.seed, cohort_index])
     dim = settings.feature_dim
     prototypes = rng.normal(size=(N_BACKGROUND_TYPES + 2, dim)) * 1.0
+    if member is not None:
+        prototypes = member.prototypes(prototypes)
     stain_basis = np.linalg.qr(rng.normal(size=(dim, STAIN_DIMS)))[0].T  # (3, D) orthonormal rows
     stain = settings.stain * (4.0 if signal == "broad" else 1.0)
     schema = tile_features_schema(dim)
@@ -142,7 +149,10 @@ def make_cohort(
         n = int(rng.integers(settings.min_tiles, settings.max_tiles + 1))
         cells = tissue_blob(n, rng)
         types = background_types(cells, rng)
-        label_types(signal, label, cells, types, rng)
+        if member is None:
+            label_types(signal, label, cells, types, rng)
+        else:
+            member.plant(label, cells, types, rng)
         slide_prototypes = prototypes + settings.slide_variation * rng.normal(size=prototypes.shape)
         tiles = slide_prototypes[types] + settings.tile_noise * rng.normal(size=(n, dim))
         tiles += (stain * rng.normal(size=STAIN_DIMS)) @ stain_basis

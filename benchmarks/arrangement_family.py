@@ -1,0 +1,76 @@
+"""A family of arrangement-only cohorts: the same tissue types in the same numbers in both classes, only where
+they lie differs. Members vary the layout (A and B intermixed in one region, or two regions touching), the
+regions' size and how close the two tissue types are; class 0 always puts A and B at least ``MIN_GAP`` cells
+apart. ``touching`` is the independently built cohort of issue 21 (two regions touching in one class, at least 5
+cells apart in the other), on which window-view Giga-SSL was at chance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from bench_representation import TYPE_A, TYPE_B
+from scipy.spatial import cKDTree
+
+from giga_ssl_hf.features.windows import window_indices
+
+MIN_GAP = 5  # grid cells between the A and B regions of class 0 (Chebyshev: whole cells between them)
+
+
+@dataclass(frozen=True)
+class ArrangementMember:
+    name: str
+    layout: str  # "intermixed" (one region, A and B tiles mixed) or "touching" (two regions sharing a border)
+    region: tuple[float, float] = (0.08, 0.15)  # each type's share of the tissue, drawn per slide
+    type_closeness: float = 0.0  # 0: the usual prototypes; towards 1 the B prototype moves onto A's
+
+    def plant(self, label: int, cells, types, rng: np.random.Generator) -> None:
+        plant_arrangement(self, label, cells, types, rng)
+
+    def prototypes(self, prototypes: np.ndarray) -> np.ndarray:
+        """The tissue prototypes of the member: B moved ``type_closeness`` of the way onto A."""
+        prototypes = prototypes.copy()
+        prototypes[TYPE_B] += self.type_closeness * (prototypes[TYPE_A] - prototypes[TYPE_B])
+        return prototypes
+
+
+MEMBERS = {
+    member.name: member
+    for member in (
+        ArrangementMember("intermixed", "intermixed"),
+        ArrangementMember("touching", "touching"),
+        ArrangementMember("touching-small", "touching", region=(0.03, 0.06)),
+        ArrangementMember("touching-close", "touching", type_closeness=0.6),
+    )
+}
+
+
+def cell_gap(cells: np.ndarray, first: np.ndarray, second: np.ndarray) -> int:
+    """Least Chebyshev distance between a cell of ``first`` and one of ``second`` (1: they touch)."""
+    distance, _ = cKDTree(cells[second]).query(cells[first], p=np.inf)
+    return int(distance.min())
+
+
+def plant_arrangement(member: ArrangementMember, label: int, cells, types, rng: np.random.Generator) -> None:
+    """Plant A and B tiles (in place; the same number of each in both classes): class 1 per ``member.layout``,
+    class 0 two regions at least ``MIN_GAP`` cells apart."""
+    n = len(cells)
+    half = max(2, int(round(rng.uniform(*member.region) * n)))
+    first = int(rng.integers(0, n))
+    if label and member.layout == "intermixed":
+        region = window_indices(cells, np.array([first]), 2 * half, rng)[0]
+        types[region] = np.where(rng.permutation(2 * half) < half, TYPE_A, TYPE_B)
+        return
+    region_a = window_indices(cells, np.array([first]), half, rng)[0]
+    others = np.setdiff1d(np.arange(n), region_a)
+    distance = np.abs(cells[others] - cells[first]).max(axis=1)
+    if label:  # B grows from a tile just outside A: the two regions share a border
+        outside = np.abs(cells[others][:, None] - cells[region_a][None]).max(axis=2).min(axis=1) == 1
+        seed = others[rng.choice(np.flatnonzero(outside))]
+    else:  # B as far from A as the tissue allows, then held to the gap below
+        seed = others[int(np.argmax(distance))]
+    region_b = others[window_indices(cells[others], np.searchsorted(others, [seed]), half, rng)[0]]
+    types[region_a], types[region_b] = TYPE_A, TYPE_B
+    if not label and cell_gap(cells, region_a, region_b) < MIN_GAP:
+        raise ValueError(f"a slide of {n} tiles is too small for two regions of {half} tiles {MIN_GAP} apart")
