@@ -39,9 +39,9 @@ MEMBERS = {
     member.name: member
     for member in (
         ArrangementMember("intermixed", "intermixed"),
-        ArrangementMember("touching", "touching"),
-        ArrangementMember("touching-small", "touching", region=(0.03, 0.06)),
-        ArrangementMember("touching-close", "touching", type_closeness=0.6),
+        ArrangementMember("touching", "touching", region=(0.05, 0.10)),
+        ArrangementMember("touching-small", "touching", region=(0.02, 0.04)),
+        ArrangementMember("touching-close", "touching", region=(0.05, 0.10), type_closeness=0.6),
     )
 }
 
@@ -54,23 +54,27 @@ def cell_gap(cells: np.ndarray, first: np.ndarray, second: np.ndarray) -> int:
 
 def plant_arrangement(member: ArrangementMember, label: int, cells, types, rng: np.random.Generator) -> None:
     """Plant A and B tiles (in place; the same number of each in both classes): class 1 per ``member.layout``,
-    class 0 two regions at least ``MIN_GAP`` cells apart."""
+    class 0 two regions at least ``MIN_GAP`` cells apart. A starts at the tissue's edge in both classes (the tile
+    farthest from a random one), so that class 0 has room for the gap and A's place tells nothing."""
     n = len(cells)
     half = max(2, int(round(rng.uniform(*member.region) * n)))
-    first = int(rng.integers(0, n))
-    if label and member.layout == "intermixed":
-        region = window_indices(cells, np.array([first]), 2 * half, rng)[0]
-        types[region] = np.where(rng.permutation(2 * half) < half, TYPE_A, TYPE_B)
-        return
-    region_a = window_indices(cells, np.array([first]), half, rng)[0]
-    others = np.setdiff1d(np.arange(n), region_a)
-    distance = np.abs(cells[others] - cells[first]).max(axis=1)
-    if label:  # B grows from a tile just outside A: the two regions share a border
-        outside = np.abs(cells[others][:, None] - cells[region_a][None]).max(axis=2).min(axis=1) == 1
-        seed = others[rng.choice(np.flatnonzero(outside))]
-    else:  # B as far from A as the tissue allows, then held to the gap below
-        seed = others[int(np.argmax(distance))]
-    region_b = others[window_indices(cells[others], np.searchsorted(others, [seed]), half, rng)[0]]
-    types[region_a], types[region_b] = TYPE_A, TYPE_B
-    if not label and cell_gap(cells, region_a, region_b) < MIN_GAP:
-        raise ValueError(f"a slide of {n} tiles is too small for two regions of {half} tiles {MIN_GAP} apart")
+    for _ in range(10):
+        first = int(np.abs(cells - cells[rng.integers(0, n)]).max(axis=1).argmax())
+        if label and member.layout == "intermixed":
+            region = window_indices(cells, np.array([first]), 2 * half, rng)[0]
+            types[region] = np.where(rng.permutation(2 * half) < half, TYPE_A, TYPE_B)
+            return
+        region_a = window_indices(cells, np.array([first]), half, rng)[0]
+        others = np.setdiff1d(np.arange(n), region_a)
+        if label:  # B grows from a tile just outside A: the two regions share a border
+            outside = np.abs(cells[others][:, None] - cells[region_a][None]).max(axis=2).min(axis=1) == 1
+            seed = others[rng.choice(np.flatnonzero(outside))]
+        else:  # B as far from A as the tissue allows
+            seed = others[int(np.abs(cells[others] - cells[first]).max(axis=1).argmax())]
+        region_b = others[window_indices(cells[others], np.searchsorted(others, [seed]), half, rng)[0]]
+        if label or cell_gap(cells, region_a, region_b) >= MIN_GAP:
+            types[region_a], types[region_b] = TYPE_A, TYPE_B
+            return
+    raise ValueError(
+        f"a slide of {n} tiles is too small for two regions of {half} tiles {MIN_GAP} cells apart"
+    )
