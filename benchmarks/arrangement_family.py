@@ -78,3 +78,27 @@ def plant_arrangement(member: ArrangementMember, label: int, cells, types, rng: 
     raise ValueError(
         f"a slide of {n} tiles is too small for two regions of {half} tiles {MIN_GAP} cells apart"
     )
+
+
+def adjacency_histograms(exhaustive, n_clusters: int = 8, seed: int = 0) -> np.ndarray:
+    """An unsupervised check that an arrangement signal is there to find: k-means of the tile features, then per
+    slide the share of 8-neighbour tile pairs of each (cluster, cluster) pair, ``(n_slides, k (k + 1) / 2)``."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    from giga_ssl_hf.contracts.tile_features import TileArrays
+    from giga_ssl_hf.evaluation.mil import grid_edges
+
+    arrays = TileArrays.from_dataset(exhaustive)
+    patch = np.asarray(exhaustive.data.column("patch_size_level0").to_numpy(), dtype=np.float64)
+    rows = [arrays.row(row) for row in range(len(arrays))]
+    sample = np.concatenate([features[::10] for features, _ in rows]).astype(np.float32)
+    kmeans = MiniBatchKMeans(n_clusters, random_state=seed, n_init=3).fit(sample)
+    upper = np.triu_indices(n_clusters)
+    histograms = np.zeros((len(rows), len(upper[0])))
+    for row, (features, coords) in enumerate(rows):
+        cluster = kmeans.predict(np.asarray(features, dtype=np.float32))
+        source, target = grid_edges(coords, patch[row])
+        pairs = np.zeros((n_clusters, n_clusters))
+        np.add.at(pairs, (cluster[source], cluster[target]), 1.0)
+        histograms[row] = (pairs + pairs.T)[upper] / max(1, len(source))
+    return histograms

@@ -15,7 +15,9 @@ training slides, subsampled to 25 / 50 / 100 / 200 labelled slides):
 - supervised MIL on the exhaustive tile features: ``abmil`` (gated attention) and ``graph-mil`` (the same after
   message passing on the tile grid), as ``evaluate --baseline`` trains them;
 - ``finetune``: the window-pair encoder and its linear head fine-tuned on each training split
-  (:mod:`giga_ssl_hf.evaluation.finetune`: the standardised probe, then AdamW on encoder and head).
+  (:mod:`giga_ssl_hf.evaluation.finetune`: the standardised probe, then AdamW on encoder and head);
+- ``kmeans-adjacency`` (on request): an unsupervised check that an arrangement signal is there to find (k-means
+  of the tile features, then the share of neighbouring tile pairs per cluster pair), same probe.
 
     python benchmarks/bench_headline.py                        # the headline table (three cohorts)
     python benchmarks/bench_headline.py --cohorts touching touching-small touching-close \\
@@ -34,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from arrangement_family import MEMBERS
+from arrangement_family import MEMBERS, adjacency_histograms
 from bench_representation import SIGNALS, CohortSettings, Recipe, embed, make_cohort, train_recipe
 from table import text_table
 
@@ -47,7 +49,7 @@ from giga_ssl_hf.features.pooling import mean_pool, standardise_over_slides
 
 COHORTS = (*SIGNALS, *(name for name in MEMBERS if name != "intermixed"))  # "architecture" is intermixed
 RECIPES = ("paper", "window", "window-pair")
-METHODS = (*RECIPES, "hybrid", "mean-pool", "abmil", "graph-mil", "finetune")
+METHODS = (*RECIPES, "hybrid", "mean-pool", "abmil", "graph-mil", "finetune", "kmeans-adjacency")
 LINEAR = (*RECIPES, "hybrid")  # Giga-SSL + a linear probe
 MIL = ("abmil", "graph-mil")
 log = logging.getLogger("bench_headline")
@@ -57,7 +59,13 @@ def recipes(args) -> dict[str, Recipe]:
     return {
         "paper": Recipe("paper", "random", 5),
         "window": Recipe("window", "window", args.window_tiles, args.window_lr),
-        "window-pair": Recipe("window-pair", "window-pair", args.pair_tiles, args.window_lr),
+        "window-pair": Recipe(
+            "window-pair",
+            "window-pair",
+            args.pair_tiles,
+            args.window_lr,
+            ("--places_per_slide", str(args.pair_places), "--view_offset", str(args.pair_offset)),
+        ),  # fmt: skip
     }
 
 
@@ -97,6 +105,8 @@ def run_cohort(cohort: str, args, folder: Path) -> tuple[dict, dict]:
         _, vectors[name] = embed(models[name], exhaustive, strategy, recipe.n_tiles, args)
         seconds[name] = time.perf_counter() - start
         log.info("%s: %s trained and embedded in %.0f s", cohort, name, seconds[name])
+    if "kmeans-adjacency" in args.methods:
+        vectors["kmeans-adjacency"] = adjacency_histograms(exhaustive, seed=args.seed)
     if "hybrid" in args.methods:
         vectors["hybrid"] = np.concatenate([vectors["window-pair"], standardise_over_slides(means)], axis=1)
     for method in args.methods:
@@ -183,7 +193,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=list(SIGNALS),
         help="cohorts (default: rare broad architecture)",
     )
-    add("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods (default: all)")
+    add("--methods", nargs="+", choices=METHODS, default=list(METHODS[:-1]), help="methods (default: all but kmeans-adjacency)")
     add("--slides", type=int, default=300, help="slides per cohort (default: 300)")
     add("--min-tiles", type=int, default=250, help="fewest tiles of a slide (default: 250)")
     add("--max-tiles", type=int, default=700, help="most tiles of a slide (default: 700)")
@@ -195,6 +205,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     add("--hidden-dim", type=int, default=64, help="slide embedding dimension (default: 64)")
     add("--window-tiles", type=int, default=16, help="tiles per window view (default: 16)")
     add("--pair-tiles", type=int, default=32, help="tiles per window-pair view (default: 32)")
+    add("--pair-places", type=int, default=1, help="window-pair: places per slide and step (default: 1)")
+    add(
+        "--pair-offset",
+        type=int,
+        default=0,
+        help="window-pair: cells between the views' centres (default: 0)",
+    )
     add("--window-lr", type=float, default=0.002, help="learning rate of the window recipes (default: 0.002)")
     add("--n-views", type=int, default=32, help="views averaged per embedding (default: 32)")
     add("--mil-epochs", type=int, default=MILRecipe.epochs, help="MIL epochs (default: the recipe's)")

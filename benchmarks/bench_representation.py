@@ -176,6 +176,7 @@ class Recipe:
     view_sampling: str
     n_tiles: int
     learning_rate: float | None = None  # None: the paper's 0.03 x batch / 256
+    options: tuple[str, ...] = ()  # more giga-ssl train options
 
 
 def train_recipe(recipe: Recipe, features: Path, out: Path, args) -> tuple[GigaSSLModel, dict]:
@@ -187,6 +188,7 @@ def train_recipe(recipe: Recipe, features: Path, out: Path, args) -> tuple[GigaS
     ]  # fmt: skip
     if recipe.learning_rate is not None:
         argv += ["--learning_rate", str(recipe.learning_rate)]
+    argv += list(recipe.options)
     summary = train(*parse_arguments(argv))
     return GigaSSLModel.from_pretrained(out / "final").eval(), summary
 

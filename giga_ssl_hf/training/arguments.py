@@ -30,6 +30,15 @@ class DataArguments:
         "arrangement, not only what is the same everywhere on the slide (see docs/how-to/recipes.md). "
         "giga-ssl pipeline also embeds the slides with window views for both.",
     )
+    places_per_slide: int = option(
+        1,
+        "window-pair: windows at this many places of each slide per step, each place its own SimCLR instance, "
+        "so that the slide's other places are negatives and what is the same everywhere on a slide (stain, "
+        "composition) no longer tells instances apart (a step then holds batch_size x places instances).",
+    )
+    view_offset: int = option(
+        0, "window-pair: the second view's centre moves up to this many grid cells from the first's."
+    )
     allow_no_augmentations: bool = option(
         False,
         "Train on a Dataset without shared augmentations (views then differ only by tile sampling and "
@@ -48,6 +57,15 @@ class DataArguments:
     def __post_init__(self):
         if self.n_tiles < 1:
             raise ValueError(f"{flag_of('n_tiles')} must be at least 1, got {self.n_tiles}")
+        if (self.places_per_slide != 1 or self.view_offset) and self.view_sampling != "window-pair":
+            raise ValueError(
+                f"{flag_of('places_per_slide')} and {flag_of('view_offset')} need {flag_of('view_sampling')} "
+                "window-pair"
+            )
+        if self.places_per_slide < 1 or self.view_offset < 0:
+            raise ValueError(
+                f"{flag_of('places_per_slide')} must be at least 1 and {flag_of('view_offset')} not negative"
+            )
 
 
 @dataclass

@@ -155,6 +155,8 @@ def load_views_and_config(
         seed=seed,
         coordinate_augmentation=CoordinateAugmentation() if data_args.coordinate_augmentation else None,
         view_sampling=data_args.view_sampling,
+        places_per_slide=data_args.places_per_slide,
+        view_offset=data_args.view_offset,
     )
     extraction = read_metadata(features_dir)
     init_config = load_init_config(model_args.init_from) if model_args.init_from else None

@@ -75,6 +75,11 @@ class SlideViews(torch.utils.data.Dataset):
             ``window-pair`` (windows of every view of a slide centred on one grid cell: two views at different places
             share only what is the same everywhere on the slide, such as composition and stain, so SimCLR would
             reward those; views of one place must agree on its local arrangement).
+        places_per_slide: with ``window-pair``, each slide of a batch is drawn at this many places, each place one
+            SimCLR instance (its views are the positives): the slide's other places are among the negatives, so
+            what is constant over the slide no longer tells instances apart. The batch holds ``B * places`` rows.
+        view_offset: with ``window-pair``, each later view's centre is the tile nearest the first's moved by up to
+            this many grid cells per axis (overlapping, not identical windows).
     """
 
     def __init__(
@@ -85,10 +90,20 @@ class SlideViews(torch.utils.data.Dataset):
         seed: int = 0,
         coordinate_augmentation: CoordinateAugmentation | None = CoordinateAugmentation(),
         view_sampling: str = "random",
+        places_per_slide: int = 1,
+        view_offset: int = 0,
     ):
         if view_sampling not in VIEW_SAMPLINGS:
             raise ValueError(f"view_sampling must be one of {VIEW_SAMPLINGS}, got {view_sampling!r}")
-        self.view_sampling = view_sampling
+        if (places_per_slide != 1 or view_offset) and view_sampling != "window-pair":
+            raise ValueError("places_per_slide and view_offset apply to window-pair views only")
+        if places_per_slide < 1 or view_offset < 0:
+            raise ValueError("places_per_slide must be at least 1 and view_offset not negative")
+        self.view_sampling, self.places_per_slide, self.view_offset = (
+            view_sampling,
+            places_per_slide,
+            view_offset,
+        )
         dataset = without_indices_mapping(dataset)
         self.arrays = TileArrays.from_dataset(dataset)
         self.n_tiles, self.n_views, self.seed = n_tiles, n_views, seed
@@ -117,6 +132,7 @@ class SlideViews(torch.utils.data.Dataset):
     def sample(self, slide_indices: np.ndarray, epoch: int = 0) -> dict[str, torch.Tensor]:
         slide_indices = np.asarray(slide_indices, dtype=np.int64)
         rng = self.rng(epoch, slide_indices)
+        slide_indices = np.repeat(slide_indices, self.places_per_slide)
         shape = (len(slide_indices), self.n_views)
         # One random row (= augmentation) per view, then n_tiles of its tiles with replacement.
         counts = self.slide_row_count[slide_indices][:, None]
@@ -156,8 +172,9 @@ class SlideViews(torch.utils.data.Dataset):
                 if centre_cell is None or not shared_centre:
                     centre = rng.integers(0, len(grid_xy), size=1)
                     centre_cell = grid_xy[centre[0]]
-                else:  # augmentation rows may hold different tiles: the one nearest the shared cell
-                    centre = np.array([np.abs(grid_xy - centre_cell).sum(axis=1).argmin()])
+                else:  # augmentation rows may hold different tiles: the one nearest the (moved) shared cell
+                    moved = centre_cell + rng.integers(-self.view_offset, self.view_offset + 1, size=2)
+                    centre = np.array([np.abs(grid_xy - moved).sum(axis=1).argmin()])
                 index[slide * rows.shape[1] + view] = window_indices(grid_xy, centre, self.n_tiles, rng)[0]
         return index
 

@@ -129,6 +129,23 @@ def test_window_pair_views_of_a_slide_are_windows_around_one_place():
     assert not torch.equal(batch["tile_features"][:, 0], batch["tile_features"][:, 1])  # two augmentations
 
 
+def test_places_per_slide_make_each_place_an_instance_and_offsets_move_the_second_view():
+    dataset, _ = synthetic_tile_dataset(n_slides=6, feature_dim=8, n_aug=3, tiles_per_slide=64, seed=2)
+    views = SlideViews(
+        dataset, n_tiles=6, seed=0, coordinate_augmentation=None, view_sampling="window-pair",
+        places_per_slide=3, view_offset=2,
+    )  # fmt: skip
+    batch = views.sample(np.array([4, 1]))
+    assert batch["slide_index"].tolist() == [4, 4, 4, 1, 1, 1]
+    assert batch["tile_features"].shape == (6, 2, 6, 8)
+    first = batch["tile_coords"][:, :, 0].numpy() / 448  # (instances, views, 2): each view's centre tile
+    gaps = np.abs(first[:, 0] - first[:, 1]).max(axis=1)
+    assert gaps.max() <= 2 and gaps.max() > 0  # moved, by at most view_offset cells per axis
+    assert len({tuple(centre) for centre in first[:3, 0].tolist()}) > 1  # one slide, several places
+    with pytest.raises(ValueError, match="window-pair"):
+        SlideViews(dataset, n_tiles=6, view_sampling="window", places_per_slide=2)
+
+
 def test_unknown_view_sampling_is_refused(augmented):
     with pytest.raises(ValueError, match="view_sampling"):
         SlideViews(augmented, n_tiles=5, view_sampling="grid")
