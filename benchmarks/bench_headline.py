@@ -64,7 +64,8 @@ def recipes(args) -> dict[str, Recipe]:
             "window-pair",
             args.pair_tiles,
             args.window_lr,
-            ("--places_per_slide", str(args.pair_places), "--view_offset", str(args.pair_offset)),
+            ("--places_per_slide", str(args.pair_places), "--view_offset", str(args.pair_offset))
+            + ("--disjoint_views",) * args.pair_disjoint,
         ),  # fmt: skip
     }
 
@@ -171,7 +172,7 @@ def print_tables(results: dict, seconds: dict, args) -> None:
         f"C=10; s = seconds to train, embed and score the method on the cohort ({torch.get_num_threads()} torch "
         "threads)\n"
     )
-    columns = [("cohort", "<14"), ("method", "<11")] + [(f"@{n}", "<13") for n in sizes] + [("s", ">5")]
+    columns = [("cohort", "<14"), ("method", "<16")] + [(f"@{n}", "<13") for n in sizes] + [("s", ">5")]
     print(text_table(summary_rows(results, seconds, sizes), columns))
     claims = claim_rows(results, sizes)
     if claims:
@@ -193,7 +194,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=list(SIGNALS),
         help="cohorts (default: rare broad architecture)",
     )
-    add("--methods", nargs="+", choices=METHODS, default=list(METHODS[:-1]), help="methods (default: all but kmeans-adjacency)")
+    add(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=list(METHODS[:-1]),
+        help="methods (default: all but kmeans-adjacency)",
+    )
     add("--slides", type=int, default=300, help="slides per cohort (default: 300)")
     add("--min-tiles", type=int, default=250, help="fewest tiles of a slide (default: 250)")
     add("--max-tiles", type=int, default=700, help="most tiles of a slide (default: 700)")
@@ -212,6 +219,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=0,
         help="window-pair: cells between the views' centres (default: 0)",
     )
+    add("--pair-disjoint", action="store_true", help="window-pair: views with no tile in common")
     add("--window-lr", type=float, default=0.002, help="learning rate of the window recipes (default: 0.002)")
     add("--n-views", type=int, default=32, help="views averaged per embedding (default: 32)")
     add("--mil-epochs", type=int, default=MILRecipe.epochs, help="MIL epochs (default: the recipe's)")

@@ -39,6 +39,11 @@ class DataArguments:
     view_offset: int = option(
         0, "window-pair: the second view's centre moves up to this many grid cells from the first's."
     )
+    disjoint_views: bool = option(
+        False,
+        "window-pair: the two views deal out the tiles of one window of 2 x n_tiles tiles at random (the same "
+        "place, no tile in common), so that SimCLR cannot match views by a tile's own features.",
+    )
     allow_no_augmentations: bool = option(
         False,
         "Train on a Dataset without shared augmentations (views then differ only by tile sampling and "
@@ -57,10 +62,12 @@ class DataArguments:
     def __post_init__(self):
         if self.n_tiles < 1:
             raise ValueError(f"{flag_of('n_tiles')} must be at least 1, got {self.n_tiles}")
-        if (self.places_per_slide != 1 or self.view_offset) and self.view_sampling != "window-pair":
+        if (self.places_per_slide != 1 or self.view_offset or self.disjoint_views) and (
+            self.view_sampling != "window-pair"
+        ):
             raise ValueError(
-                f"{flag_of('places_per_slide')} and {flag_of('view_offset')} need {flag_of('view_sampling')} "
-                "window-pair"
+                f"{flag_of('places_per_slide')}, {flag_of('view_offset')} and {flag_of('disjoint_views')} need "
+                f"{flag_of('view_sampling')} window-pair"
             )
         if self.places_per_slide < 1 or self.view_offset < 0:
             raise ValueError(

@@ -157,6 +157,7 @@ def load_views_and_config(
         view_sampling=data_args.view_sampling,
         places_per_slide=data_args.places_per_slide,
         view_offset=data_args.view_offset,
+        disjoint_views=data_args.disjoint_views,
     )
     extraction = read_metadata(features_dir)
     init_config = load_init_config(model_args.init_from) if model_args.init_from else None

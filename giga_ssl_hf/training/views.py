@@ -80,6 +80,9 @@ class SlideViews(torch.utils.data.Dataset):
             what is constant over the slide no longer tells instances apart. The batch holds ``B * places`` rows.
         view_offset: with ``window-pair``, each later view's centre is the tile nearest the first's moved by up to
             this many grid cells per axis (overlapping, not identical windows).
+        disjoint_views: with ``window-pair``, the views deal out the tiles of one window of ``n_views * n_tiles``
+            tiles at random: the same place, no tile in common, so that matching a tile's own noise cannot tell
+            the views' instance; they must agree on what the place holds and how it is laid out.
     """
 
     def __init__(
@@ -92,18 +95,18 @@ class SlideViews(torch.utils.data.Dataset):
         view_sampling: str = "random",
         places_per_slide: int = 1,
         view_offset: int = 0,
+        disjoint_views: bool = False,
     ):
         if view_sampling not in VIEW_SAMPLINGS:
             raise ValueError(f"view_sampling must be one of {VIEW_SAMPLINGS}, got {view_sampling!r}")
-        if (places_per_slide != 1 or view_offset) and view_sampling != "window-pair":
-            raise ValueError("places_per_slide and view_offset apply to window-pair views only")
+        if (places_per_slide != 1 or view_offset or disjoint_views) and view_sampling != "window-pair":
+            raise ValueError(
+                "places_per_slide, view_offset and disjoint_views apply to window-pair views only"
+            )
         if places_per_slide < 1 or view_offset < 0:
             raise ValueError("places_per_slide must be at least 1 and view_offset not negative")
-        self.view_sampling, self.places_per_slide, self.view_offset = (
-            view_sampling,
-            places_per_slide,
-            view_offset,
-        )
+        self.view_sampling, self.places_per_slide = view_sampling, places_per_slide
+        self.view_offset, self.disjoint_views = view_offset, disjoint_views
         dataset = without_indices_mapping(dataset)
         self.arrays = TileArrays.from_dataset(dataset)
         self.n_tiles, self.n_views, self.seed = n_tiles, n_views, seed
@@ -165,8 +168,13 @@ class SlideViews(torch.utils.data.Dataset):
         """``(B * V, n_tiles)`` within-row indices of windows in rows ``(B, V)``: each around a random tile of its
         row, or (``shared_centre``) every view of a slide around the tile of its row nearest one random cell."""
         index = np.empty((rows.size, self.n_tiles), dtype=np.int64)
+        n_views = rows.shape[1]
+        # Disjoint views: one window of every view's tiles, dealt out at random (a tile is in one view only).
+        size = self.n_tiles * n_views if self.disjoint_views else self.n_tiles
         for slide, (slide_rows, cell) in enumerate(zip(rows, patch)):
             centre_cell = None
+            deal = rng.permutation(size).reshape(-1, self.n_tiles) if self.disjoint_views else None
+            tie_seed = int(rng.integers(2**62)) if shared_centre else None
             for view, row in enumerate(slide_rows):
                 grid_xy = self.arrays.row(row)[1] // cell
                 if centre_cell is None or not shared_centre:
@@ -175,7 +183,10 @@ class SlideViews(torch.utils.data.Dataset):
                 else:  # augmentation rows may hold different tiles: the one nearest the (moved) shared cell
                     moved = centre_cell + rng.integers(-self.view_offset, self.view_offset + 1, size=2)
                     centre = np.array([np.abs(grid_xy - moved).sum(axis=1).argmin()])
-                index[slide * rows.shape[1] + view] = window_indices(grid_xy, centre, self.n_tiles, rng)[0]
+                # One tie-break stream per slide: views of rows holding the same tiles get the same window.
+                ties = np.random.default_rng(tie_seed) if shared_centre else rng
+                window = window_indices(grid_xy, centre, size, ties)[0]
+                index[slide * n_views + view] = window if deal is None else window[deal[view]]
         return index
 
     def __getitems__(self, keys: list[tuple[int, int]]) -> dict[str, torch.Tensor]:

@@ -146,6 +146,27 @@ def test_places_per_slide_make_each_place_an_instance_and_offsets_move_the_secon
         SlideViews(dataset, n_tiles=6, view_sampling="window", places_per_slide=2)
 
 
+def test_disjoint_views_deal_out_one_window():
+    dataset, _ = synthetic_tile_dataset(n_slides=4, feature_dim=8, n_aug=1, tiles_per_slide=64, seed=2)
+    views = SlideViews(
+        dataset,
+        n_tiles=6,
+        seed=0,
+        coordinate_augmentation=None,
+        view_sampling="window-pair",
+        disjoint_views=True,
+    )
+    grid = views.sample(np.arange(4))["tile_coords"].numpy() / 448  # (B, 2, 6, 2)
+    for slide in grid:
+        first, second = ({tuple(cell) for cell in view.tolist()} for view in slide)
+        assert (
+            len(first) == len(second) == 6 and not first & second
+        )  # no tile in common (one augmentation row)
+        together = np.concatenate(slide)  # together one window: 12 cells around one place
+        assert len({tuple(cell) for cell in together.tolist()}) == 12
+        assert np.abs(together - together.mean(axis=0)).max() <= 4
+
+
 def test_unknown_view_sampling_is_refused(augmented):
     with pytest.raises(ValueError, match="view_sampling"):
         SlideViews(augmented, n_tiles=5, view_sampling="grid")
