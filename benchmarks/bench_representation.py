@@ -39,6 +39,7 @@ import math
 import os
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,14 +124,20 @@ def label_types(signal: str, label: int, cells: np.ndarray, types: np.ndarray, r
 
 
 def make_cohort(
-    signal: str, settings: CohortSettings, region_masks: dict | None = None
+    signal: str, settings: CohortSettings, region_masks: dict | None = None, member=None
 ) -> tuple[datasets.Dataset, datasets.Dataset, pd.Series]:
     """(augmented Dataset with every tile in each augmentation row, exhaustive Dataset, labels). A
     ``region_masks`` dict receives each slide's `(n,)` bool mask of its label tissue (types A and B), in tile
-    order (``bench_localisation.py`` scores heatmaps against it)."""
-    rng = np.random.default_rng([settings.seed, SIGNALS.index(signal)])
+    order (``bench_localisation.py`` scores heatmaps against it).
+
+    ``member`` (an ``arrangement_family.ArrangementMember``, named by ``signal``) plants its own arrangement signal
+    and tissue prototypes instead of one of ``SIGNALS``."""
+    cohort_index = SIGNALS.index(signal) if member is None else zlib.crc32(signal.encode())
+    rng = np.random.default_rng([settings.seed, cohort_index])
     dim = settings.feature_dim
     prototypes = rng.normal(size=(N_BACKGROUND_TYPES + 2, dim)) * 1.0
+    if member is not None:
+        prototypes = member.prototypes(prototypes)
     stain_basis = np.linalg.qr(rng.normal(size=(dim, STAIN_DIMS)))[0].T  # (3, D) orthonormal rows
     stain = settings.stain * (4.0 if signal == "broad" else 1.0)
     schema = tile_features_schema(dim)
@@ -144,7 +151,10 @@ def make_cohort(
         n = int(rng.integers(settings.min_tiles, settings.max_tiles + 1))
         cells = tissue_blob(n, rng)
         types = background_types(cells, rng)
-        label_types(signal, label, cells, types, rng)
+        if member is None:
+            label_types(signal, label, cells, types, rng)
+        else:
+            member.plant(label, cells, types, rng)
         if region_masks is not None:
             region_masks[slide_id] = types >= N_BACKGROUND_TYPES
         slide_prototypes = prototypes + settings.slide_variation * rng.normal(size=prototypes.shape)
@@ -170,6 +180,7 @@ class Recipe:
     tile_sampling: str
     n_tiles: int
     learning_rate: float | None = None  # None: the paper's 0.03 x batch / 256
+    options: tuple[str, ...] = ()  # more giga-ssl train options
 
 
 def train_recipe(recipe: Recipe, features: Path, out: Path, args) -> tuple[GigaSSLModel, dict]:
@@ -181,6 +192,7 @@ def train_recipe(recipe: Recipe, features: Path, out: Path, args) -> tuple[GigaS
     ]  # fmt: skip
     if recipe.learning_rate is not None:
         argv += ["--learning_rate", str(recipe.learning_rate)]
+    argv += list(recipe.options)
     summary = train(*parse_arguments(argv))
     return GigaSSLModel.from_pretrained(out / "final").eval(), summary
 

@@ -156,7 +156,10 @@ def _stage_settings(settings: PipelineSettings, paths: dict[str, Path]) -> Pipel
             model=str(paths["model"]),
             features=str(paths["features"]),
             out=str(paths["embeddings"]),
-            tile_sampling=settings.data.tile_sampling,  # views drawn alike in training and embedding
+            # views drawn alike in training and embedding; a window-pair model embeds with windows
+            tile_sampling="window"
+            if settings.data.tile_sampling == "window-pair"
+            else settings.data.tile_sampling,
             seed=seed,
             device=settings.options.device,
             npy=True,

@@ -51,21 +51,33 @@ def classifier_encoder(embeddings_metadata: dict, encoder: str | None) -> str:
 
 def classifier_from_probe(probe: SavedProbe, encoder):
     """A ``GigaSSLForSlideClassification`` with ``encoder``'s weights (a ``GigaSSLModel``) and the probe as head."""
-    import torch
-
-    from giga_ssl_hf.models.gigassl import GigaSSLForSlideClassification
-
     if probe.embedding_dim != encoder.config.hidden_dim:
         raise ValueError(
             f"the probe takes {probe.embedding_dim}-d embeddings but the encoder makes "
             f"{encoder.config.hidden_dim}-d ones: not the encoder of the probe's embeddings"
         )
+    model = classifier_of_encoder(encoder, probe.classes)
+    load_probe_head(model, probe)
+    return model.eval()
+
+
+def classifier_of_encoder(encoder, classes: list[str]):
+    """A ``GigaSSLForSlideClassification`` with ``encoder``'s weights, ``classes`` as labels, a fresh head."""
+    from giga_ssl_hf.models.gigassl import GigaSSLForSlideClassification
+
     config = copy.deepcopy(encoder.config)
     config.architectures, config.auto_map = None, None  # saving writes the classifier's own
-    config.id2label = dict(enumerate(probe.classes))
+    config.id2label = dict(enumerate(classes))
     config.label2id = {label: index for index, label in config.id2label.items()}
     model = GigaSSLForSlideClassification(config)
     model.gigassl.load_state_dict(encoder.state_dict())
+    return model.to(next(encoder.parameters()).device)
+
+
+def load_probe_head(model, probe: SavedProbe) -> None:
+    """Copy ``probe`` into ``model``'s head and standardisation buffers (in place)."""
+    import torch
+
     weight, bias = probe.coef, probe.intercept
     if len(probe.classes) == 2:  # sklearn's one decision value d for classes[1]: logits [0, d]
         weight, bias = np.concatenate([np.zeros_like(weight), weight]), np.concatenate([[0.0], bias])
@@ -75,7 +87,6 @@ def classifier_from_probe(probe: SavedProbe, encoder):
         if probe.standardize:
             model.embedding_mean.copy_(torch.from_numpy(probe.scaler_mean))
             model.embedding_scale.copy_(torch.from_numpy(probe.scaler_scale))
-    return model.eval()
 
 
 def export_classifier(

@@ -29,7 +29,23 @@ class DataArguments:
         "random: n_tiles tiles drawn at random from an augmentation row (the paper). window: the "
         "n_tiles tiles nearest a random tile, a spatially contiguous patch, so the sparse CNN sees "
         "neighbourhoods; needs augmentation rows of contiguous tiles (extract --tile-sampling window or all). "
-        "giga-ssl pipeline also embeds the slides with views of this kind.",
+        "window-pair: both views of a slide are windows around the same place, so SimCLR must match their local "
+        "arrangement, not only what is the same everywhere on the slide (see docs/how-to/recipes.md). "
+        "giga-ssl pipeline also embeds the slides with window views for both.",
+    )
+    places_per_slide: int = option(
+        1,
+        "window-pair: windows at this many places of each slide per step, each place its own SimCLR instance, "
+        "so that the slide's other places are negatives and what is the same everywhere on a slide (stain, "
+        "composition) no longer tells instances apart (a step then holds batch_size x places instances).",
+    )
+    view_offset: int = option(
+        0, "window-pair: the second view's centre moves up to this many grid cells from the first's."
+    )
+    disjoint_views: bool = option(
+        False,
+        "window-pair: the two views deal out the tiles of one window of 2 x n_tiles tiles at random (the same "
+        "place, no tile in common), so that SimCLR cannot match views by a tile's own features.",
     )
     allow_no_augmentations: bool = option(
         False,
@@ -51,6 +67,17 @@ class DataArguments:
     def __post_init__(self):
         if self.n_tiles < 1:
             raise ValueError(f"{flag_of('n_tiles')} must be at least 1, got {self.n_tiles}")
+        if (self.places_per_slide != 1 or self.view_offset or self.disjoint_views) and (
+            self.tile_sampling != "window-pair"
+        ):
+            raise ValueError(
+                f"{flag_of('places_per_slide')}, {flag_of('view_offset')} and {flag_of('disjoint_views')} need "
+                f"{flag_of('tile_sampling')} window-pair"
+            )
+        if self.places_per_slide < 1 or self.view_offset < 0:
+            raise ValueError(
+                f"{flag_of('places_per_slide')} must be at least 1 and {flag_of('view_offset')} not negative"
+            )
 
 
 @dataclass

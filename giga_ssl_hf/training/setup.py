@@ -150,6 +150,9 @@ def load_views_and_config(
         seed=seed,
         coordinate_augmentation=CoordinateAugmentation() if data_args.coordinate_augmentation else None,
         tile_sampling=data_args.tile_sampling,
+        places_per_slide=data_args.places_per_slide,
+        view_offset=data_args.view_offset,
+        disjoint_views=data_args.disjoint_views,
     )
     extraction = read_metadata(features_dir)
     init_config = load_init_config(model_args.init_from) if model_args.init_from else None
@@ -164,7 +167,7 @@ def load_views_and_config(
         model_args, views.arrays.feature_dim, data_args.n_tiles, extraction.get("tile_encoder"), init_config
     )
     drawn_at_random = extraction.get("augmentation") and extraction.get("tile_sampling") == "random"
-    if data_args.tile_sampling == "window" and drawn_at_random:
+    if data_args.tile_sampling != "random" and drawn_at_random:
         logger.warning(
             "window views from augmentation rows of tiles drawn at random: the windows are not contiguous; "
             "extract with --tile-sampling window or all"

@@ -2,7 +2,8 @@
 
 A view of a slide = one of its augmentations picked at random, ``n_tiles`` of that augmentation's tiles (drawn
 with replacement for ``random`` views, the paper's; the ``n_tiles`` tiles nearest a random tile of the row for
-``window`` views, so that the sparse CNN sees neighbourhoods), and a random transform of their grid positions
+``window`` views, so that the sparse CNN sees neighbourhoods; ``window-pair``: the windows of one slide's views
+are all centred on the same grid cell), and a random transform of their grid positions
 (rotation, flip per axis, scale per axis in [0.7, 1.3]). Everything is vectorised over a batch of slides and read through zero-copy
 numpy views of the memory-mapped Arrow columns (:class:`~giga_ssl_hf.contracts.tile_features.TileArrays`).
 
@@ -71,7 +72,18 @@ class SlideViews(torch.utils.data.Dataset):
         coordinate_augmentation: None keeps the tiles' positions as they are.
         tile_sampling: ``random`` (tiles drawn with replacement from the row, the paper's) or ``window`` (the
             ``n_tiles`` tiles nearest a random tile of the row: a spatially contiguous window; meaningful when
-            the augmentation rows hold contiguous tiles, e.g. ``extract --tile-sampling window`` or ``all``).
+            the augmentation rows hold contiguous tiles, e.g. ``extract --tile-sampling window`` or ``all``), or
+            ``window-pair`` (windows of every view of a slide centred on one grid cell: two views at different places
+            share only what is the same everywhere on the slide, such as composition and stain, so SimCLR would
+            reward those; views of one place must agree on its local arrangement).
+        places_per_slide: with ``window-pair``, each slide of a batch is drawn at this many places, each place one
+            SimCLR instance (its views are the positives): the slide's other places are among the negatives, so
+            what is constant over the slide no longer tells instances apart. The batch holds ``B * places`` rows.
+        view_offset: with ``window-pair``, each later view's centre is the tile nearest the first's moved by up to
+            this many grid cells per axis (overlapping, not identical windows).
+        disjoint_views: with ``window-pair``, the views deal out the tiles of one window of ``n_views * n_tiles``
+            tiles at random: the same place, no tile in common, so that matching a tile's own noise cannot tell
+            the views' instance; they must agree on what the place holds and how it is laid out.
     """
 
     def __init__(
@@ -82,10 +94,20 @@ class SlideViews(torch.utils.data.Dataset):
         seed: int = 0,
         coordinate_augmentation: CoordinateAugmentation | None = CoordinateAugmentation(),
         tile_sampling: str = "random",
+        places_per_slide: int = 1,
+        view_offset: int = 0,
+        disjoint_views: bool = False,
     ):
         if tile_sampling not in VIEW_SAMPLINGS:
             raise ValueError(f"tile_sampling must be one of {VIEW_SAMPLINGS}, got {tile_sampling!r}")
-        self.tile_sampling = tile_sampling
+        if (places_per_slide != 1 or view_offset or disjoint_views) and tile_sampling != "window-pair":
+            raise ValueError(
+                "places_per_slide, view_offset and disjoint_views apply to window-pair views only"
+            )
+        if places_per_slide < 1 or view_offset < 0:
+            raise ValueError("places_per_slide must be at least 1 and view_offset not negative")
+        self.tile_sampling, self.places_per_slide = tile_sampling, places_per_slide
+        self.view_offset, self.disjoint_views = view_offset, disjoint_views
         dataset = without_indices_mapping(dataset)
         self.arrays = TileArrays.from_dataset(dataset)
         self.n_tiles, self.n_views, self.seed = n_tiles, n_views, seed
@@ -114,6 +136,7 @@ class SlideViews(torch.utils.data.Dataset):
     def sample(self, slide_indices: np.ndarray, epoch: int = 0) -> dict[str, torch.Tensor]:
         slide_indices = np.asarray(slide_indices, dtype=np.int64)
         rng = self.rng(epoch, slide_indices)
+        slide_indices = np.repeat(slide_indices, self.places_per_slide)
         shape = (len(slide_indices), self.n_views)
         # One random row (= augmentation) per view, then n_tiles of its tiles with replacement.
         counts = self.slide_row_count[slide_indices][:, None]
@@ -123,8 +146,9 @@ class SlideViews(torch.utils.data.Dataset):
         if (lengths == 0).any():
             raise ValueError("a slide row without tiles reached the view sampler")
         patch = self.patch_size_level0[slide_indices]  # (B,)
-        if self.tile_sampling == "window":
-            tile_index = self._window_index(rows.reshape(-1), np.repeat(patch, self.n_views), rng)
+        if self.tile_sampling != "random":
+            shared = self.tile_sampling == "window-pair"
+            tile_index = self._window_index(rows, patch, rng, shared_centre=shared)
         else:
             tile_index = (rng.random((*shape, self.n_tiles)) * lengths[..., None]).astype(np.int64)
         features, coords = self.arrays.gather(rows.reshape(-1), tile_index.reshape(-1, self.n_tiles))
@@ -139,13 +163,31 @@ class SlideViews(torch.utils.data.Dataset):
             "slide_index": torch.from_numpy(slide_indices),
         }
 
-    def _window_index(self, rows: np.ndarray, patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """``(len(rows), n_tiles)`` within-row indices: one window around a random tile of each row."""
-        index = np.empty((len(rows), self.n_tiles), dtype=np.int64)
-        for i, (row, cell) in enumerate(zip(rows, patch)):
-            _, coords = self.arrays.row(row)
-            centre = rng.integers(0, len(coords), size=1)
-            index[i] = window_indices(coords // cell, centre, self.n_tiles, rng)[0]
+    def _window_index(
+        self, rows: np.ndarray, patch: np.ndarray, rng: np.random.Generator, shared_centre: bool
+    ) -> np.ndarray:
+        """``(B * V, n_tiles)`` within-row indices of windows in rows ``(B, V)``: each around a random tile of its
+        row, or (``shared_centre``) every view of a slide around the tile of its row nearest one random cell."""
+        index = np.empty((rows.size, self.n_tiles), dtype=np.int64)
+        n_views = rows.shape[1]
+        # Disjoint views: one window of every view's tiles, dealt out at random (a tile is in one view only).
+        size = self.n_tiles * n_views if self.disjoint_views else self.n_tiles
+        for slide, (slide_rows, cell) in enumerate(zip(rows, patch)):
+            centre_cell = None
+            deal = rng.permutation(size).reshape(-1, self.n_tiles) if self.disjoint_views else None
+            tie_seed = int(rng.integers(2**62)) if shared_centre else None
+            for view, row in enumerate(slide_rows):
+                grid_xy = self.arrays.row(row)[1] // cell
+                if centre_cell is None or not shared_centre:
+                    centre = rng.integers(0, len(grid_xy), size=1)
+                    centre_cell = grid_xy[centre[0]]
+                else:  # augmentation rows may hold different tiles: the one nearest the (moved) shared cell
+                    moved = centre_cell + rng.integers(-self.view_offset, self.view_offset + 1, size=2)
+                    centre = np.array([np.abs(grid_xy - moved).sum(axis=1).argmin()])
+                # One tie-break stream per slide: views of rows holding the same tiles get the same window.
+                ties = np.random.default_rng(tie_seed) if shared_centre else rng
+                window = window_indices(grid_xy, centre, size, ties)[0]
+                index[slide * n_views + view] = window if deal is None else window[deal[view]]
         return index
 
     def __getitems__(self, keys: list[tuple[int, int]]) -> dict[str, torch.Tensor]:

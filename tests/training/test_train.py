@@ -261,15 +261,19 @@ def test_tensorboard_logs_loss_lr_and_embedding_std(synthetic_features, tmp_path
     assert all(0 < event.value < 1 for event in accumulator.Scalars("embedding_std"))
 
 
-def test_window_views_train_and_are_recorded(synthetic_features, tmp_path):
+@pytest.mark.parametrize(
+    "sampling",
+    [["window"], ["window-pair"], ["window-pair", "--places_per_slide", "2", "--view_offset", "1"]],
+)
+def test_window_views_train_and_are_recorded(synthetic_features, tmp_path, sampling):
     features, _ = synthetic_features
     summary = run_train(
-        features, tmp_path / "run", "--tile_sampling", "window", "--batch_size", "8", "--max_steps", "3",
+        features, tmp_path / "run", "--tile_sampling", *sampling, "--batch_size", "8", "--max_steps", "3",
         "--save_steps", "0",
     )  # fmt: skip
     assert summary["steps"] == 3 and np.isfinite(summary["final_loss"])
     recorded = json.loads((tmp_path / "run" / "final" / "training_summary.json").read_text())
-    assert recorded["arguments"]["tile_sampling"] == "window"
+    assert recorded["arguments"]["tile_sampling"] == sampling[0]
 
 
 def test_unknown_tile_sampling_is_a_usage_error(synthetic_features, tmp_path, capsys):
@@ -277,3 +281,12 @@ def test_unknown_tile_sampling_is_a_usage_error(synthetic_features, tmp_path, ca
     argv = ["--features", str(features), "--output_dir", str(tmp_path / "run"), "--tile_sampling", "grid"]
     assert main([*argv, *TINY]) == 2
     assert "tile_sampling" in capsys.readouterr().err
+
+
+def test_places_per_slide_without_window_pair_is_a_usage_error(synthetic_features, tmp_path, capsys):
+    features, _ = synthetic_features
+    argv = ["--features", str(features), "--output_dir", str(tmp_path / "run"), "--places_per_slide", "2"]
+    assert main([*argv, *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "window-pair" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

@@ -112,6 +112,61 @@ def test_window_views_hold_neighbouring_tiles_of_one_augmentation():
     assert np.linalg.norm(coords - coords[0], axis=1).max() <= distances[5] + 1e-6
 
 
+def test_window_pair_views_of_a_slide_are_windows_around_one_place():
+    dataset, _ = synthetic_tile_dataset(n_slides=6, feature_dim=8, n_aug=3, tiles_per_slide=40, seed=2)
+    paired = SlideViews(dataset, n_tiles=6, seed=0, coordinate_augmentation=None, tile_sampling="window-pair")
+    window = SlideViews(dataset, n_tiles=6, seed=0, coordinate_augmentation=None, tile_sampling="window")
+
+    def centre_gap(views):  # grid distance between the centres of a slide's two views, per slide
+        grid = views.sample(np.arange(6))["tile_coords"].numpy() / 448  # (B, V, n, 2)
+        return np.linalg.norm(grid[:, 0, 0] - grid[:, 1, 0], axis=-1)
+
+    # every row holds every tile, so both windows start at the very same cell (nearest tile first)
+    assert np.array_equal(centre_gap(paired), np.zeros(6))
+    assert centre_gap(window).mean() > 1.0  # independent windows sit at different places
+    batch = paired.sample(np.arange(6))
+    assert batch["tile_features"].shape == (6, 2, 6, 8)
+    assert not torch.equal(batch["tile_features"][:, 0], batch["tile_features"][:, 1])  # two augmentations
+
+
+def test_places_per_slide_make_each_place_an_instance_and_offsets_move_the_second_view():
+    dataset, _ = synthetic_tile_dataset(n_slides=6, feature_dim=8, n_aug=3, tiles_per_slide=64, seed=2)
+    views = SlideViews(
+        dataset, n_tiles=6, seed=0, coordinate_augmentation=None, tile_sampling="window-pair",
+        places_per_slide=3, view_offset=2,
+    )  # fmt: skip
+    batch = views.sample(np.array([4, 1]))
+    assert batch["slide_index"].tolist() == [4, 4, 4, 1, 1, 1]
+    assert batch["tile_features"].shape == (6, 2, 6, 8)
+    first = batch["tile_coords"][:, :, 0].numpy() / 448  # (instances, views, 2): each view's centre tile
+    gaps = np.abs(first[:, 0] - first[:, 1]).max(axis=1)
+    assert gaps.max() <= 2 and gaps.max() > 0  # moved, by at most view_offset cells per axis
+    assert len({tuple(centre) for centre in first[:3, 0].tolist()}) > 1  # one slide, several places
+    with pytest.raises(ValueError, match="window-pair"):
+        SlideViews(dataset, n_tiles=6, tile_sampling="window", places_per_slide=2)
+
+
+def test_disjoint_views_deal_out_one_window():
+    dataset, _ = synthetic_tile_dataset(n_slides=4, feature_dim=8, n_aug=1, tiles_per_slide=64, seed=2)
+    views = SlideViews(
+        dataset,
+        n_tiles=6,
+        seed=0,
+        coordinate_augmentation=None,
+        tile_sampling="window-pair",
+        disjoint_views=True,
+    )
+    grid = views.sample(np.arange(4))["tile_coords"].numpy() / 448  # (B, 2, 6, 2)
+    for slide in grid:
+        first, second = ({tuple(cell) for cell in view.tolist()} for view in slide)
+        assert (
+            len(first) == len(second) == 6 and not first & second
+        )  # no tile in common (one augmentation row)
+        together = np.concatenate(slide)  # together one window: 12 cells around one place
+        assert len({tuple(cell) for cell in together.tolist()}) == 12
+        assert np.abs(together - together.mean(axis=0)).max() <= 4
+
+
 def test_unknown_tile_sampling_is_refused(augmented):
     with pytest.raises(ValueError, match="tile_sampling"):
         SlideViews(augmented, n_tiles=5, tile_sampling="grid")
