@@ -111,9 +111,9 @@ class EvaluateSettings:
         "select",
         "Hybrid embeddings (giga-ssl embed --concat-mean-pool: the encoder's embedding, then the mean tile "
         "feature): select fits the probe on the encoder block, the mean-pool block or both, chosen per split "
-        "by inner cross-validation (AUC) on its training slides, jointly with --C, so the hybrid does not fall "
-        "below its better half when the other carries no signal; both always fits both blocks (the probe of "
-        "earlier versions). Other embeddings: not used.",
+        "by inner cross-validation (AUC) on its training slides, jointly with --C, so that a block without signal "
+        "does not dilute the other (with very few labels the choice itself is noisy); both always fits both "
+        "blocks (the probe of earlier versions). Other embeddings: not used.",
     )
     baseline: tuple[Literal["mean-pool", "abmil", "graph-mil"], ...] | None = option(
         None,
