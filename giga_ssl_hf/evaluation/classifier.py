@@ -69,9 +69,8 @@ class ColumnBlock(TransformerMixin, BaseEstimator):
         self.columns = columns
 
     def fit(self, x, y=None):
-        self.n_features_in_ = x.shape[
-            1
-        ]  # the width of the whole embedding, for the probe's full coefficients
+        # The width of the whole embedding, for the probe's coefficients on every column.
+        self.n_features_in_ = x.shape[1]
         return self
 
     def transform(self, x):

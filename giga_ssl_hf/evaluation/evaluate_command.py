@@ -177,17 +177,10 @@ def _probe_all(
         for name, vectors in sources.items()
         for labels, split in zip(inputs.labels, inputs.splits)
         for result in evaluate_embeddings(
-            vectors,
-            labels,
-            split,
-            inputs.folds,
-            train_sizes,
-            settings.seed,
-            embedding=name,
-            blocks=blocks if name == "embeddings" else None,
-            **probe,
-        )  # fmt: skip
-    ]
+            vectors, labels, split, inputs.folds, train_sizes, settings.seed, embedding=name,
+            blocks=blocks if name == "embeddings" else None, **probe,
+        )
+    ]  # fmt: skip
     return sources, results
 
 
