@@ -10,7 +10,9 @@ training slides, subsampled to 25 / 50 / 100 / 200 labelled slides):
   (``evaluate --standardize``, C=10): ``paper`` (5 random tiles per view, the paper's learning rate), ``window``
   (16-tile windows at different places), ``window-pair`` (both views of a slide are windows around the same
   place, ``--tile-sampling window-pair``), ``hybrid`` (the window-pair embedding and the standardised mean
-  tile feature, ``embed --concat-mean-pool``);
+  tile feature, ``embed --concat-mean-pool``), ``hybrid-select`` (the same embedding; the probe chooses the
+  encoder block, the mean-pool block or both per split by inner cross-validation, ``evaluate``'s default on
+  hybrid embeddings);
 - ``mean-pool``: the mean tile feature, same probe;
 - supervised MIL on the exhaustive tile features: ``abmil`` (gated attention) and ``graph-mil`` (the same after
   message passing on the tile grid), as ``evaluate --baseline`` trains them;
@@ -22,6 +24,8 @@ training slides, subsampled to 25 / 50 / 100 / 200 labelled slides):
     python benchmarks/bench_headline.py                        # the headline table (three cohorts)
     python benchmarks/bench_headline.py --cohorts touching touching-small touching-close \\
         --methods window window-pair hybrid mean-pool          # the arrangement family
+    python benchmarks/bench_headline.py --cohorts rare broad architecture \
+        --methods window-pair hybrid hybrid-select mean-pool   # the hybrid against its halves
     python benchmarks/bench_headline.py --quick                # smoke test
 """
 
@@ -32,6 +36,7 @@ import logging
 import os
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +45,7 @@ from arrangement_family import MEMBERS, adjacency_histograms
 from bench_representation import SIGNALS, CohortSettings, Recipe, embed, make_cohort, train_recipe
 from table import text_table
 
+from giga_ssl_hf.contracts.slide_embeddings import ENCODER_BLOCK, MEAN_POOL_BLOCK
 from giga_ssl_hf.contracts.tile_features import TileArrays
 from giga_ssl_hf.evaluation.baselines import baseline_source
 from giga_ssl_hf.evaluation.finetune import FineTuneBaseline, FineTuneRecipe, SlideTiles
@@ -49,8 +55,9 @@ from giga_ssl_hf.features.pooling import mean_pool, standardise_over_slides
 
 COHORTS = (*SIGNALS, *(name for name in MEMBERS if name != "intermixed"))  # "architecture" is intermixed
 RECIPES = ("paper", "window", "window-pair")
-METHODS = (*RECIPES, "hybrid", "mean-pool", "abmil", "graph-mil", "finetune", "kmeans-adjacency")
-LINEAR = (*RECIPES, "hybrid")  # Giga-SSL + a linear probe
+HYBRIDS = ("hybrid", "hybrid-select")
+METHODS = (*RECIPES, *HYBRIDS, "mean-pool", "abmil", "graph-mil", "finetune", "kmeans-adjacency")
+LINEAR = (*RECIPES, *HYBRIDS)  # Giga-SSL + a linear probe
 MIL = ("abmil", "graph-mil")
 log = logging.getLogger("bench_headline")
 
@@ -72,24 +79,29 @@ def recipes(args) -> dict[str, Recipe]:
 
 def needed_recipes(methods: list[str]) -> list[str]:
     """The recipes to train: those asked for, and window-pair for the hybrid and fine-tuning."""
-    derived = {"window-pair"} if {"hybrid", "finetune"} & set(methods) else set()
+    derived = {"window-pair"} if {*HYBRIDS, "finetune"} & set(methods) else set()
     return [name for name in RECIPES if name in methods or name in derived]
 
 
-def score(source, labels, args, cohort: str, standardize: bool) -> dict[str, list[float]]:
-    """{training size: AUCs of the splits} of one method, on the benchmark's splits."""
+def score(
+    source, labels, args, cohort: str, standardize: bool, blocks=None, chosen=None
+) -> dict[str, list[float]]:
+    """{training size: AUCs of the splits} of one method, on the benchmark's splits; with ``blocks``, the probe
+    chooses among them and ``chosen`` ({size: Counter}) counts its choices."""
     aucs: dict[str, list[float]] = {}
     for repeat in range(args.repeats):
         for result in evaluate_embeddings(
             source, labels, folds=args.folds, train_sizes=args.sizes, seed=args.seed + repeat, task=cohort,
-            standardize=standardize,
+            standardize=standardize, blocks=blocks,
         ):  # fmt: skip
             aucs.setdefault(result.train_size, []).extend(result.aucs.tolist())
+            if chosen is not None:
+                chosen.setdefault(result.train_size, Counter()).update(s.block for s in result.splits)
     return aucs
 
 
-def run_cohort(cohort: str, args, folder: Path) -> tuple[dict, dict]:
-    """({method: {size: AUCs}}, {method: seconds}) on one cohort."""
+def run_cohort(cohort: str, args, folder: Path) -> tuple[dict, dict, dict]:
+    """({method: {size: AUCs}}, {method: seconds}, {size: blocks chosen by hybrid-select}) on one cohort."""
     settings = CohortSettings(
         n_slides=args.slides, min_tiles=args.min_tiles, max_tiles=args.max_tiles, seed=args.seed
     )
@@ -98,7 +110,7 @@ def run_cohort(cohort: str, args, folder: Path) -> tuple[dict, dict]:
     exhaustive.save_to_disk(str(folder / "exhaustive"))
     ids, means = mean_pool(exhaustive)
     vectors = {"mean-pool": means / np.linalg.norm(means, axis=1, keepdims=True)}
-    seconds, models, results = {}, {}, {}
+    seconds, models, results, chosen = {}, {}, {}, {}
     for name in needed_recipes(args.methods):
         start, recipe = time.perf_counter(), recipes(args)[name]
         models[name], _ = train_recipe(recipe, folder / "augmented", folder / name, args)
@@ -108,11 +120,16 @@ def run_cohort(cohort: str, args, folder: Path) -> tuple[dict, dict]:
         log.info("%s: %s trained and embedded in %.0f s", cohort, name, seconds[name])
     if "kmeans-adjacency" in args.methods:
         vectors["kmeans-adjacency"] = adjacency_histograms(exhaustive, seed=args.seed)
-    if "hybrid" in args.methods:
-        vectors["hybrid"] = np.concatenate([vectors["window-pair"], standardise_over_slides(means)], axis=1)
+    if set(HYBRIDS) & set(args.methods):
+        hybrid = np.concatenate([vectors["window-pair"], standardise_over_slides(means)], axis=1)
+        vectors.update(dict.fromkeys(HYBRIDS, hybrid))
+        blocks = {ENCODER_BLOCK: vectors["window-pair"].shape[1], MEAN_POOL_BLOCK: means.shape[1]}
     for method in args.methods:
         start = time.perf_counter()
-        if method in vectors:
+        if method == "hybrid-select":
+            source = (ids, vectors[method])
+            results[method] = score(source, labels, args, cohort, True, blocks, chosen)
+        elif method in vectors:
             results[method] = score((ids, vectors[method]), labels, args, cohort, standardize=True)
         elif method in MIL:
             recipe = MILRecipe(epochs=args.mil_epochs, seed=args.seed)
@@ -126,7 +143,7 @@ def run_cohort(cohort: str, args, folder: Path) -> tuple[dict, dict]:
             results[method] = score((ids, baseline), labels, args, cohort, standardize=False)
         seconds[method] = seconds.get(method, 0.0) + time.perf_counter() - start
         log.info("%s: %s scored at %.0f s", cohort, method, seconds[method])
-    return results, seconds
+    return results, seconds, chosen
 
 
 def summary_rows(results: dict, seconds: dict, sizes: list[str]) -> list[dict]:
@@ -164,7 +181,25 @@ def claim_rows(results: dict, sizes: list[str]) -> list[dict]:
     return rows
 
 
-def print_tables(results: dict, seconds: dict, args) -> None:
+def halves_rows(results: dict, chosen: dict, sizes: list[str]) -> list[dict]:
+    """Per cohort and size, the hybrids against their better half (window-pair or mean pooling), worst first."""
+    rows = []
+    for cohort, methods in results.items():
+        if not {"window-pair", "mean-pool", *HYBRIDS} <= set(methods):
+            continue
+        for n in sizes:
+            auc = {method: np.mean(aucs[n]) for method, aucs in methods.items()}
+            better = max(("window-pair", "mean-pool"), key=auc.get)
+            row = {"cohort": cohort, "labels": n, "better half": f"{better} {auc[better]:.3f}"}
+            row.update({method: auc[method] for method in HYBRIDS})
+            row["select - better"] = auc["hybrid-select"] - auc[better]
+            row["hybrid - better"] = auc["hybrid"] - auc[better]
+            row["blocks chosen"] = ", ".join(f"{b} {k}" for b, k in chosen[cohort][n].most_common())
+            rows.append(row)
+    return sorted(rows, key=lambda row: row["select - better"])
+
+
+def print_tables(results: dict, seconds: dict, chosen: dict, args) -> None:
     sizes = args.sizes.split(",")
     print(
         f"\nAUC, mean ± std over {args.repeats * args.folds} splits ({args.repeats} seeded {args.folds}-fold CV of "
@@ -179,6 +214,16 @@ def print_tables(results: dict, seconds: dict, args) -> None:
         print("\nThe paper's claim (Giga-SSL + linear >= supervised MIL), per cohort and training size:\n")
         keys = [key for key in claims[0] if key not in ("cohort", "labels")]
         print(text_table(claims, [("cohort", "<14"), ("labels", ">6")] + [(key, "<22") for key in keys]))
+    halves = halves_rows(results, chosen, sizes)
+    if halves:
+        print("\nThe hybrids against their better half (window-pair or mean-pool), worst case first:\n")
+        columns = [("cohort", "<14"), ("labels", ">6"), ("better half", "<17"), ("hybrid", ">6.3f")]
+        columns += [
+            ("hybrid-select", ">13.3f"),
+            ("select - better", ">+15.3f"),
+            ("hybrid - better", ">+15.3f"),
+        ]
+        print(text_table(halves, columns + [("blocks chosen", "<40")]))
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -244,11 +289,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     log.setLevel(logging.INFO)
     start = time.perf_counter()
-    results, seconds = {}, {}
+    results, seconds, chosen = {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="bench_headline_") as tmp:
         for cohort in args.cohorts:
-            results[cohort], seconds[cohort] = run_cohort(cohort, args, Path(tmp) / cohort)
-    print_tables(results, seconds, args)
+            results[cohort], seconds[cohort], chosen[cohort] = run_cohort(cohort, args, Path(tmp) / cohort)
+    print_tables(results, seconds, chosen, args)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 
 

@@ -244,11 +244,16 @@ def _embed(
 def _evaluate(
     paths: dict[str, Path], settings: PipelineSettings, labels: str, state: PipelineState, fingerprint: str
 ) -> None:
+    from .contracts import read_metadata
+    from .contracts.slide_embeddings import hybrid_blocks
     from .evaluation import evaluate_embeddings, format_table, write_outputs
 
     if state.status("evaluate", fingerprint, paths["results"]) == "done":
         return
     evaluation, folds = settings.evaluation, settings.evaluation.folds
+    # The trained encoder's embeddings are hybrid with --embedding.concat-mean-pool: the probe chooses a block.
+    selecting = evaluation.hybrid_blocks == "select"
+    blocks = hybrid_blocks(read_metadata(paths["embeddings"])) if selecting else None
     shutil.rmtree(paths["results"], ignore_errors=True)
     logger.info("stage evaluate: %d-fold linear probe -> %s", folds, paths["results"])
     results = [
@@ -257,6 +262,7 @@ def _evaluate(
         for result in evaluate_embeddings(
             embeddings, labels, folds=folds, train_sizes=evaluation.train_sizes, seed=settings.options.seed,
             standardize=evaluation.standardize, C=evaluation.C, embedding=name,
+            blocks=blocks if name == "trained" else None,
         )
     ]  # fmt: skip
     config = {"labels": str(labels), "folds": folds, "standardize": evaluation.standardize}

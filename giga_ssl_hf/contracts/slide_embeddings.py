@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 ID_COLUMN = "slide_id"
 EMBEDDING_COLUMN = "embedding"
+# The column blocks of a hybrid embedding (embed --concat-mean-pool), in column order.
+ENCODER_BLOCK, MEAN_POOL_BLOCK = "encoder", "mean-pool"
 _DATA_FILE_SUFFIXES = {".parquet": "parquet", ".arrow": "arrow"}
 
 
@@ -50,6 +52,23 @@ def resolve_embeddings_folder(source: str | Path) -> Path:
             "nor a Hub dataset repo id of the form 'owner/name'"
         )
     return _download(str(source))
+
+
+def hybrid_blocks(metadata: dict) -> dict[str, int] | None:
+    """``{"encoder": E - D, "mean-pool": D}`` for hybrid embeddings (``concat_mean_pool`` in their metadata, D
+    the length of the recorded ``mean_pool_mean``); None for other embeddings, and, with a warning, for hybrid
+    ones of an earlier version that recorded no mean-pool statistics (their block sizes are unknown)."""
+    if not metadata.get("concat_mean_pool"):
+        return None
+    statistics = metadata.get("mean_pool_mean")
+    if statistics is None or not metadata.get("embedding_dim"):
+        logger.warning(
+            "hybrid embeddings without recorded mean-pool statistics (an earlier version): their blocks are "
+            "unknown and the probe uses both; embed again with --concat-mean-pool to choose between them"
+        )
+        return None
+    mean_pool_dim = len(statistics)
+    return {ENCODER_BLOCK: int(metadata["embedding_dim"]) - mean_pool_dim, MEAN_POOL_BLOCK: mean_pool_dim}
 
 
 def embeddings_dataset(ids: np.ndarray, embeddings: np.ndarray) -> datasets.Dataset:

@@ -39,6 +39,8 @@ only; --baseline mean-pool --features DIR probes the mean of each slide's exhaus
 size (AdamW, dropout 0.25, class-weighted cross-entropy, --mil-epochs, seeded; early stopping on a held-out
 share of the training slides with --mil-validation), scored with the same AUC in the same table.
 The probe's scaling can decide results as much as the encoder does: report embeddings next to mean pooling.
+On hybrid embeddings (giga-ssl embed --concat-mean-pool) the probe chooses per split, by the same inner
+cross-validation, the encoder block, the mean-pool block or both (--hybrid-blocks select, the default).
 
 examples:
   # the paper's fixed splits, every training size (full, 25p, 50, 100) of the lung task
@@ -108,16 +110,30 @@ def probe_folders(save_probe: Path, tasks: list[str]) -> list[Path]:
     return [save_probe] if len(tasks) == 1 else [save_probe / task for task in tasks]
 
 
-def save_probes(settings: EvaluateSettings, labels: list[str], embeddings) -> list:
-    """Fit each task's probe on all its labelled slides and save it (see ``giga_ssl_hf.evaluation.saved_probe``);
-    returns the probes."""
+def embeddings_metadata(settings: EvaluateSettings) -> dict:
+    """The metadata sidecar of the evaluated embeddings ({} for those without one, e.g. the paper's npy pair)."""
     from giga_ssl_hf.contracts import read_metadata
     from giga_ssl_hf.contracts.slide_embeddings import resolve_embeddings_folder
+
+    return read_metadata(resolve_embeddings_folder(settings.embeddings))
+
+
+def probe_blocks(settings: EvaluateSettings, metadata: dict) -> dict[str, int] | None:
+    """The column blocks the probe chooses among: a hybrid embedding's two with ``--hybrid-blocks select``."""
+    from giga_ssl_hf.contracts.slide_embeddings import hybrid_blocks
+
+    return hybrid_blocks(metadata) if settings.hybrid_blocks == "select" else None
+
+
+def save_probes(
+    settings: EvaluateSettings, labels: list[str], embeddings, metadata: dict, blocks: dict[str, int] | None
+) -> list:
+    """Fit each task's probe on all its labelled slides (choosing among ``blocks`` as the evaluation does) and
+    save it (see ``giga_ssl_hf.evaluation.saved_probe``); returns the probes."""
     from giga_ssl_hf.evaluation.classifier import parse_c
     from giga_ssl_hf.evaluation.data import load_labels
     from giga_ssl_hf.evaluation.saved_probe import fit_saved_probe
 
-    metadata = read_metadata(resolve_embeddings_folder(settings.embeddings))
     tasks = settings.task_names
     folders = probe_folders(settings.save_probe, tasks)
     probes = []
@@ -130,15 +146,22 @@ def save_probes(settings: EvaluateSettings, labels: list[str], embeddings) -> li
             C=parse_c(settings.C)[0],
             embeddings_source=settings.embeddings,
             embeddings_metadata=metadata,
+            blocks=blocks,
         )
         probe.save(folder, overwrite=settings.overwrite_probe)
-        print(f"saved the {task} probe ({probe.info['n_train']} slides, classes {probe.classes}) to {folder}")
+        block = f", block {probe.info['block']}" if blocks else ""
+        print(
+            f"saved the {task} probe ({probe.info['n_train']} slides, classes {probe.classes}{block}) to {folder}"
+        )
         probes.append(probe)
     return probes
 
 
-def _probe_all(settings: EvaluateSettings, inputs: _Inputs, embeddings: tuple) -> tuple[dict, list]:
-    """The embeddings (and baselines) evaluated on every task: ``({name: (ids, vectors or model)}, results)``."""
+def _probe_all(
+    settings: EvaluateSettings, inputs: _Inputs, embeddings: tuple, blocks: dict[str, int] | None
+) -> tuple[dict, list]:
+    """The embeddings (and baselines) evaluated on every task: ``({name: (ids, vectors or model)}, results)``;
+    the probe of the embeddings chooses among ``blocks``, a baseline's has none."""
     from giga_ssl_hf.evaluation.baselines import baseline_source
     from giga_ssl_hf.evaluation.classifier import parse_c
     from giga_ssl_hf.evaluation.probe import evaluate_embeddings
@@ -154,9 +177,10 @@ def _probe_all(settings: EvaluateSettings, inputs: _Inputs, embeddings: tuple) -
         for name, vectors in sources.items()
         for labels, split in zip(inputs.labels, inputs.splits)
         for result in evaluate_embeddings(
-            vectors, labels, split, inputs.folds, train_sizes, settings.seed, embedding=name, **probe
+            vectors, labels, split, inputs.folds, train_sizes, settings.seed, embedding=name,
+            blocks=blocks if name == "embeddings" else None, **probe,
         )
-    ]
+    ]  # fmt: skip
     return sources, results
 
 
@@ -192,13 +216,17 @@ def evaluate(settings: EvaluateSettings) -> int:
 
         export = probe_folders(settings.export_classifier, settings.task_names)
         check_export(export, settings.embeddings, settings.classifier_encoder, settings.overwrite_probe)
-    sources, results = _probe_all(settings, inputs, embeddings)
+    metadata = embeddings_metadata(settings)
+    blocks = probe_blocks(settings, metadata)
+    sources, results = _probe_all(settings, inputs, embeddings, blocks)
     if settings.standardize or settings.C or settings.baseline:
         c_text = ",".join(f"{c:g}" for c in parse_c(settings.C))
         print(
             f"probe: logistic regression, C={c_text}, standardised features: {'yes' if settings.standardize else 'no'}"
         )
     print(format_table(results))
+    if blocks:
+        print(chosen_blocks_line(results, blocks))
     # Retrieval compares slide vectors: a MIL baseline has none.
     vectors = {name: source for name, source in sources.items() if not hasattr(source[1], "fit_predict")}
     retrieval = _retrieval(settings, inputs, vectors) if settings.retrieval else None
@@ -216,12 +244,25 @@ def evaluate(settings: EvaluateSettings) -> int:
 
             write_json(settings.out / "retrieval.json", retrieval)
     if settings.save_probe:
-        probes = save_probes(settings, inputs.labels, sources["embeddings"])
+        probes = save_probes(settings, inputs.labels, sources["embeddings"], metadata, blocks)
         if settings.export_classifier:
             from giga_ssl_hf.evaluation.export_classifier import export_classifiers
 
             export_classifiers(probes, export, settings.classifier_encoder, results, settings.overwrite_probe)
     return 0
+
+
+def chosen_blocks_line(results: list, blocks: dict[str, int]) -> str:
+    """How often each block of the hybrid embeddings was chosen, over all the splits of the results."""
+    from collections import Counter
+
+    chosen = Counter(s.block for r in results if r.embedding == "embeddings" for s in r.splits)
+    sizes = ", ".join(f"{name} ({size} dims)" for name, size in blocks.items())
+    counts = ", ".join(f"{name} {n}" for name, n in chosen.most_common())
+    return (
+        f"hybrid embeddings ({sizes}): block chosen per split by inner cross-validation (--hybrid-blocks "
+        f"select): {counts} of {sum(chosen.values())} splits"
+    )
 
 
 def build_parser() -> SettingsParser:

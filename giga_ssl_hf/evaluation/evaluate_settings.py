@@ -107,6 +107,14 @@ class EvaluateSettings:
         "comma-separated: one chosen per split by inner cross-validation on its training slides.",
         metavar="C[,C...]",
     )
+    hybrid_blocks: Literal["select", "both"] = option(
+        "select",
+        "Hybrid embeddings (giga-ssl embed --concat-mean-pool: the encoder's embedding, then the mean tile "
+        "feature): select fits the probe on the encoder block, the mean-pool block or both, chosen per split "
+        "by inner cross-validation (AUC) on its training slides, jointly with --C, so that a block without signal "
+        "does not dilute the other (with very few labels the choice itself is noisy); both always fits both "
+        "blocks (the probe of earlier versions). Other embeddings: not used.",
+    )
     baseline: tuple[Literal["mean-pool", "abmil", "graph-mil"], ...] | None = option(
         None,
         "Also evaluate baselines on the same splits and training sizes, in the same table (needs --features): "

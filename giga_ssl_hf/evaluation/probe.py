@@ -16,7 +16,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
 from giga_ssl_hf.contracts.slide_embeddings import load_embeddings
-from giga_ssl_hf.evaluation.classifier import METRIC_PATH, PAPER_C, fit_predict, parse_c, slide_auc
+from giga_ssl_hf.evaluation.classifier import METRIC_PATH, PAPER_C, fit_predict, fit_probe, parse_c, slide_auc
 from giga_ssl_hf.evaluation.data import find_split_sets, load_labels, read_split, require_two_classes
 from giga_ssl_hf.evaluation.results import ProbeResult, SplitResult
 from giga_ssl_hf.evaluation.train_sizes import TrainSize, parse_train_sizes, stratified_subsample
@@ -45,7 +45,8 @@ class AlignedTask:
 
     ``embeddings`` is an `(n, E)` array (the linear probe is fit on its rows), or a slide model with
     ``fit_predict(train positions, y_train, test positions, n_classes)`` (a MIL baseline,
-    :mod:`giga_ssl_hf.evaluation.mil`), scored the same way on the same splits.
+    :mod:`giga_ssl_hf.evaluation.mil`), scored the same way on the same splits. ``blocks`` (``{name: columns}``,
+    in column order) has the probe choose, per split, each block alone or all together by inner cross-validation.
     """
 
     def __init__(
@@ -56,10 +57,11 @@ class AlignedTask:
         labels: pd.Series,
         standardize: bool = False,
         C: list[float] = (PAPER_C,),
+        blocks: dict[str, int] | None = None,
     ):
         self.name = name
         self.embeddings = embeddings
-        self.standardize, self.C = standardize, list(C)
+        self.standardize, self.C, self.blocks = standardize, list(C), blocks
         # Plain dicts: pandas' Arrow-backed string Index makes per-split `isin` lookups ~100x slower.
         self.row = {slide: i for i, slide in enumerate(ids.tolist())}
         self.classes = sorted(labels.unique())
@@ -97,19 +99,13 @@ class AlignedTask:
                     f"{[self.classes[i] for i in absent]} once IDs without embeddings are dropped"
                 )
         if isinstance(self.embeddings, np.ndarray):
-            scores, chosen_c = fit_predict(
-                self.embeddings[train_rows],
-                y_train,
-                self.embeddings[test_rows],
-                self.standardize,
-                self.C,
-                True,
-            )
-        else:  # a model trained on the slides themselves (a MIL baseline): no C to choose
+            fitted = fit_probe(self.embeddings[train_rows], y_train, self.standardize, self.C, self.blocks)
+            scores, chosen_c, block = fitted.scores(self.embeddings[test_rows]), fitted.C, fitted.block
+        else:  # a model trained on the slides themselves (a MIL baseline): no C or block to choose
             scores = self.embeddings.fit_predict(train_rows, y_train, test_rows, len(self.classes))
-            chosen_c = None
+            chosen_c, block = None, None
         auc = slide_auc(y_test, scores)
-        return SplitResult(name, auc, len(train_rows), len(test_rows), y_test, scores, chosen_c)
+        return SplitResult(name, auc, len(train_rows), len(test_rows), y_test, scores, chosen_c, block)
 
 
 def _subsample(train_rows, y_train, size: TrainSize, seed: int, split_index: int):
@@ -186,7 +182,7 @@ def evaluate_kfold(
     return _probe(task, f"{folds}-fold CV", splits, dropped, train_sizes, seed)
 
 
-def _align(embeddings, labels, task: str | None, standardize: bool, C) -> AlignedTask:
+def _align(embeddings, labels, task: str | None, standardize: bool, C, blocks) -> AlignedTask:
     """The embeddings (a source or ``(ids, array)``) aligned with the labels (a CSV or a Series)."""
     ids, array = load_embeddings(embeddings) if isinstance(embeddings, (str, Path)) else embeddings
     if task is None:
@@ -201,6 +197,7 @@ def _align(embeddings, labels, task: str | None, standardize: bool, C) -> Aligne
         label_series,
         standardize,
         parse_c(C),
+        blocks,
     )
 
 
@@ -235,6 +232,7 @@ def evaluate_embeddings(
     standardize: bool = False,
     C: float | str | list[float] | None = None,
     embedding: str = "embeddings",
+    blocks: dict[str, int] | None = None,
 ) -> list[ProbeResult]:
     """Linear-probe AUCs of slide embeddings on one labelled task.
 
@@ -250,11 +248,15 @@ def evaluate_embeddings(
         C: the classifier's inverse regularisation (default: the paper's 10), or several (a list, or a
             comma-separated string), one chosen per split by inner cross-validation on its training slides.
         embedding: name of these embeddings in the results (e.g. ``"mean-pool"`` for the baseline).
+        blocks: named column blocks in column order (``{"encoder": 64, "mean-pool": 32}`` for a hybrid
+            embedding, :func:`~giga_ssl_hf.contracts.slide_embeddings.hybrid_blocks`): per split, each block alone
+            and all together are candidates, chosen (with C) by inner cross-validation on its training slides;
+            recorded in each :class:`SplitResult`'s ``block``.
     Returns:
         One :class:`ProbeResult` per split folder and training size, split folders in order of
         their largest training set, then training sizes ascending.
     """
-    aligned = _align(embeddings, labels, task, standardize, C)
+    aligned = _align(embeddings, labels, task, standardize, C, blocks)
     sizes = (
         parse_train_sizes(train_sizes) if train_sizes is None or isinstance(train_sizes, str) else train_sizes
     )

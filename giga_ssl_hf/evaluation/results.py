@@ -22,6 +22,8 @@ class SplitResult:
     scores: np.ndarray = field(repr=False)
     # The classifier's inverse regularisation (chosen by inner CV when several were given); None for a MIL baseline.
     C: float | None = PAPER_C
+    # The column block the probe was fit on (chosen by inner CV among given blocks, e.g. a hybrid's); None: all.
+    block: str | None = None
 
 
 @dataclass

@@ -10,7 +10,9 @@
   ``standardize`` (whether the scaler arrays are present), the classifier's settings, the training counts,
   and ``embeddings``: the source it was fit on and that source's metadata (the embedding model and revision,
   tile sampling, views, and the sha256 of its weight files), so that a probe is never applied to another model's
-  embeddings unnoticed (``giga-ssl heatmap`` compares that hash with its ``--model``'s).
+  embeddings unnoticed (``giga-ssl heatmap`` compares that hash with its ``--model``'s); for a probe of
+  hybrid embeddings also ``column_blocks`` and the ``block`` chosen by inner cross-validation (the coefficients
+  of the other block are zero, so the arrays keep their shapes).
 
 :meth:`SavedProbe.load` reads it back with numpy and no sklearn; scores match ``LogisticRegression`` exactly.
 """
@@ -221,39 +223,42 @@ def fit_saved_probe(
     embeddings_source: str | None = None,
     embeddings_metadata: dict | None = None,
     C: float | None = None,
+    blocks: dict[str, int] | None = None,
 ) -> SavedProbe:
     """Fit the paper's classifier on every labelled slide that has an embedding; returns the probe.
 
     ``standardize`` fits a per-dimension standardisation (mean, std over those slides) before the classifier;
-    ``C`` replaces the paper's inverse regularisation (10).
+    ``C`` replaces the paper's inverse regularisation (10); ``blocks`` (``{name: columns}``) chooses each block
+    alone or all together by inner cross-validation on those slides, as the evaluation does on each training
+    split: the other blocks' coefficients are zero, and the choice is recorded in the info's ``block``.
     """
     # Imported here: loading a probe (heatmap) needs neither sklearn nor the evaluation's data handling.
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    from giga_ssl_hf.evaluation.classifier import PAPER_CLASSIFIER
+    from giga_ssl_hf.evaluation.classifier import PAPER_CLASSIFIER, fit_probe
     from giga_ssl_hf.evaluation.probe import AlignedTask, no_drops
 
     aligned = AlignedTask(task, np.asarray(ids).astype(str), np.asarray(embeddings, dtype=np.float32), labels)
     dropped = no_drops()
     rows, y = aligned.select(list(aligned.class_of), dropped)
-    x = aligned.embeddings[rows]  # float32, as the evaluation fits it
-    scaler = StandardScaler().fit(x) if standardize else None
-    settings = {**PAPER_CLASSIFIER, "C": PAPER_CLASSIFIER["C"] if C is None else C}
-    classifier = LogisticRegression(**settings).fit(scaler.transform(x) if scaler else x, y)
+    # float32, as the evaluation fits it
+    fitted = fit_probe(
+        aligned.embeddings[rows], y, standardize, PAPER_CLASSIFIER["C"] if C is None else C, blocks
+    )
+    settings = {**PAPER_CLASSIFIER, "C": fitted.C}
     counts = np.bincount(y, minlength=len(aligned.classes))
     info = {
         "task": task,
         "classifier": {"type": "sklearn.linear_model.LogisticRegression", **settings},
+        **({"column_blocks": dict(blocks), "block": fitted.block} if blocks else {}),
         "n_train": int(len(y)),
         "class_counts": {c: int(n) for c, n in zip(aligned.classes, counts)},
         "n_labelled_without_embedding": len(dropped["missing_embeddings"]),
         "embeddings": {"source": embeddings_source, "metadata": embeddings_metadata or {}},
     }
+    scaler = fitted.scaler
     return SavedProbe(
         classes=[str(c) for c in aligned.classes],
-        coef=classifier.coef_,
-        intercept=classifier.intercept_,
+        coef=fitted.coef,
+        intercept=fitted.classifier.intercept_,
         scaler_mean=scaler.mean_ if scaler else None,
         scaler_scale=scaler.scale_ if scaler else None,
         info=info,

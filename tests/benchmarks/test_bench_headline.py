@@ -19,7 +19,7 @@ def test_quick_run_prints_every_method_and_the_claim(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, spec.name, module)
     spec.loader.exec_module(module)
     module.main(["--quick", "--cohorts", "touching"])
-    out = capsys.readouterr().out
+    out, halves = capsys.readouterr().out.split("The hybrids against their better half")
     rows = [line.split("|") for line in out.splitlines() if line.startswith("touching")]
     methods = [cells[1].strip() for cells in rows if len(cells) == 5]  # cohort, method, @5, @20, s
     assert methods == [m for m in module.METHODS if m != "kmeans-adjacency"]
@@ -30,3 +30,8 @@ def test_quick_run_prints_every_method_and_the_claim(capsys, monkeypatch):
     claims = [cells for cells in rows if len(cells) > 5]
     assert [cells[1].strip() for cells in claims] == ["5", "20"]
     assert all(cells[5].strip() in ("yes", "no") for cells in claims)
+    halves = [line.split("|") for line in halves.splitlines() if line.startswith("touching")]
+    assert sorted(cells[1].strip() for cells in halves) == ["20", "5"]
+    for cells in halves:  # select - better is the hybrid-select AUC less the better half's
+        better = float(cells[2].split()[-1])
+        assert float(cells[5]) == pytest.approx(float(cells[4]) - better, abs=2e-3)

@@ -96,3 +96,19 @@ def write_tile_cohort(
         labels[f"s{slide:03d}"] = "ab"[label]
     datasets.Dataset.from_dict(columns, features=tile_features_schema(feature_dim)).save_to_disk(str(folder))
     return pd.Series(labels)
+
+
+HYBRID_BLOCKS = {"encoder": 8, "mean-pool": 64}
+
+
+def hybrid_embeddings(n: int, informative: str, signal: float = 1.5, seed: int = 0):
+    """IDs, hybrid-like embeddings (blocks :data:`HYBRID_BLOCKS`) and labels: the class shifts two dimensions
+    of the ``informative`` block; the other block is pure noise."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    rng.shuffle(y)
+    x = rng.normal(size=(n, sum(HYBRID_BLOCKS.values()))).astype(np.float32)
+    start = 0 if informative == "encoder" else HYBRID_BLOCKS["encoder"]
+    x[:, start : start + 2] += signal * y[:, None]
+    ids = np.array([f"s{i:03d}" for i in range(n)])
+    return ids, x, pd.Series(np.where(y == 1, "b", "a"), index=ids)

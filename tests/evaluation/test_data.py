@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from giga_ssl_hf.contracts.slide_embeddings import load_embeddings
+from giga_ssl_hf.contracts.slide_embeddings import hybrid_blocks, load_embeddings
 from giga_ssl_hf.evaluation.data import find_split_sets, load_labels, read_split
 
 from .synthetic import planted, write_dataset, write_labels, write_npy, write_split
@@ -160,3 +160,14 @@ def test_as_dataset_follows_the_embeddings_contract(tmp_path, slides):
     got_ids, got_x = load_embeddings(tmp_path / "saved")
     assert got_ids.tolist() == ids.tolist()
     np.testing.assert_array_equal(got_x, x)
+
+
+def test_hybrid_blocks_come_from_the_embeddings_metadata(caplog):
+    hybrid = {"concat_mean_pool": True, "embedding_dim": 96, "mean_pool_mean": [0.0] * 32}
+    assert hybrid_blocks(hybrid) == {"encoder": 64, "mean-pool": 32}
+    assert (
+        hybrid_blocks({"concat_mean_pool": False, "embedding_dim": 64}) is None and hybrid_blocks({}) is None
+    )
+    # Hybrid embeddings of an earlier version recorded no statistics: the blocks are unknown, said once.
+    assert hybrid_blocks({"concat_mean_pool": True, "embedding_dim": 96}) is None
+    assert "earlier version" in caplog.text

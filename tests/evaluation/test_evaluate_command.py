@@ -17,7 +17,15 @@ def test_help_documents_defaults_and_examples(capsys):
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
     assert text.startswith("usage: giga-ssl evaluate")
-    for needle in ("(default: 5)", "(default: 0)", "25%", "examples:", "C=10", "HF_HUB_OFFLINE"):
+    for needle in (
+        "(default: 5)",
+        "(default: 0)",
+        "25%",
+        "examples:",
+        "C=10",
+        "HF_HUB_OFFLINE",
+        "--hybrid-blocks",
+    ):
         assert needle in text
 
 
@@ -172,3 +180,41 @@ def test_console_script_works_offline(binary_task, tmp_path):
     )
     assert completed.returncode == 0, completed.stderr
     assert "5-fold CV" in completed.stdout and "±" in completed.stdout
+
+
+def _hybrid_folder(folder, n=90):
+    """Hybrid embeddings as giga-ssl embed --concat-mean-pool writes them (the metadata tells the blocks)."""
+    from giga_ssl_hf.inference.embed_folder import save_embeddings
+
+    from .synthetic import HYBRID_BLOCKS, hybrid_embeddings
+
+    ids, x, labels = hybrid_embeddings(n, "encoder")
+    mean_pool_dim = HYBRID_BLOCKS["mean-pool"]
+    metadata = {
+        "concat_mean_pool": True,
+        "embedding_dim": x.shape[1],
+        "mean_pool_mean": [0.0] * mean_pool_dim,
+    }
+    save_embeddings(folder, ids, x, metadata | {"mean_pool_std": [1.0] * mean_pool_dim}, npy=False)
+    return folder, labels
+
+
+def test_hybrid_embeddings_choose_their_block_by_default(tmp_path, capsys):
+    folder, labels = _hybrid_folder(tmp_path / "hybrid")
+    argv = ["--embeddings", str(folder), "--labels", str(write_labels(tmp_path / "t.csv", labels))]
+    argv += ["--folds", "3", "--standardize"]
+    assert main([*argv, "--out", str(tmp_path / "select"), "--save-probe", str(tmp_path / "probe")]) == 0
+    out = capsys.readouterr().out
+    assert "hybrid embeddings (encoder (8 dims), mean-pool (64 dims)): block chosen per split" in out
+    assert "encoder 3 of 3 splits" in out and "block encoder" in out  # the splits and the saved probe
+    metrics = json.loads((tmp_path / "select" / "metrics.json").read_text())
+    splits = metrics["tasks"]["t"]["3-fold CV"]["train_sizes"]["full"]["splits"]
+    assert [s["block"] for s in splits] == ["encoder"] * 3
+    probe = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    assert probe["block"] == "encoder" and probe["column_blocks"] == {"encoder": 8, "mean-pool": 64}
+    # --hybrid-blocks both: the probe of earlier versions, on every column.
+    assert main([*argv, "--hybrid-blocks", "both", "--out", str(tmp_path / "both")]) == 0
+    assert "block chosen" not in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "both" / "metrics.json").read_text())
+    splits = metrics["tasks"]["t"]["3-fold CV"]["train_sizes"]["full"]["splits"]
+    assert [s["block"] for s in splits] == [None] * 3

@@ -8,10 +8,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from giga_ssl_hf.contracts import PROBE_CONFIG, PROBE_WEIGHTS
+from giga_ssl_hf.evaluation.classifier import fit_predict
 from giga_ssl_hf.evaluation.evaluate_command import main
 from giga_ssl_hf.evaluation.saved_probe import SavedProbe, fit_saved_probe
 
-from .synthetic import planted, write_dataset, write_labels
+from .synthetic import HYBRID_BLOCKS, hybrid_embeddings, planted, write_dataset, write_labels
 
 
 def _strict_json(path):
@@ -61,6 +62,24 @@ def test_saved_probe_reproduces_sklearn_after_a_round_trip(tmp_path, n_classes, 
         loaded.log_odds(test_x, "nope")
     with pytest.raises(ValueError, match=r"\(n, 8\)"):
         loaded.decision_function(test_x[:, :5])
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_a_probe_of_column_blocks_keeps_the_chosen_block_and_scores_as_the_evaluations_fit(
+    tmp_path, standardize
+):
+    ids, x, labels = hybrid_embeddings(60, "mean-pool")
+    probe = fit_saved_probe(ids, x, labels, standardize=standardize, blocks=HYBRID_BLOCKS)
+    probe.save(tmp_path / "probe")
+    loaded = SavedProbe.load(tmp_path / "probe")
+    assert loaded.info["block"] == "mean-pool" and loaded.info["column_blocks"] == HYBRID_BLOCKS
+    assert loaded.coef.shape == (1, 72) and not loaded.coef[:, :8].any() and loaded.coef[:, 8:].all()
+    assert loaded.standardize is standardize and (not standardize or loaded.scaler_mean.shape == (72,))
+    y = (labels[ids] == "b").to_numpy().astype(int)
+    scores = loaded.predict_proba(x.astype(np.float64))[:, 1]
+    # The evaluation's probe fit on the same slides, and the probe of the chosen block alone.
+    np.testing.assert_allclose(scores, fit_predict(x, y, x, standardize, blocks=HYBRID_BLOCKS), rtol=1e-5)
+    np.testing.assert_allclose(scores, fit_predict(x[:, 8:], y, x[:, 8:], standardize), rtol=1e-5)
 
 
 def test_save_refuses_to_replace_work(tmp_path):
