@@ -1,30 +1,14 @@
 """The arrangement family keeps its promise: equal composition in both classes, regions touching in class 1,
 at least MIN_GAP cells apart in class 0, and the closeness member's B prototype moved onto A."""
 
-import sys
-from pathlib import Path
-
+import arrangement_family as arrangement
+import bench_representation as bench
 import numpy as np
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-@pytest.fixture(scope="module")
-def family():
-    sys.path.insert(0, str(BENCHMARKS))  # the family imports its sibling, as when the benchmarks run
-    try:
-        import arrangement_family
-        import bench_representation
-
-        yield arrangement_family, bench_representation
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-
 
 @pytest.mark.parametrize("name", ["intermixed", "touching", "touching-small", "touching-close"])
-def test_members_differ_in_arrangement_only(family, name):
-    arrangement, bench = family
+def test_members_differ_in_arrangement_only(name):
     member = arrangement.MEMBERS[name]
     for seed in range(4):
         counts = []
@@ -41,8 +25,7 @@ def test_members_differ_in_arrangement_only(family, name):
         assert counts[0] == counts[1] and counts[0][0] == counts[0][1]
 
 
-def test_closeness_moves_b_towards_a(family):
-    arrangement, bench = family
+def test_closeness_moves_b_towards_a():
     prototypes = np.random.default_rng(0).normal(size=(bench.TYPE_B + 1, 8))
     close = arrangement.MEMBERS["touching-close"].prototypes(prototypes)
     far = np.linalg.norm(prototypes[bench.TYPE_A] - prototypes[bench.TYPE_B])

@@ -1,28 +1,16 @@
 """The headline benchmark runs end to end: every method on the same splits, and the claim table per size."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
+import bench_headline
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.mark.slow
-def test_quick_run_prints_every_method_and_the_claim(capsys, monkeypatch):
-    monkeypatch.syspath_prepend(
-        str(BENCHMARKS)
-    )  # the benchmark imports its siblings, as when run as a script
-    spec = importlib.util.spec_from_file_location("bench_headline", BENCHMARKS / "bench_headline.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    module.main(["--quick", "--cohorts", "touching"])
+def test_quick_run_prints_every_method_and_the_claim(capsys):
+    bench_headline.main(["--quick", "--cohorts", "touching"])
     out, halves = capsys.readouterr().out.split("The hybrids against their better half")
     rows = [line.split("|") for line in out.splitlines() if line.startswith("touching")]
     methods = [cells[1].strip() for cells in rows if len(cells) == 5]  # cohort, method, @5, @20, s
-    assert methods == [m for m in module.METHODS if m != "kmeans-adjacency"]
+    assert methods == [m for m in bench_headline.METHODS if m != "kmeans-adjacency"]
     for cells in rows[: len(methods)]:
         for cell in cells[2:4]:
             mean, spread = (float(part) for part in cell.split("±"))

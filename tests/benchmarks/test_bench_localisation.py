@@ -1,30 +1,17 @@
 """The localisation and retrieval benchmarks run end to end; the cohort generator exposes its region masks."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
+import bench_localisation
+import bench_representation as bench
+import bench_retrieval
 import numpy as np
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def load(name: str, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the benchmarks import their siblings, as scripts do
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    return module
 
 
 def table_rows(out: str, first: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.split("|")] for line in out.splitlines() if line.startswith(first)]
 
 
-def test_region_masks_are_the_label_tissue_of_each_slide(monkeypatch):
-    bench = load("bench_representation", monkeypatch)
+def test_region_masks_are_the_label_tissue_of_each_slide():
     settings = bench.CohortSettings(n_slides=6, min_tiles=60, max_tiles=120)
     for signal in ("rare", "broad"):
         masks = {}
@@ -40,8 +27,8 @@ def test_region_masks_are_the_label_tissue_of_each_slide(monkeypatch):
 
 
 @pytest.mark.slow
-def test_quick_localisation_run_prints_every_method(monkeypatch, capsys):
-    load("bench_localisation", monkeypatch).main(["--quick", "--cohorts", "region"])
+def test_quick_localisation_run_prints_every_method(capsys):
+    bench_localisation.main(["--quick", "--cohorts", "region"])
     rows = table_rows(capsys.readouterr().out, "region")
     methods = [row[1] for row in rows if len(row) == 5]
     assert {"tiles (the default)", "embedding (views)", "IG (one pass)", "hybrid, tiles",
@@ -50,8 +37,8 @@ def test_quick_localisation_run_prints_every_method(monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_quick_retrieval_run_prints_each_embedding(monkeypatch, capsys):
-    load("bench_retrieval", monkeypatch).main(["--quick", "--signals", "architecture"])
+def test_quick_retrieval_run_prints_each_embedding(capsys):
+    bench_retrieval.main(["--quick", "--signals", "architecture"])
     rows = table_rows(capsys.readouterr().out, "architecture")
     assert [row[1] for row in rows] == ["paper", "window", "hybrid", "mean-pool", "mean-pool, standardised"]
     assert all(0.0 <= float(value) <= 1.0 for row in rows for value in row[2:])

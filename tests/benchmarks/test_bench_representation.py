@@ -1,25 +1,11 @@
 """The representation benchmark's cohort generator keeps its promises, and the benchmark runs end to end."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
+import bench_representation as bench
 import numpy as np
 import pytest
 
-BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_representation.py"
 
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_representation", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-def planted_types(bench, signal, label, n=300, seed=0):
+def planted_types(signal, label, n=300, seed=0):
     rng = np.random.default_rng(seed)
     cells = bench.tissue_blob(n, rng)
     types = bench.background_types(cells, rng)
@@ -27,7 +13,7 @@ def planted_types(bench, signal, label, n=300, seed=0):
     return cells, types
 
 
-def test_architecture_signal_has_equal_composition_and_differs_in_adjacency(bench):
+def test_architecture_signal_has_equal_composition_and_differs_in_adjacency():
     def a_next_to_b(cells, types):
         where = {tuple(c): t for c, t in zip(cells.tolist(), types.tolist())}
         a_cells = [c for c, t in where.items() if t == bench.TYPE_A]
@@ -39,7 +25,7 @@ def test_architecture_signal_has_equal_composition_and_differs_in_adjacency(benc
     for seed in range(5):
         counts, adjacency = [], []
         for label in (0, 1):
-            cells, types = planted_types(bench, "architecture", label, seed=seed)
+            cells, types = planted_types("architecture", label, seed=seed)
             counts.append((np.sum(types == bench.TYPE_A), np.sum(types == bench.TYPE_B)))
             adjacency.append(a_next_to_b(cells, types))
         assert counts[0][0] == counts[0][1] == counts[1][0] == counts[1][1]  # same composition exactly
@@ -47,9 +33,9 @@ def test_architecture_signal_has_equal_composition_and_differs_in_adjacency(benc
 
 
 @pytest.mark.parametrize(("signal", "low", "high"), [("rare", 0.03, 0.20), ("broad", 0.05, 0.30)])
-def test_composition_signals_plant_one_contiguous_region_of_the_class_type(bench, signal, low, high):
+def test_composition_signals_plant_one_contiguous_region_of_the_class_type(signal, low, high):
     for label, planted in ((1, bench.TYPE_A), (0, bench.TYPE_B)):
-        cells, types = planted_types(bench, signal, label, n=500, seed=label)
+        cells, types = planted_types(signal, label, n=500, seed=label)
         region = cells[types == planted]
         assert low - 0.01 <= len(region) / len(cells) <= high + 0.01
         assert not np.any((types == bench.TYPE_A) & (types == bench.TYPE_B))
@@ -58,7 +44,7 @@ def test_composition_signals_plant_one_contiguous_region_of_the_class_type(bench
 
 
 @pytest.mark.slow
-def test_quick_run_prints_the_table(bench, capsys):
+def test_quick_run_prints_the_table(capsys):
     bench.main(["--quick", "--signals", "architecture"])
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| architecture |")]

@@ -1,26 +1,12 @@
 """``benchmarks/bench_scale.py --quick``: both scale benchmarks run end to end at test size, every row says what
 it measured, and the issue's checks are computed from them."""
 
-import importlib
-import sys
-from pathlib import Path
-
+import bench_scale
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-@pytest.fixture(scope="module")
-def bench_scale():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("bench_scale")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
 
 
 @pytest.mark.slow
-def test_quick_run_gives_every_row_and_every_check(bench_scale, capsys):
+def test_quick_run_gives_every_row_and_every_check(capsys):
     cohort, slide, checks = bench_scale.run(quick=True)
     printed = capsys.readouterr().out
     cohort_module, slide_module = bench_scale.scale_cohort, bench_scale.scale_slide

@@ -1,23 +1,13 @@
 """``benchmarks/bench_tile_writer.py --quick``: both writer routes assemble the same parts, the public one
 through a cache folder it writes in full besides the output."""
 
-import importlib
-import sys
-from pathlib import Path
-
+import bench_tile_writer as bench
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.mark.slow
 def test_quick_run_measures_both_routes_on_both_cohorts():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        bench = importlib.import_module("bench_tile_writer")
-        rows = bench.measure(quick=True)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    rows = bench.measure(quick=True)
     keys = [key for key, _ in bench.COLUMNS]
     assert all(set(row) == set(keys) for row in rows)
     assert [row["route"] for row in rows] == list(bench.ROUTES) * 2
