@@ -89,12 +89,7 @@ def abmil_maps(exhaustive, ids, labels: pd.Series, seed: int):
     arrays = TileArrays.from_dataset(exhaustive)
     patches = np.asarray(exhaustive.data.column("patch_size_level0").to_numpy(), dtype=np.float64)
     baseline = MILBaseline("abmil", arrays, patches, MILRecipe(seed=seed), np.arange(len(ids)))
-    torch.manual_seed(seed)
-    model = baseline._new_model(2)  # the baseline's own model and training loop, kept to read its attention
-    none = np.array([], dtype=np.int64)
-    y = np.array([int(labels[s]) for s in ids])
-    baseline._train(model, np.arange(len(ids)), y, none, none, 2, np.random.default_rng(seed))
-    model.eval()
+    model = baseline.fit(np.arange(len(ids)), np.array([int(labels[s]) for s in ids]), 2)
 
     def maps(row: int) -> tuple[np.ndarray, np.ndarray]:
         with torch.no_grad():

@@ -150,21 +150,25 @@ class MILBaseline:
         rounds = 2 if self.kind == "graph-mil" else 0
         return AttentionMIL(self.arrays.feature_dim, n_classes, self.recipe, rounds).to(self.recipe.device)
 
-    def fit_predict(self, train: np.ndarray, y_train: np.ndarray, test: np.ndarray, n_classes: int):
-        """Train on the slides at positions ``train`` (classes ``y_train``); returns the ``test`` slides'
-        P(class 1) for two classes, their `(n, C)` probabilities otherwise (as the linear probe)."""
+    def fit(self, train: np.ndarray, y_train: np.ndarray, n_classes: int) -> AttentionMIL:
+        """The recipe's model trained on the slides at positions ``train`` (classes ``y_train``), in eval mode;
+        the recipe's ``validation_fraction`` of them held out to keep the epoch of the best held-out loss."""
         recipe = self.recipe
-        train_rows, test_rows = self.rows[train], self.rows[test]
         devices = [recipe.device] if recipe.device.startswith("cuda") else []
         with torch.random.fork_rng(devices=devices):  # seeded without touching the caller's RNG state
             torch.manual_seed(recipe.seed)
             rng = np.random.default_rng(recipe.seed)
             fit_rows, fit_y, held_rows, held_y = _inner_split(
-                train_rows, y_train, recipe.validation_fraction, rng
+                self.rows[train], y_train, recipe.validation_fraction, rng
             )
             model = self._new_model(n_classes)
             self._train(model, fit_rows, fit_y, held_rows, held_y, n_classes, rng)
-            probabilities = self._predict(model, test_rows)
+        return model.eval()
+
+    def fit_predict(self, train: np.ndarray, y_train: np.ndarray, test: np.ndarray, n_classes: int):
+        """Train on the slides at positions ``train`` (classes ``y_train``); returns the ``test`` slides'
+        P(class 1) for two classes, their `(n, C)` probabilities otherwise (as the linear probe)."""
+        probabilities = self._predict(self.fit(train, y_train, n_classes), self.rows[test])
         return probabilities[:, 1] if n_classes == 2 else probabilities
 
     def _train(self, model, rows, y, held_rows, held_y, n_classes: int, rng: np.random.Generator) -> None:
