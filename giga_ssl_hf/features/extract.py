@@ -45,6 +45,7 @@ examples:
   giga-ssl extract slides/ --out feats --tissue-geojson qupath_annotations/ --thumbnails
   giga-ssl extract slides/ --out feats --encoder resnet18-layer3 --weights moco_tcga.pth.tar
   giga-ssl extract scans/ --out feats --mpp 0.5                # for scans that record no pixel size
+  giga-ssl extract new_slides/ --out feats2 --config feats/extract_config.json   # an earlier run's settings
 
 output (--out DIR): DIR/exhaustive/ and DIR/augmented/ (datasets.load_from_disk), DIR/manifest.jsonl (one
 line per slide: slide_id, path, status ok|failed|empty, n_tiles, seconds, error), DIR/thumbnails/*.png.
@@ -59,6 +60,7 @@ def build_parser() -> SettingsParser:
     return SettingsParser(
         ExtractionRun,
         ExtractionConfig,
+        config_file=True,
         prog=PROG,
         description="Tile whole-slide images at a target resolution and encode the tiles into tile-feature\n"
         "Datasets: an exhaustive pass (every tissue tile once, for embedding) and a shared-augmentation\n"

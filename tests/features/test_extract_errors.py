@@ -1,6 +1,7 @@
 """Bad inputs to `giga-ssl extract`: one line on stderr saying what to do, the right exit status, and nothing
 finished is changed (issue 10)."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -74,6 +75,25 @@ def test_a_folder_where_no_slide_finished_takes_new_settings(tmp_path, capsys):
     assert (out / "extract_config.json").exists()
     assert run_extract(CMU, "--out", out, "--no-aug", *FAST, "--min-tissue", "0.7") == 0
     assert '"min_tissue": 0.7' in (out / "extract_config.json").read_text()
+
+
+def test_a_folders_recorded_settings_reload_as_a_config_file(tmp_path, capsys):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert run_extract(CMU, "--out", first, "--no-aug", *FAST, "--min-tissue", "0.7") == 0
+    recorded = first / "extract_config.json"
+    assert run_extract(CMU, "--out", second, "--no-aug", "--config", recorded) == 0
+    assert json.loads((second / "extract_config.json").read_text()) == json.loads(recorded.read_text())
+    # flags still override the file, and a key that is no option is refused like an unknown flag
+    assert (
+        run_extract(CMU, "--out", tmp_path / "third", "--no-aug", "--config", recorded, "--min-tissue", "0.6")
+        == 0
+    )
+    assert json.loads((tmp_path / "third" / "extract_config.json").read_text())["min_tissue"] == 0.6
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**json.loads(recorded.read_text()), "tile_sise": 64}))
+    capsys.readouterr()
+    assert run_extract(CMU, "--out", tmp_path / "fourth", "--no-aug", "--config", bad) == 2
+    assert "tile_sise" in one_line_error(capsys) and not (tmp_path / "fourth").exists()
 
 
 def test_an_unsafe_weights_file_is_refused_in_one_line(tmp_path, capsys):
