@@ -3,6 +3,12 @@ from pathlib import Path
 
 import pytest
 
+from giga_ssl_hf.runtime import prefer_passive_openmp_wait
+
+# As the commands do, before torch loads OpenMP: idle threads sleep. Spinning ones, beside any other process on
+# the 2 cores, made the suite's many tiny ops wait whole time slices (an occlusion test: 3 s -> 160 s).
+prefer_passive_openmp_wait()
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 
