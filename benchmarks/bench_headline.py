@@ -24,8 +24,10 @@ training slides, subsampled to 25 / 50 / 100 / 200 labelled slides):
     python benchmarks/bench_headline.py                        # the headline table (three cohorts)
     python benchmarks/bench_headline.py --cohorts touching touching-small touching-close \\
         --methods window window-pair hybrid mean-pool          # the arrangement family
-    python benchmarks/bench_headline.py --cohorts rare broad architecture \
+    python benchmarks/bench_headline.py --cohorts rare broad architecture \\
         --methods window-pair hybrid hybrid-select mean-pool   # the hybrid against its halves
+    python benchmarks/bench_headline.py --cohorts touching-small touching touching-close --methods window-pair \\
+        --pair-places 4 --pair-disjoint --pair-tiles 64 --pair-pooling max --pair-whole-slide  # max pooling
     python benchmarks/bench_headline.py --quick                # smoke test
 """
 
@@ -72,7 +74,8 @@ def recipes(args) -> dict[str, Recipe]:
             args.pair_tiles,
             args.window_lr,
             ("--places_per_slide", str(args.pair_places), "--view_offset", str(args.pair_offset))
-            + ("--disjoint_views",) * args.pair_disjoint,
+            + ("--disjoint_views",) * args.pair_disjoint
+            + ("--slide_pooling", args.pair_pooling),
         ),  # fmt: skip
     }
 
@@ -114,8 +117,10 @@ def run_cohort(cohort: str, args, folder: Path) -> tuple[dict, dict, dict]:
     for name in needed_recipes(args.methods):
         start, recipe = time.perf_counter(), recipes(args)[name]
         models[name], _ = train_recipe(recipe, folder / "augmented", folder / name, args)
-        tile_sampling = "random" if recipe.tile_sampling == "random" else "window"
-        _, vectors[name] = embed(models[name], exhaustive, tile_sampling, recipe.n_tiles, args)
+        tile_sampling, n_tiles = ("random" if recipe.tile_sampling == "random" else "window"), recipe.n_tiles
+        if name == "window-pair" and args.pair_whole_slide:
+            tile_sampling = "all"
+        _, vectors[name] = embed(models[name], exhaustive, tile_sampling, n_tiles, args)
         seconds[name] = time.perf_counter() - start
         log.info("%s: %s trained and embedded in %.0f s", cohort, name, seconds[name])
     if "kmeans-adjacency" in args.methods:
@@ -265,6 +270,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="window-pair: cells between the views' centres (default: 0)",
     )
     add("--pair-disjoint", action="store_true", help="window-pair: views with no tile in common")
+    add(
+        "--pair-pooling",
+        choices=("mean", "max"),
+        default="mean",
+        help="window-pair: the encoder's pooling over output sites, in training and embedding (default: mean)",
+    )
+    add(
+        "--pair-whole-slide",
+        action="store_true",
+        help="window-pair: embed each slide in one pass over all its tiles (embed --tile-sampling all), not windows",
+    )
     add("--window-lr", type=float, default=0.002, help="learning rate of the window recipes (default: 0.002)")
     add("--n-views", type=int, default=32, help="views averaged per embedding (default: 32)")
     add("--mil-epochs", type=int, default=MILRecipe.epochs, help="MIL epochs (default: the recipe's)")

@@ -5,7 +5,8 @@ stage that draws tiles, each taking the words that mean something to it:
   embedding views);
 - ``window``: the ``n`` tiles nearest a random tile, a spatially contiguous patch, so that the sparse CNN sees
   neighbourhoods (:mod:`giga_ssl_hf.features.windows`);
-- ``all``: every tissue tile (an augmentation row of ``extract``);
+- ``all``: every tissue tile (an augmentation row of ``extract``; ``embed``: one view of the whole slide, so that
+  every tile's neighbourhood is complete, e.g. for an encoder that pools its sites by their maximum);
 - ``chunks``: every tile once, in consecutive chunks of ``n`` (the views of ``embed``);
 - ``window-pair``: every view of a slide is a window around the same place (training's views; two windows at
   different places share only what is constant over the slide, such as composition and stain). Embedding
@@ -21,7 +22,7 @@ AugmentationSampling = Literal["random", "window", "all"]
 # train: the tiles of each view
 ViewSampling = Literal["random", "window", "window-pair"]
 # embed: the views of each slide
-EmbeddingSampling = Literal["random", "window", "chunks"]
+EmbeddingSampling = Literal["random", "window", "chunks", "all"]
 
 AUGMENTATION_SAMPLINGS: tuple[str, ...] = get_args(AugmentationSampling)
 VIEW_SAMPLINGS: tuple[str, ...] = get_args(ViewSampling)

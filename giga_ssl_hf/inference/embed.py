@@ -45,8 +45,9 @@ class EmbedSettings:
     out: str | None = option(None, "Output folder of the embeddings Dataset.", required=True, managed=True)
     tile_sampling: EmbeddingSampling = option(
         "random",
-        "random views (the paper), tile chunks, or spatially contiguous windows (for encoders trained with "
-        "--tile-sampling window).",
+        "random views (the paper), tile chunks, spatially contiguous windows (for encoders trained with "
+        "--tile-sampling window), or all: one view of the whole slide (for encoders trained with "
+        "--slide-pooling max).",
         managed=True,
     )
     n_views: int = option(100, "Views per slide (random and window).")

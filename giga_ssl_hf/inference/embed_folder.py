@@ -163,8 +163,8 @@ def embed_to_folder(settings: EmbedSettings, model=None) -> Path:
     metadata = {
         **model_identity(model),
         "tile_sampling": settings.tile_sampling,
-        "n_views": None if settings.tile_sampling == "chunks" else settings.n_views,
-        "n_tiles": settings.n_tiles or model.config.n_tiles,
+        "n_views": None if settings.tile_sampling in ("chunks", "all") else settings.n_views,
+        "n_tiles": None if settings.tile_sampling == "all" else settings.n_tiles or model.config.n_tiles,
         "seed": settings.seed,
         "concat_mean_pool": settings.concat_mean_pool,
         "n_slides": len(ids),

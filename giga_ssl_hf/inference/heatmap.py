@@ -319,6 +319,12 @@ def write_heatmaps(settings: HeatmapSettings) -> int:
         )  # a usage error before any work
     slide_files = find_slide_files(settings.slides_dir)
     model = load_model(settings.model, resolve_device(settings.device), settings.trust_remote_code)
+    pooling = getattr(model.config, "slide_pooling", "mean")
+    if settings.method in ("tiles", "embedding") and pooling != "mean":  # once, not once per slide
+        raise ValueError(
+            f"--method {settings.method} splits a mean-pooled slide embedding into tile shares; this model pools "
+            f"by the {pooling}: use --method occlusion or integrated-gradients"
+        )
     settings.out.mkdir(parents=True, exist_ok=True)
     arrays = TileArrays.from_dataset(dataset)
     patch_sizes = np.asarray(dataset.data.column("patch_size_level0").to_numpy())

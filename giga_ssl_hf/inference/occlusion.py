@@ -11,7 +11,7 @@ inactive sites, read at the active sites only; BatchNorm in eval mode is per sit
 This holds while the slide keeps its grid: the encoder anchors the grid at the slide's lowest coordinates and
 sizes the map from its highest cell, so a block that removes every tile at the minimum (or at the maximum cell)
 of an axis can shift every site; those blocks get a whole-slide pass, as does every block of a model this
-does not cover (MLP encoder, batch-wide grid size, training mode).
+does not cover (MLP encoder, batch-wide grid size, max pooling, training mode).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from giga_ssl_hf.models.gigassl.sparse_ops import (
     average_pool_3x3_stride2,
-    segment_mean,
+    segment_reduce,
     sparse_batch_norm,
     sparse_relu,
 )
@@ -39,7 +39,10 @@ def supports_local_occlusion(model) -> bool:
     """Whether :func:`local_slide_embeddings` reproduces this model's whole-slide passes."""
     config = model.config
     return (
-        config.encoder_type == "sparse_conv" and config.grid_size_mode == "per_slide" and not model.training
+        config.encoder_type == "sparse_conv"
+        and config.grid_size_mode == "per_slide"
+        and config.slide_pooling == "mean"  # the update of the sum over output sites holds for the mean only
+        and not model.training
     )
 
 
@@ -134,7 +137,7 @@ class WholeSlide:
             pad=pad,
             output_sum=out2.double().sum(dim=0),
             output_count=len(out2),
-            slide_embedding=segment_mean(out2, h1.batch, 1)[0],
+            slide_embedding=segment_reduce(out2, h1.batch, 1)[0],
         )
 
     def _window_cells(self, origin: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -128,7 +128,8 @@ def embed_tile_dataset(
         index, mask = slide_views(
             len(features), grid_xy, slide_ids[slide], tile_sampling, n_views, n_tiles, seed
         )
-        if len(index) > max_views_per_batch or not share_batches:
+        # A whole-slide view ("all") goes alone: its length is the slide's, unbounded by max_views_per_batch.
+        if len(index) > max_views_per_batch or not share_batches or tile_sampling == "all":
             passes.flush()
             embeddings[slide] = embed_slide(
                 model, features, coords, patch_sizes[slide], slide_ids[slide], tile_sampling, n_views, n_tiles, seed,

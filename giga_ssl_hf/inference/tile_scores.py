@@ -203,6 +203,11 @@ def tile_contributions(
     stride-2 window, and a tile holds the sum of its shares over the passes, times ``n / (S V)``. The ``mlp``
     encoder averages its tiles: each tile holds its own embedding. Above ``max_tiles_per_pass`` the one pass
     goes in chunks whose margin makes every needed site exact, so the identity still holds."""
+    if getattr(model.config, "slide_pooling", "mean") != "mean":
+        raise ValueError(
+            f"a model that pools its sites by their {model.config.slide_pooling} has no additive split of its slide "
+            "embedding into tile shares: use heatmap --method occlusion or integrated-gradients"
+        )
     n = len(features)
     if views is None and model.config.encoder_type == "mlp":
         return tile_embeddings(model, features, coords, patch_size_level0, max_tiles_per_pass).astype(

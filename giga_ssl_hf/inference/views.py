@@ -8,6 +8,7 @@ Tile sampling (:mod:`giga_ssl_hf.contracts.tile_sampling`):
   ``n_tiles`` that cover every tile exactly once (the last chunk may be shorter);
 - ``window``: ``n_views`` spatially contiguous windows, the ``n_tiles`` tiles nearest a random tile (for
   encoders trained with ``--tile-sampling window``).
+- ``all``: one view of every tile, the whole slide in one pass.
 
 A slide's views depend only on its own tiles and the seed: its random stream is derived from
 ``(seed, slide_id)`` (:func:`giga_ssl_hf.runtime.slide_seed`).
@@ -46,6 +47,8 @@ def view_indices(
     if tile_sampling == "random":
         index = rng.integers(0, n_available, size=(n_views, n_tiles))
         return index, np.ones_like(index, dtype=bool)
+    if tile_sampling == "all":
+        return np.arange(n_available)[None], np.ones((1, n_available), dtype=bool)
     if tile_sampling == "chunks":
         n_chunks = -(-n_available // n_tiles)
         flat = np.arange(n_chunks * n_tiles)

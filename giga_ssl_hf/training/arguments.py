@@ -100,6 +100,13 @@ class ModelArguments:
         metavar="SIZE",
     )
     temperature: float | None = option(None, "NT-Xent temperature (default: GigaSSLConfig.temperature).")
+    slide_pooling: str | None = option(
+        None,
+        "How the encoder's output sites become the slide embedding: mean (default, the paper's) or max per "
+        "channel, which keeps a rare local feature (e.g. two tissue types along a short border) that the mean over "
+        "a slide dilutes; the model keeps it for embedding (see docs/how-to/recipes.md).",
+        metavar="POOLING",
+    )
     init_from: str | None = option(
         None,
         "Continue from a trained Giga-SSL slide encoder (folder or Hub id): its architecture and weights; "
@@ -128,6 +135,7 @@ class ModelArguments:
             "hidden_dim": self.hidden_dim,
             "projection_dims": projection_dims,
             "temperature": self.temperature,
+            "slide_pooling": self.slide_pooling,
         }
         return {name: value for name, value in given.items() if value is not None}
 

@@ -27,7 +27,7 @@ def exhaustive():
     return dataset
 
 
-@pytest.mark.parametrize("tile_sampling", ["random", "chunks", "window"])
+@pytest.mark.parametrize("tile_sampling", ["random", "chunks", "window", "all"])
 def test_embeddings_are_deterministic_unit_norm_and_batch_independent(model, exhaustive, tile_sampling):
     model, _ = model
     ids, together = embed_tile_dataset(
@@ -67,6 +67,19 @@ def test_a_slide_does_not_depend_on_the_others(model, exhaustive):
     subset_ids, subset = embed_tile_dataset(model, exhaustive.select([5, 2]), n_views=8, progress=False)
     np.testing.assert_allclose(subset, full[[5, 2]], rtol=1e-5, atol=1e-6)
     assert subset_ids.tolist() == [ids[5], ids[2]]
+
+
+def test_all_is_one_pass_over_the_whole_slide(model, exhaustive):
+    model, _ = model
+    ids, embeddings = embed_tile_dataset(model, exhaustive, tile_sampling="all", progress=False)
+    arrays = TileArrays.from_dataset(exhaustive)
+    for slide in range(len(ids)):
+        features, coords = (torch.from_numpy(np.asarray(values))[None] for values in arrays.row(slide))
+        with torch.no_grad():
+            whole = model(features.float(), coords, patch_size_level0=448).slide_embedding[0]
+        np.testing.assert_allclose(
+            embeddings[slide], torch.nn.functional.normalize(whole, dim=0), rtol=1e-5, atol=1e-6
+        )
 
 
 @pytest.mark.parametrize(("n", "n_tiles"), [(23, 5), (10, 5), (3, 5), (1, 1)])

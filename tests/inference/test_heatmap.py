@@ -235,6 +235,25 @@ def test_heatmap_cli_usage_errors(heatmap_inputs, capsys):
     assert cli_main([*base, "--probe", str(root / "probe"), "--occlusion-stride", "0"]) == 2
 
 
+def test_additive_maps_refuse_a_max_pooling_model_once(heatmap_inputs, capsys):
+    root = heatmap_inputs
+    config = json.loads((root / "model" / "config.json").read_text())
+    (root / "model" / "config.json").write_text(json.dumps({**config, "slide_pooling": "max"}))
+    argv = [
+        "heatmap",
+        "--model",
+        str(root / "model"),
+        "--features",
+        str(root / "features"),
+        "--out",
+        str(root / "m"),
+    ]
+    assert cli_main([*argv, "--probe", str(root / "probe")]) == 2
+    err = capsys.readouterr().err
+    refusals = [line for line in err.splitlines() if line.startswith("giga-ssl heatmap")]
+    assert len(refusals) == 1 and "use --method occlusion or integrated-gradients" in refusals[0]
+
+
 def test_the_probe_is_matched_with_the_model_by_the_content_of_its_weights(heatmap_inputs, capsys):
     root = heatmap_inputs
     recorded = SavedProbe.load(root / "probe").embedding_model_sha256

@@ -52,6 +52,19 @@ def test_local_occlusion_equals_whole_slide_passes(probe, overrides):
             np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_occlusion_of_a_max_pooling_model_equals_whole_slide_passes(probe):
+    """The local update holds for the mean over output sites only: a max-pooling model gets whole-slide passes."""
+    model = trained_like(
+        GigaSSLConfig(feature_dim=8, hidden_dim=12, projection_dims=[8], slide_pooling="max")
+    )
+    square = np.stack(np.meshgrid(np.arange(5), np.arange(4), indexing="ij"), axis=-1).reshape(-1, 2) * PATCH
+    features = np.random.default_rng(5).normal(size=(len(square), 8)).astype(np.float32)
+    scores = occlusion_scores(model, features, square, PATCH, probe, "1", 1, 1)
+    np.testing.assert_allclose(
+        scores, whole_slide_drops(model, probe, features, square, 1, 1), rtol=1e-5, atol=1e-6
+    )
+
+
 def test_occlusion_of_a_slide_it_would_empty_is_refused(probe):
     model = trained_like(GigaSSLConfig(feature_dim=8, hidden_dim=12, projection_dims=[8]))
     features = np.random.default_rng(0).normal(size=(2, 8)).astype(np.float32)

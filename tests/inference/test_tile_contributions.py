@@ -89,6 +89,15 @@ def test_contributions_average_to_the_one_pass_embedding_in_one_pass_or_chunks(m
         np.testing.assert_allclose(chunked, one_pass, rtol=1e-5, atol=1e-6)
 
 
+def test_a_max_pooling_model_has_no_additive_tile_shares(slide):
+    features, coords = slide
+    model = trained_like(
+        GigaSSLConfig(feature_dim=8, hidden_dim=12, projection_dims=[8], slide_pooling="max")
+    )
+    with pytest.raises(ValueError, match="occlusion or integrated-gradients"):
+        tile_contributions(model, features, coords, PATCH)
+
+
 @pytest.mark.parametrize("tile_sampling", ["random", "chunks", "window"])
 def test_contributions_of_views_average_to_embed_slides_embedding(model, slide, tile_sampling):
     features, coords = slide

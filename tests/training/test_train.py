@@ -276,6 +276,23 @@ def test_window_views_train_and_are_recorded(synthetic_features, tmp_path, sampl
     assert recorded["arguments"]["tile_sampling"] == sampling[0]
 
 
+def test_max_slide_pooling_trains_and_stays_with_the_model(synthetic_features, tmp_path):
+    features, _ = synthetic_features
+    summary = run_train(
+        features, tmp_path / "run", "--slide_pooling", "max", "--batch_size", "8", "--max_steps", "2",
+        "--save_steps", "0",
+    )  # fmt: skip
+    assert np.isfinite(summary["final_loss"])
+    assert GigaSSLModel.from_pretrained(tmp_path / "run" / "final").config.slide_pooling == "max"
+
+
+def test_unknown_slide_pooling_is_a_usage_error(synthetic_features, tmp_path, capsys):
+    features, _ = synthetic_features
+    argv = ["--features", str(features), "--output_dir", str(tmp_path / "run"), "--slide_pooling", "sum"]
+    assert main([*argv, *TINY]) == 2
+    assert "slide_pooling" in capsys.readouterr().err
+
+
 def test_unknown_tile_sampling_is_a_usage_error(synthetic_features, tmp_path, capsys):
     features, _ = synthetic_features
     argv = ["--features", str(features), "--output_dir", str(tmp_path / "run"), "--tile_sampling", "grid"]

@@ -6,6 +6,7 @@ from transformers import PreTrainedConfig
 
 ENCODER_TYPES = ("sparse_conv", "mlp")
 GRID_SIZE_MODES = ("per_slide", "batch")
+SLIDE_POOLINGS = ("mean", "max")
 
 
 class GigaSSLConfig(PreTrainedConfig):
@@ -33,6 +34,10 @@ class GigaSSLConfig(PreTrainedConfig):
             `"per_slide"`: each slide's sparse map size comes from its own tiles, so a slide's embedding does
             not depend on its batch mates. `"batch"`: the original's map size taken over the whole batch
             (parity with the original implementation; a batch of one gives the same result in both modes).
+        slide_pooling (`str`, *optional*, defaults to `"mean"`):
+            How the output sites (tiles, for `"mlp"`) become the slide embedding: `"mean"` (the paper's) or `"max"`
+            per channel. A feature of a rare local arrangement (one tissue type next to another along a short
+            border) is diluted by the mean over a slide's sites but kept by the maximum.
         mlp_num_blocks (`int`, *optional*, defaults to 2):
             Number of residual MLP blocks of the `"mlp"` encoder (the first maps `feature_dim` to `hidden_dim`).
         mlp_dropout (`float`, *optional*, defaults to 0.0):
@@ -63,6 +68,7 @@ class GigaSSLConfig(PreTrainedConfig):
     grid_cell_size: int = 224
     fixed_grid_cell_size: bool = False
     grid_size_mode: str = "per_slide"
+    slide_pooling: str = "mean"
     mlp_num_blocks: int = 2
     mlp_dropout: float = 0.0
     projection_dims: list[int] | tuple[int, ...] = (512, 512, 256)
@@ -90,6 +96,10 @@ class GigaSSLConfig(PreTrainedConfig):
         if self.grid_size_mode not in GRID_SIZE_MODES:
             raise ValueError(
                 f"GigaSSLConfig.grid_size_mode must be one of {GRID_SIZE_MODES}, got {self.grid_size_mode!r}"
+            )
+        if self.slide_pooling not in SLIDE_POOLINGS:
+            raise ValueError(
+                f"GigaSSLConfig.slide_pooling must be one of {SLIDE_POOLINGS}, got {self.slide_pooling!r}"
             )
         self.projection_dims = list(self.projection_dims)
         if not self.projection_dims or not all(isinstance(d, int) and d > 0 for d in self.projection_dims):

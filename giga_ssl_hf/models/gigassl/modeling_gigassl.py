@@ -21,7 +21,7 @@ from .sparse_ops import (
     average_pool_3x3_stride2,
     downsampled_site,
     input_layer,
-    segment_mean,
+    segment_reduce,
     sparse_batch_norm,
     sparse_relu,
 )
@@ -37,9 +37,10 @@ class GigaSSLModelOutput(ModelOutput):
             With `output_tile_embeddings=True`: for each input tile, the embedding of the output site its grid
             cell falls in after `layer4`'s stride 2 (cell `(x, y)` -> site `(x // 2, y // 2)`), so tiles sharing
             a site share a row; for the `"mlp"` encoder, the tile's own row before the mean. Padded tiles get
-            zeros. The slide embedding is the mean over the output *sites*: when every site holds a tile's cell
-            (always for `"mlp"`; for a sparse map whenever no site is reached only through its window's far
-            edge, e.g. a full rectangle of tiles), it is the mean of the distinct tile embeddings.
+            zeros. The slide embedding is the mean (`config.slide_pooling="max"`: the maximum) over the output
+            *sites*: when every site holds a tile's cell (always for `"mlp"`; for a sparse map whenever no site is
+            reached only through its window's far edge, e.g. a full rectangle of tiles), it is the mean (maximum)
+            of the distinct tile embeddings.
     """
 
     slide_embedding: torch.FloatTensor | None = None
@@ -126,7 +127,8 @@ class SparseBasicBlock(nn.Module):
 
 
 class SparseConvMILEncoder(nn.Module):
-    """Tiles placed on their slide's grid, ResNet18 ``layer4`` as a sparse CNN, mean over the output sites."""
+    """Tiles placed on their slide's grid, ResNet18 ``layer4`` as a sparse CNN, mean (or maximum) over the output
+    sites."""
 
     def __init__(self, config: GigaSSLConfig):
         super().__init__()
@@ -185,7 +187,9 @@ class SparseConvMILEncoder(nn.Module):
         grid = input_grid
         for block in self.layer4:
             grid = block(grid)
-        slide_embedding = segment_mean(grid.features, grid.batch, grid.batch_size)  # (B, hidden_dim)
+        slide_embedding = segment_reduce(
+            grid.features, grid.batch, grid.batch_size, self.config.slide_pooling
+        )  # (B, hidden_dim)
         if not output_tile_embeddings:
             return slide_embedding, None
         batch_index, tile_index = tile_mask.nonzero(as_tuple=True)
@@ -230,7 +234,8 @@ class ResidualMLPBlock(nn.Module):
 
 
 class MLPEncoder(nn.Module):
-    """The light variant (the successor's ResidualMLP): residual MLP blocks on each tile, mean over the tiles.
+    """The light variant (the successor's ResidualMLP): residual MLP blocks on each tile, mean (or maximum) over
+    the tiles.
 
     Parameter names follow trislaz/Democratizing_WSI's ``ResidualMLP.tile_encoder`` so its checkpoints convert.
     """
@@ -239,6 +244,7 @@ class MLPEncoder(nn.Module):
         super().__init__()
         args = (config.mlp_dropout, config.batch_norm_eps, config.batch_norm_momentum)
         dims = [config.feature_dim] + [config.hidden_dim] * config.mlp_num_blocks
+        self.slide_pooling = config.slide_pooling
         self.tile_encoder = nn.Sequential(
             *(ResidualMLPBlock(dims[i], dims[i + 1], *args) for i in range(len(dims) - 1))
         )
@@ -249,7 +255,9 @@ class MLPEncoder(nn.Module):
         """`(B, hidden_dim)` slide embeddings and, on request, `(B, N, hidden_dim)` tile embeddings."""
         batch_index, tile_index = tile_mask.nonzero(as_tuple=True)
         tiles = self.tile_encoder(tile_features[batch_index, tile_index])  # (T, hidden_dim)
-        slide_embedding = segment_mean(tiles, batch_index, tile_features.shape[0])  # (B, hidden_dim)
+        slide_embedding = segment_reduce(
+            tiles, batch_index, tile_features.shape[0], self.slide_pooling
+        )  # (B, hidden_dim)
         if not output_tile_embeddings:
             return slide_embedding, None
         tile_embeddings = tiles.new_zeros(*tile_mask.shape, tiles.shape[1])  # (B, N, hidden_dim)

@@ -33,18 +33,22 @@ import torch
 from torch import nn
 
 
-def segment_mean(values: torch.Tensor, segment_ids: torch.Tensor, num_segments: int) -> torch.Tensor:
-    """Mean of ``values`` rows per segment, deterministic on CPU and CUDA. Every segment must be non-empty.
+def segment_reduce(
+    values: torch.Tensor, segment_ids: torch.Tensor, num_segments: int, reduce: str = "mean"
+) -> torch.Tensor:
+    """Mean (or ``reduce="max"``: maximum) of ``values`` rows per segment, deterministic on CPU and CUDA. Every
+    segment must be non-empty.
 
     Args:
         values: `(N, C)`.
         segment_ids: `(N,)` int64 in ``[0, num_segments)``.
+        reduce: ``"mean"`` or ``"max"``.
     Returns:
         `(num_segments, C)`.
     """
     order = torch.argsort(segment_ids, stable=True)
     lengths = torch.bincount(segment_ids, minlength=num_segments)
-    return torch.segment_reduce(values[order], "mean", lengths=lengths)
+    return torch.segment_reduce(values[order], reduce, lengths=lengths)
 
 
 def _key_strides(spatial_size: torch.Tensor) -> tuple[int, int]:
@@ -216,7 +220,7 @@ def input_layer(
         spatial_size: `(B, 2)` int64.
     """
     unique_keys, site_of_tile, first = _unique_sites(_pack_keys(batch, xy, spatial_size))
-    site_features = segment_mean(features, site_of_tile, unique_keys.numel())
+    site_features = segment_reduce(features, site_of_tile, unique_keys.numel())
     grid = SparseGrid(batch[first], xy[first], site_features, spatial_size)
     grid._cache["keys"] = unique_keys
     return grid

@@ -151,6 +151,27 @@ def test_distinct_tile_embeddings_average_to_the_slide_embedding(eval_model, sha
     torch.testing.assert_close(distinct.mean(dim=0), out.slide_embedding[0], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("encoder_type", ["sparse_conv", "mlp"])
+def test_max_pooling_takes_the_channel_maximum_of_the_distinct_tile_embeddings(encoder_type, tiny_config):
+    """A rectangle of tissue (every output site holds a tile's cell); the same weights pool by mean or maximum."""
+    torch.manual_seed(0)
+    mean_model = _trained_like(GigaSSLModel(tiny_config(encoder_type=encoder_type)))
+    max_model = GigaSSLModel(tiny_config(encoder_type=encoder_type, slide_pooling="max")).eval()
+    max_model.load_state_dict(mean_model.state_dict())
+    cells = torch.cartesian_prod(torch.arange(6), torch.arange(5))
+    features, coords = torch.randn(len(cells), 8), cells * PATCH
+    with torch.no_grad():
+        mean_out = mean_model(
+            features[None], coords[None], patch_size_level0=PATCH, output_tile_embeddings=True
+        )
+        max_out = max_model(
+            features[None], coords[None], patch_size_level0=PATCH, output_tile_embeddings=True
+        )
+    torch.testing.assert_close(max_out.tile_embeddings, mean_out.tile_embeddings)
+    torch.testing.assert_close(max_out.slide_embedding[0], max_out.tile_embeddings[0].amax(dim=0))
+    assert not torch.allclose(max_out.slide_embedding, mean_out.slide_embedding)
+
+
 def test_a_site_reached_only_through_its_window_edge_belongs_to_no_tile(tiny_config):
     """Tiles at cells (0, 0) and (2, 2): the stride-2 windows of sites (0, 1), (1, 0) hold no tile's own cell."""
     model = _trained_like(GigaSSLModel(tiny_config()))
@@ -241,6 +262,7 @@ def test_bad_inputs_raise_clear_errors(features, coords, mask, message, tiny_con
         ("n_tiles", 0),
         ("mlp_num_blocks", 0),
         ("mlp_dropout", 1.0),
+        ("slide_pooling", "attention"),
     ],
 )
 def test_invalid_config_values_name_the_field(field, value):

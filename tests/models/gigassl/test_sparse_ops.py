@@ -9,7 +9,7 @@ from giga_ssl_hf.models.gigassl.sparse_ops import (
     SubmanifoldConv2d,
     average_pool_3x3_stride2,
     input_layer,
-    segment_mean,
+    segment_reduce,
 )
 
 
@@ -93,9 +93,10 @@ def test_input_layer_averages_duplicates():
     assert grid.features.flatten().tolist() == [2.0, 5.0, 7.0]
 
 
-def test_segment_mean_over_unsorted_segments():
-    values = torch.arange(6.0)[:, None]
-    assert segment_mean(values, torch.tensor([1, 0, 1, 0, 2, 2]), 3).flatten().tolist() == [2.0, 1.0, 4.5]
+def test_segment_reduce_over_unsorted_segments():
+    values, segments = torch.arange(6.0)[:, None], torch.tensor([1, 0, 1, 0, 2, 2])
+    assert segment_reduce(values, segments, 3).flatten().tolist() == [2.0, 1.0, 4.5]
+    assert segment_reduce(values, segments, 3, "max").flatten().tolist() == [3.0, 2.0, 5.0]
 
 
 @pytest.mark.parametrize("op", ["submanifold", "strided", "pool"])
