@@ -7,7 +7,7 @@ too, and the help shows one), its annotation the conversion (``int``, ``float``,
 ``__post_init__`` the validation, so that the command line and a library call (the pipeline composing stages)
 check the same things in one place. :class:`SettingsParser` turns the dataclasses into an argparse parser and
 the command line back into dataclass instances, the way ``transformers.HfArgumentParser`` does, with one-line
-errors and an optional ``--config`` YAML/JSON file of the same names.
+errors, an optional ``--config`` YAML/JSON file of the same names and named ``--preset`` values.
 
 A composing command (``giga-ssl pipeline``) puts each stage's dataclasses under a namespace (``nested``):
 ``--train.max-steps``, ``train: {max_steps: ...}`` in its config file. Two marks in a field's metadata serve it:
@@ -19,7 +19,7 @@ dataclasses with config files, but refuses dash spellings under a namespace (``-
 prints usage and a tip around each error (4-6 lines) and takes help texts from docstrings (docstring_parser);
 tyro 1.0 imports in 0.1 s and takes both spellings, but reports an error in an 11-line box and reads no config
 file. Either would mean rewriting the 19 settings dataclasses (help, exclusive switches, negatable and positional
-fields) and every command's error handling; this module is ~370 lines.
+fields) and every command's error handling; this module is ~390 lines.
 """
 
 from __future__ import annotations
@@ -35,21 +35,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
-_OPTION_KEYS = (
-    "metavar",
-    "positional",
-    "flag",
-    "aliases",
-    "exclusive",
-    "nargs",
-    "type",
-    "required",
-    "negatable",
-    "choices",
-    "switch_help",
-    "managed",
-    "affects_results",
-)
+# The keys option(**cli) takes: how the flag is made, then the marks a composing command reads.
+_FLAG_KEYS = {"metavar", "positional", "flag", "aliases", "exclusive", "nargs", "type", "required"}
+_OPTION_KEYS = _FLAG_KEYS | {"negatable", "choices", "switch_help", "managed", "affects_results"}
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", **cli: Any) -> Any:
@@ -63,7 +51,7 @@ def option(default: Any = dataclasses.MISSING, help: str = "", **cli: Any) -> An
     ``Literal`` annotation); ``switch_help`` (with ``exclusive``: the help of each switch but the default one,
     which gets ``help``); ``managed=True`` (a composing command sets it: no flag under its namespace there);
     ``affects_results=False`` (changes how a stage runs, not what it makes: no part of a fingerprint)."""
-    unknown = set(cli) - set(_OPTION_KEYS)
+    unknown = set(cli) - _OPTION_KEYS
     if unknown:
         raise TypeError(f"option() got unknown keyword(s): {', '.join(sorted(unknown))}")
     metadata = {"help": help, **cli}
@@ -133,18 +121,21 @@ class SettingsParser(argparse.ArgumentParser):
         config_file: bool = False,
         defaults: dict[str, Any] | None = None,
         run_facts: tuple[str, ...] = (),
+        presets: dict[str, dict[str, Any]] | None = None,
         **kwargs: Any,
     ):
         """``settings``: dataclasses of flat flags; ``nested``: namespace -> dataclasses whose flags go under it
         (``--train.max-steps``), less their ``managed`` fields; ``defaults``: other defaults than the
         dataclasses' (the demo's), as a config file gives them (``{"train": {"max_steps": 60}}``); ``run_facts``:
         names that a run's recorded settings hold beside the options (train's ``num_processes``), so that the
-        record reloads as a ``--config`` file: read and left aside."""
+        record reloads as a ``--config`` file: read and left aside; ``presets``: named sets of option values
+        (``--preset NAME``), below a ``--config`` file and the command line."""
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(**kwargs)
         self.entries = [("", cls) for cls in settings]
         self.entries += [(name + ".", cls) for name, classes in (nested or {}).items() for cls in classes]
         self.config_file = config_file
+        self.presets = presets or {}
         self.run_facts = frozenset(run_facts)
         self.field_actions: dict[str, argparse.Action] = {}
         seen: dict[str, type] = {}
@@ -164,6 +155,15 @@ class SettingsParser(argparse.ArgumentParser):
                 metavar="FILE",
                 help="YAML or JSON file of these options (their names with underscores, a mapping per namespace); "
                 "flags given on the command line override it",
+            )
+        if self.presets:
+            listed = "; ".join(
+                f"{name}: " + " ".join(self._preset_flags(values)) for name, values in self.presets.items()
+            )
+            self.add_argument(
+                "--preset",
+                choices=list(self.presets),
+                help=f"a named recipe: its options as defaults, under --config and the command line ({listed})",
             )
 
     def _group(self, prefix: str, cls: type):
@@ -225,24 +225,39 @@ class SettingsParser(argparse.ArgumentParser):
         """The settings instances from ``argv`` (and ``--config``), in the order of the dataclasses given (the
         nested ones last). A malformed command line, a bad config file and a setting that fails validation all
         raise ValueError (:func:`run_main` reports it in one line)."""
-        if self.config_file:
-            # --config alone first: the full parse would refuse required options that the file gives
-            config_only = argparse.ArgumentParser(prog=self.prog, add_help=False, exit_on_error=False)
-            config_only.add_argument("--config")
+        if self.config_file or self.presets:
+            # --preset and --config alone first: the full parse would refuse required options that they give
+            first = argparse.ArgumentParser(prog=self.prog, add_help=False, exit_on_error=False)
+            first.add_argument("--config")
+            first.add_argument("--preset", choices=list(self.presets))
             try:
-                known, _ = config_only.parse_known_args(argv)
+                known, _ = first.parse_known_args(argv)
             except argparse.ArgumentError as error:
                 raise ValueError(f"{error} (see --help)") from None
-            if known.config:
+            if known.preset:
+                self._set_file_defaults(self.presets[known.preset], f"preset {known.preset}")
+            if known.config and self.config_file:
                 recorded = read_config_file(known.config)
                 options = {name: value for name, value in recorded.items() if name not in self.run_facts}
-                values = self._flat_values(options, f"{known.config}")
-                self.set_defaults(**{dest: self._checked(dest, value) for dest, value in values.items()})
-                for dest in values:
-                    if dest in self.field_actions:
-                        self.field_actions[dest].required = False  # given by the file
+                self._set_file_defaults(options, f"{known.config}")
         namespace = vars(self.parse_args(argv))
         return tuple(self._instance(prefix, cls, namespace) for prefix, cls in self.entries)
+
+    def _set_file_defaults(self, options: dict, source: str) -> None:
+        """Options of a config file or preset as the parser's defaults, checked as flags are."""
+        values = self._flat_values(options, source)
+        self.set_defaults(**{dest: self._checked(dest, value) for dest, value in values.items()})
+        for dest in values:
+            if dest in self.field_actions:
+                self.field_actions[dest].required = False  # given by the file
+
+    def _preset_flags(self, values: dict) -> list[str]:
+        """A preset's options as the flags that would set them (``--n-tiles 64``, ``--disjoint-views``)."""
+        flags = []
+        for dest, value in self._flat_values(values, "").items():
+            flag = self.field_actions[dest].option_strings[0]
+            flags.append(flag if value is True else f"{flag} {value}")
+        return flags
 
     @staticmethod
     def _instance(prefix: str, cls: type, namespace: dict) -> Any:

@@ -93,6 +93,24 @@ def test_config_file_gives_required_values_and_the_command_line_wins(tmp_path):
         parser(config_file=True).parse(["--config", str(config)])
 
 
+def test_a_preset_gives_defaults_under_the_config_file_and_the_command_line(tmp_path, capsys):
+    presets = {"long": {"max_steps": 50, "mode": "slow", "verbose": True}}
+    _, knobs = parser(presets=presets).parse(["--out", "o", "--preset", "long"])
+    assert (knobs.max_steps, knobs.mode, knobs.verbose, knobs.rate) == (50, "slow", True, None)
+    config = tmp_path / "run.yaml"
+    config.write_text("max_steps: 7\n")
+    _, knobs = parser(presets=presets, config_file=True).parse(
+        ["--out", "o", "--preset", "long", "--config", str(config), "--mode", "fast"]
+    )
+    assert (knobs.max_steps, knobs.mode, knobs.verbose) == (7, "fast", True)
+    _, knobs = parser(presets=presets).parse(["--out", "o"])  # no preset: the dataclasses' defaults
+    assert (knobs.max_steps, knobs.mode, knobs.verbose) == (10, "fast", False)
+    assert run_main(parser(presets=presets), lambda *_: 0, ["--out", "o", "--preset", "lon"]) == 2
+    assert "--preset" in capsys.readouterr().err
+    parser(presets=presets).print_help()
+    assert "long: --max-steps 50 --mode slow --verbose" in " ".join(capsys.readouterr().out.split())
+
+
 @dataclass
 class Stage:
     """a stage"""

@@ -162,6 +162,17 @@ def test_bad_inputs_fail_before_training(case, message, tmp_path, capsys):
     assert not (tmp_path / "run" / "final").exists()
 
 
+def test_the_window_pair_max_preset_sets_its_recipe_and_flags_still_win(tmp_path):
+    data_args, model_args, train_args = parse_arguments(
+        ["--features", str(tmp_path), "--output-dir", str(tmp_path / "run"), "--preset", "window-pair-max",
+         "--n-tiles", "32"]
+    )  # fmt: skip
+    assert (data_args.tile_sampling, data_args.n_tiles, data_args.disjoint_views, data_args.places_per_slide) == (
+        "window-pair", 32, True, 4,
+    )  # fmt: skip
+    assert (model_args.slide_pooling, train_args.learning_rate) == ("max", 0.002)
+
+
 def test_config_file_with_command_line_overrides(synthetic_features, tmp_path):
     features, _ = synthetic_features
     config = tmp_path / "cfg.yaml"
