@@ -36,16 +36,9 @@ from torch import nn
 def segment_reduce(
     values: torch.Tensor, segment_ids: torch.Tensor, num_segments: int, reduce: str = "mean"
 ) -> torch.Tensor:
-    """Mean (or ``reduce="max"``: maximum) of ``values`` rows per segment, deterministic on CPU and CUDA. Every
-    segment must be non-empty.
-
-    Args:
-        values: `(N, C)`.
-        segment_ids: `(N,)` int64 in ``[0, num_segments)``.
-        reduce: ``"mean"`` or ``"max"``.
-    Returns:
-        `(num_segments, C)`.
-    """
+    """`(num_segments, C)`: the ``reduce`` (``"mean"`` or ``"max"``) of the `(N, C)` ``values`` rows per segment
+    (``segment_ids``: `(N,)` int64 in ``[0, num_segments)``, every segment non-empty); deterministic on CPU and
+    CUDA."""
     order = torch.argsort(segment_ids, stable=True)
     lengths = torch.bincount(segment_ids, minlength=num_segments)
     return torch.segment_reduce(values[order], reduce, lengths=lengths)
