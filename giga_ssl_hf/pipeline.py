@@ -156,10 +156,7 @@ def _stage_settings(settings: PipelineSettings, paths: dict[str, Path]) -> Pipel
             model=str(paths["model"]),
             features=str(paths["features"]),
             out=str(paths["embeddings"]),
-            # views drawn alike in training and embedding; a window-pair model embeds with windows
-            tile_sampling="window"
-            if settings.data.tile_sampling == "window-pair"
-            else settings.data.tile_sampling,
+            tile_sampling=_embedding_tile_sampling(settings),
             seed=seed,
             device=settings.options.device,
             npy=True,
@@ -167,6 +164,14 @@ def _stage_settings(settings: PipelineSettings, paths: dict[str, Path]) -> Pipel
         ),
         evaluation=replace(settings.evaluation, folds=settings.evaluation.folds or DEFAULT_FOLDS),
     )
+
+
+def _embedding_tile_sampling(settings: PipelineSettings) -> str:
+    """Views drawn alike in training and embedding: a window-pair model embeds with windows; a max-pooling one in
+    one pass over each whole slide (the maximum over a view's sites is not the slide's)."""
+    if settings.model.slide_pooling == "max":
+        return "all"
+    return "window" if settings.data.tile_sampling == "window-pair" else settings.data.tile_sampling
 
 
 def _fingerprints(

@@ -3,6 +3,7 @@
 import json
 import logging
 import shutil
+from pathlib import Path
 
 import pytest
 from datasets import load_from_disk
@@ -11,6 +12,8 @@ from transformers import AutoModel
 import giga_ssl_hf
 from giga_ssl_hf.cli import main as cli_main
 from giga_ssl_hf.demo import SAMPLE_SLIDE
+from giga_ssl_hf.pipeline import PipelineSettings, _stage_settings
+from giga_ssl_hf.training.arguments import DataArguments, ModelArguments
 from giga_ssl_hf.wsi.synthetic import write_synthetic_slide
 
 # The tests load the saved models with AutoModel, as a user does after registering the classes.
@@ -212,3 +215,16 @@ def test_fingerprints_follow_what_changes_each_stages_output(tmp_path):
     assert all(changed[stage] != fingerprints[stage] for stage in fingerprints)
     more_slides = _fingerprints(state, settings, [*extracted, ("c", 5)], str(labels))
     assert all(more_slides[stage] != fingerprints[stage] for stage in fingerprints)
+
+
+@pytest.mark.parametrize(
+    ("train_sampling", "pooling", "embedding"),
+    [("random", None, "random"), ("window", None, "window"), ("window-pair", None, "window"),
+     ("window-pair", "max", "all"), ("random", "max", "all")],
+)  # fmt: skip
+def test_the_pipeline_embeds_as_the_model_was_trained(train_sampling, pooling, embedding):
+    settings = PipelineSettings(
+        data=DataArguments(tile_sampling=train_sampling), model=ModelArguments(slide_pooling=pooling)
+    )
+    paths = {name: Path(name) for name in ("features", "model", "embeddings")}
+    assert _stage_settings(settings, paths).embedding.tile_sampling == embedding
