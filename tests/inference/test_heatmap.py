@@ -127,6 +127,19 @@ def test_occlusion_is_the_drop_of_the_slide_score_without_the_neighbourhood(mode
         occlusion_scores(model, features[:1], coords[:1], PATCH, probe, "1")
 
 
+def heatmap_argv(root) -> list[str]:
+    """``giga-ssl heatmap`` on the fixture's model and features, maps to ``root/m``."""
+    return [
+        "heatmap",
+        "--model",
+        str(root / "model"),
+        "--features",
+        str(root / "features"),
+        "--out",
+        str(root / "m"),
+    ]
+
+
 @pytest.fixture
 def heatmap_inputs(cohort, model_and_probe, tmp_path):
     exhaustive, labels, _ = cohort
@@ -212,15 +225,7 @@ def test_heatmap_cli_writes_pngs_and_the_score_table(heatmap_inputs, shared_dir,
 
 def test_heatmap_cli_usage_errors(heatmap_inputs, capsys):
     root = heatmap_inputs
-    base = [
-        "heatmap",
-        "--model",
-        str(root / "model"),
-        "--features",
-        str(root / "features"),
-        "--out",
-        str(root / "m"),
-    ]
+    base = heatmap_argv(root)
     assert cli_main([*base, "--probe", str(root / "probe"), "--slide-ids", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
     assert cli_main([*base, "--probe", str(root / "probe"), "--class", "tumour"]) == 2
@@ -239,15 +244,7 @@ def test_additive_maps_refuse_a_max_pooling_model_once(heatmap_inputs, capsys):
     root = heatmap_inputs
     config = json.loads((root / "model" / "config.json").read_text())
     (root / "model" / "config.json").write_text(json.dumps({**config, "slide_pooling": "max"}))
-    argv = [
-        "heatmap",
-        "--model",
-        str(root / "model"),
-        "--features",
-        str(root / "features"),
-        "--out",
-        str(root / "m"),
-    ]
+    argv = heatmap_argv(root)
     assert cli_main([*argv, "--probe", str(root / "probe")]) == 2
     err = capsys.readouterr().err
     refusals = [line for line in err.splitlines() if line.startswith("giga-ssl heatmap")]
