@@ -229,12 +229,13 @@ class SettingsParser(argparse.ArgumentParser):
             # --preset and --config alone first: the full parse would refuse required options that they give
             first = argparse.ArgumentParser(prog=self.prog, add_help=False, exit_on_error=False)
             first.add_argument("--config")
-            first.add_argument("--preset", choices=list(self.presets))
+            if self.presets:
+                first.add_argument("--preset", choices=list(self.presets))
             try:
                 known, _ = first.parse_known_args(argv)
             except argparse.ArgumentError as error:
                 raise ValueError(f"{error} (see --help)") from None
-            if known.preset:
+            if getattr(known, "preset", None):
                 self._set_file_defaults(self.presets[known.preset], f"preset {known.preset}")
             if known.config and self.config_file:
                 recorded = read_config_file(known.config)
