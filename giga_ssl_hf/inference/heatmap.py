@@ -322,8 +322,8 @@ def write_heatmaps(settings: HeatmapSettings) -> int:
     pooling = getattr(model.config, "slide_pooling", "mean")
     if settings.method in ("tiles", "embedding") and pooling != "mean":  # once, not once per slide
         raise ValueError(
-            f"--method {settings.method} splits a mean-pooled slide embedding into tile shares; this model pools "
-            f"by the {pooling}: use --method occlusion or integrated-gradients"
+            f"--method {settings.method} splits a mean-pooled slide embedding into tile shares; this model's slide "
+            f"pooling is {pooling!r}: use --method occlusion or integrated-gradients"
         )
     settings.out.mkdir(parents=True, exist_ok=True)
     arrays = TileArrays.from_dataset(dataset)

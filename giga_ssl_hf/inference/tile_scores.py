@@ -205,8 +205,8 @@ def tile_contributions(
     goes in chunks whose margin makes every needed site exact, so the identity still holds."""
     if getattr(model.config, "slide_pooling", "mean") != "mean":
         raise ValueError(
-            f"a model that pools its sites by their {model.config.slide_pooling} has no additive split of its slide "
-            "embedding into tile shares: use heatmap --method occlusion or integrated-gradients"
+            f"a model whose slide pooling is {model.config.slide_pooling!r} (not the mean) has no additive split of "
+            "its slide embedding into tile shares: use heatmap --method occlusion or integrated-gradients"
         )
     n = len(features)
     if views is None and model.config.encoder_type == "mlp":

@@ -6,7 +6,7 @@ from transformers import PreTrainedConfig
 
 ENCODER_TYPES = ("sparse_conv", "mlp")
 GRID_SIZE_MODES = ("per_slide", "batch")
-SLIDE_POOLINGS = ("mean", "max")
+SLIDE_POOLINGS = ("mean", "max", "top")
 
 
 class GigaSSLConfig(PreTrainedConfig):
@@ -37,7 +37,12 @@ class GigaSSLConfig(PreTrainedConfig):
         slide_pooling (`str`, *optional*, defaults to `"mean"`):
             How the output sites (tiles, for `"mlp"`) become the slide embedding: `"mean"` (the paper's) or `"max"`
             per channel. A feature of a rare local arrangement (one tissue type next to another along a short
-            border) is diluted by the mean over a slide's sites but kept by the maximum.
+            border) is diluted by the mean over a slide's sites but kept by the maximum. `"top"`: the mean of each
+            channel's largest `top_site_fraction` of the sites, less noisy than the single maximum over a whole
+            slide and the same as it on a view of few sites.
+        top_site_fraction (`float`, *optional*, defaults to 0.03):
+            With `slide_pooling="top"`, the share of a slide's output sites whose largest values are averaged per
+            channel (at least one site).
         mlp_num_blocks (`int`, *optional*, defaults to 2):
             Number of residual MLP blocks of the `"mlp"` encoder (the first maps `feature_dim` to `hidden_dim`).
         mlp_dropout (`float`, *optional*, defaults to 0.0):
@@ -69,6 +74,7 @@ class GigaSSLConfig(PreTrainedConfig):
     fixed_grid_cell_size: bool = False
     grid_size_mode: str = "per_slide"
     slide_pooling: str = "mean"
+    top_site_fraction: float = 0.03
     mlp_num_blocks: int = 2
     mlp_dropout: float = 0.0
     projection_dims: list[int] | tuple[int, ...] = (512, 512, 256)
@@ -101,6 +107,11 @@ class GigaSSLConfig(PreTrainedConfig):
             raise ValueError(
                 f"GigaSSLConfig.slide_pooling must be one of {SLIDE_POOLINGS}, got {self.slide_pooling!r}"
             )
+        if not 0 < self.top_site_fraction <= 1:
+            raise ValueError(
+                f"GigaSSLConfig.top_site_fraction must be in (0, 1], got {self.top_site_fraction!r}"
+            )
+        self.top_site_fraction = float(self.top_site_fraction)
         self.projection_dims = list(self.projection_dims)
         if not self.projection_dims or not all(isinstance(d, int) and d > 0 for d in self.projection_dims):
             raise ValueError(

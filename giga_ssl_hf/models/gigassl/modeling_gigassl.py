@@ -37,10 +37,9 @@ class GigaSSLModelOutput(ModelOutput):
             With `output_tile_embeddings=True`: for each input tile, the embedding of the output site its grid
             cell falls in after `layer4`'s stride 2 (cell `(x, y)` -> site `(x // 2, y // 2)`), so tiles sharing
             a site share a row; for the `"mlp"` encoder, the tile's own row before the mean. Padded tiles get
-            zeros. The slide embedding is the mean (`config.slide_pooling="max"`: the maximum) over the output
-            *sites*: when every site holds a tile's cell (always for `"mlp"`; for a sparse map whenever no site is
-            reached only through its window's far edge, e.g. a full rectangle of tiles), it is the mean (maximum)
-            of the distinct tile embeddings.
+            zeros. The slide embedding pools the output *sites* (`config.slide_pooling`): when every site holds a
+            tile's cell (always for `"mlp"`; for a sparse map whenever no site is reached only through its
+            window's far edge, e.g. a full rectangle of tiles), it pools the distinct tile embeddings alike.
     """
 
     slide_embedding: torch.FloatTensor | None = None
@@ -62,6 +61,26 @@ class GigaSSLContrastiveOutput(ModelOutput):
     loss: torch.FloatTensor | None = None
     slide_embedding: torch.FloatTensor | None = None
     projection: torch.FloatTensor | None = None
+
+
+def pool_sites(
+    values: torch.Tensor, segment_ids: torch.Tensor, num_segments: int, pooling: str, top_fraction: float
+) -> torch.Tensor:
+    """`(num_segments, C)` slide embeddings from the `(N, C)` site (or tile) rows of each slide (``segment_ids``:
+    `(N,)`, every slide non-empty): their ``"mean"``, ``"max"``, or with ``"top"`` the mean of each channel's
+    ``k = max(1, round(top_fraction * n_sites))`` largest values (a slide of few sites is max-pooled)."""
+    if pooling != "top":
+        return segment_reduce(values, segment_ids, num_segments, pooling)
+    lengths = torch.bincount(segment_ids, minlength=num_segments)  # (S,)
+    order = torch.argsort(segment_ids, stable=True)
+    starts = torch.cumsum(lengths, 0) - lengths
+    position = torch.arange(len(order), device=values.device) - starts.repeat_interleave(lengths)
+    padded = values.new_full((num_segments, int(lengths.max()), values.shape[1]), float("-inf"))
+    padded[segment_ids[order], position] = values[order]  # (S, longest slide, C)
+    k = (top_fraction * lengths).round().long().clamp(min=1)  # (S,)
+    largest = padded.topk(int(k.max()), dim=1).values  # (S, k_max, C)
+    beyond_k = torch.arange(largest.shape[1], device=values.device)[None] >= k[:, None]  # (S, k_max)
+    return largest.masked_fill(beyond_k[..., None], 0).sum(dim=1) / k[:, None]
 
 
 def nt_xent_loss(first: torch.Tensor, second: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -187,8 +206,9 @@ class SparseConvMILEncoder(nn.Module):
         grid = input_grid
         for block in self.layer4:
             grid = block(grid)
-        slide_embedding = segment_reduce(
-            grid.features, grid.batch, grid.batch_size, self.config.slide_pooling
+        config = self.config
+        slide_embedding = pool_sites(
+            grid.features, grid.batch, grid.batch_size, config.slide_pooling, config.top_site_fraction
         )  # (B, hidden_dim)
         if not output_tile_embeddings:
             return slide_embedding, None
@@ -244,7 +264,7 @@ class MLPEncoder(nn.Module):
         super().__init__()
         args = (config.mlp_dropout, config.batch_norm_eps, config.batch_norm_momentum)
         dims = [config.feature_dim] + [config.hidden_dim] * config.mlp_num_blocks
-        self.slide_pooling = config.slide_pooling
+        self.slide_pooling, self.top_site_fraction = config.slide_pooling, config.top_site_fraction
         self.tile_encoder = nn.Sequential(
             *(ResidualMLPBlock(dims[i], dims[i + 1], *args) for i in range(len(dims) - 1))
         )
@@ -255,8 +275,8 @@ class MLPEncoder(nn.Module):
         """`(B, hidden_dim)` slide embeddings and, on request, `(B, N, hidden_dim)` tile embeddings."""
         batch_index, tile_index = tile_mask.nonzero(as_tuple=True)
         tiles = self.tile_encoder(tile_features[batch_index, tile_index])  # (T, hidden_dim)
-        slide_embedding = segment_reduce(
-            tiles, batch_index, tile_features.shape[0], self.slide_pooling
+        slide_embedding = pool_sites(
+            tiles, batch_index, tile_features.shape[0], self.slide_pooling, self.top_site_fraction
         )  # (B, hidden_dim)
         if not output_tile_embeddings:
             return slide_embedding, None

@@ -172,6 +172,38 @@ def test_max_pooling_takes_the_channel_maximum_of_the_distinct_tile_embeddings(e
     assert not torch.allclose(max_out.slide_embedding, mean_out.slide_embedding)
 
 
+@pytest.mark.parametrize("encoder_type", ["sparse_conv", "mlp"])
+def test_top_pooling_averages_each_channels_largest_sites(encoder_type, tiny_config):
+    """On a rectangle of tissue the distinct tile embeddings are the output sites: per channel, the mean of the
+    largest round(fraction x sites) of them."""
+    torch.manual_seed(0)
+    config = tiny_config(encoder_type=encoder_type, slide_pooling="top", top_site_fraction=0.25)
+    model = _trained_like(GigaSSLModel(config))
+    cells = torch.cartesian_prod(torch.arange(12), torch.arange(10))
+    features, coords = torch.randn(len(cells), 8), cells * PATCH
+    with torch.no_grad():
+        out = model(features[None], coords[None], patch_size_level0=PATCH, output_tile_embeddings=True)
+    sites = torch.unique(out.tile_embeddings[0], dim=0)  # (n_sites, hidden)
+    k = round(0.25 * len(sites))
+    assert 1 < k < len(sites)
+    expected = sites.sort(dim=0, descending=True).values[:k].mean(dim=0)
+    torch.testing.assert_close(out.slide_embedding[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_pool_sites_top_is_the_maximum_on_few_sites_and_trains_only_the_chosen_rows():
+    from giga_ssl_hf.models.gigassl.modeling_gigassl import pool_sites
+
+    generator = torch.Generator().manual_seed(1)
+    slide_of_site = torch.tensor([2, 0, 1, 1, 0, 2, 1, 0, 1, 1])[torch.randperm(10, generator=generator)]
+    values = torch.randn(10, 4, generator=generator, requires_grad=True)  # (sites, channels)
+    top = pool_sites(values, slide_of_site, 3, "top", 0.4)  # k = 1, 2, 1 for 3, 5, 2 sites
+    torch.testing.assert_close(top[[0, 2]], pool_sites(values, slide_of_site, 3, "max", 0.4)[[0, 2]])
+    rows = values[slide_of_site == 1]
+    torch.testing.assert_close(top[1], rows.topk(2, dim=0).values.mean(dim=0))
+    top.sum().backward()
+    assert (values.grad != 0).sum(dim=0).tolist() == [4, 4, 4, 4]  # per channel: 1 + 2 + 1 sites
+
+
 def test_a_site_reached_only_through_its_window_edge_belongs_to_no_tile(tiny_config):
     """Tiles at cells (0, 0) and (2, 2): the stride-2 windows of sites (0, 1), (1, 0) hold no tile's own cell."""
     model = _trained_like(GigaSSLModel(tiny_config()))
@@ -263,6 +295,8 @@ def test_bad_inputs_raise_clear_errors(features, coords, mask, message, tiny_con
         ("mlp_num_blocks", 0),
         ("mlp_dropout", 1.0),
         ("slide_pooling", "attention"),
+        ("top_site_fraction", 0.0),
+        ("top_site_fraction", 1.5),
     ],
 )
 def test_invalid_config_values_name_the_field(field, value):
