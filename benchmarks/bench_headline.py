@@ -75,7 +75,8 @@ def recipes(args) -> dict[str, Recipe]:
             args.window_lr,
             ("--places_per_slide", str(args.pair_places), "--view_offset", str(args.pair_offset))
             + ("--disjoint_views",) * args.pair_disjoint
-            + ("--slide_pooling", args.pair_pooling),
+            + ("--slide_pooling", args.pair_pooling)
+            + ("--top_site_fraction", str(args.pair_top_fraction)) * (args.pair_top_fraction is not None),
         ),  # fmt: skip
     }
 
@@ -272,9 +273,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     add("--pair-disjoint", action="store_true", help="window-pair: views with no tile in common")
     add(
         "--pair-pooling",
-        choices=("mean", "max"),
+        choices=("mean", "max", "top"),
         default="mean",
         help="window-pair: the encoder's pooling over output sites, in training and embedding (default: mean)",
+    )
+    add(
+        "--pair-top-fraction",
+        type=float,
+        help="window-pair with --pair-pooling top: the share of the sites averaged (default: the model config's)",
     )
     add(
         "--pair-whole-slide",

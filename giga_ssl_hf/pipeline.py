@@ -167,9 +167,9 @@ def _stage_settings(settings: PipelineSettings, paths: dict[str, Path]) -> Pipel
 
 
 def _embedding_tile_sampling(settings: PipelineSettings) -> str:
-    """Views drawn alike in training and embedding: a window-pair model embeds with windows; a max-pooling one in
-    one pass over each whole slide (the maximum over a view's sites is not the slide's)."""
-    if settings.model.slide_pooling == "max":
+    """Views drawn alike in training and embedding: a window-pair model embeds with windows; a max- or top-pooling
+    one in one pass over each whole slide (the maximum over a view's sites is not the slide's)."""
+    if settings.model.slide_pooling in ("max", "top"):
         return "all"
     return "window" if settings.data.tile_sampling == "window-pair" else settings.data.tile_sampling
 

@@ -220,7 +220,7 @@ def test_fingerprints_follow_what_changes_each_stages_output(tmp_path):
 @pytest.mark.parametrize(
     ("train_sampling", "pooling", "embedding"),
     [("random", None, "random"), ("window", None, "window"), ("window-pair", None, "window"),
-     ("window-pair", "max", "all"), ("random", "max", "all")],
+     ("window-pair", "max", "all"), ("random", "max", "all"), ("window-pair", "top", "all")],
 )  # fmt: skip
 def test_the_pipeline_embeds_as_the_model_was_trained(train_sampling, pooling, embedding):
     settings = PipelineSettings(

@@ -47,7 +47,7 @@ class EmbedSettings:
         "random",
         "random views (the paper), tile chunks, spatially contiguous windows (for encoders trained with "
         "--tile-sampling window), or all: one view of the whole slide (for encoders trained with "
-        "--slide-pooling max).",
+        "--slide-pooling max or top).",
         managed=True,
     )
     n_views: int = option(100, "Views per slide (random and window).")

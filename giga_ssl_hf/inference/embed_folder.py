@@ -153,6 +153,12 @@ def embed_to_folder(settings: EmbedSettings, model=None) -> Path:
     features_dir, dataset, skipped, features_encoder, model_encoder = _checked_features(model, settings)
     if isinstance(model, (str, Path)):
         model = load_model(str(model), resolve_device(settings.device), settings.trust_remote_code)
+    pooling = getattr(model.config, "slide_pooling", "mean")
+    if pooling != "mean" and settings.tile_sampling != "all":
+        logger.warning(
+            "this model pools its sites by %r, trained for one pass over each whole slide (--tile-sampling all): "
+            "the %s views' mean is not that", pooling, settings.tile_sampling,
+        )  # fmt: skip
     ids, embeddings = embed_tile_dataset(
         model, dataset, settings.tile_sampling, settings.n_views, settings.n_tiles, settings.seed,
         settings.max_views_per_batch, exclude=set(skipped),

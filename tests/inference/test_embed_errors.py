@@ -125,3 +125,21 @@ def test_metadata_is_strict_json(model_path, tmp_path, load_strict_json):
     )
     assert load_strict_json((tmp_path / "e" / "giga_ssl_metadata.json").read_text())["n_slides"] == 2
     json.loads((tmp_path / "e" / "giga_ssl_metadata.json").read_text())
+
+
+def test_a_selective_pooling_model_embedded_with_views_is_warned_about(tmp_path, caplog):
+    """A max / top pooling model was trained for one pass over each whole slide: other views work, with a warning."""
+    torch.manual_seed(0)
+    model = tmp_path / "model"
+    config = GigaSSLConfig(feature_dim=16, hidden_dim=24, projection_dims=(8,), slide_pooling="top")
+    GigaSSLModel(config).save_pretrained(model)
+    dataset, _ = synthetic_tile_dataset(n_slides=3, feature_dim=16, tiles_per_slide=9, augmented=False, seed=1)
+    dataset.save_to_disk(str(tmp_path / "features"))
+    argv = ["--model", str(model), "--features", str(tmp_path / "features"), "--n-views", "2"]
+    with caplog.at_level("WARNING", logger="giga_ssl_hf.inference.embed_folder"):
+        assert main([*argv, "--out", str(tmp_path / "random")]) == 0
+        assert "'top'" in caplog.text and "--tile-sampling all" in caplog.text
+        caplog.clear()
+        assert main([*argv, "--out", str(tmp_path / "whole"), "--tile-sampling", "all"]) == 0
+        assert "--tile-sampling all" not in caplog.text
+    assert len(load_embeddings(tmp_path / "whole")[0]) == 3

@@ -162,15 +162,16 @@ def test_bad_inputs_fail_before_training(case, message, tmp_path, capsys):
     assert not (tmp_path / "run" / "final").exists()
 
 
-def test_the_window_pair_max_preset_sets_its_recipe_and_flags_still_win(tmp_path):
+def test_the_window_pair_top_preset_sets_its_recipe_and_flags_still_win(tmp_path):
     data_args, model_args, train_args = parse_arguments(
-        ["--features", str(tmp_path), "--output-dir", str(tmp_path / "run"), "--preset", "window-pair-max",
+        ["--features", str(tmp_path), "--output-dir", str(tmp_path / "run"), "--preset", "window-pair-top",
          "--n-tiles", "32"]
     )  # fmt: skip
     assert (data_args.tile_sampling, data_args.n_tiles, data_args.disjoint_views, data_args.places_per_slide) == (
         "window-pair", 32, True, 4,
     )  # fmt: skip
-    assert (model_args.slide_pooling, train_args.learning_rate) == ("max", 0.002)
+    assert (model_args.hidden_dim, model_args.slide_pooling, model_args.top_site_fraction) == (256, "top", 0.03)
+    assert train_args.learning_rate == 0.002
 
 
 def test_config_file_with_command_line_overrides(synthetic_features, tmp_path):
@@ -287,14 +288,17 @@ def test_window_views_train_and_are_recorded(synthetic_features, tmp_path, sampl
     assert recorded["arguments"]["tile_sampling"] == sampling[0]
 
 
-def test_max_slide_pooling_trains_and_stays_with_the_model(synthetic_features, tmp_path):
+@pytest.mark.parametrize("pooling", [("max",), ("top", "--top_site_fraction", "0.1")])
+def test_selective_slide_pooling_trains_and_stays_with_the_model(pooling, synthetic_features, tmp_path):
     features, _ = synthetic_features
     summary = run_train(
-        features, tmp_path / "run", "--slide_pooling", "max", "--batch_size", "8", "--max_steps", "2",
+        features, tmp_path / "run", "--slide_pooling", *pooling, "--batch_size", "8", "--max_steps", "2",
         "--save_steps", "0",
     )  # fmt: skip
     assert np.isfinite(summary["final_loss"])
-    assert GigaSSLModel.from_pretrained(tmp_path / "run" / "final").config.slide_pooling == "max"
+    config = GigaSSLModel.from_pretrained(tmp_path / "run" / "final").config
+    assert config.slide_pooling == pooling[0]
+    assert config.top_site_fraction == (float(pooling[-1]) if pooling[0] == "top" else 0.03)
 
 
 def test_unknown_slide_pooling_is_a_usage_error(synthetic_features, tmp_path, capsys):
