@@ -225,9 +225,9 @@ ARGUMENT_CLASSES = (DataArguments, ModelArguments, TrainArguments)
 
 # Named recipes (train --preset NAME). window-pair-top: window views around one place, no tile shared between the
 # two, four places per slide, a 256-d encoder whose slide embedding is per channel the mean of the largest 3% of its
-# sites (the maximum on a training view); embed it with --tile-sampling all. On the synthetic cohorts of
-# benchmarks/bench_headline.py it beat the paper's recipe, mean-pooled window pairs and the same recipe with max
-# pooling on every cohort measured (benchmarks/RESULTS.md, "Top pooling").
+# sites (one or two on a training view); embed it with --tile-sampling all. On the synthetic cohorts of
+# benchmarks/bench_headline.py it beat the paper's recipe and mean-pooled window pairs, and matched or beat the same
+# recipe with max pooling, on every cohort measured (benchmarks/RESULTS.md, "Run 8").
 PRESETS = {
     "window-pair-top": {
         "tile_sampling": "window-pair",
