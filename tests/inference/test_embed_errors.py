@@ -133,7 +133,9 @@ def test_a_selective_pooling_model_embedded_with_views_is_warned_about(tmp_path,
     model = tmp_path / "model"
     config = GigaSSLConfig(feature_dim=16, hidden_dim=24, projection_dims=(8,), slide_pooling="top")
     GigaSSLModel(config).save_pretrained(model)
-    dataset, _ = synthetic_tile_dataset(n_slides=3, feature_dim=16, tiles_per_slide=9, augmented=False, seed=1)
+    dataset, _ = synthetic_tile_dataset(
+        n_slides=3, feature_dim=16, tiles_per_slide=9, augmented=False, seed=1
+    )
     dataset.save_to_disk(str(tmp_path / "features"))
     argv = ["--model", str(model), "--features", str(tmp_path / "features"), "--n-views", "2"]
     with caplog.at_level("WARNING", logger="giga_ssl_hf.inference.embed_folder"):

@@ -170,7 +170,8 @@ def test_the_window_pair_top_preset_sets_its_recipe_and_flags_still_win(tmp_path
     assert (data_args.tile_sampling, data_args.n_tiles, data_args.disjoint_views, data_args.places_per_slide) == (
         "window-pair", 32, True, 4,
     )  # fmt: skip
-    assert (model_args.hidden_dim, model_args.slide_pooling, model_args.top_site_fraction) == (256, "top", 0.03)
+    pooling = (model_args.slide_pooling, model_args.top_site_fraction)
+    assert (model_args.hidden_dim, *pooling) == (256, "top", 0.03)
     assert train_args.learning_rate == 0.002
 
 
