@@ -133,8 +133,13 @@ def _details(mapping: dict, title: str) -> str:
 
 
 def _encoder_rows(config: GigaSSLConfig) -> list[tuple[str, object]]:
+    pooling = {
+        "mean": "mean",
+        "max": "channel maximum",
+        "top": f"per channel the mean of the largest {config.top_site_fraction:.0%}",
+    }[config.slide_pooling]
     if config.encoder_type == "sparse_conv":
-        encoder = "SparseConvMIL: ResNet18 `layer4` as a sparse CNN over the tile grid, mean over sites"
+        encoder = f"SparseConvMIL: ResNet18 `layer4` as a sparse CNN over the tile grid, {pooling} over sites"
         if config.fixed_grid_cell_size:
             grid = f"fixed: level-0 coordinates / {config.grid_cell_size} px (the original's convention)"
         else:
@@ -148,7 +153,10 @@ def _encoder_rows(config: GigaSSLConfig) -> list[tuple[str, object]]:
         rows = [("Slide encoder", encoder), ("Grid cell", grid), ("Sparse map size", map_size)]
     else:
         rows = [
-            ("Slide encoder", f"residual MLP on each tile ({config.mlp_num_blocks} blocks), mean over tiles")
+            (
+                "Slide encoder",
+                f"residual MLP on each tile ({config.mlp_num_blocks} blocks), {pooling} over tiles",
+            )
         ]
     return [
         *rows,

@@ -156,8 +156,8 @@ def embed_to_folder(settings: EmbedSettings, model=None) -> Path:
     pooling = getattr(model.config, "slide_pooling", "mean")
     if pooling != "mean" and settings.tile_sampling != "all":
         logger.warning(
-            "this model pools its sites by %r, trained for one pass over each whole slide (--tile-sampling all): "
-            "the %s views' mean is not that", pooling, settings.tile_sampling,
+            "this model pools its sites by %r and is meant to embed each whole slide in one pass (--tile-sampling "
+            "all): the mean of %s views is not the largest values over the slide", pooling, settings.tile_sampling,
         )  # fmt: skip
     ids, embeddings = embed_tile_dataset(
         model, dataset, settings.tile_sampling, settings.n_views, settings.n_tiles, settings.seed,

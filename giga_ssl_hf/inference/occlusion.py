@@ -11,7 +11,7 @@ inactive sites, read at the active sites only; BatchNorm in eval mode is per sit
 This holds while the slide keeps its grid: the encoder anchors the grid at the slide's lowest coordinates and
 sizes the map from its highest cell, so a block that removes every tile at the minimum (or at the maximum cell)
 of an axis can shift every site; those blocks get a whole-slide pass, as does every block of a model this
-does not cover (MLP encoder, batch-wide grid size, max pooling, training mode).
+does not cover (MLP encoder, batch-wide grid size, any pooling but the mean, training mode).
 """
 
 from __future__ import annotations

@@ -116,7 +116,8 @@ class ModelArguments:
     )
     init_from: str | None = option(
         None,
-        "Continue from a trained Giga-SSL slide encoder (folder or Hub id): its architecture and weights; "
+        "Continue from a trained Giga-SSL slide encoder (folder or Hub id): its architecture and weights (--slide-"
+        "pooling, --top-site-fraction, --temperature and --projection-dims still apply); "
         "its tile encoder must match the features' (see --allow-encoder-mismatch).",
     )
     init_layer4: str | None = option(
@@ -227,7 +228,8 @@ ARGUMENT_CLASSES = (DataArguments, ModelArguments, TrainArguments)
 # two, four places per slide, a 256-d encoder whose slide embedding is per channel the mean of the largest 3% of its
 # sites (one or two on a training view); embed it with --tile-sampling all. On the synthetic cohorts of
 # benchmarks/bench_headline.py it beat the paper's recipe and mean-pooled window pairs, and matched or beat the same
-# recipe with max pooling, on every cohort measured (benchmarks/RESULTS.md, "Run 8").
+# recipe with max pooling, on every cohort measured (benchmarks/RESULTS.md, "Run 8"). 256-d is the width measured
+# there (64 -> 128 -> 256 helped the worst member; 512-d, the config default, was not run on the benchmark).
 PRESETS = {
     "window-pair-top": {
         "tile_sampling": "window-pair",

@@ -51,6 +51,9 @@ def validate_training_data(
         raise ValueError("the tile features contain NaN or inf values: re-extract the affected slides")
 
 
+POOLING_FIELDS = ("slide_pooling", "top_site_fraction")  # same weights, another pooling of their output sites
+
+
 def build_config(
     model_args: ModelArguments,
     data_feature_dim: int,
@@ -64,9 +67,15 @@ def build_config(
 
     overrides = model_args.config_overrides()
     training = {"n_tiles": n_tiles, "tile_encoder": tile_encoder}
-    if init_config is not None:  # its architecture; the projection head and temperature may change
-        head = {name: overrides[name] for name in ("projection_dims", "temperature") if name in overrides}
-        return GigaSSLConfig.from_dict({**init_config.to_dict(), **head, **training})
+    if (
+        init_config is not None
+    ):  # its architecture; the pooling, temperature and a given projection head may change
+        changes = {name: overrides[name] for name in ("temperature", *POOLING_FIELDS) if name in overrides}
+        if (
+            model_args.projection_dims is not None
+        ):  # not the head that --hidden-dim would imply for a new encoder
+            changes["projection_dims"] = list(model_args.projection_dims)
+        return GigaSSLConfig.from_dict({**init_config.to_dict(), **changes, **training})
     return GigaSSLConfig(**{"feature_dim": data_feature_dim, **overrides, **training})
 
 

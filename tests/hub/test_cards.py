@@ -69,6 +69,17 @@ def test_model_card_documents_tile_embeddings(tiny_config):
     assert "zeros for padded tiles" in usage and "giga-ssl heatmap" in usage
 
 
+def test_model_card_names_the_slide_pooling(tiny_config):
+    """A max / top model's card says how its sites are pooled and that embed takes each whole slide at once."""
+    for config, pooling in [
+        (tiny_config(), "mean over sites"),
+        (tiny_config(slide_pooling="top", top_site_fraction=0.05), "the mean of the largest 5% over sites"),
+        (tiny_config(encoder_type="mlp", slide_pooling="max"), "channel maximum over tiles"),
+    ]:
+        text = str(model_card(config, "org/name"))
+        assert pooling in text and "--tile-sampling all" in text
+
+
 def test_dataset_card_metadata_and_provenance(dry_runs):
     card = DatasetCard.load(dry_runs["dataset"] / "README.md")
     assert card.data.license == "mit"

@@ -127,11 +127,12 @@ def test_metadata_is_strict_json(model_path, tmp_path, load_strict_json):
     json.loads((tmp_path / "e" / "giga_ssl_metadata.json").read_text())
 
 
-def test_a_selective_pooling_model_embedded_with_views_is_warned_about(tmp_path, caplog):
-    """A max / top pooling model was trained for one pass over each whole slide: other views work, with a warning."""
+@pytest.mark.parametrize(("pooling", "warned"), [("top", True), ("max", True), ("mean", False)])
+def test_a_selective_pooling_model_embedded_with_views_is_warned_about(pooling, warned, tmp_path, caplog):
+    """A max / top pooling model is meant to embed each whole slide in one pass: other views work, with a warning."""
     torch.manual_seed(0)
     model = tmp_path / "model"
-    config = GigaSSLConfig(feature_dim=16, hidden_dim=24, projection_dims=(8,), slide_pooling="top")
+    config = GigaSSLConfig(feature_dim=16, hidden_dim=24, projection_dims=(8,), slide_pooling=pooling)
     GigaSSLModel(config).save_pretrained(model)
     dataset, _ = synthetic_tile_dataset(
         n_slides=3, feature_dim=16, tiles_per_slide=9, augmented=False, seed=1
@@ -140,8 +141,8 @@ def test_a_selective_pooling_model_embedded_with_views_is_warned_about(tmp_path,
     argv = ["--model", str(model), "--features", str(tmp_path / "features"), "--n-views", "2"]
     with caplog.at_level("WARNING", logger="giga_ssl_hf.inference.embed_folder"):
         assert main([*argv, "--out", str(tmp_path / "random")]) == 0
-        assert "'top'" in caplog.text and "--tile-sampling all" in caplog.text
+        assert (f"pools its sites by '{pooling}'" in caplog.text) == warned
         caplog.clear()
         assert main([*argv, "--out", str(tmp_path / "whole"), "--tile-sampling", "all"]) == 0
-        assert "--tile-sampling all" not in caplog.text
+        assert "pools its sites" not in caplog.text
     assert len(load_embeddings(tmp_path / "whole")[0]) == 3

@@ -289,17 +289,20 @@ def test_window_views_train_and_are_recorded(synthetic_features, tmp_path, sampl
     assert recorded["arguments"]["tile_sampling"] == sampling[0]
 
 
-@pytest.mark.parametrize("pooling", [("max",), ("top", "--top_site_fraction", "0.1")])
-def test_selective_slide_pooling_trains_and_stays_with_the_model(pooling, synthetic_features, tmp_path):
+@pytest.mark.parametrize(
+    ("flags", "pooling", "fraction"), [((), "max", 0.03), (("--top_site_fraction", "0.1"), "top", 0.1)]
+)
+def test_selective_slide_pooling_trains_and_stays_with_the_model(
+    flags, pooling, fraction, synthetic_features, tmp_path
+):
     features, _ = synthetic_features
     summary = run_train(
-        features, tmp_path / "run", "--slide_pooling", *pooling, "--batch_size", "8", "--max_steps", "2",
+        features, tmp_path / "run", "--slide_pooling", pooling, *flags, "--batch_size", "8", "--max_steps", "2",
         "--save_steps", "0",
     )  # fmt: skip
     assert np.isfinite(summary["final_loss"])
     config = GigaSSLModel.from_pretrained(tmp_path / "run" / "final").config
-    assert config.slide_pooling == pooling[0]
-    assert config.top_site_fraction == (float(pooling[-1]) if pooling[0] == "top" else 0.03)
+    assert (config.slide_pooling, config.top_site_fraction) == (pooling, fraction)
 
 
 def test_unknown_slide_pooling_is_a_usage_error(synthetic_features, tmp_path, capsys):
@@ -323,3 +326,17 @@ def test_places_per_slide_without_window_pair_is_a_usage_error(synthetic_feature
     err = capsys.readouterr().err
     assert "window-pair" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_init_from_keeps_its_architecture_and_head_but_takes_a_new_pooling(tmp_path, tiny_config):
+    """--init-from X --preset window-pair-top: X's width and projection head, the preset's top pooling."""
+    from giga_ssl_hf.training.setup import build_config
+
+    start = tiny_config(projection_dims=[16, 16, 8])
+    argv = ["--features", str(tmp_path), "--output-dir", str(tmp_path / "run"), "--preset", "window-pair-top"]
+    _, model_args, _ = parse_arguments(argv)
+    config = build_config(model_args, 8, 64, init_config=start)
+    assert (config.hidden_dim, config.projection_dims) == (start.hidden_dim, [16, 16, 8])
+    assert (config.slide_pooling, config.top_site_fraction) == ("top", 0.03)
+    _, model_args, _ = parse_arguments([*argv, "--projection-dims", "16", "4"])
+    assert build_config(model_args, 8, 64, init_config=start).projection_dims == [16, 4]

@@ -74,9 +74,10 @@ def pool_sites(
     lengths = torch.bincount(segment_ids, minlength=num_segments)  # (S,)
     order = torch.argsort(segment_ids, stable=True)
     starts = torch.cumsum(lengths, 0) - lengths
-    position = torch.arange(len(order), device=values.device) - starts.repeat_interleave(lengths)
+    position = torch.empty_like(segment_ids)  # each row's rank within its slide
+    position[order] = torch.arange(len(order), device=values.device) - starts.repeat_interleave(lengths)
     padded = values.new_full((num_segments, int(lengths.max()), values.shape[1]), float("-inf"))
-    padded[segment_ids[order], position] = values[order]  # (S, longest slide, C)
+    padded[segment_ids, position] = values  # (S, longest slide, C)
     k = (top_fraction * lengths).round().long().clamp(min=1)  # (S,)
     largest = padded.topk(int(k.max()), dim=1).values  # (S, k_max, C)
     beyond_k = torch.arange(largest.shape[1], device=values.device)[None] >= k[:, None]  # (S, k_max)
@@ -146,7 +147,7 @@ class SparseBasicBlock(nn.Module):
 
 
 class SparseConvMILEncoder(nn.Module):
-    """Tiles placed on their slide's grid, ResNet18 ``layer4`` as a sparse CNN, mean (or maximum) over the output
+    """Tiles placed on their slide's grid, ResNet18 ``layer4`` as a sparse CNN, pooled over the output
     sites."""
 
     def __init__(self, config: GigaSSLConfig):
@@ -254,7 +255,7 @@ class ResidualMLPBlock(nn.Module):
 
 
 class MLPEncoder(nn.Module):
-    """The light variant (the successor's ResidualMLP): residual MLP blocks on each tile, mean (or maximum) over
+    """The light variant (the successor's ResidualMLP): residual MLP blocks on each tile, pooled over
     the tiles.
 
     Parameter names follow trislaz/Democratizing_WSI's ``ResidualMLP.tile_encoder`` so its checkpoints convert.
