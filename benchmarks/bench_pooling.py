@@ -46,9 +46,7 @@ def best_seconds(repeats: int, function, *args, **kwargs) -> float:
 def output_sites(model: GigaSSLModel, features, coords) -> tuple[torch.Tensor, torch.Tensor]:
     encoder = model.encoder
     mask = torch.ones(features.shape[:2], dtype=torch.bool)
-    grid = encoder.build_grid(features, coords, mask, torch.tensor([224]))
-    for block in encoder.layer4:
-        grid = block(grid)
+    grid = encoder.layer4(encoder.build_grid(features, coords, mask, torch.tensor([224])))
     return grid.features, grid.batch
 
 

@@ -169,7 +169,7 @@ def _stage_settings(settings: PipelineSettings, paths: dict[str, Path]) -> Pipel
 def _embedding_tile_sampling(settings: PipelineSettings) -> str:
     """Views drawn alike in training and embedding: a window-pair model embeds with windows; a max- or top-pooling
     one in one pass over each whole slide (the maximum over a view's sites is not the slide's)."""
-    if settings.model.slide_pooling in ("max", "top"):
+    if settings.model.slide_pooling not in (None, "mean"):  # None: the config's default, the mean
         return "all"
     return "window" if settings.data.tile_sampling == "window-pair" else settings.data.tile_sampling
 

@@ -151,9 +151,8 @@ def _site_shares(model, features, coords, index: np.ndarray, mask: np.ndarray, p
     mask_t = torch.from_numpy(mask).to(device)
     cell_size = model.config.grid_cell_size if model.config.fixed_grid_cell_size else patch_size_level0
     cell_size_t = torch.full((len(index),), cell_size, device=device)
-    grid = input_grid = encoder.build_grid(features_t, coords_t, mask_t, cell_size_t)
-    for block in encoder.layer4:
-        grid = block(grid)
+    input_grid = encoder.build_grid(features_t, coords_t, mask_t, cell_size_t)
+    grid = encoder.layer4(input_grid)
     cells = encoder.tile_cells(coords_t, mask_t, cell_size_t).cpu().numpy()  # (V, k, 2)
     last_site = ((input_grid.spatial_size - 3) // 2).cpu().numpy()  # (V, 2)
     view, position = np.nonzero(mask)

@@ -154,11 +154,9 @@ class SparseConvMILEncoder(nn.Module):
         super().__init__()
         self.config = config
         eps, momentum = config.batch_norm_eps, config.batch_norm_momentum
-        self.layer4 = nn.ModuleList(
-            [
-                SparseBasicBlock(config.feature_dim, config.hidden_dim, True, eps, momentum),
-                SparseBasicBlock(config.hidden_dim, config.hidden_dim, False, eps, momentum),
-            ]
+        self.layer4 = nn.Sequential(  # SparseGrid in, SparseGrid out
+            SparseBasicBlock(config.feature_dim, config.hidden_dim, True, eps, momentum),
+            SparseBasicBlock(config.hidden_dim, config.hidden_dim, False, eps, momentum),
         )
 
     @staticmethod
@@ -204,9 +202,7 @@ class SparseConvMILEncoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`(B, hidden_dim)` slide embeddings and, on request, `(B, N, hidden_dim)` tile embeddings."""
         input_grid = self.build_grid(tile_features, tile_coords, tile_mask, cell_size)
-        grid = input_grid
-        for block in self.layer4:
-            grid = block(grid)
+        grid = self.layer4(input_grid)
         config = self.config
         slide_embedding = pool_sites(
             grid.features, grid.batch, grid.batch_size, config.slide_pooling, config.top_site_fraction

@@ -75,10 +75,7 @@ def _output_grid(model, features, coords):
     """The sparse encoder's final grid for one slide `(n, D)`, `(n, 2)`: its sites and their features."""
     encoder = model.encoder
     mask = torch.ones(1, len(features), dtype=torch.bool)
-    grid = encoder.build_grid(features[None], coords[None], mask, torch.tensor([PATCH]))
-    for block in encoder.layer4:
-        grid = block(grid)
-    return grid
+    return encoder.layer4(encoder.build_grid(features[None], coords[None], mask, torch.tensor([PATCH])))
 
 
 def _site_of_each_tile(coords, spatial_size):
