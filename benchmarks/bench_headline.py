@@ -28,6 +28,9 @@ training slides, subsampled to 25 / 50 / 100 / 200 labelled slides):
         --methods window-pair hybrid hybrid-select mean-pool   # the hybrid against its halves
     python benchmarks/bench_headline.py --cohorts touching-small touching touching-close --methods window-pair \\
         --pair-places 4 --pair-disjoint --pair-tiles 64 --pair-pooling max --pair-whole-slide  # max pooling
+    python benchmarks/bench_headline.py --cohorts touching-close rare --methods window-pair abmil --pair-places 4 \
+        --pair-disjoint --pair-tiles 64 --pair-pooling top --pair-whole-slide --pair-embed-fractions 0.03 0.1 \
+        --hidden-dim 256                                       # the window-pair-top preset, scale chosen per task
     python benchmarks/bench_headline.py --quick                # smoke test
 """
 
@@ -47,7 +50,7 @@ from arrangement_family import MEMBERS, adjacency_histograms
 from bench_representation import SIGNALS, CohortSettings, Recipe, embed, make_cohort, train_recipe
 from table import text_table
 
-from giga_ssl_hf.contracts.slide_embeddings import ENCODER_BLOCK, MEAN_POOL_BLOCK
+from giga_ssl_hf.contracts.slide_embeddings import ENCODER_BLOCK, MEAN_POOL_BLOCK, embedding_blocks
 from giga_ssl_hf.contracts.tile_features import TileArrays
 from giga_ssl_hf.evaluation.baselines import baseline_source
 from giga_ssl_hf.evaluation.finetune import FineTuneBaseline, FineTuneRecipe, SlideTiles
@@ -105,7 +108,8 @@ def score(
 
 
 def run_cohort(cohort: str, args, folder: Path) -> tuple[dict, dict, dict]:
-    """({method: {size: AUCs}}, {method: seconds}, {size: blocks chosen by hybrid-select}) on one cohort."""
+    """({method: {size: AUCs}}, {method: seconds}, {method: {size: blocks chosen}}) on one cohort; blocks are
+    chosen by hybrid-select, and by window-pair with --pair-embed-fractions."""
     settings = CohortSettings(
         n_slides=args.slides, min_tiles=args.min_tiles, max_tiles=args.max_tiles, seed=args.seed
     )
@@ -119,9 +123,10 @@ def run_cohort(cohort: str, args, folder: Path) -> tuple[dict, dict, dict]:
         start, recipe = time.perf_counter(), recipes(args)[name]
         models[name], _ = train_recipe(recipe, folder / "augmented", folder / name, args)
         tile_sampling, n_tiles = ("random" if recipe.tile_sampling == "random" else "window"), recipe.n_tiles
+        fractions = args.pair_embed_fractions if name == "window-pair" else None
         if name == "window-pair" and args.pair_whole_slide:
             tile_sampling = "all"
-        _, vectors[name] = embed(models[name], exhaustive, tile_sampling, n_tiles, args)
+        _, vectors[name] = embed(models[name], exhaustive, tile_sampling, n_tiles, args, fractions)
         seconds[name] = time.perf_counter() - start
         log.info("%s: %s trained and embedded in %.0f s", cohort, name, seconds[name])
     if "kmeans-adjacency" in args.methods:
@@ -134,7 +139,12 @@ def run_cohort(cohort: str, args, folder: Path) -> tuple[dict, dict, dict]:
         start = time.perf_counter()
         if method == "hybrid-select":
             source = (ids, vectors[method])
-            results[method] = score(source, labels, args, cohort, True, blocks, chosen)
+            results[method] = score(source, labels, args, cohort, True, blocks, chosen.setdefault(method, {}))
+        elif method == "window-pair" and args.pair_embed_fractions:
+            width = vectors[method].shape[1] // len(args.pair_embed_fractions)
+            scales = embedding_blocks(width, args.pair_embed_fractions, None)
+            source = (ids, vectors[method])
+            results[method] = score(source, labels, args, cohort, True, scales, chosen.setdefault(method, {}))
         elif method in vectors:
             results[method] = score((ids, vectors[method]), labels, args, cohort, standardize=True)
         elif method in MIL:
@@ -200,9 +210,13 @@ def halves_rows(results: dict, chosen: dict, sizes: list[str]) -> list[dict]:
             row.update({method: auc[method] for method in HYBRIDS})
             row["select - better"] = auc["hybrid-select"] - auc[better]
             row["hybrid - better"] = auc["hybrid"] - auc[better]
-            row["blocks chosen"] = ", ".join(f"{b} {k}" for b, k in chosen[cohort][n].most_common())
+            row["blocks chosen"] = blocks_chosen(chosen[cohort]["hybrid-select"][n])
             rows.append(row)
     return sorted(rows, key=lambda row: row["select - better"])
+
+
+def blocks_chosen(counts: Counter) -> str:
+    return ", ".join(f"{block} {k}" for block, k in counts.most_common())
 
 
 def print_tables(results: dict, seconds: dict, chosen: dict, args) -> None:
@@ -230,6 +244,16 @@ def print_tables(results: dict, seconds: dict, chosen: dict, args) -> None:
             ("hybrid - better", ">+15.3f"),
         ]
         print(text_table(halves, columns + [("blocks chosen", "<40")]))
+    if args.pair_embed_fractions:
+        print(
+            "\nwindow-pair: the top-site fraction chosen per split by inner cross-validation (all: both blocks)\n"
+        )
+        rows = [
+            {"cohort": cohort, "labels": n, "blocks chosen": blocks_chosen(counts)}
+            for cohort, by_method in chosen.items()
+            for n, counts in by_method.get("window-pair", {}).items()
+        ]
+        print(text_table(rows, [("cohort", "<14"), ("labels", ">6"), ("blocks chosen", "<40")]))
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -287,6 +311,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="window-pair: embed each slide in one pass over all its tiles (embed --tile-sampling all), not windows",
     )
+    add(
+        "--pair-embed-fractions",
+        nargs="+",
+        type=float,
+        help="window-pair with --pair-pooling top and --pair-whole-slide: embed at each of these top-site "
+        "fractions (embed --top-site-fractions), the probe choosing the block per split",
+    )
     add("--window-lr", type=float, default=0.002, help="learning rate of the window recipes (default: 0.002)")
     add("--n-views", type=int, default=32, help="views averaged per embedding (default: 32)")
     add("--mil-epochs", type=int, default=MILRecipe.epochs, help="MIL epochs (default: the recipe's)")
@@ -299,6 +330,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     add("--ft-views", type=int, default=FineTuneRecipe.n_views, help="views per fine-tuned embedding")
     add("--seed", type=int, default=0, help="seed of cohorts, training and splits")
     args = parser.parse_args(argv)
+    if args.pair_embed_fractions and not (args.pair_pooling == "top" and args.pair_whole_slide):
+        parser.error("--pair-embed-fractions needs --pair-pooling top and --pair-whole-slide")
     if args.quick:
         args.slides, args.min_tiles, args.max_tiles, args.steps, args.batch_size = 30, 120, 200, 3, 8
         args.sizes, args.n_views, args.mil_epochs, args.ft_epochs, args.ft_views = "5,20", 4, 2, 2, 4

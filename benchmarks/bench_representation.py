@@ -197,10 +197,12 @@ def train_recipe(recipe: Recipe, features: Path, out: Path, args) -> tuple[GigaS
     return GigaSSLModel.from_pretrained(out / "final").eval(), summary
 
 
-def embed(model, exhaustive, tile_sampling: str, n_tiles: int, args) -> tuple[np.ndarray, np.ndarray]:
+def embed(
+    model, exhaustive, tile_sampling: str, n_tiles: int, args, top_site_fractions=None
+) -> tuple[np.ndarray, np.ndarray]:
     return embed_tile_dataset(
         model, exhaustive, tile_sampling=tile_sampling, n_views=args.n_views, n_tiles=n_tiles, seed=args.seed,
-        max_views_per_batch=2048, progress=False,
+        max_views_per_batch=2048, progress=False, top_site_fractions=top_site_fractions,
     )  # fmt: skip
 
 

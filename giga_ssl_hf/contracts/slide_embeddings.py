@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 ID_COLUMN = "slide_id"
 EMBEDDING_COLUMN = "embedding"
-# The column blocks of a hybrid embedding (embed --concat-mean-pool), in column order.
+# The column blocks of a hybrid embedding (embed --concat-mean-pool), in column order; with several top-site
+# fractions (embed --top-site-fractions), one block per fraction (top_block_name) replaces the encoder's.
 ENCODER_BLOCK, MEAN_POOL_BLOCK = "encoder", "mean-pool"
 _DATA_FILE_SUFFIXES = {".parquet": "parquet", ".arrow": "arrow"}
 
@@ -54,10 +55,47 @@ def resolve_embeddings_folder(source: str | Path) -> Path:
     return _download(str(source))
 
 
-def hybrid_blocks(metadata: dict) -> dict[str, int] | None:
-    """``{"encoder": E - D, "mean-pool": D}`` for hybrid embeddings (``concat_mean_pool`` in their metadata, D
-    the length of the recorded ``mean_pool_mean``); None for other embeddings, and, with a warning, for hybrid
-    ones of an earlier version that recorded no mean-pool statistics (their block sizes are unknown)."""
+def top_block_name(fraction: float) -> str:
+    """The column block of one top-site fraction (``embed --top-site-fractions``): 0.03 -> ``"top-3%"``."""
+    return f"top-{100 * fraction:g}%"
+
+
+def embedding_blocks(hidden_dim: int, top_site_fractions, mean_pool_dim: int | None) -> dict[str, int] | None:
+    """The column blocks that ``giga-ssl embed`` writes, in column order: one per top-site fraction (else the
+    encoder's) and the mean-pool block of a hybrid; None for a single block. Recorded in the metadata as
+    ``column_blocks``, a list of ``[name, columns]`` pairs (:func:`column_blocks` reads it)."""
+    blocks = (
+        {top_block_name(q): hidden_dim for q in top_site_fractions}
+        if top_site_fractions
+        else {ENCODER_BLOCK: hidden_dim}
+    )
+    if mean_pool_dim:
+        blocks[MEAN_POOL_BLOCK] = mean_pool_dim
+    return blocks if len(blocks) > 1 else None
+
+
+def pooled_top_site_fraction(metadata: dict, use: str) -> float | None:
+    """The top-site fraction slide embeddings were pooled at when ``embed --top-site-fractions Q`` chose one
+    (None: the model's own), for ``use`` (e.g. ``"--export-classifier"``), which needs the model to pool as the
+    embeddings did: embeddings of several fractions are refused, since the model pools at one."""
+    fractions = metadata.get("top_site_fractions") or []
+    if len(fractions) > 1:
+        raise ValueError(
+            f"{use}: the embeddings hold one block per top-site fraction ({fractions}) and the model pools at one: "
+            "embed again with --top-site-fractions Q, Q the fraction of the block the evaluation chose, and "
+            "save the probe on those"
+        )
+    return fractions[0] if fractions else None
+
+
+def column_blocks(metadata: dict) -> dict[str, int] | None:
+    """The named column blocks of slide embeddings, in column order, that the probe chooses among: those
+    recorded by ``giga-ssl embed`` (several top-site fractions, a hybrid's encoder and mean-pool halves); for
+    hybrid embeddings of an earlier version, ``{"encoder": E - D, "mean-pool": D}`` (D the length of the recorded
+    ``mean_pool_mean``), or, with a warning, None when they recorded no mean-pool statistics (their block sizes
+    are unknown). None for single-block embeddings."""
+    if metadata.get("column_blocks"):  # [[name, columns], ...]: a list, since metadata is written key-sorted
+        return {str(name): int(size) for name, size in metadata["column_blocks"]}
     if not metadata.get("concat_mean_pool"):
         return None
     statistics = metadata.get("mean_pool_mean")

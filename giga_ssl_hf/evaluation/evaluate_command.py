@@ -39,8 +39,8 @@ only; --baseline mean-pool --features DIR probes the mean of each slide's exhaus
 size (AdamW, dropout 0.25, class-weighted cross-entropy, --mil-epochs, seeded; early stopping on a held-out
 share of the training slides with --mil-validation), scored with the same AUC in the same table.
 The probe's scaling can decide results as much as the encoder does: report embeddings next to mean pooling.
-On hybrid embeddings (giga-ssl embed --concat-mean-pool) the probe chooses per split, by the same inner
-cross-validation, the encoder block, the mean-pool block or both (--hybrid-blocks select, the default).
+On embeddings of several column blocks (giga-ssl embed --concat-mean-pool, or --top-site-fractions) the probe
+chooses per split, by the same inner cross-validation, one block or all (--hybrid-blocks select, the default).
 
 examples:
   # the paper's fixed splits, every training size (full, 25p, 50, 100) of the lung task
@@ -119,10 +119,11 @@ def embeddings_metadata(settings: EvaluateSettings) -> dict:
 
 
 def probe_blocks(settings: EvaluateSettings, metadata: dict) -> dict[str, int] | None:
-    """The column blocks the probe chooses among: a hybrid embedding's two with ``--hybrid-blocks select``."""
-    from giga_ssl_hf.contracts.slide_embeddings import hybrid_blocks
+    """The column blocks the probe chooses among with ``--hybrid-blocks select``: a hybrid embedding's two, one
+    per top-site fraction (``embed --top-site-fractions``)."""
+    from giga_ssl_hf.contracts.slide_embeddings import column_blocks
 
-    return hybrid_blocks(metadata) if settings.hybrid_blocks == "select" else None
+    return column_blocks(metadata) if settings.hybrid_blocks == "select" else None
 
 
 def save_probes(
@@ -253,14 +254,14 @@ def evaluate(settings: EvaluateSettings) -> int:
 
 
 def chosen_blocks_line(results: list, blocks: dict[str, int]) -> str:
-    """How often each block of the hybrid embeddings was chosen, over all the splits of the results."""
+    """How often each column block of the embeddings was chosen, over all the splits of the results."""
     from collections import Counter
 
     chosen = Counter(s.block for r in results if r.embedding == "embeddings" for s in r.splits)
     sizes = ", ".join(f"{name} ({size} dims)" for name, size in blocks.items())
     counts = ", ".join(f"{name} {n}" for name, n in chosen.most_common())
     return (
-        f"hybrid embeddings ({sizes}): block chosen per split by inner cross-validation (--hybrid-blocks "
+        f"embeddings of {len(blocks)} blocks ({sizes}): block chosen per split by inner cross-validation (--hybrid-blocks "
         f"select): {counts} of {sum(chosen.values())} splits"
     )
 

@@ -109,11 +109,12 @@ class EvaluateSettings:
     )
     hybrid_blocks: Literal["select", "both"] = option(
         "select",
-        "Hybrid embeddings (giga-ssl embed --concat-mean-pool: the encoder's embedding, then the mean tile "
-        "feature): select fits the probe on the encoder block, the mean-pool block or both, chosen per split "
-        "by inner cross-validation (AUC) on its training slides, jointly with --C, so that a block without signal "
-        "does not dilute the other (with very few labels the choice itself is noisy); both always fits both "
-        "blocks (the probe of earlier versions). Other embeddings: not used.",
+        "Embeddings of several column blocks (giga-ssl embed --concat-mean-pool: the encoder's embedding, then "
+        "the mean tile feature; --top-site-fractions: one block per fraction): select fits the probe on each "
+        "block alone or all of them, chosen per split by inner cross-validation (AUC) on its training slides, "
+        "jointly with --C, so that a block without signal does not dilute the other (with very few labels the "
+        "choice itself is noisy); both always fits every block (the probe of earlier versions). Embeddings of "
+        "one block: not used.",
     )
     baseline: tuple[Literal["mean-pool", "abmil", "graph-mil"], ...] | None = option(
         None,

@@ -25,7 +25,9 @@ logger = logging.getLogger(__name__)
 def classifier_encoder(embeddings_metadata: dict, encoder: str | None) -> str:
     """The slide encoder of the exported model: ``encoder`` if given, else the model that made the embeddings
     (recorded in their metadata). Checked from the files, before any work: its weights must be those that made
-    the embeddings (their sha256, recorded by ``giga-ssl embed``), and the embeddings not hybrid."""
+    the embeddings (their sha256, recorded by ``giga-ssl embed``), and the embeddings not hybrid nor of several
+    top-site fractions."""
+    from giga_ssl_hf.contracts.slide_embeddings import pooled_top_site_fraction
     from giga_ssl_hf.weight_files import model_folder, weights_sha256
 
     name = encoder or embeddings_metadata.get("model")
@@ -38,6 +40,7 @@ def classifier_encoder(embeddings_metadata: dict, encoder: str | None) -> str:
             "--export-classifier: the embeddings are hybrid (--concat-mean-pool) and a "
             "GigaSSLForSlideClassification scores the encoder's embedding only: export from plain embeddings"
         )
+    pooled_top_site_fraction(embeddings_metadata, "--export-classifier")
     recorded, found = embeddings_metadata.get("model_sha256"), weights_sha256(model_folder(name))
     if recorded is None:
         logger.warning("the embeddings record no hash of their model's weights: %s is trusted to be it", name)
@@ -56,7 +59,13 @@ def classifier_from_probe(probe: SavedProbe, encoder):
             f"the probe takes {probe.embedding_dim}-d embeddings but the encoder makes "
             f"{encoder.config.hidden_dim}-d ones: not the encoder of the probe's embeddings"
         )
+    from giga_ssl_hf.contracts.slide_embeddings import pooled_top_site_fraction
+
     model = classifier_of_encoder(encoder, probe.classes)
+    metadata = probe.embeddings_metadata
+    fraction = pooled_top_site_fraction(metadata, "--export-classifier")
+    if fraction is not None:  # embedded at a fraction of its own: the classifier pools so too
+        model.config.top_site_fraction = fraction
     load_probe_head(model, probe)
     return model.eval()
 
@@ -109,7 +118,7 @@ def export_classifier(
     out = Path(out)
     check_classifier_target(out, overwrite)
     register_auto_classes()
-    metadata = (probe.info.get("embeddings") or {}).get("metadata") or {}
+    metadata = probe.embeddings_metadata
     encoder_model = AutoModel.from_pretrained(
         classifier_encoder(metadata, encoder), trust_remote_code=trust_remote_code
     )

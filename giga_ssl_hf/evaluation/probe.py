@@ -249,7 +249,7 @@ def evaluate_embeddings(
             comma-separated string), one chosen per split by inner cross-validation on its training slides.
         embedding: name of these embeddings in the results (e.g. ``"mean-pool"`` for the baseline).
         blocks: named column blocks in column order (``{"encoder": 64, "mean-pool": 32}`` for a hybrid
-            embedding, :func:`~giga_ssl_hf.contracts.slide_embeddings.hybrid_blocks`): per split, each block alone
+            embedding, :func:`~giga_ssl_hf.contracts.slide_embeddings.column_blocks`): per split, each block alone
             and all together are candidates, chosen (with C) by inner cross-validation on its training slides;
             recorded in each :class:`SplitResult`'s ``block``.
     Returns:

@@ -120,15 +120,16 @@ class SavedProbe:
 
     @property
     def embedding_model(self) -> str | None:
-        return self._embeddings_metadata.get("model") or None
+        return self.embeddings_metadata.get("model") or None
 
     @property
     def embedding_model_sha256(self) -> str | None:
         """sha256 of the weight files of the model that made the embeddings (recorded by giga-ssl embed)."""
-        return self._embeddings_metadata.get("model_sha256") or None
+        return self.embeddings_metadata.get("model_sha256") or None
 
     @property
-    def _embeddings_metadata(self) -> dict:
+    def embeddings_metadata(self) -> dict:
+        """The metadata of the embeddings the probe was fit on, as giga-ssl embed recorded them ({} if none)."""
         return (self.info.get("embeddings") or {}).get("metadata") or {}
 
     def _arrays(self) -> dict[str, np.ndarray]:

@@ -61,6 +61,14 @@ class EmbedSettings:
         "Append each slide's mean tile feature, standardised over the embedded slides, to its embedding (the "
         "hybrid: better on composition tasks).",
     )
+    top_site_fractions: tuple[float, ...] | None = option(
+        None,
+        "For a model trained with --slide-pooling top: pool each slide at several fractions of its sites (e.g. "
+        "0.03 0.1, from one pass), one L2-normalised block each; giga-ssl evaluate then chooses the block per "
+        "task by inner cross-validation, since the best fraction depends on how large the signal is. Default: "
+        "the model's own fraction, one block.",
+        metavar="Q",
+    )
     trust_remote_code: bool = option(False, "Load Hub models with their own code.", managed=True)
     skip_bad_slides: bool = option(
         False,
@@ -78,6 +86,16 @@ class EmbedSettings:
     def __post_init__(self):
         if self.n_views < 1 or (self.n_tiles is not None and self.n_tiles < 1):
             raise ValueError(f"{flag_of('n_views')} and {flag_of('n_tiles')} must be positive")
+        if self.top_site_fractions is not None:
+            fractions = self.top_site_fractions
+            if (
+                not fractions
+                or not all(0 < q <= 1 for q in fractions)
+                or len(set(fractions)) != len(fractions)
+            ):
+                raise ValueError(
+                    f"{flag_of('top_site_fractions')} takes distinct values in (0, 1], got {fractions}"
+                )
 
 
 DESCRIPTION = """Embed every slide of an exhaustive tile-feature Dataset with a trained Giga-SSL encoder: the mean
@@ -85,7 +103,8 @@ of many views' embeddings, L2-normalised. Writes an HF Dataset (slide_id, embedd
 
 EPILOG = """examples:
   giga-ssl embed --model runs/ssl/final --features out/exhaustive --out runs/embeddings
-  giga-ssl embed --model org/giga-ssl-tcga --features out --out emb --tile-sampling chunks --npy"""
+  giga-ssl embed --model org/giga-ssl-tcga --features out --out emb --tile-sampling chunks --npy
+  giga-ssl embed --model runs/top/final --features out --out emb --tile-sampling all --top-site-fractions 0.03 0.1"""
 
 
 def build_parser() -> SettingsParser:

@@ -143,6 +143,8 @@ def embed_to_folder(settings: EmbedSettings, model=None) -> Path:
     and features of another tile encoder than the model's (``config.tile_encoder``, an
     :class:`~giga_ssl_hf.contracts.tile_features.EncoderMismatchError`) unless ``allow_encoder_mismatch``.
     """
+    from ..contracts.slide_embeddings import embedding_blocks
+
     model = settings.model if model is None else model
     if model is None or settings.features is None or settings.out is None:
         raise ValueError("embedding needs a model, the tile features and an output folder")
@@ -154,6 +156,10 @@ def embed_to_folder(settings: EmbedSettings, model=None) -> Path:
     if isinstance(model, (str, Path)):
         model = load_model(str(model), resolve_device(settings.device), settings.trust_remote_code)
     pooling = getattr(model.config, "slide_pooling", "mean")
+    if settings.top_site_fractions and pooling != "top":
+        raise ValueError(
+            f"--top-site-fractions needs a model trained with --slide-pooling top, this one pools by {pooling!r}"
+        )
     if pooling != "mean" and settings.tile_sampling != "all":
         logger.warning(
             "this model pools its sites by %r and is meant to embed each whole slide in one pass (--tile-sampling "
@@ -161,11 +167,13 @@ def embed_to_folder(settings: EmbedSettings, model=None) -> Path:
         )  # fmt: skip
     ids, embeddings = embed_tile_dataset(
         model, dataset, settings.tile_sampling, settings.n_views, settings.n_tiles, settings.seed,
-        settings.max_views_per_batch, exclude=set(skipped),
+        settings.max_views_per_batch, exclude=set(skipped), top_site_fractions=settings.top_site_fractions,
     )  # fmt: skip
     statistics = {}
     if settings.concat_mean_pool:
         embeddings, statistics = _append_mean_pool(dataset, ids, embeddings, skipped)
+    mean_pool_dim = len(statistics["mean_pool_mean"]) if statistics else None
+    blocks = embedding_blocks(model.config.hidden_dim, settings.top_site_fractions, mean_pool_dim)
     metadata = {
         **model_identity(model),
         "tile_sampling": settings.tile_sampling,
@@ -173,6 +181,8 @@ def embed_to_folder(settings: EmbedSettings, model=None) -> Path:
         "n_tiles": None if settings.tile_sampling == "all" else settings.n_tiles or model.config.n_tiles,
         "seed": settings.seed,
         "concat_mean_pool": settings.concat_mean_pool,
+        "top_site_fractions": list(settings.top_site_fractions) if settings.top_site_fractions else None,
+        "column_blocks": [list(block) for block in blocks.items()] if blocks else None,
         "n_slides": len(ids),
         "embedding_dim": int(embeddings.shape[1]),
         "features": str(features_dir),

@@ -153,12 +153,14 @@ def check_probe_model(probe: SavedProbe, model: str, allow_mismatch: bool) -> No
     """The probe must have been fit on embeddings of this model: the same weights (sha256 of the weight files,
     recorded by embed and carried by evaluate --save-probe), wherever the model now lies. Read from the files,
     before any weight is loaded, so that a mismatch is refused at once."""
+    from giga_ssl_hf.contracts.slide_embeddings import pooled_top_site_fraction
     from giga_ssl_hf.weight_files import model_folder, weights_sha256
 
     folder = model_folder(model)
     if not (folder / "config.json").is_file():
         raise ValueError(f"--model {model}: no config.json there (not a saved model folder)")
     hidden_dim = json.loads((folder / "config.json").read_text()).get("hidden_dim")
+    pooled_top_site_fraction(probe.embeddings_metadata, "heatmap")  # several fractions are refused
     if is_hybrid(probe):
         HybridProbe.split(probe, hidden_dim)  # refuses other dimensions, or no recorded mean-pool statistics
     elif probe.embedding_dim != hidden_dim:
@@ -300,6 +302,7 @@ def _draw(settings: HeatmapSettings, slide_id, slide_file, coords, scores, patch
 
 def write_heatmaps(settings: HeatmapSettings) -> int:
     """Map the selected slides; returns the number of slides that failed."""
+    from giga_ssl_hf.contracts.slide_embeddings import pooled_top_site_fraction
     from giga_ssl_hf.evaluation.saved_probe import SavedProbe
 
     probe = SavedProbe.load(settings.probe)
@@ -319,6 +322,11 @@ def write_heatmaps(settings: HeatmapSettings) -> int:
         )  # a usage error before any work
     slide_files = find_slide_files(settings.slides_dir)
     model = load_model(settings.model, resolve_device(settings.device), settings.trust_remote_code)
+    fraction = pooled_top_site_fraction(probe.embeddings_metadata, "heatmap")
+    if (
+        fraction is not None
+    ):  # the probe's embeddings were pooled at a fraction of their own: so are the maps'
+        model.config.top_site_fraction = fraction
     pooling = getattr(model.config, "slide_pooling", "mean")
     if settings.method in ("tiles", "embedding") and pooling != "mean":  # once, not once per slide
         raise ValueError(

@@ -35,7 +35,7 @@ class HybridProbe:
     @classmethod
     def split(cls, probe: SavedProbe, hidden_dim: int) -> HybridProbe:
         """Split ``probe`` at ``hidden_dim``, reading the statistics ``embed`` recorded in its metadata."""
-        metadata = (probe.info.get("embeddings") or {}).get("metadata") or {}
+        metadata = probe.embeddings_metadata
         mean, std = metadata.get("mean_pool_mean"), metadata.get("mean_pool_std")
         if mean is None or std is None:
             raise ValueError(
@@ -78,4 +78,4 @@ class HybridProbe:
 
 def is_hybrid(probe: SavedProbe) -> bool:
     """Whether ``probe`` was fit on hybrid embeddings (recorded by ``embed --concat-mean-pool``)."""
-    return bool(((probe.info.get("embeddings") or {}).get("metadata") or {}).get("concat_mean_pool"))
+    return bool(probe.embeddings_metadata.get("concat_mean_pool"))

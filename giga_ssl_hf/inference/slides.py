@@ -41,13 +41,16 @@ def refuse_bad_slides(found: dict[str, str]) -> None:
 class _SharedPasses:
     """Views of several slides gathered into one forward pass, each slide's embedding written when it runs."""
 
-    def __init__(self, model, embeddings: np.ndarray, patch_sizes: np.ndarray, max_views: int):
+    def __init__(
+        self, model, embeddings: np.ndarray, patch_sizes: np.ndarray, max_views: int, fractions=None
+    ):
         self.model, self.embeddings, self.patch_sizes, self.max_views = (
             model,
             embeddings,
             patch_sizes,
             max_views,
         )
+        self.fractions = fractions
         self.pending: list[
             tuple[int, np.ndarray, np.ndarray, np.ndarray]
         ] = []  # (slide, features, coords, mask)
@@ -64,7 +67,7 @@ class _SharedPasses:
         coords = np.concatenate([p[2] for p in self.pending])
         mask = np.concatenate([p[3] for p in self.pending])
         patch = np.concatenate([np.full(len(p[1]), self.patch_sizes[p[0]]) for p in self.pending])
-        out = embed_views(self.model, features, coords, mask, patch)
+        out = embed_views(self.model, features, coords, mask, patch, self.fractions)
         start = 0
         for slide, slide_features, _, _ in self.pending:
             self.embeddings[slide] = mean_of_views(out[start : start + len(slide_features)])
@@ -97,8 +100,10 @@ def embed_tile_dataset(
     max_views_per_batch: int = 4096,
     progress: bool = True,
     exclude: Collection[str] | None = None,
+    top_site_fractions: list[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Embed the slides of an exhaustive tile-feature Dataset; returns ``(ids (N,), embeddings (N, E))``.
+    """Embed the slides of an exhaustive tile-feature Dataset; returns ``(ids (N,), embeddings (N, E))``, or with
+    ``top_site_fractions`` (a top-pooling model) ``(N, F * E)``, one unit-norm block per fraction.
 
     Slides without tiles or with NaN / inf features raise a ValueError naming them, before any work, unless
     the caller passes them as ``exclude`` (then they are left out of the result).
@@ -118,8 +123,9 @@ def embed_tile_dataset(
     arrays = TileArrays.from_dataset(dataset)
     patch_sizes = np.asarray(dataset.data.column("patch_size_level0").to_numpy())
     share_batches = getattr(model.config, "grid_size_mode", "per_slide") == "per_slide"
-    embeddings = np.zeros((len(slide_ids), model.config.hidden_dim), dtype=np.float32)
-    passes = _SharedPasses(model, embeddings, patch_sizes, max_views_per_batch)
+    width = model.config.hidden_dim * len(top_site_fractions or [None])
+    embeddings = np.zeros((len(slide_ids), width), dtype=np.float32)
+    passes = _SharedPasses(model, embeddings, patch_sizes, max_views_per_batch, top_site_fractions)
     excluded = set(exclude)
     kept = [slide for slide, slide_id in enumerate(slide_ids) if slide_id not in excluded]
     for slide in tqdm(kept, desc="embedding slides", unit="slide", disable=not progress):
@@ -133,7 +139,7 @@ def embed_tile_dataset(
             passes.flush()
             embeddings[slide] = embed_slide(
                 model, features, coords, patch_sizes[slide], slide_ids[slide], tile_sampling, n_views, n_tiles, seed,
-                max_views_per_batch,
+                max_views_per_batch, top_site_fractions,
             )  # fmt: skip
             continue
         passes.add(slide, features[index], coords[index], mask)

@@ -72,9 +72,15 @@ def slide_views(
 
 
 def embed_views(
-    model, features: np.ndarray, coords: np.ndarray, mask: np.ndarray, patch_size_level0
+    model,
+    features: np.ndarray,
+    coords: np.ndarray,
+    mask: np.ndarray,
+    patch_size_level0,
+    top_site_fractions=None,
 ) -> torch.Tensor:
-    """Run the encoder on views ``(V, n, D)``; returns ``(V, E)`` float32."""
+    """Run the encoder on views ``(V, n, D)``; returns ``(V, E)`` float32, or ``(V, F, E)`` pooled at each of
+    ``top_site_fractions`` (a top-pooling model)."""
     import torch
 
     device = next(model.parameters()).device
@@ -84,15 +90,17 @@ def embed_views(
             tile_coords=torch.from_numpy(np.ascontiguousarray(coords)).to(device),
             tile_mask=torch.from_numpy(mask).to(device),
             patch_size_level0=torch.as_tensor(patch_size_level0, device=device),
+            **({"top_site_fractions": top_site_fractions} if top_site_fractions else {}),
         )
     return output.slide_embedding.float()
 
 
 def mean_of_views(view_embeddings: torch.Tensor) -> np.ndarray:
-    """A slide's embedding from its views' ``(V, E)``: their mean, L2-normalised."""
+    """A slide's embedding from its views' ``(V, E)``: their mean, L2-normalised; from ``(V, F, E)`` (one pooling
+    per top-site fraction), each fraction's block so, concatenated ``(F * E,)``."""
     import torch
 
-    return torch.nn.functional.normalize(view_embeddings.mean(dim=0), dim=0).cpu().numpy()
+    return torch.nn.functional.normalize(view_embeddings.mean(dim=0), dim=-1).reshape(-1).cpu().numpy()
 
 
 def embed_slide(
@@ -106,8 +114,10 @@ def embed_slide(
     n_tiles: int | None = None,
     seed: int = 0,
     max_views_per_batch: int = 4096,
+    top_site_fractions: list[float] | None = None,
 ) -> np.ndarray:
-    """One slide's embedding ``(E,)``, unit L2 norm, from its tile features ``(n, D)`` and level-0 coords ``(n, 2)``.
+    """One slide's embedding ``(E,)``, unit L2 norm, from its tile features ``(n, D)`` and level-0 coords ``(n, 2)``;
+    with ``top_site_fractions`` (a top-pooling model), ``(F * E,)``: one unit-norm block per fraction.
 
     Gives the same vector as :func:`~giga_ssl_hf.inference.slides.embed_tile_dataset` and ``giga-ssl embed``
     for that slide: the views are drawn from ``seed`` and ``slide_id`` (the Dataset's ``slide_id``, the slide
@@ -127,5 +137,7 @@ def embed_slide(
             mask[start : start + max_views_per_batch],
         )
         patch = np.full(len(part), patch_size_level0)
-        outputs.append(embed_views(model, tile_features[part], tile_coords[part], part_mask, patch))
+        outputs.append(
+            embed_views(model, tile_features[part], tile_coords[part], part_mask, patch, top_site_fractions)
+        )
     return mean_of_views(torch.cat(outputs))

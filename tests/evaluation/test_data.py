@@ -2,7 +2,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from giga_ssl_hf.contracts.slide_embeddings import hybrid_blocks, load_embeddings
+from giga_ssl_hf.contracts.slide_embeddings import (
+    column_blocks,
+    embedding_blocks,
+    load_embeddings,
+    top_block_name,
+)
 from giga_ssl_hf.evaluation.data import find_split_sets, load_labels, read_split
 
 from .synthetic import planted, write_dataset, write_labels, write_npy, write_split
@@ -162,12 +167,21 @@ def test_as_dataset_follows_the_embeddings_contract(tmp_path, slides):
     np.testing.assert_array_equal(got_x, x)
 
 
-def test_hybrid_blocks_come_from_the_embeddings_metadata(caplog):
+def test_column_blocks_come_from_the_embeddings_metadata(caplog):
     hybrid = {"concat_mean_pool": True, "embedding_dim": 96, "mean_pool_mean": [0.0] * 32}
-    assert hybrid_blocks(hybrid) == {"encoder": 64, "mean-pool": 32}
+    assert column_blocks(hybrid) == {"encoder": 64, "mean-pool": 32}
     assert (
-        hybrid_blocks({"concat_mean_pool": False, "embedding_dim": 64}) is None and hybrid_blocks({}) is None
+        column_blocks({"concat_mean_pool": False, "embedding_dim": 64}) is None and column_blocks({}) is None
     )
     # Hybrid embeddings of an earlier version recorded no statistics: the blocks are unknown, said once.
-    assert hybrid_blocks({"concat_mean_pool": True, "embedding_dim": 96}) is None
+    assert column_blocks({"concat_mean_pool": True, "embedding_dim": 96}) is None
     assert "earlier version" in caplog.text
+    # Recorded by embed (several top-site fractions, maybe a mean-pool block), in column order.
+    recorded = {
+        "column_blocks": [["top-3%", 64], ["top-10%", 64], ["mean-pool", 32]],
+        "concat_mean_pool": True,
+    }
+    assert list(column_blocks(recorded).items()) == [("top-3%", 64), ("top-10%", 64), ("mean-pool", 32)]
+    assert embedding_blocks(64, (0.03, 0.1), 32) == dict(recorded["column_blocks"])
+    assert embedding_blocks(64, None, 32) == {"encoder": 64, "mean-pool": 32}
+    assert embedding_blocks(64, (0.03,), None) is None and top_block_name(0.125) == "top-12.5%"

@@ -205,7 +205,7 @@ def test_hybrid_embeddings_choose_their_block_by_default(tmp_path, capsys):
     argv += ["--folds", "3", "--standardize"]
     assert main([*argv, "--out", str(tmp_path / "select"), "--save-probe", str(tmp_path / "probe")]) == 0
     out = capsys.readouterr().out
-    assert "hybrid embeddings (encoder (8 dims), mean-pool (64 dims)): block chosen per split" in out
+    assert "embeddings of 2 blocks (encoder (8 dims), mean-pool (64 dims)): block chosen per split" in out
     assert "encoder 3 of 3 splits" in out and "block encoder" in out  # the splits and the saved probe
     metrics = json.loads((tmp_path / "select" / "metrics.json").read_text())
     splits = metrics["tasks"]["t"]["3-fold CV"]["train_sizes"]["full"]["splits"]
@@ -218,3 +218,29 @@ def test_hybrid_embeddings_choose_their_block_by_default(tmp_path, capsys):
     metrics = json.loads((tmp_path / "both" / "metrics.json").read_text())
     splits = metrics["tasks"]["t"]["3-fold CV"]["train_sizes"]["full"]["splits"]
     assert [s["block"] for s in splits] == [None] * 3
+
+
+def test_embeddings_of_several_top_site_fractions_choose_their_scale(tmp_path, capsys):
+    """The blocks recorded by embed --top-site-fractions are chosen among as a hybrid's are: here the signal is in
+    the second fraction's block only."""
+    from giga_ssl_hf.inference.embed_folder import save_embeddings
+
+    from .synthetic import hybrid_embeddings
+
+    ids, x, labels = hybrid_embeddings(
+        90, "mean-pool"
+    )  # an 8-d block of noise, then a 64-d block with signal
+    metadata = {"top_site_fractions": [0.03, 0.1], "column_blocks": [["top-3%", 8], ["top-10%", 64]]}
+    save_embeddings(tmp_path / "scales", ids, x, metadata, npy=False)
+    argv = [
+        "--embeddings",
+        str(tmp_path / "scales"),
+        "--labels",
+        str(write_labels(tmp_path / "t.csv", labels)),
+    ]
+    assert main([*argv, "--folds", "3", "--standardize", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "embeddings of 2 blocks (top-3% (8 dims), top-10% (64 dims)): block chosen per split" in out
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    splits = metrics["tasks"]["t"]["3-fold CV"]["train_sizes"]["full"]["splits"]
+    assert all("top-10%" in s["block"] for s in splits)  # alone, or with the noise block

@@ -212,3 +212,43 @@ def test_a_three_class_standardised_probe_becomes_the_head(tiny_config):
     assert np.abs(torch.softmax(logits, dim=1).numpy() - probe.predict_proba(x)).max() <= 1e-5
     with pytest.raises(ValueError, match="16-d embeddings but the encoder makes 32-d"):
         classifier_from_probe(probe, GigaSSLModel(tiny_config(hidden_dim=32)))
+
+
+def test_a_probe_of_one_top_site_fraction_exports_at_it_and_several_are_refused(tmp_path, tiny_config):
+    """Embeddings pooled at a fraction of their own (embed --top-site-fractions 0.25): the classifier pools at it,
+    scoring whole slides as the probe scores their embeddings; embeddings of several fractions cannot be
+    exported (one classifier pools at one)."""
+    from giga_ssl_hf import GigaSSLModel
+    from giga_ssl_hf.contracts import read_metadata
+    from giga_ssl_hf.evaluation.export_classifier import classifier_encoder, classifier_from_probe
+    from giga_ssl_hf.evaluation.saved_probe import fit_saved_probe
+
+    torch.manual_seed(0)
+    GigaSSLModel(tiny_config(slide_pooling="top")).save_pretrained(tmp_path / "encoder")
+    labels = write_tile_cohort(tmp_path / "exhaustive", 24, 5, arrangement=False, feature_dim=8)
+    for name, fractions in (("one", (0.25,)), ("two", (0.03, 0.25))):
+        embed_to_folder(
+            EmbedSettings(
+                model=str(tmp_path / "encoder"), features=str(tmp_path / "exhaustive"), out=str(tmp_path / name),
+                tile_sampling="all", device="cpu", top_site_fractions=fractions,
+            )
+        )  # fmt: skip
+    with pytest.raises(ValueError, match=r"one block per top-site fraction \(\[0.03, 0.25\]\)"):
+        classifier_encoder(read_metadata(tmp_path / "two"), None)
+    ids, x = load_embeddings(tmp_path / "one")
+    metadata = read_metadata(tmp_path / "one")
+    probe = fit_saved_probe(ids, x, labels, standardize=True, embeddings_metadata=metadata)
+    encoder = GigaSSLModel.from_pretrained(classifier_encoder(metadata, None))
+    model = classifier_from_probe(probe, encoder)
+    assert model.config.top_site_fraction == 0.25 and encoder.config.top_site_fraction == 0.03
+    arrays = TileArrays.from_dataset(load_tile_dataset(tmp_path / "exhaustive"))
+    for row in (0, 1):
+        features, coords = arrays.row(row)
+        with torch.no_grad():
+            logits = model(
+                tile_features=torch.from_numpy(np.asarray(features, dtype=np.float32))[None],
+                tile_coords=torch.from_numpy(np.asarray(coords))[None],
+                patch_size_level0=PATCH,
+            ).logits.double()
+        expected = probe.predict_proba(x[row : row + 1])
+        assert np.abs(torch.softmax(logits, dim=1).numpy() - expected).max() <= 1e-5

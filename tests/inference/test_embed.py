@@ -165,3 +165,41 @@ def test_a_failed_save_leaves_the_previous_embeddings_and_no_temporary(tmp_path,
         embed_folder.save_embeddings(out, ids, 2 * embeddings, {"v": 2}, npy=True)
     assert [p.name for p in tmp_path.iterdir()] == ["emb"]
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_several_top_site_fractions_write_one_unit_block_each_and_record_them(
+    exhaustive, tmp_path, load_strict_json
+):
+    """embed --top-site-fractions: one whole-slide pass, one L2-normalised block per fraction, each the embedding
+    a model of that fraction gives; the blocks (and a hybrid's mean-pool block after them) are in the metadata."""
+    from giga_ssl_hf.contracts.slide_embeddings import column_blocks
+
+    torch.manual_seed(0)
+    config = GigaSSLConfig(feature_dim=16, hidden_dim=24, projection_dims=(8,), slide_pooling="top")
+    path = tmp_path / "model"
+    GigaSSLModel(config).save_pretrained(path)
+    exhaustive.save_to_disk(str(tmp_path / "features"))
+    argv = ["--model", str(path), "--features", str(tmp_path / "features"), "--tile-sampling", "all"]
+    assert main([*argv, "--out", str(tmp_path / "one")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "two"), "--top-site-fractions", "0.03", "0.25"]) == 0
+    _, one = load_embeddings(tmp_path / "one")
+    ids, two = load_embeddings(tmp_path / "two")
+    assert two.shape == (7, 48)
+    np.testing.assert_allclose(np.linalg.norm(two.reshape(7, 2, 24), axis=2), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(two[:, :24], one, rtol=1e-5, atol=1e-6)  # the model's own fraction is 0.03
+    model = GigaSSLModel.from_pretrained(path).eval()
+    model.config.top_site_fraction = 0.25
+    np.testing.assert_allclose(
+        two[:, 24:], embed_tile_dataset(model, exhaustive, "all", progress=False)[1], atol=1e-6
+    )
+    assert not np.allclose(two[:, :24], two[:, 24:])
+    metadata = load_strict_json((tmp_path / "two" / "giga_ssl_metadata.json").read_text())
+    assert metadata["top_site_fractions"] == [0.03, 0.25]
+    assert list(column_blocks(metadata).items()) == [("top-3%", 24), ("top-25%", 24)]  # in column order
+    assert (
+        main([*argv, "--out", str(tmp_path / "hybrid"), "--top-site-fractions", "0.1", "--concat-mean-pool"])
+        == 0
+    )
+    hybrid = load_strict_json((tmp_path / "hybrid" / "giga_ssl_metadata.json").read_text())
+    assert list(column_blocks(hybrid).items()) == [("top-10%", 24), ("mean-pool", 16)]
+    assert column_blocks(load_strict_json((tmp_path / "one" / "giga_ssl_metadata.json").read_text())) is None

@@ -146,3 +146,25 @@ def test_a_selective_pooling_model_embedded_with_views_is_warned_about(pooling, 
         assert main([*argv, "--out", str(tmp_path / "whole"), "--tile-sampling", "all"]) == 0
         assert "pools its sites" not in caplog.text
     assert len(load_embeddings(tmp_path / "whole")[0]) == 3
+
+
+@pytest.mark.parametrize(
+    ("fractions", "message"),
+    [
+        (
+            ["0.1"],
+            "--top-site-fractions needs a model trained with --slide-pooling top, this one pools by 'mean'",
+        ),
+        (["0.1", "0"], r"--top-site-fractions takes distinct values in \(0, 1\], got \(0.1, 0.0\)"),
+        (["0.1", "0.1"], r"--top-site-fractions takes distinct values in \(0, 1\]"),
+    ],
+)
+def test_top_site_fractions_are_refused_for_other_poolings_and_out_of_range(
+    fractions, message, model_path, tmp_path, capsys
+):
+    dataset, _ = synthetic_tile_dataset(n_slides=2, feature_dim=16, tiles_per_slide=6, augmented=False)
+    dataset.save_to_disk(str(tmp_path / "f"))
+    argv = ["--model", str(model_path), "--features", str(tmp_path / "f"), "--out", str(tmp_path / "e")]
+    assert main([*argv, "--tile-sampling", "all", "--top-site-fractions", *fractions]) == 2
+    assert re.search(message, one_line_error(capsys))
+    assert not (tmp_path / "e").exists()

@@ -251,6 +251,18 @@ def test_additive_maps_refuse_a_max_pooling_model_once(heatmap_inputs, capsys):
     assert len(refusals) == 1 and "use --method occlusion or integrated-gradients" in refusals[0]
 
 
+def test_a_probe_of_several_top_site_fractions_is_refused_before_any_work(heatmap_inputs, capsys):
+    """The maps pool as the probe's embeddings did: at one fraction, not at the several of its blocks."""
+    root = heatmap_inputs
+    probe = json.loads((root / "probe" / "probe.json").read_text())
+    probe["embeddings"]["metadata"]["top_site_fractions"] = [0.03, 0.1]
+    (root / "probe" / "probe.json").write_text(json.dumps(probe))
+    assert cli_main([*heatmap_argv(root), "--probe", str(root / "probe")]) == 2
+    error = capsys.readouterr().err
+    assert "heatmap: the embeddings hold one block per top-site fraction ([0.03, 0.1])" in error
+    assert not (root / "m").exists()
+
+
 def test_the_probe_is_matched_with_the_model_by_the_content_of_its_weights(heatmap_inputs, capsys):
     root = heatmap_inputs
     recorded = SavedProbe.load(root / "probe").embedding_model_sha256

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,14 @@ def pool_sites(
     ``k = max(1, round(top_fraction * n_sites))`` largest values (a slide of few sites is max-pooled)."""
     if pooling != "top":
         return segment_reduce(values, segment_ids, num_segments, pooling)
+    return top_site_means(values, segment_ids, num_segments, [top_fraction])[:, 0]
+
+
+def top_site_means(
+    values: torch.Tensor, segment_ids: torch.Tensor, num_segments: int, fractions: Sequence[float]
+) -> torch.Tensor:
+    """`(num_segments, len(fractions), C)`: for each fraction q, the mean of each channel's
+    ``max(1, round(q * n_sites))`` largest values of each slide, all from one sort."""
     lengths = torch.bincount(segment_ids, minlength=num_segments)  # (S,)
     order = torch.argsort(segment_ids, stable=True)
     starts = torch.cumsum(lengths, 0) - lengths
@@ -78,10 +87,40 @@ def pool_sites(
     position[order] = torch.arange(len(order), device=values.device) - starts.repeat_interleave(lengths)
     padded = values.new_full((num_segments, int(lengths.max()), values.shape[1]), float("-inf"))
     padded[segment_ids, position] = values  # (S, longest slide, C)
-    k = (top_fraction * lengths).round().long().clamp(min=1)  # (S,)
-    largest = padded.topk(int(k.max()), dim=1).values  # (S, k_max, C)
-    beyond_k = torch.arange(largest.shape[1], device=values.device)[None] >= k[:, None]  # (S, k_max)
-    return largest.masked_fill(beyond_k[..., None], 0).sum(dim=1) / k[:, None]
+    fractions = torch.as_tensor(list(fractions), dtype=torch.float64, device=values.device)
+    k = (fractions[None] * lengths[:, None]).round().long().clamp(min=1)  # (S, F)
+    largest = padded.topk(int(k.max()), dim=1).values  # (S, k_max, C), descending
+    ranks = torch.arange(largest.shape[1], device=values.device)
+    within_k = (ranks[None, None] < k[..., None]).to(values.dtype)  # (S, F, k_max)
+    # -inf padding only ever sits beyond a slide's own k, so zero it before the weighted sum.
+    largest = largest.masked_fill(torch.isinf(largest), 0)
+    return torch.einsum("sfk,skc->sfc", within_k, largest) / k[..., None].to(values.dtype)
+
+
+def check_top_site_fractions(config: GigaSSLConfig, fractions: Sequence[float]) -> None:
+    """Refuse fractions that a model cannot pool at: a model that is not top-pooled, or values outside (0, 1]."""
+    if config.slide_pooling != "top":
+        raise ValueError(
+            f"top_site_fractions needs a model with slide_pooling='top', this one pools by {config.slide_pooling!r}"
+        )
+    if not fractions or not all(0 < q <= 1 for q in fractions):
+        raise ValueError(
+            f"top_site_fractions must be a non-empty list of values in (0, 1], got {list(fractions)!r}"
+        )
+
+
+def pool_slides(
+    values: torch.Tensor,
+    segment_ids: torch.Tensor,
+    num_segments: int,
+    config: GigaSSLConfig,
+    top_site_fractions: Sequence[float] | None,
+) -> torch.Tensor:
+    """The model's slide pooling of `(N, C)` site rows: `(num_segments, C)`, or with ``top_site_fractions`` (top
+    pooling only) `(num_segments, len(top_site_fractions), C)`, one slide embedding per fraction."""
+    if top_site_fractions is None:
+        return pool_sites(values, segment_ids, num_segments, config.slide_pooling, config.top_site_fraction)
+    return top_site_means(values, segment_ids, num_segments, top_site_fractions)
 
 
 def nt_xent_loss(first: torch.Tensor, second: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -198,15 +237,21 @@ class SparseConvMILEncoder(nn.Module):
         )
 
     def forward(
-        self, tile_features, tile_coords, tile_mask, cell_size, output_tile_embeddings: bool = False
+        self,
+        tile_features,
+        tile_coords,
+        tile_mask,
+        cell_size,
+        output_tile_embeddings=False,
+        top_site_fractions=None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`(B, hidden_dim)` slide embeddings and, on request, `(B, N, hidden_dim)` tile embeddings."""
+        """`(B, hidden_dim)` (or `(B, F, hidden_dim)`) slide embeddings and, on request, `(B, N, hidden_dim)` tile
+        embeddings."""
         input_grid = self.build_grid(tile_features, tile_coords, tile_mask, cell_size)
         grid = self.layer4(input_grid)
-        config = self.config
-        slide_embedding = pool_sites(
-            grid.features, grid.batch, grid.batch_size, config.slide_pooling, config.top_site_fraction
-        )  # (B, hidden_dim)
+        slide_embedding = pool_slides(
+            grid.features, grid.batch, grid.batch_size, self.config, top_site_fractions
+        )
         if not output_tile_embeddings:
             return slide_embedding, None
         batch_index, tile_index = tile_mask.nonzero(as_tuple=True)
@@ -261,20 +306,27 @@ class MLPEncoder(nn.Module):
         super().__init__()
         args = (config.mlp_dropout, config.batch_norm_eps, config.batch_norm_momentum)
         dims = [config.feature_dim] + [config.hidden_dim] * config.mlp_num_blocks
-        self.slide_pooling, self.top_site_fraction = config.slide_pooling, config.top_site_fraction
+        self.config = config
         self.tile_encoder = nn.Sequential(
             *(ResidualMLPBlock(dims[i], dims[i + 1], *args) for i in range(len(dims) - 1))
         )
 
     def forward(
-        self, tile_features, tile_coords, tile_mask, cell_size, output_tile_embeddings: bool = False
+        self,
+        tile_features,
+        tile_coords,
+        tile_mask,
+        cell_size,
+        output_tile_embeddings=False,
+        top_site_fractions=None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`(B, hidden_dim)` slide embeddings and, on request, `(B, N, hidden_dim)` tile embeddings."""
+        """`(B, hidden_dim)` (or `(B, F, hidden_dim)`) slide embeddings and, on request, `(B, N, hidden_dim)` tile
+        embeddings."""
         batch_index, tile_index = tile_mask.nonzero(as_tuple=True)
         tiles = self.tile_encoder(tile_features[batch_index, tile_index])  # (T, hidden_dim)
-        slide_embedding = pool_sites(
-            tiles, batch_index, tile_features.shape[0], self.slide_pooling, self.top_site_fraction
-        )  # (B, hidden_dim)
+        slide_embedding = pool_slides(
+            tiles, batch_index, tile_features.shape[0], self.config, top_site_fractions
+        )
         if not output_tile_embeddings:
             return slide_embedding, None
         tile_embeddings = tiles.new_zeros(*tile_mask.shape, tiles.shape[1])  # (B, N, hidden_dim)
@@ -384,6 +436,7 @@ class GigaSSLModel(GigaSSLPreTrainedModel):
         tile_mask: torch.Tensor | None = None,
         patch_size_level0: int | torch.Tensor | None = None,
         output_tile_embeddings: bool = False,
+        top_site_fractions: Sequence[float] | None = None,
         return_dict: bool | None = None,
     ) -> GigaSSLModelOutput | tuple:
         r"""
@@ -401,13 +454,19 @@ class GigaSSLModel(GigaSSLPreTrainedModel):
             output_tile_embeddings (`bool`, *optional*, defaults to `False`):
                 Also return `tile_embeddings` `(batch_size, n_tiles, hidden_dim)`: each tile's output site (see
                 `GigaSSLModelOutput`), for tile-level maps such as heatmaps.
+            top_site_fractions (`Sequence[float]`, *optional*):
+                For a `slide_pooling="top"` model: pool the sites at each of these fractions (in (0, 1]) instead of
+                `config.top_site_fraction`, all from one pass; `slide_embedding` is then
+                `(batch_size, len(top_site_fractions), hidden_dim)`, one embedding per fraction.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         tile_mask, cell_size = self._validate(tile_features, tile_coords, tile_mask, patch_size_level0)
+        if top_site_fractions is not None:
+            check_top_site_fractions(self.config, top_site_fractions)
         tile_features = tile_features.to(self.dtype)
         slide_embedding, tile_embeddings = self.encoder(
-            tile_features, tile_coords, tile_mask, cell_size, output_tile_embeddings
-        )  # (batch, hidden_dim), (batch, n_tiles, hidden_dim) or None
+            tile_features, tile_coords, tile_mask, cell_size, output_tile_embeddings, top_site_fractions
+        )  # (batch, hidden_dim) or (batch, F, hidden_dim), (batch, n_tiles, hidden_dim) or None
         if not return_dict:
             return (slide_embedding,) if tile_embeddings is None else (slide_embedding, tile_embeddings)
         return GigaSSLModelOutput(slide_embedding=slide_embedding, tile_embeddings=tile_embeddings)

@@ -209,6 +209,34 @@ def test_pool_sites_top_is_the_maximum_on_few_sites_and_trains_only_the_chosen_r
     torch.testing.assert_close(values.grad, chosen)
 
 
+@pytest.mark.parametrize("encoder_type", ["sparse_conv", "mlp"])
+def test_several_top_site_fractions_pool_one_pass_as_each_alone_would(encoder_type, tiny_config):
+    """``top_site_fractions`` gives, per fraction, what a model configured with that fraction gives; 1.0 is the
+    mean of the sites; a model that is not top-pooled refuses them, as do fractions outside (0, 1]."""
+    torch.manual_seed(0)
+    config = tiny_config(encoder_type=encoder_type, slide_pooling="top", top_site_fraction=0.05)
+    model = _trained_like(GigaSSLModel(config))
+    cells = torch.cartesian_prod(torch.arange(12), torch.arange(10))
+    features = torch.randn(2, len(cells), 8)
+    coords, mask = (cells * PATCH).expand(2, -1, -1), torch.ones(2, len(cells), dtype=torch.bool)
+    mask[1, 50:] = False  # two slides of different sizes in one batch
+    fractions = [0.05, 0.3, 1.0]
+    with torch.no_grad():
+        pooled = model(features, coords, mask, PATCH, top_site_fractions=fractions).slide_embedding
+        assert pooled.shape == (2, 3, config.hidden_dim)
+        for index, fraction in enumerate(fractions):
+            model.config.top_site_fraction = fraction
+            alone = model(features, coords, mask, PATCH).slide_embedding  # (2, hidden)
+            torch.testing.assert_close(pooled[:, index], alone, rtol=1e-5, atol=1e-6)
+        model.config.slide_pooling = "mean"
+        torch.testing.assert_close(pooled[:, 2], model(features, coords, mask, PATCH).slide_embedding)
+        with pytest.raises(ValueError, match="needs a model with slide_pooling='top'"):
+            model(features, coords, mask, PATCH, top_site_fractions=[0.1])
+        model.config.slide_pooling = "top"
+        with pytest.raises(ValueError, match=r"values in \(0, 1\]"):
+            model(features, coords, mask, PATCH, top_site_fractions=[0.1, 0.0])
+
+
 def test_a_site_reached_only_through_its_window_edge_belongs_to_no_tile(tiny_config):
     """Tiles at cells (0, 0) and (2, 2): the stride-2 windows of sites (0, 1), (1, 0) hold no tile's own cell."""
     model = _trained_like(GigaSSLModel(tiny_config()))
