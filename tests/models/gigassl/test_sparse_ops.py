@@ -104,7 +104,9 @@ def test_ops_under_bf16_autocast_match_float32(op):
     generator = torch.Generator().manual_seed(3)
     xy = torch.randint(0, 6, (40, 2), generator=generator)
     batch = torch.randint(0, 2, (40,), generator=generator)
-    torch.manual_seed(3)  # the conv's initial weights: the test's outcome must not depend on the tests before it
+    torch.manual_seed(
+        3
+    )  # the conv's initial weights: the test's outcome must not depend on the tests before it
     conv = {"submanifold": SubmanifoldConv2d(8, 4, 3), "strided": StridedConv2d(8, 4), "pool": None}[op]
     weight = torch.sin(torch.arange(4 * 64.0)).reshape(-1, 4)  # fixed output projection for the loss
 
