@@ -1,7 +1,8 @@
 """What the slide pooling costs: one whole-slide pass of the paper-sized encoder (256 -> 512) per pooling.
 
 Side by side in one run, for slides of 1,000 to 150,000 tiles (40% tissue on a square grid): the forward of
-``GigaSSLModel`` with ``slide_pooling`` mean, max and top (3%), and the pooling alone on the same output sites
+``GigaSSLModel`` with ``slide_pooling`` mean, max and top (3%), the top model pooled at several fractions in
+one pass (``embed --top-site-fractions 0.03 0.1``: row ``scales``), and the pooling alone on the same output sites
 (:func:`~giga_ssl_hf.models.gigassl.modeling_gigassl.pool_sites`). Top pooling sorts a copy of the sites padded
 to the batch's largest slide (one slide here: sites x 512 floats) and keeps k = 3% of them per channel.
 
@@ -19,7 +20,7 @@ import torch
 from table import text_table
 
 from giga_ssl_hf import GigaSSLConfig, GigaSSLModel
-from giga_ssl_hf.models.gigassl.modeling_gigassl import pool_sites
+from giga_ssl_hf.models.gigassl.modeling_gigassl import pool_sites, top_site_means
 
 POOLINGS = ("mean", "max", "top")
 
@@ -71,6 +72,19 @@ def run(args) -> list[dict]:
                     {"tiles": n_tiles, "sites": len(sites), "pooling": pooling, "forward s": forward,
                      "pooling ms": 1000 * pool, "pooling / forward": pool / forward}
                 )  # fmt: skip
+            forward = best_seconds(
+                args.repeats,
+                models["top"],
+                features,
+                coords,
+                patch_size_level0=224,
+                top_site_fractions=args.scales,
+            )
+            pool = best_seconds(args.repeats, top_site_means, sites, slide_of_site, 1, args.scales)
+            rows.append(
+                {"tiles": n_tiles, "sites": len(sites), "pooling": "scales", "forward s": forward,
+                 "pooling ms": 1000 * pool, "pooling / forward": pool / forward}
+            )  # fmt: skip
     return rows
 
 
@@ -80,12 +94,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument("--tiles", type=int, nargs="+", default=[1_000, 10_000, 50_000, 150_000])
     parser.add_argument("--top-fraction", type=float, default=0.03, help="top pooling's share of the sites")
+    parser.add_argument(
+        "--scales", type=float, nargs="+", default=[0.03, 0.1], help="the fractions of the 'scales' row"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs (default: 3)")
     args = parser.parse_args(argv)
     rows = run(args)
     columns = [("tiles", ">7d"), ("sites", ">6d"), ("pooling", "<7"), ("forward s", ">9.2f"),
                ("pooling ms", ">10.1f"), ("pooling / forward", ">17.4f")]  # fmt: skip
-    print(f"torch threads: {torch.get_num_threads()}, encoder 256 -> 512, top fraction {args.top_fraction}")
+    print(
+        f"torch threads: {torch.get_num_threads()}, encoder 256 -> 512, top fraction {args.top_fraction}, "
+        f"scales {args.scales}"
+    )
     print(text_table(rows, columns))
     return rows
 
