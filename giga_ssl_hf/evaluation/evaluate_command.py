@@ -261,8 +261,8 @@ def chosen_blocks_line(results: list, blocks: dict[str, int]) -> str:
     sizes = ", ".join(f"{name} ({size} dims)" for name, size in blocks.items())
     counts = ", ".join(f"{name} {n}" for name, n in chosen.most_common())
     return (
-        f"embeddings of {len(blocks)} blocks ({sizes}): block chosen per split by inner cross-validation (--hybrid-blocks "
-        f"select): {counts} of {sum(chosen.values())} splits"
+        f"embeddings of {len(blocks)} blocks ({sizes}): block chosen per split by inner cross-validation "
+        f"(--hybrid-blocks select): {counts} of {sum(chosen.values())} splits"
     )
 
 

@@ -62,8 +62,7 @@ def classifier_from_probe(probe: SavedProbe, encoder):
     from giga_ssl_hf.contracts.slide_embeddings import pooled_top_site_fraction
 
     model = classifier_of_encoder(encoder, probe.classes)
-    metadata = probe.embeddings_metadata
-    fraction = pooled_top_site_fraction(metadata, "--export-classifier")
+    fraction = pooled_top_site_fraction(probe.embeddings_metadata, "--export-classifier")
     if fraction is not None:  # embedded at a fraction of its own: the classifier pools so too
         model.config.top_site_fraction = fraction
     load_probe_head(model, probe)

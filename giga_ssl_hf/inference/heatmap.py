@@ -322,10 +322,9 @@ def write_heatmaps(settings: HeatmapSettings) -> int:
         )  # a usage error before any work
     slide_files = find_slide_files(settings.slides_dir)
     model = load_model(settings.model, resolve_device(settings.device), settings.trust_remote_code)
+    # The probe's embeddings may have been pooled at a fraction of their own: the maps' slides are pooled so too.
     fraction = pooled_top_site_fraction(probe.embeddings_metadata, "heatmap")
-    if (
-        fraction is not None
-    ):  # the probe's embeddings were pooled at a fraction of their own: so are the maps'
+    if fraction is not None:
         model.config.top_site_fraction = fraction
     pooling = getattr(model.config, "slide_pooling", "mean")
     if settings.method in ("tiles", "embedding") and pooling != "mean":  # once, not once per slide
