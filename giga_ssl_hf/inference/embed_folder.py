@@ -132,6 +132,21 @@ def _append_mean_pool(dataset, ids: np.ndarray, embeddings: np.ndarray, skipped)
     return hybrid, {"mean_pool_mean": mean.tolist(), "mean_pool_std": std.tolist()}
 
 
+def _check_pooling(config, settings: EmbedSettings) -> None:
+    """Refuse top-site fractions for a model that is not top-pooled; warn when a max / top model is embedded by
+    views rather than whole slides."""
+    pooling = getattr(config, "slide_pooling", "mean")
+    if settings.top_site_fractions and pooling != "top":
+        raise ValueError(
+            f"--top-site-fractions needs a model trained with --slide-pooling top, this one pools by {pooling!r}"
+        )
+    if pooling != "mean" and settings.tile_sampling != "all":
+        logger.warning(
+            "this model pools its sites by %r and is meant to embed each whole slide in one pass (--tile-sampling "
+            "all): the mean of %s views is not the largest values over the slide", pooling, settings.tile_sampling,
+        )  # fmt: skip
+
+
 def embed_to_folder(settings: EmbedSettings, model=None) -> Path:
     """Embed an exhaustive tile-feature Dataset (or an extraction folder) into an embeddings folder, as
     ``giga-ssl embed`` does with these settings (:class:`~giga_ssl_hf.inference.embed.EmbedSettings`).
@@ -155,16 +170,7 @@ def embed_to_folder(settings: EmbedSettings, model=None) -> Path:
     features_dir, dataset, skipped, features_encoder, model_encoder = _checked_features(model, settings)
     if isinstance(model, (str, Path)):
         model = load_model(str(model), resolve_device(settings.device), settings.trust_remote_code)
-    pooling = getattr(model.config, "slide_pooling", "mean")
-    if settings.top_site_fractions and pooling != "top":
-        raise ValueError(
-            f"--top-site-fractions needs a model trained with --slide-pooling top, this one pools by {pooling!r}"
-        )
-    if pooling != "mean" and settings.tile_sampling != "all":
-        logger.warning(
-            "this model pools its sites by %r and is meant to embed each whole slide in one pass (--tile-sampling "
-            "all): the mean of %s views is not the largest values over the slide", pooling, settings.tile_sampling,
-        )  # fmt: skip
+    _check_pooling(model.config, settings)
     ids, embeddings = embed_tile_dataset(
         model, dataset, settings.tile_sampling, settings.n_views, settings.n_tiles, settings.seed,
         settings.max_views_per_batch, exclude=set(skipped), top_site_fractions=settings.top_site_fractions,
