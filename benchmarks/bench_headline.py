@@ -332,6 +332,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.pair_embed_fractions and not (args.pair_pooling == "top" and args.pair_whole_slide):
         parser.error("--pair-embed-fractions needs --pair-pooling top and --pair-whole-slide")
+    if args.pair_embed_fractions and (len(args.pair_embed_fractions) < 2 or set(HYBRIDS) & set(args.methods)):
+        parser.error(
+            "--pair-embed-fractions takes two fractions or more, and no hybrid method (one block each)"
+        )
     if args.quick:
         args.slides, args.min_tiles, args.max_tiles, args.steps, args.batch_size = 30, 120, 200, 3, 8
         args.sizes, args.n_views, args.mil_epochs, args.ft_epochs, args.ft_views = "5,20", 4, 2, 2, 4

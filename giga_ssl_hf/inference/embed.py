@@ -87,12 +87,11 @@ class EmbedSettings:
         if self.n_views < 1 or (self.n_tiles is not None and self.n_tiles < 1):
             raise ValueError(f"{flag_of('n_views')} and {flag_of('n_tiles')} must be positive")
         if self.top_site_fractions is not None:
+            from ..contracts.slide_embeddings import top_block_name
+
             fractions = self.top_site_fractions
-            if (
-                not fractions
-                or not all(0 < q <= 1 for q in fractions)
-                or len(set(fractions)) != len(fractions)
-            ):
+            names = {top_block_name(q) for q in fractions}  # the blocks' names tell the fractions apart
+            if not fractions or not all(0 < q <= 1 for q in fractions) or len(names) != len(fractions):
                 raise ValueError(
                     f"{flag_of('top_site_fractions')} takes distinct values in (0, 1], got {fractions}"
                 )

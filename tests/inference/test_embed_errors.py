@@ -157,6 +157,7 @@ def test_a_selective_pooling_model_embedded_with_views_is_warned_about(pooling, 
         ),
         (["0.1", "0"], r"--top-site-fractions takes distinct values in \(0, 1\], got \(0.1, 0.0\)"),
         (["0.1", "0.1"], r"--top-site-fractions takes distinct values in \(0, 1\]"),
+        (["0.1", "0.1000000001"], r"--top-site-fractions takes distinct values in \(0, 1\]"),
     ],
 )
 def test_top_site_fractions_are_refused_for_other_poolings_and_out_of_range(

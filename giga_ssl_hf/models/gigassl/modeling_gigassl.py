@@ -87,14 +87,15 @@ def top_site_means(
     position[order] = torch.arange(len(order), device=values.device) - starts.repeat_interleave(lengths)
     padded = values.new_full((num_segments, int(lengths.max()), values.shape[1]), float("-inf"))
     padded[segment_ids, position] = values  # (S, longest slide, C)
-    fractions = torch.as_tensor(list(fractions), dtype=torch.float64, device=values.device)
-    k = (fractions[None] * lengths[:, None]).round().long().clamp(min=1)  # (S, F)
-    largest = padded.topk(int(k.max()), dim=1).values  # (S, k_max, C), descending
-    ranks = torch.arange(largest.shape[1], device=values.device)
-    within_k = (ranks[None, None] < k[..., None]).to(values.dtype)  # (S, F, k_max)
-    # -inf padding only ever sits beyond a slide's own k, so zero it before the weighted sum.
-    largest = largest.masked_fill(torch.isinf(largest), 0)
-    return torch.einsum("sfk,skc->sfc", within_k, largest) / k[..., None].to(values.dtype)
+    # k rounded in the default float dtype, as a single fraction always was (float64 would move k by one for some
+    # sizes, and MPS has none).
+    k = torch.stack([(q * lengths).round() for q in fractions], dim=-1).long().clamp(min=1)  # (S, F)
+    largest = padded.topk(int(k.max()), dim=1).values  # (S, k_max, C), descending; -inf past a slide's sites
+    # Running sums in float32 whatever the autocast dtype (a bf16 / fp16 sum of thousands of sites drifts or
+    # overflows), read at k - 1: always within the slide, so the padding is never read.
+    running = largest.float().cumsum(dim=1)  # (S, k_max, C)
+    sums = running.gather(1, (k - 1)[..., None].expand(-1, -1, running.shape[2]))  # (S, F, C)
+    return (sums / k[..., None]).to(values.dtype)
 
 
 def check_top_site_fractions(config: GigaSSLConfig, fractions: Sequence[float]) -> None:

@@ -209,6 +209,26 @@ def test_pool_sites_top_is_the_maximum_on_few_sites_and_trains_only_the_chosen_r
     torch.testing.assert_close(values.grad, chosen)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_top_pooling_of_a_large_slide_sums_in_float32_whatever_the_dtype(dtype):
+    """100,000 sites of values near 35: the 3,000 largest sum past float16's range and drift in bfloat16; the
+    pooling sums in float32 and returns the inputs' dtype."""
+    from giga_ssl_hf.models.gigassl.modeling_gigassl import pool_sites, top_site_means
+
+    generator = torch.Generator().manual_seed(0)
+    values = (35 + torch.randn(100_000, 2, generator=generator)).to(dtype)  # (sites, channels)
+    slide = torch.zeros(len(values), dtype=torch.long)
+    expected = values.double().sort(dim=0, descending=True).values[:3000].mean(dim=0)
+    pooled = pool_sites(values, slide, 1, "top", 0.03)[0]
+    assert pooled.dtype == dtype and torch.isfinite(pooled).all()
+    torch.testing.assert_close(
+        pooled.double(), expected, rtol=4e-3 if dtype != torch.float32 else 1e-6, atol=0
+    )
+    both = top_site_means(values, slide, 1, [0.03, 1.0])[0]  # (2 fractions, channels)
+    torch.testing.assert_close(both[0], pooled, rtol=0, atol=0)
+    torch.testing.assert_close(both[1].double(), values.double().mean(dim=0), rtol=4e-3, atol=0)
+
+
 @pytest.mark.parametrize("encoder_type", ["sparse_conv", "mlp"])
 def test_several_top_site_fractions_pool_one_pass_as_each_alone_would(encoder_type, tiny_config):
     """``top_site_fractions`` gives, per fraction, what a model configured with that fraction gives; 1.0 is the
