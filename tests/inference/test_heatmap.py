@@ -251,6 +251,29 @@ def test_additive_maps_refuse_a_max_pooling_model_once(heatmap_inputs, capsys):
     assert len(refusals) == 1 and "use --method occlusion or integrated-gradients" in refusals[0]
 
 
+def test_occlusion_pools_at_the_one_top_site_fraction_of_the_probes_embeddings(heatmap_inputs):
+    """A probe of embeddings pooled at their own fraction (embed --top-site-fractions 0.5) maps as a model whose
+    configured fraction is 0.5 does, not at the model's 0.03."""
+    root = heatmap_inputs
+    config_path, probe_path = root / "model" / "config.json", root / "probe" / "probe.json"
+    config, probe = json.loads(config_path.read_text()), json.loads(probe_path.read_text())
+    argv = [*heatmap_argv(root)[:-2], "--probe", str(root / "probe"), "--method", "occlusion"]
+    argv += ["--slide-ids", "region_0001"]
+
+    def scores(top_site_fraction: float, probe_fractions, out: str) -> np.ndarray:
+        config_path.write_text(
+            json.dumps({**config, "slide_pooling": "top", "top_site_fraction": top_site_fraction})
+        )
+        probe["embeddings"]["metadata"]["top_site_fractions"] = probe_fractions
+        probe_path.write_text(json.dumps(probe))
+        assert cli_main([*argv, "--out", str(root / out)]) == 0
+        return pq.read_table(root / out / TILE_SCORES_FILENAME).to_pandas()["score"].to_numpy()
+
+    at_probes = scores(0.03, [0.5], "probe-fraction")
+    np.testing.assert_allclose(at_probes, scores(0.5, None, "model-fraction"), rtol=1e-6, atol=1e-6)
+    assert not np.allclose(at_probes, scores(0.03, None, "other-fraction"), atol=1e-4)
+
+
 def test_a_probe_of_several_top_site_fractions_is_refused_before_any_work(heatmap_inputs, capsys):
     """The maps pool as the probe's embeddings did: at one fraction, not at the several of its blocks."""
     root = heatmap_inputs
