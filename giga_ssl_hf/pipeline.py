@@ -250,15 +250,14 @@ def _evaluate(
     paths: dict[str, Path], settings: PipelineSettings, labels: str, state: PipelineState, fingerprint: str
 ) -> None:
     from .contracts import read_metadata
-    from .contracts.slide_embeddings import column_blocks
     from .evaluation import evaluate_embeddings, format_table, write_outputs
+    from .evaluation.evaluate_command import probe_blocks
 
     if state.status("evaluate", fingerprint, paths["results"]) == "done":
         return
     evaluation, folds = settings.evaluation, settings.evaluation.folds
     # Embeddings of several blocks (hybrid, several top-site fractions): the probe chooses one per split.
-    selecting = evaluation.hybrid_blocks == "select"
-    blocks = column_blocks(read_metadata(paths["embeddings"])) if selecting else None
+    blocks = probe_blocks(evaluation, read_metadata(paths["embeddings"]))
     shutil.rmtree(paths["results"], ignore_errors=True)
     logger.info("stage evaluate: %d-fold linear probe -> %s", folds, paths["results"])
     results = [

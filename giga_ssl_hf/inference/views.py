@@ -90,6 +90,7 @@ def embed_views(
             tile_coords=torch.from_numpy(np.ascontiguousarray(coords)).to(device),
             tile_mask=torch.from_numpy(mask).to(device),
             patch_size_level0=torch.as_tensor(patch_size_level0, device=device),
+            # Passed only when asked for: remote code saved before top_site_fractions existed has no such argument.
             **({"top_site_fractions": top_site_fractions} if top_site_fractions else {}),
         )
     return output.slide_embedding.float()

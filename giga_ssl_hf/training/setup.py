@@ -67,13 +67,11 @@ def build_config(
 
     overrides = model_args.config_overrides()
     training = {"n_tiles": n_tiles, "tile_encoder": tile_encoder}
-    if (
-        init_config is not None
-    ):  # its architecture; the pooling, temperature and a given projection head may change
+    # From a trained encoder: its architecture; the pooling, temperature and a given projection head may change.
+    if init_config is not None:
         changes = {name: overrides[name] for name in ("temperature", *POOLING_FIELDS) if name in overrides}
-        if (
-            model_args.projection_dims is not None
-        ):  # not the head that --hidden-dim would imply for a new encoder
+        # Only a head given as such: not the one that --hidden-dim would imply for a new encoder.
+        if model_args.projection_dims is not None:
             changes["projection_dims"] = list(model_args.projection_dims)
         return GigaSSLConfig.from_dict({**init_config.to_dict(), **changes, **training})
     return GigaSSLConfig(**{"feature_dim": data_feature_dim, **overrides, **training})
